@@ -1,0 +1,96 @@
+//! Device backends: where the device pool lives and how bytes get there.
+//!
+//! The runtime talks to every backend through [`Backend`]: one arena allocated once, host buffers
+//! for the blocks' host copies, and an in-order copy queue with tickets (the shape of a CUDA copy
+//! stream with events). `sim` is the embedded default on machines with no GPU.
+
+use std::fmt;
+
+use crate::Result;
+
+pub mod sim;
+
+pub use sim::{SimBackend, SimConfig};
+
+/// A device address (on `sim`, a host address).
+pub type DevicePtr = u64;
+
+/// Memory owned by a backend; freed on drop.
+pub trait Memory: Send + Sync + fmt::Debug {
+    /// Start address (host address for host memory, device address for device memory).
+    fn addr(&self) -> u64;
+    /// Length in bytes.
+    fn len(&self) -> u64;
+    /// Whether the length is zero.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Direction of a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Host copy to device pool.
+    HostToDevice,
+    /// Device pool to host copy (write-back of mutable blocks).
+    DeviceToHost,
+}
+
+/// Identifies a queued copy. Copies complete in submission order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(pub u64);
+
+/// What a backend models or measures, for reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendInfo {
+    /// `sim` or `cuda`.
+    pub name: &'static str,
+    /// A human description (device name, pacing).
+    pub description: String,
+    /// The host-to-device bandwidth the backend models (sim) or `None` if unpaced / real.
+    pub modelled_h2d_bytes_per_s: Option<f64>,
+}
+
+/// A device backend.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// Short name and description.
+    fn info(&self) -> BackendInfo;
+    /// Allocates the device arena (once per engine).
+    fn alloc_device(&self, bytes: u64) -> Result<Box<dyn Memory>>;
+    /// Allocates a host buffer suited to fast copies (page-aligned; pinned where that exists).
+    fn alloc_host(&self, bytes: u64) -> Result<Box<dyn Memory>>;
+    /// Whether device addresses can be dereferenced by the host (true on `sim`).
+    fn host_addressable(&self) -> bool;
+    /// How many copies the runtime may keep queued at once (1: submit the next chunk only once the
+    /// previous one completed, so a demand load waits behind at most one chunk).
+    fn pipeline_depth(&self) -> usize {
+        1
+    }
+    /// Queues an asynchronous copy of `len` bytes between `host` and `device`.
+    ///
+    /// # Safety
+    /// - `host..host+len` must lie in a host buffer from [`Backend::alloc_host`] (or other memory
+    ///   valid for the access) and `device..device+len` in this backend's device arena.
+    /// - Both ranges must stay allocated, and must not be accessed by anyone else in a way that
+    ///   conflicts with the copy, until [`Backend::wait`] has returned for this ticket.
+    unsafe fn submit(
+        &self,
+        dir: Direction,
+        host: *mut u8,
+        device: DevicePtr,
+        len: usize,
+    ) -> Result<Ticket>;
+    /// Blocks until the copy with this ticket (and every earlier one) completed; reports its error.
+    fn wait(&self, ticket: Ticket) -> Result<()>;
+    /// Copies synchronously, outside the queue (small reads and writes of a resident block).
+    ///
+    /// # Safety
+    /// As for [`Backend::submit`], for the duration of the call.
+    unsafe fn copy_now(
+        &self,
+        dir: Direction,
+        host: *mut u8,
+        device: DevicePtr,
+        len: usize,
+    ) -> Result<()>;
+}

@@ -1,0 +1,610 @@
+//! The runtime and the Rust API: an [`Engine`] owns a planner, a device arena, the blocks' host
+//! copies and a transfer thread; callers block only in [`Engine::wait`] (on a condition variable,
+//! never spinning).
+
+use std::fmt;
+use std::time::Instant;
+
+use crate::backend::{Backend, BackendInfo, Direction, Memory, SimBackend, SimConfig};
+use crate::planner::{Acquire, Command, Planner, PlannerConfig};
+use crate::sync::{self, Arc, Condvar, Mutex, MutexGuard};
+use crate::transfer::{transfer_thread, TransferQueue};
+use crate::{BlockId, BlockSpec, Error, Residency, Result, Stats};
+
+/// Default copy chunk: large enough to run PCIe near its peak (16 MiB reached 55 GB/s on an H200,
+/// 4 MiB 53), small enough that a demand load never waits long behind a prefetch.
+pub const DEFAULT_CHUNK_BYTES: u64 = 8 << 20;
+
+/// Builds an [`Engine`].
+#[derive(Debug, Clone)]
+pub struct EngineBuilder {
+    budget: Option<u64>,
+    backend: Option<Arc<dyn Backend>>,
+    chunk_bytes: u64,
+    prefetch: bool,
+    lookahead_s: Option<f64>,
+    pipeline_depth: Option<usize>,
+}
+
+impl EngineBuilder {
+    /// Device budget in bytes (required).
+    pub fn budget(mut self, bytes: u64) -> Self {
+        self.budget = Some(bytes);
+        self
+    }
+    /// The device backend. Default: a `sim` backend with [`SimConfig::default`].
+    pub fn backend(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+    /// Copy chunk size in bytes (default [`DEFAULT_CHUNK_BYTES`]).
+    pub fn chunk_bytes(mut self, bytes: u64) -> Self {
+        self.chunk_bytes = bytes;
+        self
+    }
+    /// Turns prefetching on (default) or off (demand loads only).
+    pub fn prefetch(mut self, on: bool) -> Self {
+        self.prefetch = on;
+        self
+    }
+    /// Initial prefetch horizon in seconds (it adapts as the engine runs).
+    pub fn lookahead_s(mut self, seconds: f64) -> Self {
+        self.lookahead_s = Some(seconds);
+        self
+    }
+    /// Copies kept queued on the backend at once (default: the backend's choice).
+    pub fn pipeline_depth(mut self, depth: usize) -> Self {
+        self.pipeline_depth = Some(depth);
+        self
+    }
+
+    /// Allocates the device pool and starts the transfer thread.
+    pub fn build(self) -> Result<Engine> {
+        let budget = self.budget.ok_or(Error::InvalidBudget(0))?;
+        if self.chunk_bytes == 0 {
+            return Err(Error::Parse {
+                what: "chunk size",
+                input: "0".into(),
+                reason: "must be greater than zero".into(),
+            });
+        }
+        let mut cfg = PlannerConfig::new(budget);
+        cfg.prefetch = self.prefetch;
+        if let Some(l) = self.lookahead_s {
+            cfg.lookahead_s = l;
+        }
+        let planner = Planner::new(cfg)?;
+        let backend: Arc<dyn Backend> = match self.backend {
+            Some(b) => b,
+            None => Arc::new(SimBackend::new(SimConfig::default())?),
+        };
+        let arena = backend.alloc_device(planner.budget())?;
+        let depth = self
+            .pipeline_depth
+            .unwrap_or_else(|| backend.pipeline_depth())
+            .max(1);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                planner,
+                hosts: Vec::new(),
+                queue: TransferQueue::default(),
+                shutdown: false,
+                arena_base: arena.addr(),
+            }),
+            ready: Condvar::new(),
+            work: Condvar::new(),
+            host_addressable: backend.host_addressable(),
+            backend,
+            arena,
+            chunk_bytes: self.chunk_bytes,
+            pipeline_depth: depth,
+            epoch: Instant::now(),
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("synapswap-transfer".into())
+            .spawn(move || transfer_thread(s))
+            .map_err(|e| Error::Backend(format!("cannot start the transfer thread: {e}")))?;
+        Ok(Engine {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+}
+
+/// State shared by callers and the transfer thread, behind one lock.
+pub(crate) struct Shared {
+    pub state: Mutex<State>,
+    /// Signalled when a copy completes or the engine shuts down (waiters).
+    pub ready: Condvar,
+    /// Signalled when copy jobs are queued or the engine shuts down (transfer thread).
+    pub work: Condvar,
+    pub backend: Arc<dyn Backend>,
+    /// The device pool. Never read through this field (the state keeps its base address); held
+    /// here so it is freed only when the last reference goes, after every guard is gone.
+    #[allow(dead_code)]
+    arena: Box<dyn Memory>,
+    host_addressable: bool,
+    pub chunk_bytes: u64,
+    pub pipeline_depth: usize,
+    epoch: Instant,
+}
+
+pub(crate) struct State {
+    pub planner: Planner,
+    /// Host copies by block index.
+    hosts: Vec<Option<Box<dyn Memory>>>,
+    pub queue: TransferQueue,
+    pub shutdown: bool,
+    arena_base: u64,
+}
+
+impl State {
+    /// Turns the planner's commands into copy jobs.
+    pub fn apply_commands(&mut self, shared: &Shared) {
+        let mut queued = false;
+        while let Some(c) = self.planner.poll_command() {
+            match c {
+                Command::Load {
+                    block,
+                    offset,
+                    size,
+                    demand,
+                } => {
+                    let host = self.host_addr(block);
+                    self.queue.push(
+                        block,
+                        Direction::HostToDevice,
+                        host,
+                        self.arena_base + offset,
+                        size,
+                        demand,
+                    );
+                    queued = true;
+                }
+                Command::WriteBack {
+                    block,
+                    offset,
+                    size,
+                } => {
+                    let host = self.host_addr(block);
+                    self.queue.push(
+                        block,
+                        Direction::DeviceToHost,
+                        host,
+                        self.arena_base + offset,
+                        size,
+                        true,
+                    );
+                    queued = true;
+                }
+                Command::Expedite { block } => self.queue.expedite(block),
+                Command::Evict { .. } => {}
+            }
+        }
+        if queued {
+            shared.work.notify_one();
+        }
+    }
+
+    fn host_addr(&self, block: BlockId) -> u64 {
+        self.hosts[block.index as usize]
+            .as_ref()
+            .map(|m| m.addr())
+            .expect("a live block has a host copy")
+    }
+
+    fn check_range(&self, id: BlockId, offset: u64, len: u64) -> Result<u64> {
+        let size = self.planner.spec(id)?.size;
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(Error::OutOfBounds { offset, len, size });
+        }
+        Ok(size)
+    }
+}
+
+/// The engine. Every method takes `&self` and is safe to call from many threads at once.
+pub struct Engine {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("backend", &self.shared.backend.info().name)
+            .field("budget", &self.budget())
+            .finish()
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Starts building an engine.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder {
+            budget: None,
+            backend: None,
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
+            prefetch: true,
+            lookahead_s: None,
+            pipeline_depth: None,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        sync::lock(&self.shared.state)
+    }
+
+    fn lock_live(&self) -> Result<MutexGuard<'_, State>> {
+        let st = self.lock();
+        if st.shutdown {
+            return Err(Error::ShutDown);
+        }
+        Ok(st)
+    }
+
+    fn now(&self) -> f64 {
+        self.shared.epoch.elapsed().as_secs_f64()
+    }
+
+    /// Waits (on the condition variable) until no copy of `id` is queued or running.
+    fn settle<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        id: BlockId,
+    ) -> Result<MutexGuard<'a, State>> {
+        loop {
+            st.planner.spec(id)?;
+            if st.shutdown {
+                return Err(Error::ShutDown);
+            }
+            let moving = matches!(
+                st.planner.residency(id)?,
+                Residency::Loading | Residency::WritingBack
+            ) || st.queue.has_job(id);
+            if !moving {
+                return Ok(st);
+            }
+            st = sync::wait(&self.shared.ready, st);
+        }
+    }
+
+    /// Device budget in bytes (the pool's usable size).
+    pub fn budget(&self) -> u64 {
+        self.lock().planner.budget()
+    }
+
+    /// What the backend is.
+    pub fn backend_info(&self) -> BackendInfo {
+        self.shared.backend.info()
+    }
+
+    /// Allocates a block with a zeroed host copy.
+    pub fn alloc(&self, spec: BlockSpec) -> Result<BlockId> {
+        {
+            let st = self.lock_live()?;
+            st.planner.validate(&spec)?;
+        }
+        // Allocate (and zero) the host copy outside the lock: it can be gigabytes.
+        let host = self.shared.backend.alloc_host(spec.size)?;
+        let mut st = self.lock_live()?;
+        let id = st.planner.add_block(spec)?;
+        let i = id.index as usize;
+        if st.hosts.len() <= i {
+            st.hosts.resize_with(i + 1, || None);
+        }
+        st.hosts[i] = Some(host);
+        Ok(id)
+    }
+
+    /// Frees a block: its host copy and any device space. Waits for its copies in flight; fails
+    /// with [`Error::BlockInUse`] while a guard holds it.
+    pub fn free(&self, id: BlockId) -> Result<()> {
+        let st = self.lock_live()?;
+        let mut st = self.settle(st, id)?;
+        st.planner.remove_block(id)?;
+        let host = st.hosts[id.index as usize].take();
+        st.apply_commands(&self.shared);
+        drop(st);
+        drop(host);
+        Ok(())
+    }
+
+    /// Writes `data` into the block's host copy at `offset`. If the block is on the device, the
+    /// device copy is updated too, so both stay coherent. Waits for the block's copies in flight;
+    /// fails with [`Error::BlockInUse`] while a guard holds it.
+    pub fn write(&self, id: BlockId, offset: u64, data: &[u8]) -> Result<()> {
+        let st = self.lock_live()?;
+        let st = self.settle(st, id)?;
+        st.check_range(id, offset, data.len() as u64)?;
+        if st.planner.is_busy(id)? {
+            return Err(Error::BlockInUse(id));
+        }
+        let host = st.host_addr(id) + offset;
+        // SAFETY: the range was checked to lie inside the host copy; no copy of this block is in
+        // flight (settled) and the lock keeps new ones from starting; `data` cannot alias the
+        // engine's buffer through safe code.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), host as usize as *mut u8, data.len());
+        }
+        if let Some(dev) = st.planner.device_offset(id)? {
+            let device = st.arena_base + dev + offset;
+            // SAFETY: the device range lies in the block's resident region; no guard holds the
+            // block (checked) and no copy is in flight, so nobody else touches it.
+            unsafe {
+                self.shared.backend.copy_now(
+                    Direction::HostToDevice,
+                    host as usize as *mut u8,
+                    device,
+                    data.len(),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the block's current bytes at `offset`: from the device if a mutable block was changed
+    /// there, else from the host copy.
+    pub fn read(&self, id: BlockId, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let st = self.lock_live()?;
+        let st = self.settle(st, id)?;
+        st.check_range(id, offset, buf.len() as u64)?;
+        match (st.planner.is_dirty(id)?, st.planner.device_offset(id)?) {
+            (true, Some(dev)) => {
+                let device = st.arena_base + dev + offset;
+                // SAFETY: the range lies in the block's resident region; the lock is held, so no
+                // guard writes through `write_device` concurrently.
+                unsafe {
+                    self.shared.backend.copy_now(
+                        Direction::DeviceToHost,
+                        buf.as_mut_ptr(),
+                        device,
+                        buf.len(),
+                    )?;
+                }
+            }
+            _ => {
+                let host = st.host_addr(id) + offset;
+                // SAFETY: the range lies in the host copy; no write-back is in flight (settled).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        host as usize as *const u8,
+                        buf.as_mut_ptr(),
+                        buf.len(),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Declares that `step` uses `block`. Steps run in ascending order, cyclically: after the last
+    /// comes the first again, as in token-by-token decoding.
+    pub fn declare(&self, step: u64, id: BlockId) -> Result<()> {
+        self.lock_live()?.planner.declare(step, id)
+    }
+
+    /// Forgets the declared schedule (to declare a new one).
+    pub fn clear_schedule(&self) -> Result<()> {
+        self.lock_live()?.planner.clear_schedule();
+        Ok(())
+    }
+
+    /// Execution is at `step`. The step's blocks stay protected until the next hint or their
+    /// [`Engine::release`]; prefetching looks ahead from here.
+    pub fn hint(&self, step: u64) -> Result<()> {
+        let now = self.now();
+        let mut st = self.lock_live()?;
+        st.planner.hint(step, now);
+        st.apply_commands(&self.shared);
+        Ok(())
+    }
+
+    /// Ends the protection the current step gives `block`.
+    pub fn release(&self, id: BlockId) -> Result<()> {
+        let mut st = self.lock_live()?;
+        st.planner.release(id)?;
+        st.apply_commands(&self.shared);
+        Ok(())
+    }
+
+    /// Returns once `block` is on the device, holding it there until the guard is dropped. A block
+    /// the schedule did not predict is loaded on demand, ahead of every prefetch.
+    pub fn wait(&self, id: BlockId) -> Result<Guard<'_>> {
+        let mut st = self.lock_live()?;
+        let offset = match st.planner.acquire(id)? {
+            Acquire::Ready(offset) => offset,
+            Acquire::Pending => {
+                st.apply_commands(&self.shared);
+                let t0 = Instant::now();
+                loop {
+                    if st.shutdown {
+                        st.planner.cancel_wait(id);
+                        return Err(Error::ShutDown);
+                    }
+                    if let Some(r) = st.planner.poll_waiter(id) {
+                        st.planner.add_stall(t0.elapsed().as_secs_f64());
+                        st.apply_commands(&self.shared);
+                        break r?;
+                    }
+                    st = sync::wait(&self.shared.ready, st);
+                }
+            }
+        };
+        let spec = st.planner.spec(id)?;
+        Ok(Guard {
+            engine: self,
+            id,
+            addr: st.arena_base + offset,
+            len: spec.size,
+            mutable: spec.mutable,
+        })
+    }
+
+    fn unhold(&self, id: BlockId) {
+        let mut st = self.lock();
+        st.planner.unhold(id);
+        if !st.shutdown {
+            st.apply_commands(&self.shared);
+        }
+    }
+
+    /// Where the block is now.
+    pub fn residency(&self, id: BlockId) -> Result<Residency> {
+        self.lock_live()?.planner.residency(id)
+    }
+
+    /// The block's spec.
+    pub fn spec(&self, id: BlockId) -> Result<BlockSpec> {
+        self.lock_live()?.planner.spec(id).cloned()
+    }
+
+    /// A snapshot of the statistics (also after shutdown).
+    pub fn stats(&self) -> Stats {
+        self.lock().planner.stats()
+    }
+
+    /// Whether [`Engine::shutdown`] was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.lock().shutdown
+    }
+
+    /// Stops the engine: every blocked waiter returns [`Error::ShutDown`], copies in flight finish,
+    /// the transfer thread exits and every host copy is freed. Later calls return
+    /// [`Error::ShutDown`]; [`Engine::stats`] still answers. The device pool itself is freed when
+    /// the engine is dropped (guards may still point into it). Idempotent.
+    pub fn shutdown(&self) {
+        {
+            let mut st = self.lock();
+            st.shutdown = true;
+        }
+        self.shared.ready.notify_all();
+        self.shared.work.notify_all();
+        if let Some(t) = sync::lock(&self.thread).take() {
+            // The transfer thread does not panic on its own; if it did, the state it leaves is
+            // still consistent (every unlock point is), so shutdown goes on.
+            let _ = t.join();
+        }
+        let hosts = std::mem::take(&mut self.lock().hosts);
+        drop(hosts);
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Proof that a block is on the device; it cannot be evicted while this exists.
+pub struct Guard<'a> {
+    engine: &'a Engine,
+    id: BlockId,
+    addr: u64,
+    len: u64,
+    mutable: bool,
+}
+
+impl fmt::Debug for Guard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guard")
+            .field("block", &self.id)
+            .field("device_ptr", &format_args!("{:#x}", self.addr))
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl Guard<'_> {
+    /// The block.
+    pub fn block(&self) -> BlockId {
+        self.id
+    }
+    /// Device address of the block's first byte (a host address on `sim`).
+    pub fn device_ptr(&self) -> u64 {
+        self.addr
+    }
+    /// Block size in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+    /// Whether the block is empty (never: blocks have at least one byte).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The device bytes, where the host can address them (`sim`) and the block is immutable
+    /// (so nothing writes them while this borrow lives).
+    pub fn as_slice(&self) -> Option<&[u8]> {
+        if !self.engine.shared.host_addressable || self.mutable {
+            return None;
+        }
+        // SAFETY: on a host-addressable backend the device region is host memory owned by the
+        // arena, which lives as long as the engine this guard borrows. The guard keeps the block
+        // resident (never evicted, so the region is not reused), and an immutable block's device
+        // bytes are written only while it loads, before any guard exists.
+        Some(unsafe {
+            std::slice::from_raw_parts(self.addr as usize as *const u8, self.len as usize)
+        })
+    }
+
+    /// Copies device bytes at `offset` into `buf`.
+    pub fn read_device(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let _st = self.engine.lock();
+        self.check(offset, buf.len())?;
+        // SAFETY: the range lies inside the block's resident region (checked), which this guard
+        // keeps allocated; the engine lock serialises it with `write_device`.
+        unsafe {
+            self.engine.shared.backend.copy_now(
+                Direction::DeviceToHost,
+                buf.as_mut_ptr(),
+                self.addr + offset,
+                buf.len(),
+            )
+        }
+    }
+
+    /// Writes `data` into the device copy at `offset` (mutable blocks only). The change reaches the
+    /// host copy when the block is written back before eviction.
+    pub fn write_device(&self, offset: u64, data: &[u8]) -> Result<()> {
+        if !self.mutable {
+            return Err(Error::NotMutable(self.id));
+        }
+        let _st = self.engine.lock();
+        self.check(offset, data.len())?;
+        // SAFETY: as in `read_device`; `as_slice` is never handed out for mutable blocks, so no
+        // shared borrow of these bytes exists.
+        unsafe {
+            self.engine.shared.backend.copy_now(
+                Direction::HostToDevice,
+                data.as_ptr() as *mut u8,
+                self.addr + offset,
+                data.len(),
+            )
+        }
+    }
+
+    fn check(&self, offset: u64, len: usize) -> Result<()> {
+        let len = len as u64;
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(Error::OutOfBounds {
+                offset,
+                len,
+                size: self.len,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        self.engine.unhold(self.id);
+    }
+}

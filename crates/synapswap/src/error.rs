@@ -1,0 +1,74 @@
+//! The one error type of the engine. Every fallible call returns [`Result`].
+
+use crate::BlockId;
+
+/// Everything that can go wrong in SynapSwap. Each cause has its own variant so that the C ABI and
+/// Python can map it to a distinct code or exception.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+#[allow(missing_docs)] // variant fields are named for what they hold
+pub enum Error {
+    /// The handle was never issued by this engine.
+    #[error("unknown block handle {0}")]
+    UnknownBlock(BlockId),
+    /// The handle was issued, but its block has since been freed.
+    #[error("stale block handle {0}: that block was freed")]
+    StaleBlock(BlockId),
+    /// A block of zero bytes was requested.
+    #[error("block size must be greater than zero")]
+    ZeroSize,
+    /// A single block cannot fit in the device budget.
+    #[error("block of {size} bytes is larger than the device budget of {budget} bytes")]
+    BlockTooLarge { size: u64, budget: u64 },
+    /// Blocks with `Policy::Pinned` stay on the device once loaded; together they must fit.
+    #[error("pinned blocks would total {total} bytes, over the device budget of {budget} bytes")]
+    PinnedOverBudget { total: u64, budget: u64 },
+    /// Priorities run from 0 (evict first) to 10 (keep longest).
+    #[error("priority {0} is out of range 0..=10")]
+    InvalidPriority(u8),
+    /// The device budget must be at least one allocation granule.
+    #[error("device budget of {0} bytes is too small (minimum {min} bytes)", min = crate::pool::GRANULE)]
+    InvalidBudget(u64),
+    /// A read or write outside the block.
+    #[error("range {offset}..{end} is outside the block of {size} bytes", end = offset.saturating_add(*len))]
+    OutOfBounds { offset: u64, len: u64, size: u64 },
+    /// The operation needs the block not to be held by a guard.
+    #[error("block {0} is in use: a guard holds it")]
+    BlockInUse(BlockId),
+    /// Device writes through a guard are only allowed on blocks allocated as mutable.
+    #[error("block {0} is not mutable")]
+    NotMutable(BlockId),
+    /// Everything that could make room is held, pinned or protected by the current step.
+    #[error("out of device memory: {needed} bytes needed, but the {budget}-byte budget is held by blocks in use (held {held} bytes, pinned {pinned} bytes)")]
+    OutOfDeviceMemory {
+        needed: u64,
+        budget: u64,
+        held: u64,
+        pinned: u64,
+    },
+    /// A copy between host and device failed.
+    #[error("transfer of block {block} failed: {reason}")]
+    Transfer { block: BlockId, reason: String },
+    /// The device backend reported an error.
+    #[error("backend error: {0}")]
+    Backend(String),
+    /// The requested backend is not available on this machine.
+    #[error("backend '{name}' is unavailable: {reason}")]
+    BackendUnavailable { name: String, reason: String },
+    /// A size or bandwidth string could not be parsed.
+    #[error("invalid {what} '{input}': {reason}")]
+    Parse {
+        what: &'static str,
+        input: String,
+        reason: String,
+    },
+    /// A workload description is inconsistent.
+    #[error("invalid workload: {0}")]
+    Workload(String),
+    /// The engine was shut down; only dropping it is still allowed.
+    #[error("the engine is shut down")]
+    ShutDown,
+}
+
+/// `Result` with the engine's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

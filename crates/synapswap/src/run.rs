@@ -1,0 +1,336 @@
+//! Decoding a workload through the real engine with real bytes: what `synapswap run` does.
+//!
+//! Every block is filled with a pattern derived from its id ([`crate::pattern`]) and verified on
+//! the device at every use. Mutable blocks (KV caches) get one row rewritten per token and are
+//! verified row by row, so a lost write-back shows as a mismatch. Each step's compute is modelled:
+//! the step lasts at least its `compute_s` (the caller's thread sleeps out what verification did
+//! not use).
+//!
+//! The first `warmup_tokens` passes load the model cold (like a prefill) and are reported apart
+//! (`first_token_s`, `warmup_bytes_h2d`); rates and byte counts cover the timed tokens after them.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::workload::Workload;
+use crate::{os, pattern, BlockId, BlockSpec, Engine, Error, PrefetchStats, Result, Stats};
+
+/// How to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunConfig {
+    /// Timed tokens (passes).
+    pub tokens: u64,
+    /// Untimed passes first (cold load).
+    pub warmup_tokens: u64,
+    /// Host-to-device bandwidth the bound is computed with, bytes/s.
+    pub bound_bytes_per_s: f64,
+    /// Where that bandwidth comes from, for the report.
+    pub bound_source: String,
+}
+
+/// Byte-exact verification results.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Integrity {
+    /// Block uses whose device bytes were checked.
+    pub verified_blocks: u64,
+    /// Bytes checked.
+    pub verified_bytes: u64,
+    /// Checks that failed.
+    pub mismatches: u64,
+}
+
+/// What a run measured. Serialised as `synapswap run --json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunReport {
+    /// Backend name (`sim`, `cuda`).
+    pub backend: String,
+    /// Backend description (device, pacing).
+    pub backend_description: String,
+    /// Workload name.
+    pub workload: String,
+    /// Bytes of all blocks.
+    pub model_bytes: u64,
+    /// Device budget.
+    pub vram_budget_bytes: u64,
+    /// Timed tokens.
+    pub tokens: u64,
+    /// Untimed cold-start tokens before them.
+    pub warmup_tokens: u64,
+    /// Wall time of the timed tokens, seconds.
+    pub wall_s: f64,
+    /// Wall time of the warm-up tokens (cold load), seconds.
+    pub first_token_s: f64,
+    /// Timed tokens per second.
+    pub tokens_per_s: f64,
+    /// Best possible rate: `1 / max(compute per pass, (model_bytes - budget) / bandwidth)`.
+    pub bound_tokens_per_s: f64,
+    /// `tokens_per_s / bound_tokens_per_s`.
+    pub efficiency: f64,
+    /// The bandwidth the bound assumes, bytes/s.
+    pub h2d_bytes_per_s: f64,
+    /// Where that bandwidth comes from (`modelled by the sim backend`, `measured memcpy`, ...).
+    pub h2d_source: String,
+    /// Modelled compute per token, seconds.
+    pub compute_s_per_token: f64,
+    /// Host-to-device bytes during the timed tokens.
+    pub bytes_h2d: u64,
+    /// The least any engine must move for the timed tokens: `tokens * (model_bytes - budget)`.
+    pub min_bytes_h2d: u64,
+    /// Host-to-device bytes during warm-up.
+    pub warmup_bytes_h2d: u64,
+    /// Device-to-host bytes (write-backs) during the timed tokens.
+    pub bytes_d2h: u64,
+    /// Waits that did not block, timed tokens.
+    pub hit_rate: f64,
+    /// Seconds blocked in wait, timed tokens.
+    pub stall_s: f64,
+    /// Prefetch accounting, timed tokens.
+    pub prefetch: PrefetchStats,
+    /// Seconds the copy engine had nothing to copy, timed tokens.
+    pub copy_idle_s: f64,
+    /// Evictions during the timed tokens.
+    pub evictions: u64,
+    /// Highest device-pool use of the whole run.
+    pub peak_device_bytes: u64,
+    /// Verification results of the whole run.
+    pub integrity: Integrity,
+}
+
+/// Progress, reported after every token.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// Tokens done, warm-up included.
+    pub done: u64,
+    /// Tokens in all, warm-up included.
+    pub total: u64,
+    /// Whether the warm-up is over.
+    pub timed: bool,
+    /// Engine statistics now.
+    pub stats: Stats,
+    /// Verification so far.
+    pub integrity: Integrity,
+}
+
+struct KvState {
+    rows: u64,
+    row_bytes: u64,
+    versions: Vec<u64>,
+}
+
+fn version_seed(block_seed: u64, version: u64) -> u64 {
+    if version == 0 {
+        block_seed
+    } else {
+        pattern::seed(block_seed ^ version.wrapping_mul(0xD6E8_FEB8_6659_FD93))
+    }
+}
+
+/// Allocates the workload's blocks, fills them, declares the schedule and decodes.
+pub fn run(
+    engine: &Engine,
+    workload: &Workload,
+    cfg: &RunConfig,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<RunReport> {
+    if cfg.tokens == 0 {
+        return Err(Error::Workload("at least one token must be decoded".into()));
+    }
+    if !(cfg.bound_bytes_per_s.is_finite() && cfg.bound_bytes_per_s > 0.0) {
+        return Err(Error::Workload(
+            "the bound's bandwidth must be positive".into(),
+        ));
+    }
+    let uses = workload.resolve()?;
+    let mut ids: Vec<BlockId> = Vec::with_capacity(workload.blocks.len());
+    let result = run_inner(engine, workload, &uses, cfg, progress, &mut ids);
+    for id in ids {
+        // Frees everything even when the run failed; errors after shutdown are expected.
+        let _ = engine.free(id);
+    }
+    result
+}
+
+fn run_inner(
+    engine: &Engine,
+    workload: &Workload,
+    uses: &[Vec<usize>],
+    cfg: &RunConfig,
+    progress: &mut dyn FnMut(&Progress),
+    ids: &mut Vec<BlockId>,
+) -> Result<RunReport> {
+    let mut seeds = Vec::new();
+    let mut kv: Vec<Option<KvState>> = Vec::new();
+    let mut buf = vec![0u8; 4 << 20];
+    for (i, b) in workload.blocks.iter().enumerate() {
+        let spec = BlockSpec::new(b.bytes)
+            .name(b.name.clone())
+            .priority(b.priority)
+            .policy(b.policy)
+            .mutable(b.mutable);
+        let id = engine.alloc(spec)?;
+        ids.push(id);
+        let seed = pattern::seed(i as u64);
+        seeds.push(seed);
+        let mut off = 0;
+        while off < b.bytes {
+            let n = (b.bytes - off).min(buf.len() as u64) as usize;
+            pattern::fill(seed, off, &mut buf[..n]);
+            engine.write(id, off, &buf[..n])?;
+            off += n as u64;
+        }
+        kv.push(b.mutable.then(|| {
+            let rows = (b.bytes / 4096).clamp(1, 64);
+            KvState {
+                rows,
+                row_bytes: b.bytes / rows,
+                versions: vec![0; rows as usize],
+            }
+        }));
+    }
+    for (s, blocks) in uses.iter().enumerate() {
+        for &b in blocks {
+            engine.declare(s as u64, ids[b])?;
+        }
+    }
+
+    let total = cfg.warmup_tokens + cfg.tokens;
+    let mut integrity = Integrity::default();
+    let mut scratch = Vec::new();
+    let mut token_counter = 0u64;
+    let t_start = Instant::now();
+    let mut t_timed = t_start;
+    let mut at_timed = engine.stats();
+    for token in 0..total {
+        if token == cfg.warmup_tokens {
+            t_timed = Instant::now();
+            at_timed = engine.stats();
+        }
+        for (s, blocks) in uses.iter().enumerate() {
+            engine.hint(s as u64)?;
+            let step_start = Instant::now();
+            let mut guards = Vec::with_capacity(blocks.len());
+            for &b in blocks {
+                guards.push((b, engine.wait(ids[b])?));
+            }
+            for (b, guard) in &guards {
+                let ok = match &mut kv[*b] {
+                    None => match guard.as_slice() {
+                        Some(bytes) => pattern::verify(seeds[*b], 0, bytes),
+                        None => {
+                            scratch.resize(guard.len() as usize, 0);
+                            guard.read_device(0, &mut scratch)?;
+                            pattern::verify(seeds[*b], 0, &scratch)
+                        }
+                    },
+                    Some(state) => {
+                        scratch.resize(guard.len() as usize, 0);
+                        guard.read_device(0, &mut scratch)?;
+                        let ok = verify_kv(seeds[*b], state, &scratch);
+                        // Append this token's row.
+                        let row = token_counter % state.rows;
+                        let version = token_counter + 1;
+                        let off = row * state.row_bytes;
+                        let bytes = &mut scratch[off as usize..(off + state.row_bytes) as usize];
+                        pattern::fill(version_seed(seeds[*b], version), off, bytes);
+                        guard.write_device(off, bytes)?;
+                        state.versions[row as usize] = version;
+                        ok
+                    }
+                };
+                integrity.verified_blocks += 1;
+                integrity.verified_bytes += guard.len();
+                if !ok {
+                    integrity.mismatches += 1;
+                }
+            }
+            let compute = Duration::from_secs_f64(workload.steps[s].compute_s);
+            os::sleep_until(step_start + compute);
+            drop(guards);
+        }
+        token_counter += 1;
+        progress(&Progress {
+            done: token + 1,
+            total,
+            timed: token >= cfg.warmup_tokens,
+            stats: engine.stats(),
+            integrity,
+        });
+    }
+    let wall_s = t_timed.elapsed().as_secs_f64();
+    let first_token_s = (t_timed - t_start).as_secs_f64();
+    let end = engine.stats();
+
+    // The host copies of mutable blocks must hold every row written (after write-back or read).
+    for (b, state) in kv.iter().enumerate() {
+        if let Some(state) = state {
+            let size = workload.blocks[b].bytes;
+            scratch.resize(size as usize, 0);
+            engine.read(ids[b], 0, &mut scratch)?;
+            integrity.verified_blocks += 1;
+            integrity.verified_bytes += size;
+            if !verify_kv(seeds[b], state, &scratch) {
+                integrity.mismatches += 1;
+            }
+        }
+    }
+
+    let model_bytes = workload.model_bytes();
+    let budget = engine.budget();
+    let compute = workload.compute_s_per_pass();
+    let copy = model_bytes.saturating_sub(budget) as f64 / cfg.bound_bytes_per_s;
+    let bound = 1.0 / compute.max(copy).max(f64::MIN_POSITIVE);
+    let tokens_per_s = cfg.tokens as f64 / wall_s;
+    let info = engine.backend_info();
+    let waits = end.waits - at_timed.waits;
+    Ok(RunReport {
+        backend: info.name.to_string(),
+        backend_description: info.description,
+        workload: workload.name.clone(),
+        model_bytes,
+        vram_budget_bytes: budget,
+        tokens: cfg.tokens,
+        warmup_tokens: cfg.warmup_tokens,
+        wall_s,
+        first_token_s,
+        tokens_per_s,
+        bound_tokens_per_s: bound,
+        efficiency: tokens_per_s / bound,
+        h2d_bytes_per_s: cfg.bound_bytes_per_s,
+        h2d_source: cfg.bound_source.clone(),
+        compute_s_per_token: compute,
+        bytes_h2d: end.bytes_h2d - at_timed.bytes_h2d,
+        min_bytes_h2d: cfg.tokens * model_bytes.saturating_sub(budget),
+        warmup_bytes_h2d: at_timed.bytes_h2d,
+        bytes_d2h: end.bytes_d2h - at_timed.bytes_d2h,
+        hit_rate: if waits == 0 {
+            1.0
+        } else {
+            (end.hits - at_timed.hits) as f64 / waits as f64
+        },
+        stall_s: end.stall_s - at_timed.stall_s,
+        prefetch: PrefetchStats {
+            issued: end.prefetch.issued - at_timed.prefetch.issued,
+            used: end.prefetch.used - at_timed.prefetch.used,
+            wasted: end.prefetch.wasted - at_timed.prefetch.wasted,
+        },
+        copy_idle_s: end.copy_idle_s - at_timed.copy_idle_s,
+        evictions: end.evictions - at_timed.evictions,
+        peak_device_bytes: end.peak_device_bytes,
+        integrity,
+    })
+}
+
+fn verify_kv(seed: u64, state: &KvState, bytes: &[u8]) -> bool {
+    let rows_end = state.rows * state.row_bytes;
+    let rows_ok = (0..state.rows).all(|r| {
+        let off = r * state.row_bytes;
+        let seed = version_seed(seed, state.versions[r as usize]);
+        pattern::verify(
+            seed,
+            off,
+            &bytes[off as usize..(off + state.row_bytes) as usize],
+        )
+    });
+    rows_ok && pattern::verify(seed, rows_end, &bytes[rows_end as usize..])
+}

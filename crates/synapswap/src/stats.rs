@@ -1,0 +1,76 @@
+//! Engine statistics: what moved, what hit, how long callers waited.
+
+use serde::Serialize;
+
+/// Prefetch accounting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PrefetchStats {
+    /// Loads started ahead of use.
+    pub issued: u64,
+    /// Prefetched blocks that were used before being evicted.
+    pub used: u64,
+    /// Prefetched blocks evicted before any use (bandwidth spent for nothing).
+    pub wasted: u64,
+}
+
+/// A snapshot of the engine's counters. Every field is measured by the engine, none estimated.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Stats {
+    /// Device pool size.
+    pub vram_budget_bytes: u64,
+    /// Device bytes allocated now (resident, loading or writing back).
+    pub device_used_bytes: u64,
+    /// Highest `device_used_bytes` seen.
+    pub peak_device_bytes: u64,
+    /// Largest contiguous free region of the pool.
+    pub largest_free_bytes: u64,
+    /// `1 - largest_free / free`: 0 means all free space is one region.
+    pub fragmentation: f64,
+    /// Live blocks.
+    pub blocks: u64,
+    /// Blocks on the device now.
+    pub resident_blocks: u64,
+    /// Bytes of host copies held by the engine.
+    pub host_bytes: u64,
+    /// Host-to-device bytes copied (completed loads).
+    pub bytes_h2d: u64,
+    /// Device-to-host bytes copied (write-backs of mutable blocks).
+    pub bytes_d2h: u64,
+    /// Completed loads.
+    pub loads: u64,
+    /// Loads started because a caller waited for a block that was not on its way.
+    pub demand_loads: u64,
+    /// Blocks evicted.
+    pub evictions: u64,
+    /// Mutable blocks written back before eviction.
+    pub writebacks: u64,
+    /// Calls to wait/acquire.
+    pub waits: u64,
+    /// Waits that did not block.
+    pub hits: u64,
+    /// Waits on blocks the schedule did not place at the current step.
+    pub unpredicted: u64,
+    /// Seconds callers spent blocked in wait.
+    pub stall_s: f64,
+    /// Seconds the copy engine spent copying (sum of completed copy durations).
+    pub transfer_busy_s: f64,
+    /// Seconds the transfer thread waited with no copy to run.
+    pub copy_idle_s: f64,
+    /// Smoothed host-to-device bandwidth seen by the planner, bytes/s (0 until measured).
+    pub h2d_bytes_per_s: f64,
+    /// How far ahead (seconds) the planner currently prefetches.
+    pub lookahead_s: f64,
+    /// Prefetch accounting.
+    pub prefetch: PrefetchStats,
+}
+
+impl Stats {
+    /// `hits / waits`, or 1 when nothing waited.
+    pub fn hit_rate(&self) -> f64 {
+        if self.waits == 0 {
+            1.0
+        } else {
+            self.hits as f64 / self.waits as f64
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The runtime's transfer side: a deadline-ordered queue of copy jobs and the dedicated thread that
+//! feeds them, chunk by chunk, to the backend's copy queue.
+//!
+//! Order: demand loads (a caller is blocked) first, then write-backs (they free space someone is
+//! waiting for), then prefetches in the order the planner issued them, which is deadline order.
+//! Jobs are cut into chunks (default 8 MiB) and the next chunk is chosen afresh each time, so a
+//! demand load that arrives during a long prefetch waits behind at most the chunks already queued
+//! on the backend (one on `sim`).
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use crate::backend::{Direction, Ticket};
+use crate::engine::{Shared, State};
+use crate::sync::{self, Arc};
+use crate::BlockId;
+
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub block: BlockId,
+    pub dir: Direction,
+    pub host: u64,
+    pub device: u64,
+    pub len: u64,
+    pub demand: bool,
+    seq: u64,
+    submitted: u64,
+    completed: u64,
+    in_flight: u32,
+    busy_s: f64,
+    failed: Option<String>,
+}
+
+/// Pending copy jobs.
+#[derive(Debug, Default)]
+pub(crate) struct TransferQueue {
+    jobs: Vec<Job>,
+    seq: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Chunk {
+    seq: u64,
+    dir: Direction,
+    host: u64,
+    device: u64,
+    len: u64,
+}
+
+impl TransferQueue {
+    pub fn push(
+        &mut self,
+        block: BlockId,
+        dir: Direction,
+        host: u64,
+        device: u64,
+        len: u64,
+        demand: bool,
+    ) {
+        self.seq += 1;
+        self.jobs.push(Job {
+            block,
+            dir,
+            host,
+            device,
+            len,
+            demand,
+            seq: self.seq,
+            submitted: 0,
+            completed: 0,
+            in_flight: 0,
+            busy_s: 0.0,
+            failed: None,
+        });
+    }
+
+    /// A queued prefetch of `block` is now waited for.
+    pub fn expedite(&mut self, block: BlockId) {
+        for j in &mut self.jobs {
+            if j.block == block && j.dir == Direction::HostToDevice {
+                j.demand = true;
+            }
+        }
+    }
+
+    /// Whether a job for this block is queued or running.
+    pub fn has_job(&self, block: BlockId) -> bool {
+        self.jobs.iter().any(|j| j.block == block)
+    }
+
+    fn rank(j: &Job) -> (u8, u64) {
+        let class = match (j.dir, j.demand) {
+            (Direction::HostToDevice, true) => 0,
+            (Direction::DeviceToHost, _) => 1,
+            (Direction::HostToDevice, false) => 2,
+        };
+        (class, j.seq)
+    }
+
+    /// Carves the next chunk to copy, from the most urgent job with bytes left to submit.
+    pub fn next_chunk(&mut self, chunk_bytes: u64) -> Option<Chunk> {
+        let job = self
+            .jobs
+            .iter_mut()
+            .filter(|j| j.submitted < j.len && j.failed.is_none())
+            .min_by_key(|j| Self::rank(j))?;
+        let len = (job.len - job.submitted).min(chunk_bytes);
+        let c = Chunk {
+            seq: job.seq,
+            dir: job.dir,
+            host: job.host + job.submitted,
+            device: job.device + job.submitted,
+            len,
+        };
+        job.submitted += len;
+        job.in_flight += 1;
+        Some(c)
+    }
+
+    /// Records a finished chunk; returns the job if it is now over (completed or failed).
+    pub fn chunk_done(
+        &mut self,
+        seq: u64,
+        len: u64,
+        result: Result<(), String>,
+        busy_s: f64,
+    ) -> Option<Job> {
+        let i = self.jobs.iter().position(|j| j.seq == seq)?;
+        let j = &mut self.jobs[i];
+        j.in_flight -= 1;
+        j.busy_s += busy_s;
+        match result {
+            Ok(()) => j.completed += len,
+            Err(e) => {
+                j.failed.get_or_insert(e);
+            }
+        }
+        let over = j.in_flight == 0 && (j.completed == j.len || j.failed.is_some());
+        over.then(|| self.jobs.remove(i))
+    }
+}
+
+impl Job {
+    pub fn outcome(&self) -> (bool, &str, f64) {
+        match &self.failed {
+            None => (true, "", self.busy_s),
+            Some(e) => (false, e.as_str(), self.busy_s),
+        }
+    }
+}
+
+/// The transfer thread: keeps up to `pipeline_depth` chunks on the backend's copy queue and reports
+/// completions to the planner. Exits on shutdown once every submitted copy has completed, so no
+/// copy outlives the memory it touches.
+pub(crate) fn transfer_thread(shared: Arc<Shared>) {
+    let backend = shared.backend.clone();
+    let mut in_flight: VecDeque<(Chunk, Ticket, Instant)> = VecDeque::new();
+    let mut st = sync::lock(&shared.state);
+    loop {
+        while in_flight.len() < shared.pipeline_depth && !st.shutdown {
+            let Some(c) = st.queue.next_chunk(shared.chunk_bytes) else {
+                break;
+            };
+            let t0 = Instant::now();
+            // SAFETY: the chunk lies inside the block's host buffer and its device region. The
+            // planner keeps the region allocated, and the engine keeps the host buffer alive and
+            // untouched by callers (`write`, `read` and `free` wait for the block's jobs), until
+            // this job is reported done, which happens only after `wait` on every chunk's ticket.
+            let submitted = unsafe {
+                backend.submit(c.dir, c.host as usize as *mut u8, c.device, c.len as usize)
+            };
+            match submitted {
+                Ok(ticket) => in_flight.push_back((c, ticket, t0)),
+                Err(e) => {
+                    if let Some(job) = st.queue.chunk_done(c.seq, c.len, Err(e.to_string()), 0.0) {
+                        finish_job(&shared, &mut st, &job);
+                    }
+                }
+            }
+        }
+        let Some((c, ticket, t0)) = in_flight.pop_front() else {
+            if st.shutdown {
+                break;
+            }
+            let idle = Instant::now();
+            st = sync::wait(&shared.work, st);
+            st.planner.add_copy_idle(idle.elapsed().as_secs_f64());
+            continue;
+        };
+        drop(st);
+        let result = backend.wait(ticket).map_err(|e| e.to_string());
+        let busy = t0.elapsed().as_secs_f64();
+        st = sync::lock(&shared.state);
+        if let Some(job) = st.queue.chunk_done(c.seq, c.len, result, busy) {
+            finish_job(&shared, &mut st, &job);
+        }
+    }
+}
+
+fn finish_job(shared: &Shared, st: &mut State, job: &Job) {
+    let (ok, reason, busy) = job.outcome();
+    match job.dir {
+        Direction::HostToDevice => st.planner.transfer_done(job.block, ok, reason, busy),
+        Direction::DeviceToHost => st.planner.writeback_done(job.block, ok, busy),
+    }
+    st.apply_commands(shared);
+    shared.ready.notify_all();
+}
