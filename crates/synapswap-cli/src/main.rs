@@ -44,12 +44,12 @@ struct RunArgs {
     #[arg(long, value_parser = size_arg)]
     vram: Option<u64>,
     /// Host-to-device bandwidth the sim backend models, e.g. 25GB/s, or `max` for unpaced memcpy.
-    #[arg(long, default_value = "4GB/s", value_parser = bandwidth_arg)]
+    #[arg(long, default_value = "2GB/s", value_parser = bandwidth_arg)]
     h2d: Bandwidth,
     /// Tokens to decode (timed), after one warm-up token.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
     tokens: u64,
-    /// Layers of the Llama-7B-shaped model (8 layers = 3.54 GiB).
+    /// Layers of the Llama-7B-shaped model (8 layers = 3.29 GiB).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
     layers: u64,
     /// Copy chunk size.

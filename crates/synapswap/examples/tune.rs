@@ -189,6 +189,16 @@ fn main() {
             now = t_end;
             used_acc += p.pool().used() as f64;
             used_n += 1.0;
+            if tok == tokens - 1 && std::env::var("DBG").is_ok() {
+                eprintln!(
+                    "step {s} free {} largest {} uses {:?}",
+                    p.pool().free_bytes() >> 20,
+                    p.pool().largest_free() >> 20,
+                    u.iter()
+                        .map(|&b| wl.blocks[b].bytes >> 20)
+                        .collect::<Vec<_>>()
+                );
+            }
             for &b in u {
                 p.unhold(ids[b]);
             }

@@ -251,6 +251,8 @@ pub struct Planner {
     ema_bw: f64,
     /// Bytes loading or loaded by prefetch and not used yet.
     pipeline_bytes: u64,
+    /// Bytes of prefetches still being copied.
+    loading_bytes: u64,
     pinned_bytes: u64,
     host_bytes: u64,
     live_blocks: u64,
@@ -286,6 +288,7 @@ impl Planner {
             lookahead_s,
             ema_bw: 0.0,
             pipeline_bytes: 0,
+            loading_bytes: 0,
             pinned_bytes: 0,
             host_bytes: 0,
             live_blocks: 0,
@@ -683,6 +686,9 @@ impl Planner {
             return;
         };
         let size = b.spec.size;
+        if b.prefetched_unused {
+            self.loading_bytes -= size;
+        }
         self.in_flight -= 1;
         if ok {
             let b = self.b_mut(id.index);
@@ -852,15 +858,15 @@ impl Planner {
 
     /// The eviction rule: the best run of adjacent regions to clear for `bytes`. Returns the
     /// victims (possibly none) or `None` if no run can be cleared.
-    fn find_window(&self, bytes: u64, mode: Mode) -> Option<Vec<u32>> {
+    fn find_window(&self, bytes: u64, mode: Mode) -> Option<(u64, Vec<u32>)> {
         let need = granules(bytes) * GRANULE;
-        // (size, None = free | Some(Some((index, keep))) = victim | Some(None) = barrier)
-        let regions: Vec<(u64, Option<Option<(u32, Keep)>>)> = self
+        // (offset, size, None = free | Some(Some((index, keep))) = victim | Some(None) = barrier)
+        let regions: Vec<(u64, u64, Option<Option<(u32, Keep)>>)> = self
             .pool
             .regions()
             .map(|r| {
                 let kind = r.tag.map(|i| self.evictable(i, mode).map(|k| (i, k)));
-                (r.size, kind)
+                (r.offset, r.size, kind)
             })
             .collect();
         let mut best: Option<((Option<Keep>, u64, usize), usize, usize)> = None;
@@ -868,7 +874,7 @@ impl Planner {
             let mut acc = 0;
             let mut worst: Option<Keep> = None;
             let mut victim_bytes = 0;
-            for (j, (size, kind)) in regions.iter().enumerate().skip(start) {
+            for (j, (_, size, kind)) in regions.iter().enumerate().skip(start) {
                 match kind {
                     Some(None) => break,
                     Some(Some((_, k))) => {
@@ -889,12 +895,11 @@ impl Planner {
             }
         }
         let (_, start, end) = best?;
-        Some(
-            regions[start..=end]
-                .iter()
-                .filter_map(|(_, kind)| kind.flatten().map(|(i, _)| i))
-                .collect(),
-        )
+        let victims = regions[start..=end]
+            .iter()
+            .filter_map(|(_, _, kind)| kind.flatten().map(|(i, _)| i))
+            .collect();
+        Some((regions[start].0, victims))
     }
 
     fn evict(&mut self, index: u32) {
@@ -938,6 +943,7 @@ impl Planner {
             self.n.demand_loads += 1;
         } else {
             self.pipeline_bytes += size;
+            self.loading_bytes += size;
             self.n.prefetch.issued += 1;
         }
         self.commands.push_back(Command::Load {
@@ -956,11 +962,13 @@ impl Planner {
             return Placement::Placed;
         }
         match self.find_window(size, mode) {
-            Some(victims) => {
+            Some((at, victims)) => {
                 for v in victims {
                     self.evict(v);
                 }
-                match self.pool.alloc(size, index) {
+                // Put the block where room was made, so the space it frees elsewhere is not
+                // split into holes.
+                match self.pool.alloc_containing(at, size, index) {
                     Some(alloc) => {
                         self.start_load(index, alloc, demand);
                         Placement::Placed
@@ -1066,8 +1074,9 @@ impl Planner {
                 }
                 if self.pipeline_bytes > 0 {
                     let ahead = self.pipeline_bytes + b.spec.size;
-                    let fill = self.copy_time(ahead);
-                    if ahead > cap || fill > self.lookahead_s || est - fill > self.lookahead_s {
+                    let fed = self.loading_bytes > 0
+                        && self.copy_time(self.loading_bytes + b.spec.size) > self.lookahead_s;
+                    if ahead > cap || fed || est - self.copy_time(ahead) > self.lookahead_s {
                         return;
                     }
                 }

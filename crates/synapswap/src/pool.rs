@@ -260,6 +260,22 @@ impl Pool {
         Some(self.take(n, units, tag))
     }
 
+    /// Allocates `bytes` at the start of the free region that contains byte `offset`, if that
+    /// region is big enough. The planner uses it to put a block exactly where it made room.
+    pub fn alloc_containing(&mut self, offset: u64, bytes: u64, tag: u32) -> Option<Allocation> {
+        let units = granules(bytes).max(1);
+        let at = offset / GRANULE;
+        let mut n = if self.capacity > 0 { 0 } else { NIL };
+        while n != NIL {
+            let node = &self.nodes[n as usize];
+            if node.offset <= at && at < node.offset + node.size {
+                return (!node.used && node.size >= units).then(|| self.take(n, units, tag));
+            }
+            n = node.next_phys;
+        }
+        None
+    }
+
     fn take(&mut self, n: u32, units: u64, tag: u32) -> Allocation {
         self.remove_free(n);
         let (offset, size, next) = {
