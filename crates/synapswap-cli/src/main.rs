@@ -104,7 +104,17 @@ fn measure_memcpy() -> f64 {
 }
 
 fn cmd_run(args: RunArgs) -> Result<(), (u8, String)> {
-    let fail = |e: synapswap::Error| (1u8, e.to_string());
+    // Errors caused by the arguments (a budget too small for a block, say) exit with 2.
+    let fail = |e: synapswap::Error| {
+        let code = match e {
+            synapswap::Error::BlockTooLarge { .. }
+            | synapswap::Error::InvalidBudget(_)
+            | synapswap::Error::PinnedOverBudget { .. }
+            | synapswap::Error::Parse { .. } => 2u8,
+            _ => 1,
+        };
+        (code, e.to_string())
+    };
     let shape = LlamaShape {
         layers: args.layers,
         ..LlamaShape::LLAMA_8L
@@ -146,7 +156,7 @@ fn cmd_run(args: RunArgs) -> Result<(), (u8, String)> {
     if let Some(d) = args.pipeline_depth {
         builder = builder.pipeline_depth(d as usize);
     }
-    let engine = builder.build().map_err(|e| (2, e.to_string()))?;
+    let engine = builder.build().map_err(fail)?;
     let cfg = RunConfig {
         tokens: args.tokens,
         warmup_tokens: 1,

@@ -954,10 +954,19 @@ impl Planner {
         });
     }
 
+    /// Allocates free space: blocks under 1/64 of the pool from the top, the rest best-fit.
+    fn alloc_free(&mut self, size: u64, index: u32) -> Option<Allocation> {
+        if size <= self.pool.capacity() / 64 {
+            self.pool.alloc_high(size, index)
+        } else {
+            self.pool.alloc(size, index)
+        }
+    }
+
     fn place(&mut self, index: u32, mode: Mode) -> Placement {
         let size = self.b(index).spec.size;
         let demand = mode == Mode::Demand;
-        if let Some(alloc) = self.pool.alloc(size, index) {
+        if let Some(alloc) = self.alloc_free(size, index) {
             self.start_load(index, alloc, demand);
             return Placement::Placed;
         }

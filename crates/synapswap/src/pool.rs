@@ -276,6 +276,46 @@ impl Pool {
         None
     }
 
+    /// Allocates `bytes` at the highest address that fits. Small blocks placed from the top keep
+    /// the low addresses contiguous for large ones; a tiny block in the middle of the arena would
+    /// otherwise split the largest free region in two. O(regions).
+    pub fn alloc_high(&mut self, bytes: u64, tag: u32) -> Option<Allocation> {
+        let units = granules(bytes).max(1);
+        let mut best = NIL;
+        let mut n = if self.capacity > 0 { 0 } else { NIL };
+        while n != NIL {
+            let node = &self.nodes[n as usize];
+            if !node.used && node.size >= units {
+                best = n;
+            }
+            n = node.next_phys;
+        }
+        if best == NIL {
+            return None;
+        }
+        let size = self.nodes[best as usize].size;
+        if size == units {
+            return Some(self.take(best, units, tag));
+        }
+        // Split: `best` keeps the front (free), a new node takes the tail.
+        self.remove_free(best);
+        let (offset, next) = {
+            let node = &self.nodes[best as usize];
+            (node.offset, node.next_phys)
+        };
+        let tail = self.new_node(offset + size - units, units);
+        self.nodes[tail as usize].prev_phys = best;
+        self.nodes[tail as usize].next_phys = next;
+        if next != NIL {
+            self.nodes[next as usize].prev_phys = tail;
+        }
+        self.nodes[best as usize].next_phys = tail;
+        self.nodes[best as usize].size = size - units;
+        self.insert_free(best);
+        self.insert_free(tail);
+        Some(self.take(tail, units, tag))
+    }
+
     fn take(&mut self, n: u32, units: u64, tag: u32) -> Allocation {
         self.remove_free(n);
         let (offset, size, next) = {
@@ -432,6 +472,20 @@ mod tests {
     }
 
     #[test]
+    fn small_blocks_go_high() {
+        let mut p = Pool::new(1 << 20);
+        let small = p.alloc_high(1000, 1).unwrap();
+        assert_eq!(small.offset + small.size, 1 << 20);
+        let big = p.alloc(512 << 10, 2).unwrap();
+        assert_eq!(big.offset, 0);
+        check(&p);
+        p.free(small.region);
+        p.free(big.region);
+        check(&p);
+        assert_eq!(p.largest_free(), 1 << 20);
+    }
+
+    #[test]
     fn full_and_empty() {
         let mut p = Pool::new(4096);
         let a = p.alloc(4096, 0).unwrap();
@@ -450,7 +504,8 @@ mod tests {
             for (op, size) in ops {
                 if op < 2 {
                     let before = p.largest_free();
-                    match p.alloc(size, 7) {
+                    let a = if size % 3 == 0 { p.alloc_high(size, 7) } else { p.alloc(size, 7) };
+                    match a {
                         Some(a) => {
                             prop_assert!(a.offset + a.size <= p.capacity());
                             for l in &live {

@@ -156,7 +156,6 @@ fn run_decodes_a_small_model_exactly() {
         r.bytes_h2d >= r.min_bytes_h2d,
         "moved less than the minimum?"
     );
-    assert!(r.bytes_d2h > 0, "KV caches were written back");
     // `run` frees what it allocated.
     assert_eq!(engine.stats().blocks, 0);
     engine.shutdown();

@@ -1,0 +1,85 @@
+//! The `synapswap` binary: `run --json` keys and invariants, and clear errors with exit code 2.
+
+use std::process::Command;
+
+fn synapswap(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_synapswap"))
+        .args(args)
+        .output()
+        .expect("run the synapswap binary")
+}
+
+#[test]
+fn run_json_reports_every_key_and_holds_its_invariants() {
+    // One layer (0.63 GiB) through 300 MiB, unpaced: seconds, not minutes.
+    let out = synapswap(&[
+        "run", "--json", "--layers", "1", "--vram", "300MiB", "--h2d", "max", "--tokens", "3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for key in [
+        "backend",
+        "workload",
+        "model_bytes",
+        "vram_budget_bytes",
+        "tokens",
+        "wall_s",
+        "tokens_per_s",
+        "bound_tokens_per_s",
+        "efficiency",
+        "bytes_h2d",
+        "min_bytes_h2d",
+        "hit_rate",
+        "stall_s",
+        "prefetch",
+        "peak_device_bytes",
+        "integrity",
+    ] {
+        assert!(v.get(key).is_some(), "missing key {key}");
+    }
+    for key in ["issued", "used", "wasted"] {
+        assert!(v["prefetch"].get(key).is_some(), "missing prefetch.{key}");
+    }
+    assert_eq!(v["backend"], "sim");
+    assert_eq!(v["tokens"], 3);
+    assert_eq!(v["integrity"]["mismatches"], 0);
+    assert!(v["integrity"]["verified_blocks"].as_u64().unwrap() > 0);
+    let budget = v["vram_budget_bytes"].as_u64().unwrap();
+    assert_eq!(budget, 300 << 20);
+    assert!(v["peak_device_bytes"].as_u64().unwrap() <= budget);
+    assert!(v["model_bytes"].as_u64().unwrap() >= 2 * budget);
+    assert!(v["bytes_h2d"].as_u64().unwrap() >= v["min_bytes_h2d"].as_u64().unwrap());
+    let eff = v["efficiency"].as_f64().unwrap();
+    let ratio = v["tokens_per_s"].as_f64().unwrap() / v["bound_tokens_per_s"].as_f64().unwrap();
+    assert!((eff - ratio).abs() < 1e-9);
+}
+
+#[test]
+fn malformed_sizes_are_clear_errors_with_exit_code_2() {
+    for args in [
+        ["run", "--vram", "12XB"],
+        ["run", "--vram", "lots"],
+        ["run", "--h2d", "fastGB/s"],
+        ["run", "--h2d", "0GB/s"],
+    ] {
+        let out = synapswap(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("invalid"), "{args:?}: {err}");
+        assert!(out.stdout.is_empty());
+    }
+    let out = synapswap(&["run", "--vram", "100"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("budget"));
+}
+
+#[test]
+fn a_budget_smaller_than_a_tensor_is_an_argument_error() {
+    let out = synapswap(&["run", "--layers", "1", "--vram", "64MiB", "--h2d", "max"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("larger than the device budget"));
+}
