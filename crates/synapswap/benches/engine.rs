@@ -104,9 +104,7 @@ fn streaming() -> (f64, f64, u64) {
 }
 
 fn main() {
-    let write = std::env::args()
-        .skip_while(|a| a != "--write")
-        .nth(1);
+    let write = std::env::args().skip_while(|a| a != "--write").nth(1);
     let (hit_ns, lock_ns) = hit_path();
     let (ours_bw, memcpy_bw, _) = streaming();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());

@@ -210,6 +210,13 @@ enum Placement {
 /// The keep-key of a victim: lower is evicted first (see the module docs).
 type Keep = (u8, u8, u64);
 
+/// A region as the window search sees it: offset, size, and `None` for free space,
+/// `Some(Some((block, keep)))` for an evictable block, `Some(None)` for a barrier.
+type WindowRegion = (u64, u64, Option<Option<(u32, Keep)>>);
+
+/// A window's score (worst victim, victim bytes, first region) with its first and last region.
+type WindowChoice = ((Option<Keep>, u64, usize), usize, usize);
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Counters {
     bytes_h2d: u64,
@@ -860,8 +867,7 @@ impl Planner {
     /// victims (possibly none) or `None` if no run can be cleared.
     fn find_window(&self, bytes: u64, mode: Mode) -> Option<(u64, Vec<u32>)> {
         let need = granules(bytes) * GRANULE;
-        // (offset, size, None = free | Some(Some((index, keep))) = victim | Some(None) = barrier)
-        let regions: Vec<(u64, u64, Option<Option<(u32, Keep)>>)> = self
+        let regions: Vec<WindowRegion> = self
             .pool
             .regions()
             .map(|r| {
@@ -869,7 +875,7 @@ impl Planner {
                 (r.offset, r.size, kind)
             })
             .collect();
-        let mut best: Option<((Option<Keep>, u64, usize), usize, usize)> = None;
+        let mut best: Option<WindowChoice> = None;
         for start in 0..regions.len() {
             let mut acc = 0;
             let mut worst: Option<Keep> = None;

@@ -197,7 +197,6 @@ fn run_inner(
     let total = cfg.warmup_tokens + cfg.tokens;
     let mut integrity = Integrity::default();
     let mut scratch = Vec::new();
-    let mut token_counter = 0u64;
     let t_start = Instant::now();
     let mut t_timed = t_start;
     let mut at_timed = engine.stats();
@@ -228,8 +227,8 @@ fn run_inner(
                         guard.read_device(0, &mut scratch)?;
                         let ok = verify_kv(seeds[*b], state, &scratch);
                         // Append this token's row.
-                        let row = token_counter % state.rows;
-                        let version = token_counter + 1;
+                        let row = token % state.rows;
+                        let version = token + 1;
                         let off = row * state.row_bytes;
                         let bytes = &mut scratch[off as usize..(off + state.row_bytes) as usize];
                         pattern::fill(version_seed(seeds[*b], version), off, bytes);
@@ -248,7 +247,6 @@ fn run_inner(
             os::sleep_until(step_start + compute);
             drop(guards);
         }
-        token_counter += 1;
         progress(&Progress {
             done: token + 1,
             total,
