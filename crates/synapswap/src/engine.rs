@@ -267,7 +267,7 @@ impl Engine {
             let moving = matches!(
                 st.planner.residency(id)?,
                 Residency::Loading | Residency::WritingBack
-            ) || st.queue.has_job(id);
+            );
             if !moving {
                 return Ok(st);
             }

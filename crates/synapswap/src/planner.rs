@@ -260,6 +260,8 @@ pub struct Planner {
     pipeline_bytes: u64,
     /// Bytes of prefetches still being copied.
     loading_bytes: u64,
+    /// The last prefetch walk stopped because a block found no room.
+    space_blocked: bool,
     pinned_bytes: u64,
     host_bytes: u64,
     live_blocks: u64,
@@ -296,6 +298,7 @@ impl Planner {
             ema_bw: 0.0,
             pipeline_bytes: 0,
             loading_bytes: 0,
+            space_blocked: false,
             pinned_bytes: 0,
             host_bytes: 0,
             live_blocks: 0,
@@ -576,7 +579,9 @@ impl Planner {
         Ok(())
     }
 
-    fn mark_used(&mut self, index: u32) {
+    /// Records a use (and a hold). Returns whether the prefetch pipeline shrank, which is the
+    /// only way a use can let more prefetches in.
+    fn mark_used(&mut self, index: u32) -> bool {
         let (tick, epoch) = (self.tick, self.epoch);
         let b = self.b_mut(index);
         b.holds += 1;
@@ -590,7 +595,9 @@ impl Planner {
             let size = b.spec.size;
             self.pipeline_bytes -= size;
             self.n.prefetch.used += 1;
+            return true;
         }
+        false
     }
 
     /// A caller wants `block` on the device. On `Ready` the block is held: call
@@ -613,8 +620,10 @@ impl Planner {
         match state {
             State::Resident { alloc } => {
                 self.n.hits += 1;
-                self.mark_used(id.index);
-                self.pump();
+                // The hit path: only walk the schedule when the use freed pipeline room.
+                if self.mark_used(id.index) {
+                    self.pump();
+                }
                 Ok(Acquire::Ready(alloc.offset))
             }
             State::Loading { demand, .. } => {
@@ -656,8 +665,9 @@ impl Planner {
         }
         if let State::Resident { alloc } = b.state {
             b.waiters = b.waiters.saturating_sub(1);
-            self.mark_used(id.index);
-            self.pump();
+            if self.mark_used(id.index) {
+                self.pump();
+            }
             return Some(Ok(alloc.offset));
         }
         None
@@ -674,12 +684,15 @@ impl Planner {
         self.pump();
     }
 
-    /// Drops one hold taken by `acquire`/`poll_waiter`.
+    /// Drops one hold taken by `acquire`/`poll_waiter`. A released hold can only matter to a
+    /// placement that was refused for lack of room, so only then is the schedule walked again.
     pub fn unhold(&mut self, id: BlockId) {
         if let Ok(b) = self.block_mut(id) {
             b.holds = b.holds.saturating_sub(1);
         }
-        self.pump();
+        if self.space_blocked || !self.pending_demands.is_empty() {
+            self.pump();
+        }
     }
 
     /// A load finished (`ok`) or failed. `busy_s` is how long the copy itself took.
@@ -1069,6 +1082,7 @@ impl Planner {
     /// - its step starts more than `lookahead_s` after the pipeline could have copied it
     ///   (starting later is as good, and keeps the resident set intact longer).
     fn prefetch(&mut self) {
+        self.space_blocked = false;
         let len = self.schedule.len() as usize;
         let cap = self.budget() / 4;
         let mut est = 0.0;
@@ -1097,7 +1111,10 @@ impl Planner {
                 }
                 match self.place(i, Mode::Prefetch { dist: k as u64 }) {
                     Placement::Placed => {}
-                    Placement::Wait | Placement::Impossible => return,
+                    Placement::Wait | Placement::Impossible => {
+                        self.space_blocked = true;
+                        return;
+                    }
                 }
             }
         }

@@ -83,11 +83,6 @@ impl TransferQueue {
         }
     }
 
-    /// Whether a job for this block is queued or running.
-    pub fn has_job(&self, block: BlockId) -> bool {
-        self.jobs.iter().any(|j| j.block == block)
-    }
-
     fn rank(j: &Job) -> (u8, u64) {
         let class = match (j.dir, j.demand) {
             (Direction::HostToDevice, true) => 0,
