@@ -70,7 +70,7 @@ fn shutdown_with_copies_in_flight_returns_and_leaks_nothing() {
 fn a_blocked_waiter_is_woken_by_shutdown() {
     let backend = Arc::new(
         SimBackend::new(SimConfig {
-            h2d_bytes_per_s: Some(1e6), // 1 MB/s: a 1 MiB load takes a second
+            h2d_bytes_per_s: Some(1e5), // 100 kB/s: the 1 MiB load would take 10 s
             ..SimConfig::default()
         })
         .unwrap(),
@@ -78,7 +78,7 @@ fn a_blocked_waiter_is_woken_by_shutdown() {
     let engine = Engine::builder()
         .budget(2 * MIB)
         .backend(backend)
-        .chunk_bytes(64 * KIB)
+        .chunk_bytes(16 * KIB)
         .build()
         .unwrap();
     let a = engine.alloc(BlockSpec::new(MIB)).unwrap();
