@@ -265,15 +265,12 @@ impl Pool {
     pub fn alloc_containing(&mut self, offset: u64, bytes: u64, tag: u32) -> Option<Allocation> {
         let units = granules(bytes).max(1);
         let at = offset / GRANULE;
-        let mut n = if self.capacity > 0 { 0 } else { NIL };
-        while n != NIL {
+        let n = self.phys_order().find(|&n| {
             let node = &self.nodes[n as usize];
-            if node.offset <= at && at < node.offset + node.size {
-                return (!node.used && node.size >= units).then(|| self.take(n, units, tag));
-            }
-            n = node.next_phys;
-        }
-        None
+            node.offset <= at && at < node.offset + node.size
+        })?;
+        let node = &self.nodes[n as usize];
+        (!node.used && node.size >= units).then(|| self.take(n, units, tag))
     }
 
     /// Allocates `bytes` at the highest address that fits. Small blocks placed from the top keep
@@ -281,62 +278,59 @@ impl Pool {
     /// otherwise split the largest free region in two. O(regions).
     pub fn alloc_high(&mut self, bytes: u64, tag: u32) -> Option<Allocation> {
         let units = granules(bytes).max(1);
-        let mut best = NIL;
-        let mut n = if self.capacity > 0 { 0 } else { NIL };
-        while n != NIL {
-            let node = &self.nodes[n as usize];
-            if !node.used && node.size >= units {
-                best = n;
-            }
-            n = node.next_phys;
-        }
-        if best == NIL {
-            return None;
-        }
+        let best = self
+            .phys_order()
+            .filter(|&n| {
+                let node = &self.nodes[n as usize];
+                !node.used && node.size >= units
+            })
+            .last()?;
         let size = self.nodes[best as usize].size;
         if size == units {
             return Some(self.take(best, units, tag));
         }
-        // Split: `best` keeps the front (free), a new node takes the tail.
+        // `best` keeps the front, free; the tail becomes the allocation.
         self.remove_free(best);
-        let (offset, next) = {
-            let node = &self.nodes[best as usize];
-            (node.offset, node.next_phys)
-        };
-        let tail = self.new_node(offset + size - units, units);
-        self.nodes[tail as usize].prev_phys = best;
-        self.nodes[tail as usize].next_phys = next;
-        if next != NIL {
-            self.nodes[next as usize].prev_phys = tail;
-        }
-        self.nodes[best as usize].next_phys = tail;
-        self.nodes[best as usize].size = size - units;
+        let tail = self.split_off(best, size - units);
         self.insert_free(best);
-        self.insert_free(tail);
-        Some(self.take(tail, units, tag))
+        Some(self.claim(tail, tag))
     }
 
+    /// Allocates the front `units` of free region `n`; the rest stays free.
     fn take(&mut self, n: u32, units: u64, tag: u32) -> Allocation {
         self.remove_free(n);
+        debug_assert!(self.nodes[n as usize].size >= units);
+        if self.nodes[n as usize].size > units {
+            let rest = self.split_off(n, units);
+            self.insert_free(rest);
+        }
+        self.claim(n, tag)
+    }
+
+    /// Cuts region `n` (in no free list) after its first `front` granules; returns the new tail
+    /// region, linked in address order and in no free list.
+    fn split_off(&mut self, n: u32, front: u64) -> u32 {
         let (offset, size, next) = {
             let node = &self.nodes[n as usize];
             (node.offset, node.size, node.next_phys)
         };
-        debug_assert!(size >= units);
-        if size > units {
-            let rest = self.new_node(offset + units, size - units);
-            self.nodes[rest as usize].prev_phys = n;
-            self.nodes[rest as usize].next_phys = next;
-            if next != NIL {
-                self.nodes[next as usize].prev_phys = rest;
-            }
-            self.nodes[n as usize].next_phys = rest;
-            self.nodes[n as usize].size = units;
-            self.insert_free(rest);
+        let tail = self.new_node(offset + front, size - front);
+        self.nodes[tail as usize].prev_phys = n;
+        self.nodes[tail as usize].next_phys = next;
+        if next != NIL {
+            self.nodes[next as usize].prev_phys = tail;
         }
+        self.nodes[n as usize].next_phys = tail;
+        self.nodes[n as usize].size = front;
+        tail
+    }
+
+    /// Marks region `n` (in no free list) allocated.
+    fn claim(&mut self, n: u32, tag: u32) -> Allocation {
         let node = &mut self.nodes[n as usize];
         node.used = true;
         node.tag = tag;
+        let (offset, units) = (node.offset, node.size);
         self.used += units;
         self.peak = self.peak.max(self.used);
         Allocation {
@@ -344,6 +338,19 @@ impl Pool {
             size: units * GRANULE,
             region: RegionId(n),
         }
+    }
+
+    /// Region indices in address order. Region 0 is created first and, being at offset 0, is
+    /// never merged away into a predecessor, so it is always the head of the address list.
+    fn phys_order(&self) -> impl Iterator<Item = u32> + '_ {
+        let mut n = if self.capacity > 0 { 0 } else { NIL };
+        std::iter::from_fn(move || {
+            (n != NIL).then(|| {
+                let id = n;
+                n = self.nodes[n as usize].next_phys;
+                id
+            })
+        })
     }
 
     /// Frees an allocation, merging it with free neighbours.
@@ -394,22 +401,14 @@ impl Pool {
 
     /// All regions in address order.
     pub fn regions(&self) -> impl Iterator<Item = RegionView> + '_ {
-        // Region 0 is created first and, being at offset 0, is never merged away into a
-        // predecessor, so it is always the head of the address list.
-        let mut n = if self.capacity > 0 { 0 } else { NIL };
-        std::iter::from_fn(move || {
-            if n == NIL {
-                return None;
-            }
-            let id = n;
-            let node = &self.nodes[n as usize];
-            n = node.next_phys;
-            Some(RegionView {
+        self.phys_order().map(|id| {
+            let node = &self.nodes[id as usize];
+            RegionView {
                 region: RegionId(id),
                 offset: node.offset * GRANULE,
                 size: node.size * GRANULE,
                 tag: node.used.then_some(node.tag),
-            })
+            }
         })
     }
 }
