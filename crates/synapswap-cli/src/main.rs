@@ -1,16 +1,20 @@
 //! `synapswap`: the command line.
 
+mod dashboard;
+
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
+use dashboard::Dashboard;
 use synapswap::backend::{Backend, SimBackend, SimConfig};
 use synapswap::run::{self, Progress, RunConfig, RunReport};
+use synapswap::simulate::{self, BenchRow, SimPolicy, SimulateConfig};
 use synapswap::size::{format_bandwidth, format_bytes, parse_bandwidth, parse_size};
-use synapswap::workload::{self, DeviceModel, LlamaShape};
+use synapswap::workload::{self, DeviceModel, LlamaShape, Workload};
 use synapswap::Engine;
 
 #[derive(Parser, Debug)]
@@ -28,6 +32,55 @@ struct Cli {
 enum Command {
     /// Decode a Llama-shaped model through the real engine with real, verified bytes.
     Run(RunArgs),
+    /// Predict a workload's speed on a virtual clock, driving the same planner as `run`.
+    Simulate(SimulateArgs),
+    /// Every preset under every policy (ours and peers' strategies) in one deterministic table.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SimulateArgs {
+    /// A workload JSON file (schema in the README), or a preset: llama-7b, llama-7b-prefill,
+    /// llama-70b, llama-70b-prefill, mixtral-8x7b, unet-sdxl, run.
+    #[arg(long)]
+    workload: String,
+    /// Device budget [default: the workload's `vram_budget`, else half its bytes].
+    #[arg(long, value_parser = size_arg)]
+    vram: Option<u64>,
+    /// Host-to-device bandwidth [default: the workload's `h2d_bytes_per_s`, else 2GB/s].
+    #[arg(long, value_parser = bandwidth_value)]
+    h2d: Option<f64>,
+    /// Strategy: synapswap, oracle, demand-lru, stream-sync or lookahead.
+    #[arg(long, default_value = "synapswap", value_parser = policy_arg)]
+    policy: SimPolicy,
+    /// Timed passes (tokens) [default: the workload's `passes`, else 8], after one warm-up pass.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    tokens: Option<u64>,
+    /// Fixed cost per copy, e.g. 2us or 10us [default: 2us].
+    #[arg(long, value_parser = duration_arg)]
+    latency: Option<f64>,
+    /// Copy chunk size (as the runtime cuts copies).
+    #[arg(long, default_value = "8MiB", value_parser = size_arg)]
+    chunk: u64,
+    /// Seed of routed (`choose`) draws.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write a Chrome trace-event timeline (open in Perfetto) to this file.
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// Print one JSON object (the keys of `run --json`) instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// Print a JSON array of rows instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Also rewrite the `bench:simulate` section of this Markdown file (BENCHMARKS.md).
+    #[arg(long)]
+    write: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +114,9 @@ struct RunArgs {
     /// Device backend.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
+    /// Write a Chrome trace-event timeline (open in Perfetto) to this file.
+    #[arg(long)]
+    trace: Option<PathBuf>,
     /// Print one JSON object at the end instead of a summary.
     #[arg(long)]
     json: bool,
@@ -83,6 +139,34 @@ fn bandwidth_arg(s: &str) -> Result<Bandwidth, String> {
     parse_bandwidth(s)
         .map(Bandwidth::Paced)
         .map_err(|e| e.to_string())
+}
+
+fn bandwidth_value(s: &str) -> Result<f64, String> {
+    parse_bandwidth(s).map_err(|e| e.to_string())
+}
+
+fn policy_arg(s: &str) -> Result<SimPolicy, String> {
+    s.parse().map_err(|e: synapswap::Error| e.to_string())
+}
+
+/// `10us`, `2ms`, `0.5s` or plain seconds.
+fn duration_arg(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("us") {
+        (n, 1e-6)
+    } else if let Some(n) = t.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = t.strip_suffix("ns") {
+        (n, 1e-9)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (t, 1.0)
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v * scale),
+        _ => Err(format!("'{s}' is not a duration (examples: 2us, 1.5ms, 0)")),
+    }
 }
 
 /// Single-threaded memcpy bandwidth of this machine, measured over 256 MiB.
@@ -152,7 +236,8 @@ fn cmd_run(args: RunArgs) -> Result<(), (u8, String)> {
     let mut builder = Engine::builder()
         .budget(budget)
         .backend(backend)
-        .chunk_bytes(args.chunk);
+        .chunk_bytes(args.chunk)
+        .trace(args.trace.is_some());
     if let Some(d) = args.pipeline_depth {
         builder = builder.pipeline_depth(d as usize);
     }
@@ -162,44 +247,22 @@ fn cmd_run(args: RunArgs) -> Result<(), (u8, String)> {
         warmup_tokens: 1,
         bound_bytes_per_s: bound_bw,
         bound_source: source,
+        seed: 0,
     };
-    let show = std::io::stderr().is_terminal() && !args.json;
-    let bar = if show {
-        let bar = ProgressBar::new(cfg.warmup_tokens + cfg.tokens);
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} tokens {pos}/{len} [{bar:30}] {elapsed} {msg}")
-                .expect("static template")
-                .progress_chars("=> "),
-        );
-        bar.enable_steady_tick(Duration::from_millis(200));
-        bar.set_message("filling host copies");
-        Some(bar)
+    let tty = std::io::stderr().is_terminal();
+    let mut dash = Dashboard::new(tty, args.json, cfg.warmup_tokens + cfg.tokens, "wall");
+    let mut on_progress = |p: &Progress| dash.update(p);
+    let report = if let Some(path) = &args.trace {
+        let (report, trace) =
+            run::run_traced(&engine, &wl, &cfg, &mut on_progress).map_err(fail)?;
+        trace
+            .save(path, &format!("synapswap run: {}", wl.name))
+            .map_err(|e| (1, e.to_string()))?;
+        report
     } else {
-        None
+        run::run(&engine, &wl, &cfg, &mut on_progress).map_err(fail)?
     };
-    let mut on_progress = |p: &Progress| {
-        if let Some(bar) = &bar {
-            bar.set_position(p.done);
-            bar.set_message(format!(
-                "{} | hit {:.0}% | moved {} | stall {:.2}s | vram {}/{} | {}",
-                if p.timed { "decoding" } else { "warm-up" },
-                p.stats.hit_rate() * 100.0,
-                format_bytes(p.stats.bytes_h2d),
-                p.stats.stall_s,
-                format_bytes(p.stats.device_used_bytes),
-                format_bytes(p.stats.vram_budget_bytes),
-                if p.integrity.mismatches == 0 {
-                    "bytes verified".to_string()
-                } else {
-                    format!("{} MISMATCHES", p.integrity.mismatches)
-                }
-            ));
-        }
-    };
-    let report = run::run(&engine, &wl, &cfg, &mut on_progress).map_err(fail)?;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    dash.finish();
     engine.shutdown();
     if args.json {
         let s = serde_json::to_string_pretty(&report).map_err(|e| (1, e.to_string()))?;
@@ -216,8 +279,149 @@ fn cmd_run(args: RunArgs) -> Result<(), (u8, String)> {
     Ok(())
 }
 
+/// Exit code of a library error: 2 when the input (arguments, workload file) is at fault.
+fn input_fail(e: synapswap::Error) -> (u8, String) {
+    let code = match e {
+        synapswap::Error::BlockTooLarge { .. }
+        | synapswap::Error::InvalidBudget(_)
+        | synapswap::Error::PinnedOverBudget { .. }
+        | synapswap::Error::InvalidPriority(_)
+        | synapswap::Error::ZeroSize
+        | synapswap::Error::Parse { .. }
+        | synapswap::Error::Workload(_) => 2u8,
+        _ => 1,
+    };
+    (code, e.to_string())
+}
+
+/// A workload from a JSON file or a preset name.
+fn load_workload(arg: &str) -> Result<Workload, (u8, String)> {
+    let path = std::path::Path::new(arg);
+    if path.is_file() {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| (2, format!("cannot read {}: {e}", path.display())))?;
+        let w: Workload =
+            serde_json::from_str(&text).map_err(|e| (2, format!("{}: {e}", path.display())))?;
+        w.resolve().map_err(input_fail)?;
+        return Ok(w);
+    }
+    workload::preset(arg).ok_or_else(|| {
+        let names: Vec<&str> = workload::PRESETS.iter().map(|p| p.0).collect();
+        (
+            2,
+            format!(
+                "'{arg}' is neither a file nor a preset (presets: {})",
+                names.join(", ")
+            ),
+        )
+    })
+}
+
+fn cmd_simulate(args: SimulateArgs) -> Result<(), (u8, String)> {
+    let wl = load_workload(&args.workload)?;
+    let mut cfg = SimulateConfig::for_workload(&wl);
+    if let Some(v) = args.vram {
+        cfg.budget = v;
+    }
+    if let Some(bw) = args.h2d {
+        cfg.h2d_bytes_per_s = bw;
+        cfg.d2h_bytes_per_s = bw;
+    }
+    if let Some(t) = args.tokens {
+        cfg.tokens = t;
+    }
+    if let Some(l) = args.latency {
+        cfg.latency_s = l;
+    }
+    cfg.chunk_bytes = args.chunk;
+    cfg.seed = args.seed;
+    cfg.policy = args.policy;
+    cfg.trace = args.trace.is_some();
+    let tty = std::io::stderr().is_terminal();
+    let mut dash = Dashboard::new(tty, args.json, cfg.warmup_tokens + cfg.tokens, "virtual");
+    let sim = simulate::simulate(&wl, &cfg, &mut |p| dash.update(p)).map_err(input_fail)?;
+    dash.finish();
+    if let Some(path) = &args.trace {
+        sim.trace
+            .save(
+                path,
+                &format!("synapswap simulate: {} ({})", wl.name, cfg.policy),
+            )
+            .map_err(|e| (1, e.to_string()))?;
+    }
+    if args.json {
+        let s = serde_json::to_string_pretty(&sim.report).map_err(|e| (1, e.to_string()))?;
+        println!("{s}");
+    } else {
+        print_summary(&sim.report);
+    }
+    Ok(())
+}
+
+fn bench_table(rows: &[BenchRow]) -> String {
+    let mut out = String::from(
+        "| workload | policy | tokens/s | GB moved / pass | stall s / pass | ratio to oracle |\n|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        out += &format!(
+            "| {} | {} | {:.4} | {:.3} | {:.4} | {:.3} |\n",
+            r.workload,
+            r.policy,
+            r.tokens_per_s,
+            r.bytes_h2d_per_pass / 1e9,
+            r.stall_s_per_pass,
+            r.ratio_to_oracle
+        );
+    }
+    out
+}
+
+fn cmd_bench(args: BenchArgs) -> Result<(), (u8, String)> {
+    let rows = simulate::bench(simulate::BENCH_PRESETS).map_err(|e| (1, e.to_string()))?;
+    if args.json {
+        let s = serde_json::to_string_pretty(&rows).map_err(|e| (1, e.to_string()))?;
+        println!("{s}");
+    } else {
+        print!("{}", bench_table(&rows));
+    }
+    if let Some(path) = &args.write {
+        let mut section = String::from("Presets (budget, link): ");
+        let described: Vec<String> = simulate::BENCH_PRESETS
+            .iter()
+            .filter_map(|n| workload::PRESETS.iter().find(|p| p.0 == *n))
+            .map(|(n, d)| format!("`{n}`: {d}"))
+            .collect();
+        section += &described.join("; ");
+        section += ".\n\n";
+        section += &bench_table(&rows);
+        replace_section(path, "bench:simulate", &section).map_err(|e| (1, e))?;
+    }
+    Ok(())
+}
+
+/// Replaces the text between `<!-- NAME -->` and `<!-- /NAME -->` in a file (appending the
+/// section if the markers are missing).
+fn replace_section(path: &std::path::Path, name: &str, body: &str) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let (start, end) = (format!("<!-- {name} -->"), format!("<!-- /{name} -->"));
+    let section = format!("{start}\n{body}{end}");
+    let new = match (text.find(&start), text.find(&end)) {
+        (Some(a), Some(b)) if a < b => {
+            format!("{}{}{}", &text[..a], section, &text[b + end.len()..])
+        }
+        _ => format!("{text}\n{section}\n"),
+    };
+    std::fs::write(path, new).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
 fn print_summary(r: &RunReport) {
-    println!("SynapSwap run: {} on {}", r.workload, r.backend_description);
+    let simulated = r.backend == "simulator";
+    println!(
+        "SynapSwap {}: {} on {}",
+        if simulated { "simulate" } else { "run" },
+        r.workload,
+        r.backend_description
+    );
     println!(
         "  model {} through a {} budget, {} tokens after {} warm-up ({:.2}s)",
         format_bytes(r.model_bytes),
@@ -244,14 +448,22 @@ fn print_summary(r: &RunReport) {
         r.prefetch.used,
         r.prefetch.wasted
     );
-    println!(
-        "  peak device use {} of {}; integrity: {} block uses verified ({}), {} mismatches",
-        format_bytes(r.peak_device_bytes),
-        format_bytes(r.vram_budget_bytes),
-        r.integrity.verified_blocks,
-        format_bytes(r.integrity.verified_bytes),
-        r.integrity.mismatches
-    );
+    if simulated {
+        println!(
+            "  peak device use {} of {}; virtual clock (no bytes moved)",
+            format_bytes(r.peak_device_bytes),
+            format_bytes(r.vram_budget_bytes)
+        );
+    } else {
+        println!(
+            "  peak device use {} of {}; integrity: {} block uses verified ({}), {} mismatches",
+            format_bytes(r.peak_device_bytes),
+            format_bytes(r.vram_budget_bytes),
+            r.integrity.verified_blocks,
+            format_bytes(r.integrity.verified_bytes),
+            r.integrity.mismatches
+        );
+    }
 }
 
 fn main() -> ExitCode {
@@ -265,6 +477,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => cmd_run(args),
+        Command::Simulate(args) => cmd_simulate(args),
+        Command::Bench(args) => cmd_bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::backend::{Backend, BackendInfo, Direction, Memory, SimBackend, SimConfig};
 use crate::planner::{Acquire, Command, Planner, PlannerConfig};
 use crate::sync::{self, Arc, Condvar, Mutex, MutexGuard};
+use crate::trace::Trace;
 use crate::transfer::{transfer_thread, TransferQueue};
 use crate::{BlockId, BlockSpec, Error, Residency, Result, Stats};
 
@@ -24,6 +25,7 @@ pub struct EngineBuilder {
     prefetch: bool,
     lookahead_s: Option<f64>,
     pipeline_depth: Option<usize>,
+    trace: bool,
 }
 
 impl EngineBuilder {
@@ -55,6 +57,12 @@ impl EngineBuilder {
     /// Copies kept queued on the backend at once (default: the backend's choice).
     pub fn pipeline_depth(mut self, depth: usize) -> Self {
         self.pipeline_depth = Some(depth);
+        self
+    }
+
+    /// Records every copy on a timeline (see [`Engine::take_trace`]). Off by default.
+    pub fn trace(mut self, on: bool) -> Self {
+        self.trace = on;
         self
     }
 
@@ -90,6 +98,7 @@ impl EngineBuilder {
                 queue: TransferQueue::default(),
                 shutdown: false,
                 arena_base: arena.addr(),
+                trace: self.trace.then(Trace::default),
             }),
             ready: Condvar::new(),
             work: Condvar::new(),
@@ -127,7 +136,7 @@ pub(crate) struct Shared {
     host_addressable: bool,
     pub chunk_bytes: u64,
     pub pipeline_depth: usize,
-    epoch: Instant,
+    pub epoch: Instant,
 }
 
 pub(crate) struct State {
@@ -137,6 +146,8 @@ pub(crate) struct State {
     pub queue: TransferQueue,
     pub shutdown: bool,
     arena_base: u64,
+    /// Copy timeline, when recording.
+    pub trace: Option<Trace>,
 }
 
 impl State {
@@ -234,6 +245,7 @@ impl Engine {
             prefetch: true,
             lookahead_s: None,
             pipeline_depth: None,
+            trace: false,
         }
     }
 
@@ -249,8 +261,23 @@ impl Engine {
         Ok(st)
     }
 
-    fn now(&self) -> f64 {
+    /// Seconds since the engine started: the clock of its statistics and trace.
+    pub fn now_s(&self) -> f64 {
         self.shared.epoch.elapsed().as_secs_f64()
+    }
+
+    fn now(&self) -> f64 {
+        self.now_s()
+    }
+
+    /// The copies recorded since the last call (empty unless built with
+    /// [`EngineBuilder::trace`]); times are [`Engine::now_s`] seconds.
+    pub fn take_trace(&self) -> Trace {
+        let mut st = self.lock();
+        match st.trace.as_mut() {
+            Some(t) => std::mem::take(t),
+            None => Trace::default(),
+        }
     }
 
     /// Waits (on the condition variable) until no copy of `id` is queued or running.
@@ -388,6 +415,13 @@ impl Engine {
     /// comes the first again, as in token-by-token decoding.
     pub fn declare(&self, step: u64, id: BlockId) -> Result<()> {
         self.lock_live()?.planner.declare(step, id)
+    }
+
+    /// Declares that `step` may use `block` with `probability` per pass (a routed expert: `k / n`
+    /// of the candidates). Such blocks are loaded when waited for rather than prefetched, and
+    /// ranked for eviction by their expected next use. `probability` must lie in (0, 1].
+    pub fn declare_candidate(&self, step: u64, id: BlockId, probability: f64) -> Result<()> {
+        self.lock_live()?.planner.declare_p(step, id, probability)
     }
 
     /// Forgets the declared schedule (to declare a new one).

@@ -26,6 +26,9 @@ pub enum Error {
     /// Priorities run from 0 (evict first) to 10 (keep longest).
     #[error("priority {0} is out of range 0..=10")]
     InvalidPriority(u8),
+    /// A declared use's probability must lie in (0, 1].
+    #[error("probability {0} is out of range (0, 1]")]
+    InvalidProbability(f64),
     /// The device budget must be at least one allocation granule.
     #[error("device budget of {0} bytes is too small (minimum {min} bytes)", min = crate::pool::GRANULE)]
     InvalidBudget(u64),

@@ -31,9 +31,11 @@ pub mod pattern;
 pub mod planner;
 pub mod pool;
 pub mod run;
+pub mod simulate;
 pub mod size;
 mod stats;
 mod sync;
+pub mod trace;
 mod transfer;
 pub mod workload;
 

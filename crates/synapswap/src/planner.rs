@@ -46,6 +46,12 @@ const EMA_ALPHA: f64 = 0.3;
 /// Lookahead bounds (seconds).
 const MIN_LOOKAHEAD_S: f64 = 1e-4;
 const MAX_LOOKAHEAD_S: f64 = 30.0;
+/// Consecutive steps whose streamed blocks the keep plan leaves room for: the step using its
+/// blocks and the next one loading (a third would only deepen the pipeline, at one step's bytes
+/// per pass).
+const RESERVE_STEPS: usize = 2;
+/// Per-copy decay of the bandwidth estimate's byte and second sums.
+const BW_DECAY: f64 = 0.05;
 /// Horizon adjustments.
 const WIDEN: f64 = 1.5;
 const NARROW: f64 = 0.75;
@@ -141,12 +147,17 @@ struct Slot {
 /// The declared cyclic schedule and its next-use index.
 #[derive(Debug, Clone, Default)]
 struct Schedule {
-    declared: BTreeMap<u64, Vec<u32>>,
+    /// step -> (block, probability of use per pass)
+    declared: BTreeMap<u64, Vec<(u32, f64)>>,
     stale: bool,
     steps: Vec<u64>,
     uses: Vec<Vec<u32>>,
+    probs: Vec<Vec<f64>>,
     positions: Vec<Vec<u32>>,  // by block index: sorted positions
+    pos_probs: Vec<Vec<f64>>,  // by block index: probability at each of `positions`
     ema_dur: Vec<Option<f64>>, // by position; None until measured
+    /// By position: step duration minus the time its caller stalled (the step's own work).
+    ema_compute: Vec<Option<f64>>,
 }
 
 impl Schedule {
@@ -156,14 +167,26 @@ impl Schedule {
         }
         self.stale = false;
         self.steps = self.declared.keys().copied().collect();
-        self.uses = self.declared.values().cloned().collect();
+        self.uses = self
+            .declared
+            .values()
+            .map(|v| v.iter().map(|&(b, _)| b).collect())
+            .collect();
+        self.probs = self
+            .declared
+            .values()
+            .map(|v| v.iter().map(|&(_, p)| p).collect())
+            .collect();
         self.positions = vec![Vec::new(); slots];
-        for (pos, blocks) in self.uses.iter().enumerate() {
-            for &b in blocks {
+        self.pos_probs = vec![Vec::new(); slots];
+        for (pos, blocks) in self.declared.values().enumerate() {
+            for &(b, p) in blocks {
                 self.positions[b as usize].push(pos as u32);
+                self.pos_probs[b as usize].push(p);
             }
         }
         self.ema_dur = vec![None; self.steps.len()];
+        self.ema_compute = vec![None; self.steps.len()];
     }
 
     fn len(&self) -> u64 {
@@ -179,16 +202,38 @@ impl Schedule {
         }
     }
 
-    /// Steps from `pos` to the block's next declared use; `after` skips a use at `pos` itself.
-    fn next_use(&self, block: u32, pos: usize, after: bool) -> Option<u64> {
+    /// Steps from `pos` to the block's next declared use and that use's probability; `after`
+    /// skips a use at `pos` itself.
+    fn next_use_p(&self, block: u32, pos: usize, after: bool) -> Option<(u64, f64)> {
         let ps = self.positions.get(block as usize)?;
         let first = *ps.first()?;
+        let probs = &self.pos_probs[block as usize];
         let pos = pos as u32;
         let i = ps.partition_point(|&p| if after { p <= pos } else { p < pos });
         Some(match ps.get(i) {
-            Some(&p) => u64::from(p - pos),
-            None => u64::from(first) + self.len() - u64::from(pos),
+            Some(&p) => (u64::from(p - pos), probs[i]),
+            None => (u64::from(first) + self.len() - u64::from(pos), probs[0]),
         })
+    }
+
+    /// Steps to the next declared use, whatever its probability.
+    fn next_use(&self, block: u32, pos: usize, after: bool) -> Option<u64> {
+        self.next_use_p(block, pos, after).map(|(d, _)| d)
+    }
+
+    /// Expected steps to the next use: a use that happens with probability `p` per pass is, on
+    /// average, `(1 - p) / p` cycles farther away than its declared step.
+    fn expected_next_use(&self, block: u32, pos: usize, after: bool) -> Option<u64> {
+        let (d, p) = self.next_use_p(block, pos, after)?;
+        if p >= 1.0 {
+            return Some(d);
+        }
+        let extra = (self.len() as f64 * (1.0 - p) / p.max(1e-6)).min(1e15) as u64;
+        Some(d.saturating_add(extra))
+    }
+
+    fn is_certain(&self, pos: usize, j: usize) -> bool {
+        self.probs[pos][j] >= 1.0
     }
 }
 
@@ -208,7 +253,7 @@ enum Placement {
 }
 
 /// The keep-key of a victim: lower is evicted first (see the module docs).
-type Keep = (u8, u8, u64);
+type Keep = (u8, u8, u8, u64);
 
 /// A region as the window search sees it: offset, size, and `None` for free space,
 /// `Some(Some((block, keep)))` for an evictable block, `Some(None)` for a barrier.
@@ -256,6 +301,8 @@ pub struct Planner {
     last_hint: Option<(usize, f64)>,
     lookahead_s: f64,
     ema_bw: f64,
+    bw_bytes: f64,
+    bw_secs: f64,
     /// Bytes loading or loaded by prefetch and not used yet.
     pipeline_bytes: u64,
     /// Bytes of prefetches still being copied.
@@ -266,6 +313,18 @@ pub struct Planner {
     host_bytes: u64,
     live_blocks: u64,
     resident_blocks: u64,
+    /// The keep plan, by block index (see [`Planner::replan`]).
+    keep: Vec<bool>,
+    /// Fixed offsets of kept and pinned blocks, packed from 0, by block index.
+    home: Vec<Option<u64>>,
+    /// Start of the streaming zone (above every home) and the ring's next offset in it.
+    zone_start: u64,
+    ring: u64,
+    plan_stale: bool,
+    /// Whether the plan has been sized from measured step times.
+    plan_timed: bool,
+    /// Whether any block is kept (the plan is in force).
+    planned: bool,
     n: Counters,
 }
 
@@ -296,6 +355,8 @@ impl Planner {
             last_hint: None,
             lookahead_s,
             ema_bw: 0.0,
+            bw_bytes: 0.0,
+            bw_secs: 0.0,
             pipeline_bytes: 0,
             loading_bytes: 0,
             space_blocked: false,
@@ -303,6 +364,13 @@ impl Planner {
             host_bytes: 0,
             live_blocks: 0,
             resident_blocks: 0,
+            keep: Vec::new(),
+            home: Vec::new(),
+            zone_start: 0,
+            ring: 0,
+            plan_stale: false,
+            plan_timed: false,
+            planned: false,
             n: Counters::default(),
         })
     }
@@ -421,7 +489,9 @@ impl Planner {
         };
         if self.schedule.positions.len() < self.slots.len() {
             self.schedule.positions.resize(self.slots.len(), Vec::new());
+            self.schedule.pos_probs.resize(self.slots.len(), Vec::new());
         }
+        self.plan_stale = true;
         Ok(self.id_of(index))
     }
 
@@ -488,24 +558,47 @@ impl Planner {
         let mut changed = false;
         for blocks in self.schedule.declared.values_mut() {
             let before = blocks.len();
-            blocks.retain(|&i| i != id.index);
+            blocks.retain(|&(i, _)| i != id.index);
             changed |= blocks.len() != before;
         }
         self.schedule.declared.retain(|_, v| !v.is_empty());
         if changed {
             self.schedule.stale = true;
         }
+        self.plan_stale = true;
         self.pump();
         Ok(())
     }
 
     /// Declares that `step` uses `block`. Steps run in ascending order, cyclically.
     pub fn declare(&mut self, step: u64, id: BlockId) -> Result<()> {
+        self.declare_p(step, id, 1.0)
+    }
+
+    /// Declares that `step` may use `block`, with `probability` per pass (a routed expert:
+    /// `k / n`). Such a use is never prefetched (loading every candidate would move `n / k` times
+    /// the bytes used); it is loaded when waited for, and its expected next use ranks it for
+    /// eviction. Declaring the same use again updates its probability.
+    pub fn declare_p(&mut self, step: u64, id: BlockId, probability: f64) -> Result<()> {
         self.block(id)?;
+        if !(probability > 0.0 && probability <= 1.0) {
+            return Err(Error::InvalidProbability(probability));
+        }
         let blocks = self.schedule.declared.entry(step).or_default();
-        if !blocks.contains(&id.index) {
-            blocks.push(id.index);
-            self.schedule.stale = true;
+        match blocks.iter_mut().find(|(i, _)| *i == id.index) {
+            Some((_, p)) if *p == probability => {}
+            Some((_, p)) => {
+                *p = probability;
+                self.schedule.stale = true;
+                self.plan_stale = true;
+                self.plan_timed = false;
+            }
+            None => {
+                blocks.push((id.index, probability));
+                self.schedule.stale = true;
+                self.plan_stale = true;
+                self.plan_timed = false;
+            }
         }
         Ok(())
     }
@@ -514,6 +607,8 @@ impl Planner {
     pub fn clear_schedule(&mut self) {
         self.schedule.declared.clear();
         self.schedule.stale = true;
+        self.plan_stale = true;
+        self.plan_timed = false;
     }
 
     /// Number of declared steps in one cycle.
@@ -525,13 +620,29 @@ impl Planner {
     /// Execution is at `step`: its blocks are protected until the next hint or their release.
     pub fn hint(&mut self, step: u64, now: f64) {
         self.schedule.rebuild(self.slots.len());
+        self.ensure_plan();
         if let Some((prev, t)) = self.last_hint {
-            if let Some(d) = self.schedule.ema_dur.get_mut(prev) {
-                let dur = (now - t).max(0.0);
+            let dur = (now - t).max(0.0);
+            let ema = |d: &mut Option<f64>, x: f64| {
                 *d = Some(match *d {
-                    None => dur,
-                    Some(old) => EMA_ALPHA * dur + (1.0 - EMA_ALPHA) * old,
+                    None => x,
+                    Some(old) => EMA_ALPHA * x + (1.0 - EMA_ALPHA) * old,
                 });
+            };
+            if let Some(d) = self.schedule.ema_dur.get_mut(prev) {
+                ema(d, dur);
+            }
+            if let Some(c) = self.schedule.ema_compute.get_mut(prev) {
+                ema(c, (dur - self.step_stall_s).max(0.0));
+            }
+            // Once every step's work and the link's bandwidth are measured, size the streaming
+            // reserve from them (once per declared schedule).
+            if !self.plan_timed
+                && self.ema_bw > 0.0
+                && self.schedule.ema_compute.iter().all(Option::is_some)
+            {
+                self.plan_timed = true;
+                self.plan_stale = true;
             }
         }
         for i in std::mem::take(&mut self.protected) {
@@ -560,10 +671,12 @@ impl Planner {
             self.pos = self.schedule.position_of(step);
             self.last_hint = Some((self.pos, now));
             if self.schedule.steps[self.pos] == step {
-                let uses = self.schedule.uses[self.pos].clone();
-                for i in uses {
-                    self.b_mut(i).protected = true;
-                    self.protected.push(i);
+                for j in 0..self.schedule.uses[self.pos].len() {
+                    if self.schedule.is_certain(self.pos, j) {
+                        let i = self.schedule.uses[self.pos][j];
+                        self.b_mut(i).protected = true;
+                        self.protected.push(i);
+                    }
                 }
             }
         }
@@ -720,12 +833,11 @@ impl Planner {
             self.n.loads += 1;
             self.n.transfer_busy_s += busy_s.max(0.0);
             if busy_s > 0.0 {
-                let bw = size as f64 / busy_s;
-                self.ema_bw = if self.ema_bw == 0.0 {
-                    bw
-                } else {
-                    EMA_ALPHA * bw + (1.0 - EMA_ALPHA) * self.ema_bw
-                };
+                // Byte-weighted: a 16 KiB norm dominated by per-copy latency must not count as
+                // much as a 400 MiB matrix. Decaying sums of bytes and seconds over recent copies.
+                self.bw_bytes = self.bw_bytes * (1.0 - BW_DECAY) + size as f64;
+                self.bw_secs = self.bw_secs * (1.0 - BW_DECAY) + busy_s;
+                self.ema_bw = self.bw_bytes / self.bw_secs;
             }
         } else {
             self.pool.free(alloc.region);
@@ -840,7 +952,16 @@ impl Planner {
     fn keep_key(&self, index: u32) -> Keep {
         let b = self.b(index);
         let class = u8::from(!(b.spec.policy == Policy::Volatile && b.used_since_load));
-        (class, b.spec.priority, u64::MAX - self.distance(index))
+        (
+            class,
+            b.spec.priority,
+            u8::from(self.kept(index)),
+            u64::MAX - self.distance(index),
+        )
+    }
+
+    fn kept(&self, index: u32) -> bool {
+        self.keep.get(index as usize).copied().unwrap_or(false)
     }
 
     /// Steps until the block's next use, as the eviction rule sees it.
@@ -853,7 +974,7 @@ impl Planner {
         }
         let used_this_step = self.hinted && b.last_use_epoch == self.epoch;
         self.schedule
-            .next_use(index, self.pos, used_this_step)
+            .expected_next_use(index, self.pos, used_this_step)
             .unwrap_or_else(lru)
     }
 
@@ -869,7 +990,8 @@ impl Planner {
             return None;
         }
         if let Mode::Prefetch { dist } = mode {
-            if self.distance(index) <= dist {
+            // A prefetch never evicts a kept block, nor one needed no later than itself.
+            if self.kept(index) || self.distance(index) <= dist {
                 return None;
             }
         }
@@ -919,6 +1041,186 @@ impl Planner {
             .filter_map(|(_, _, kind)| kind.flatten().map(|(i, _)| i))
             .collect();
         Some((regions[start].0, victims))
+    }
+
+    fn ensure_plan(&mut self) {
+        if self.plan_stale {
+            self.replan();
+        }
+    }
+
+    /// The keep plan: which declared blocks should stay resident for good.
+    ///
+    /// Over a cyclic schedule, bytes moved per pass are the bytes of the blocks that are not
+    /// resident when used, so the best steady state keeps a fixed set whose expected uses per
+    /// cycle per byte are highest and streams the rest through what is left. Belady's rule finds
+    /// that set only when blocks are interchangeable bytes; in a contiguous pool, streamed blocks
+    /// evict their kept neighbours to make runs big enough and the "stable" set erodes (measured:
+    /// 15-19% more bytes than the minimum). So the plan is explicit: a greedy knapsack in
+    /// (priority, uses per byte, size) order up to the budget minus a streaming reserve. The
+    /// reserve is the most bytes two consecutive steps stream (the step running and the one
+    /// loading), routed candidates weighted by their probability.
+    ///
+    /// The plan only ranks: kept blocks go after every streamed block as victims (after priority
+    /// and `Volatile`), and prefetching never evicts one; a demand load still can, so an access
+    /// pattern the plan got wrong costs bytes, never correctness.
+    fn replan(&mut self) {
+        self.plan_stale = false;
+        self.schedule.rebuild(self.slots.len());
+        let n = self.slots.len();
+        self.keep = vec![false; n];
+        self.home = vec![None; n];
+        self.zone_start = 0;
+        self.ring = 0;
+        self.planned = false;
+        let len = self.schedule.len() as usize;
+        // Without prefetching there is no pipeline to lay out: demand paging by farthest next
+        // use (MIN) is the whole policy.
+        if len == 0 || !self.cfg.prefetch {
+            return;
+        }
+        let rounded = |size: u64| granules(size) * GRANULE;
+        // (index, expected uses per cycle, rounded size, priority)
+        let mut cands: Vec<(u32, f64, u64, u8)> = Vec::new();
+        for (i, slot) in self.slots.iter().enumerate() {
+            let Some(b) = &slot.block else { continue };
+            if b.spec.policy != Policy::Auto {
+                continue;
+            }
+            let uses: f64 = self.schedule.pos_probs[i].iter().sum();
+            if uses > 0.0 {
+                cands.push((i as u32, uses, rounded(b.spec.size), b.spec.priority));
+            }
+        }
+        if cands.is_empty() {
+            return;
+        }
+        // Keeping a block saves its size times its uses per cycle, so the value per kept byte is
+        // the number of uses; among equals the larger block is kept, so what streams is small
+        // and uniform and the streaming zone does not fragment.
+        // Among equals, spread the kept blocks evenly over the pass (golden-ratio sequence over
+        // first-use positions): a pass whose first layers are all kept and whose last are all
+        // streamed leaves the link idle early and short late, even when it keeps up on average.
+        let spread = |i: u32| {
+            let first = self.schedule.positions[i as usize]
+                .first()
+                .copied()
+                .unwrap_or(0);
+            (f64::from(first) * 0.618_033_988_749_895).fract()
+        };
+        cands.sort_by(|a, b| {
+            b.3.cmp(&a.3)
+                .then(b.1.total_cmp(&a.1))
+                .then(b.2.cmp(&a.2))
+                .then(spread(a.0).total_cmp(&spread(b.0)))
+                .then(a.0.cmp(&b.0))
+        });
+        let avail = self.budget().saturating_sub(self.pinned_bytes);
+        let greedy = |reserve: u64| -> Vec<bool> {
+            let mut keep = vec![false; n];
+            let mut fill = 0;
+            for &(i, _, size, _) in &cands {
+                if fill + size + reserve <= avail {
+                    fill += size;
+                    keep[i as usize] = true;
+                }
+            }
+            keep
+        };
+        // Start with room for two of the largest blocks, then size the reserve from what the plan
+        // streams, until it settles.
+        let largest = cands.iter().map(|c| c.2).max().unwrap_or(0);
+        let mut reserve = 2 * largest;
+        let mut keep = greedy(reserve);
+        for _ in 0..4 {
+            let streamed: Vec<f64> = (0..len)
+                .map(|p| {
+                    self.schedule.uses[p]
+                        .iter()
+                        .zip(&self.schedule.probs[p])
+                        .filter(|(&i, _)| !keep[i as usize])
+                        .map(|(&i, &pr)| rounded(self.b(i).spec.size) as f64 * pr)
+                        .sum()
+                })
+                .collect();
+            let largest_streamed = cands
+                .iter()
+                .filter(|c| !keep[c.0 as usize])
+                .map(|c| c.2)
+                .max()
+                .unwrap_or(0);
+            let window = (0..len)
+                .map(|p| {
+                    (0..RESERVE_STEPS.min(len))
+                        .map(|j| streamed[(p + j) % len])
+                        .sum::<f64>()
+                })
+                .fold(0.0f64, f64::max);
+            let mut next = (window.ceil() as u64).max(largest_streamed);
+            if let Some(deficit) = self.prefetch_deficit(&streamed) {
+                next = next.max(deficit + 2 * largest_streamed).min(avail / 2);
+            }
+            if next == reserve {
+                break;
+            }
+            reserve = next;
+            keep = greedy(reserve);
+        }
+        self.keep = keep;
+        // Homes: pinned blocks, then kept ones in plan order, packed from offset 0. Plan order
+        // keeps homes stable when a larger reserve drops the tail of the kept list.
+        let mut homed: Vec<usize> = (0..n)
+            .filter(|&i| {
+                self.slots[i]
+                    .block
+                    .as_ref()
+                    .is_some_and(|b| b.spec.policy == Policy::Pinned)
+            })
+            .collect();
+        homed.extend(cands.iter().map(|c| c.0 as usize).filter(|&i| self.keep[i]));
+        let mut at = 0;
+        for i in homed {
+            self.home[i] = Some(at);
+            at += rounded(self.b(i as u32).spec.size);
+        }
+        self.zone_start = at;
+        self.ring = at;
+        self.planned = self.keep.iter().any(|&k| k);
+    }
+
+    /// With measured step times and bandwidth, and a pass whose streamed bytes copy in less time
+    /// than it computes: the most bytes that must already be loaded when some step starts for
+    /// the link to deliver every later step's blocks in time, `max over i <= j of
+    /// bytes(i..=j) - bandwidth * compute(i..j)`. `None` when unmeasured or copy-bound (then the
+    /// link is the bottleneck, stalls are unavoidable, and a deeper pipeline only costs bytes).
+    fn prefetch_deficit(&self, streamed: &[f64]) -> Option<u64> {
+        if !self.plan_timed || self.ema_bw <= 0.0 {
+            return None;
+        }
+        let compute: Vec<f64> = self
+            .schedule
+            .ema_compute
+            .iter()
+            .map(|c| c.unwrap_or(0.0))
+            .collect();
+        let len = streamed.len();
+        let total_copy: f64 = streamed.iter().sum::<f64>() / self.ema_bw;
+        if len == 0 || total_copy >= compute.iter().sum::<f64>() {
+            return None;
+        }
+        let mut worst = 0.0f64;
+        for i in 0..len {
+            let (mut bytes, mut time) = (0.0, 0.0);
+            for k in 0..len {
+                let q = (i + k) % len;
+                if k > 0 {
+                    time += compute[(q + len - 1) % len];
+                }
+                bytes += streamed[q];
+                worst = worst.max(bytes - self.ema_bw * time);
+            }
+        }
+        Some(worst.ceil() as u64)
     }
 
     fn evict(&mut self, index: u32) {
@@ -973,8 +1275,17 @@ impl Planner {
         });
     }
 
-    /// Allocates free space: blocks under 1/64 of the pool from the top, the rest best-fit.
+    /// Allocates free space. With a keep plan in force, kept blocks pack from the bottom and
+    /// streamed ones from the top, so the streaming zone stays one contiguous run above the kept
+    /// set. Without one, blocks under 1/64 of the pool go at the top, the rest best-fit.
     fn alloc_free(&mut self, size: u64, index: u32) -> Option<Allocation> {
+        if self.planned {
+            return if self.kept(index) {
+                self.pool.alloc_low(size, index)
+            } else {
+                self.pool.alloc_high(size, index)
+            };
+        }
         if size <= self.pool.capacity() / 64 {
             self.pool.alloc_high(size, index)
         } else {
@@ -982,7 +1293,67 @@ impl Planner {
         }
     }
 
+    /// The regions overlapping `[at, at + size)` can be cleared for `mode`: returns the victims,
+    /// or `None` if a region there cannot be evicted.
+    fn clear_range(&self, at: u64, size: u64, mode: Mode) -> Option<Vec<u32>> {
+        let mut victims = Vec::new();
+        for r in self.pool.regions() {
+            if r.offset + r.size <= at {
+                continue;
+            }
+            if r.offset >= at + size {
+                break;
+            }
+            if let Some(i) = r.tag {
+                self.evictable(i, mode)?;
+                victims.push(i);
+            }
+        }
+        Some(victims)
+    }
+
+    /// Placement under the keep plan: a kept or pinned block at its home, a streamed one at the
+    /// ring's next offset in the streaming zone (wrapping to the zone's start), evicting what is
+    /// there. Streamed blocks are placed in deadline order, so the ring always overwrites the
+    /// oldest placement: the block used longest ago. `None`: fall back to the general rule.
+    /// Whether the keep plan places this block (a home, or the ring is big enough for it).
+    fn placed_by_plan(&self, index: u32) -> bool {
+        self.home.get(index as usize).copied().flatten().is_some()
+            || self.zone_start + granules(self.b(index).spec.size) * GRANULE <= self.budget()
+    }
+
+    fn place_planned(&mut self, index: u32, mode: Mode) -> Option<Placement> {
+        let size = granules(self.b(index).spec.size) * GRANULE;
+        let cap = self.budget();
+        let home = self.home.get(index as usize).copied().flatten();
+        let at = match home {
+            Some(h) => h,
+            None if self.zone_start + size > cap => return None,
+            None if self.ring >= self.zone_start && self.ring + size <= cap => self.ring,
+            None => self.zone_start,
+        };
+        let Some(victims) = self.clear_range(at, size, mode) else {
+            // Something there is still in use: a prefetch waits for it (the pipeline is full);
+            // a demand load takes any room the general rule finds.
+            return (mode != Mode::Demand).then_some(Placement::Wait);
+        };
+        for v in victims {
+            self.evict(v);
+        }
+        let alloc = self.pool.alloc_at(at, size, index)?;
+        if home.is_none() {
+            self.ring = at + size;
+        }
+        self.start_load(index, alloc, mode == Mode::Demand);
+        Some(Placement::Placed)
+    }
+
     fn place(&mut self, index: u32, mode: Mode) -> Placement {
+        if self.planned {
+            if let Some(p) = self.place_planned(index, mode) {
+                return p;
+            }
+        }
         let size = self.b(index).spec.size;
         let demand = mode == Mode::Demand;
         if let Some(alloc) = self.alloc_free(size, index) {
@@ -1031,6 +1402,7 @@ impl Planner {
     /// Issues whatever can be issued now: pending demand loads first, then prefetches.
     fn pump(&mut self) {
         self.schedule.rebuild(self.slots.len());
+        self.ensure_plan();
         let mut still = VecDeque::new();
         while let Some(i) = self.pending_demands.pop_front() {
             let b = self.b(i);
@@ -1094,14 +1466,18 @@ impl Planner {
             for j in 0..self.schedule.uses[p].len() {
                 let i = self.schedule.uses[p][j];
                 let b = self.b(i);
-                if b.state != State::Host
+                if !self.schedule.is_certain(p, j)
+                    || b.state != State::Host
                     || b.spec.policy == Policy::Lru
                     || b.error.is_some()
                     || (k == 0 && self.hinted && b.last_use_epoch == self.epoch)
                 {
                     continue;
                 }
-                if self.pipeline_bytes > 0 {
+                // Under a keep plan the ring bounds the pipeline and a prefetch cannot evict a
+                // kept block, so the horizon (which protects an emergent resident set) is moot.
+                let kept_safe = self.planned && self.placed_by_plan(i);
+                if self.pipeline_bytes > 0 && !kept_safe {
                     let ahead = self.pipeline_bytes + b.spec.size;
                     let fed = self.loading_bytes > 0
                         && self.copy_time(self.loading_bytes + b.spec.size) > self.lookahead_s;
@@ -1163,10 +1539,13 @@ mod tests {
             stale: true,
             ..Default::default()
         };
-        s.declared.insert(0, vec![0]);
-        s.declared.insert(5, vec![1]);
-        s.declared.insert(9, vec![0, 1]);
+        s.declared.insert(0, vec![(0, 1.0)]);
+        s.declared.insert(5, vec![(1, 1.0)]);
+        s.declared.insert(9, vec![(0, 1.0), (1, 0.25)]);
         s.rebuild(2);
+        // A use with probability 1/4 is on average three more cycles away.
+        assert_eq!(s.expected_next_use(1, 2, true), Some(2));
+        assert_eq!(s.expected_next_use(1, 1, true), Some(1 + 3 * 3));
         assert_eq!(s.next_use(0, 0, false), Some(0));
         assert_eq!(s.next_use(0, 0, true), Some(2));
         assert_eq!(s.next_use(0, 2, true), Some(1));
@@ -1270,18 +1649,60 @@ mod tests {
 
     #[test]
     fn prefetch_keeps_a_stable_set() {
-        // With prefetch one slot holds the block in use while the next one loads, so the planner
-        // behaves like MIN with one slot less, and never like a sliding window (which would
-        // reload all 8 blocks every pass).
-        // The one extra load is the next pass's first block, already prefetched at the end.
-        for passes in 1..8 {
-            let loads = cyclic_passes(Policy::Auto, true, passes);
-            assert_eq!(loads, reference_min(8, 3, passes) + 1, "{passes} passes");
+        // With prefetch the keep plan reserves room for two steps (the block in use and the one
+        // loading) and keeps what else fits: 2 of the 8 blocks, each loaded once; the other 6
+        // stream once per pass through the ring. The one extra load is the next pass's first
+        // block, already prefetched at the end. (MIN with one slot less would do one load fewer
+        // per pass on this tiny cycle by rotating its retained set; on real models the plan moves
+        // fewer bytes than that emergent set, whose contiguity holes cost more: see BENCHMARKS.md.)
+        for passes in 1..8u64 {
+            let loads = cyclic_passes(Policy::Auto, true, passes as usize);
+            assert_eq!(loads, 8 + 6 * (passes - 1) + 1, "{passes} passes");
             assert!(
-                passes < 2 || loads < 8 * passes as u64,
+                passes < 2 || loads < 8 * passes,
                 "a sliding window reloads everything"
             );
         }
+    }
+
+    #[test]
+    fn keep_plan_packs_homes_and_streams_through_the_ring() {
+        // 4 large and 8 small blocks in a cycle through a pool that holds half of them.
+        let mut p = Planner::new(PlannerConfig::new(40 * MIB)).unwrap();
+        let mut ids = Vec::new();
+        for i in 0..12u64 {
+            let size = if i % 3 == 0 { 12 * MIB } else { 4 * MIB };
+            ids.push(p.add_block(BlockSpec::new(size)).unwrap());
+        }
+        for (s, &id) in ids.iter().enumerate() {
+            p.declare(s as u64, id).unwrap();
+        }
+        for _ in 0..6 {
+            for (s, &id) in ids.iter().enumerate() {
+                p.hint(s as u64, 0.0);
+                complete_all(&mut p);
+                use_block(&mut p, id);
+            }
+        }
+        // Kept blocks sit at their homes, below the streaming zone, and were loaded once.
+        let kept: Vec<u32> = (0..12).filter(|&i| p.kept(i)).collect();
+        assert!(!kept.is_empty() && kept.len() < 12, "{kept:?}");
+        for &i in &kept {
+            let home = p.home[i as usize].unwrap();
+            assert!(home + p.b(i).spec.size <= p.zone_start);
+            assert_eq!(p.device_offset(ids[i as usize]).unwrap(), Some(home));
+        }
+        let streamed_bytes: u64 = (0..12u32)
+            .filter(|i| !kept.contains(i))
+            .map(|i| p.b(i).spec.size)
+            .sum();
+        let model: u64 = (0..12u32).map(|i| p.b(i).spec.size).sum();
+        // Pass 1 loads everything; each later pass loads the streamed blocks once, plus at
+        // most one block prefetched ahead of the next pass.
+        let bytes = p.stats().bytes_h2d;
+        assert!(bytes >= model + 5 * streamed_bytes, "{bytes}");
+        assert!(bytes <= model + 5 * streamed_bytes + 12 * MIB, "{bytes}");
+        assert!(p.stats().peak_device_bytes <= 40 * MIB);
     }
 
     #[test]

@@ -273,6 +273,47 @@ impl Pool {
         (!node.used && node.size >= units).then(|| self.take(n, units, tag))
     }
 
+    /// Allocates `bytes` exactly at `offset` (a multiple of [`GRANULE`]), if that whole range is
+    /// free. The planner uses it to put blocks at the homes its layout gives them.
+    pub fn alloc_at(&mut self, offset: u64, bytes: u64, tag: u32) -> Option<Allocation> {
+        if offset % GRANULE != 0 {
+            return None;
+        }
+        let units = granules(bytes).max(1);
+        let at = offset / GRANULE;
+        let n = self.phys_order().find(|&n| {
+            let node = &self.nodes[n as usize];
+            node.offset <= at && at < node.offset + node.size
+        })?;
+        let node = &self.nodes[n as usize];
+        if node.used || node.offset + node.size < at + units {
+            return None;
+        }
+        let front = at - node.offset;
+        if front == 0 {
+            return Some(self.take(n, units, tag));
+        }
+        self.remove_free(n);
+        let tail = self.split_off(n, front);
+        self.insert_free(n);
+        if self.nodes[tail as usize].size > units {
+            let rest = self.split_off(tail, units);
+            self.insert_free(rest);
+        }
+        Some(self.claim(tail, tag))
+    }
+
+    /// Allocates `bytes` at the lowest address that fits (first fit in address order). The planner
+    /// packs the blocks it keeps resident from the bottom with it. O(regions).
+    pub fn alloc_low(&mut self, bytes: u64, tag: u32) -> Option<Allocation> {
+        let units = granules(bytes).max(1);
+        let n = self.phys_order().find(|&n| {
+            let node = &self.nodes[n as usize];
+            !node.used && node.size >= units
+        })?;
+        Some(self.take(n, units, tag))
+    }
+
     /// Allocates `bytes` at the highest address that fits. Small blocks placed from the top keep
     /// the low addresses contiguous for large ones; a tiny block in the middle of the arena would
     /// otherwise split the largest free region in two. O(regions).
@@ -497,13 +538,30 @@ mod tests {
 
     proptest! {
         #[test]
-        fn random_ops_keep_invariants(ops in proptest::collection::vec((0u8..3, 1u64..50_000), 1..300)) {
+        fn random_ops_keep_invariants(ops in proptest::collection::vec((0u8..4, 1u64..50_000, 0u64..(1 << 22)), 1..300)) {
             let mut p = Pool::new(1 << 22);
             let mut live: Vec<Allocation> = Vec::new();
-            for (op, size) in ops {
-                if op < 2 {
+            for (op, size, at) in ops {
+                if op == 3 {
+                    let at = at / GRANULE * GRANULE;
+                    let free_there = p.regions().any(|r| {
+                        r.tag.is_none() && r.offset <= at && at + granules(size) * GRANULE <= r.offset + r.size
+                    });
+                    match p.alloc_at(at, size, 7) {
+                        Some(a) => {
+                            prop_assert!(free_there);
+                            prop_assert_eq!(a.offset, at);
+                            live.push(a);
+                        }
+                        None => prop_assert!(!free_there),
+                    }
+                } else if op < 2 {
                     let before = p.largest_free();
-                    let a = if size % 3 == 0 { p.alloc_high(size, 7) } else { p.alloc(size, 7) };
+                    let a = match size % 3 {
+                        0 => p.alloc_high(size, 7),
+                        1 => p.alloc_low(size, 7),
+                        _ => p.alloc(size, 7),
+                    };
                     match a {
                         Some(a) => {
                             prop_assert!(a.offset + a.size <= p.capacity());

@@ -3,8 +3,9 @@
 //! Every block is filled with a pattern derived from its id ([`crate::pattern`]) and verified on
 //! the device at every use. Mutable blocks (KV caches) get one row rewritten per token and are
 //! verified row by row, so a lost write-back shows as a mismatch. Each step's compute is modelled:
-//! the step lasts at least its `compute_s` (the caller's thread sleeps out what verification did
-//! not use).
+//! once all its blocks are on the device the step lasts at least its `compute_s` (the caller's
+//! thread sleeps out what verification did not use). Routed steps (`choose`) declare their
+//! candidates with probability `k / n` and wait only for the blocks drawn this pass.
 //!
 //! The first `warmup_tokens` passes load the model cold (like a prefill) and are reported apart
 //! (`first_token_s`, `warmup_bytes_h2d`); rates and byte counts cover the timed tokens after them.
@@ -13,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::workload::Workload;
+use crate::trace::{Trace, Track};
+use crate::workload::{Resolved, Workload};
 use crate::{os, pattern, BlockId, BlockSpec, Engine, Error, PrefetchStats, Result, Stats};
 
 /// How to run.
@@ -27,6 +29,8 @@ pub struct RunConfig {
     pub bound_bytes_per_s: f64,
     /// Where that bandwidth comes from, for the report.
     pub bound_source: String,
+    /// Seed of routed draws.
+    pub seed: u64,
 }
 
 /// Byte-exact verification results.
@@ -63,7 +67,8 @@ pub struct RunReport {
     pub first_token_s: f64,
     /// Timed tokens per second.
     pub tokens_per_s: f64,
-    /// Best possible rate: `1 / max(compute per pass, (model_bytes - budget) / bandwidth)`.
+    /// Best possible rate: `1 / max(compute per pass, (bytes per pass - budget) / bandwidth)`;
+    /// bytes per pass weight routed candidates by their probability.
     pub bound_tokens_per_s: f64,
     /// `tokens_per_s / bound_tokens_per_s`.
     pub efficiency: f64,
@@ -75,7 +80,7 @@ pub struct RunReport {
     pub compute_s_per_token: f64,
     /// Host-to-device bytes during the timed tokens.
     pub bytes_h2d: u64,
-    /// The least any engine must move for the timed tokens: `tokens * (model_bytes - budget)`.
+    /// The least any engine must move for the timed tokens: `tokens * (bytes per pass - budget)`.
     pub min_bytes_h2d: u64,
     /// Host-to-device bytes during warm-up.
     pub warmup_bytes_h2d: u64,
@@ -97,7 +102,7 @@ pub struct RunReport {
     pub integrity: Integrity,
 }
 
-/// Progress, reported after every token.
+/// Progress, reported after every token (by `run` in wall time, by the simulator in virtual time).
 #[derive(Debug, Clone)]
 pub struct Progress {
     /// Tokens done, warm-up included.
@@ -106,10 +111,46 @@ pub struct Progress {
     pub total: u64,
     /// Whether the warm-up is over.
     pub timed: bool,
+    /// Seconds since the timed tokens began (0 during warm-up).
+    pub elapsed_s: f64,
+    /// Timed tokens done.
+    pub timed_done: u64,
+    /// The bound's tokens per second, for the efficiency figure.
+    pub bound_tokens_per_s: f64,
     /// Engine statistics now.
     pub stats: Stats,
+    /// Engine statistics when the timed tokens began (all zero during warm-up).
+    pub stats_at_timed: Stats,
     /// Verification so far.
     pub integrity: Integrity,
+}
+
+impl Progress {
+    /// Timed tokens per second so far.
+    pub fn tokens_per_s(&self) -> f64 {
+        if self.elapsed_s > 0.0 {
+            self.timed_done as f64 / self.elapsed_s
+        } else {
+            0.0
+        }
+    }
+
+    /// Achieved over bound, timed tokens so far.
+    pub fn efficiency(&self) -> f64 {
+        if self.bound_tokens_per_s > 0.0 {
+            self.tokens_per_s() / self.bound_tokens_per_s
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The best possible rate: one pass takes at least its compute and at least the time to copy
+/// what does not fit, `(bytes per pass - budget) / bandwidth`.
+pub fn bound_tokens_per_s(workload: &Workload, budget: u64, bytes_per_s: f64) -> Result<f64> {
+    let compute = workload.compute_s_per_pass();
+    let copy = (workload.bytes_per_pass()? - budget as f64).max(0.0) / bytes_per_s;
+    Ok(1.0 / compute.max(copy).max(f64::MIN_POSITIVE))
 }
 
 struct KvState {
@@ -133,6 +174,30 @@ pub fn run(
     cfg: &RunConfig,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<RunReport> {
+    run_impl(engine, workload, cfg, progress, None)
+}
+
+/// [`run`], also recording a timeline: the caller's steps and stalls, and the engine's copies if
+/// it was built with [`crate::EngineBuilder::trace`].
+pub fn run_traced(
+    engine: &Engine,
+    workload: &Workload,
+    cfg: &RunConfig,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<(RunReport, Trace)> {
+    let mut trace = Trace::default();
+    let report = run_impl(engine, workload, cfg, progress, Some(&mut trace))?;
+    trace.spans.extend(engine.take_trace().spans);
+    Ok((report, trace))
+}
+
+fn run_impl(
+    engine: &Engine,
+    workload: &Workload,
+    cfg: &RunConfig,
+    progress: &mut dyn FnMut(&Progress),
+    trace: Option<&mut Trace>,
+) -> Result<RunReport> {
     if cfg.tokens == 0 {
         return Err(Error::Workload("at least one token must be decoded".into()));
     }
@@ -141,9 +206,9 @@ pub fn run(
             "the bound's bandwidth must be positive".into(),
         ));
     }
-    let uses = workload.resolve()?;
+    let resolved = workload.resolve_seeded(cfg.seed)?;
     let mut ids: Vec<BlockId> = Vec::with_capacity(workload.blocks.len());
-    let result = run_inner(engine, workload, &uses, cfg, progress, &mut ids);
+    let result = run_inner(engine, workload, &resolved, cfg, progress, &mut ids, trace);
     for id in ids {
         // Frees everything even when the run failed; errors after shutdown are expected.
         let _ = engine.free(id);
@@ -154,11 +219,13 @@ pub fn run(
 fn run_inner(
     engine: &Engine,
     workload: &Workload,
-    uses: &[Vec<usize>],
+    resolved: &Resolved,
     cfg: &RunConfig,
     progress: &mut dyn FnMut(&Progress),
     ids: &mut Vec<BlockId>,
+    mut trace: Option<&mut Trace>,
 ) -> Result<RunReport> {
+    let bound = bound_tokens_per_s(workload, engine.budget(), cfg.bound_bytes_per_s)?;
     let mut seeds = Vec::new();
     let mut kv: Vec<Option<KvState>> = Vec::new();
     let mut buf = vec![0u8; 4 << 20];
@@ -188,29 +255,48 @@ fn run_inner(
             }
         }));
     }
-    for (s, blocks) in uses.iter().enumerate() {
-        for &b in blocks {
-            engine.declare(s as u64, ids[b])?;
+    for (s, b, p) in resolved.declarations() {
+        if p >= 1.0 {
+            engine.declare(s, ids[b])?;
+        } else {
+            engine.declare_candidate(s, ids[b], p)?;
         }
     }
+    let mut blocks = Vec::new();
 
     let total = cfg.warmup_tokens + cfg.tokens;
     let mut integrity = Integrity::default();
     let mut scratch = Vec::new();
     let t_start = Instant::now();
     let mut t_timed = t_start;
-    let mut at_timed = engine.stats();
+    let mut at_timed = Stats::default();
     for token in 0..total {
         if token == cfg.warmup_tokens {
             t_timed = Instant::now();
             at_timed = engine.stats();
         }
-        for (s, blocks) in uses.iter().enumerate() {
+        for s in 0..resolved.steps.len() {
+            resolved.realize(token, s, &mut blocks);
             engine.hint(s as u64)?;
-            let step_start = Instant::now();
+            let wait_start = engine.now_s();
             let mut guards = Vec::with_capacity(blocks.len());
-            for &b in blocks {
+            for &b in &blocks {
                 guards.push((b, engine.wait(ids[b])?));
+            }
+            // The step computes once its blocks are on the device.
+            let step_start = Instant::now();
+            let compute_start = engine.now_s();
+            if let Some(t) = trace.as_deref_mut() {
+                if compute_start - wait_start > 1e-5 {
+                    t.push(
+                        Track::Compute,
+                        "stall",
+                        "stall",
+                        wait_start,
+                        compute_start - wait_start,
+                        token,
+                    );
+                }
             }
             for (b, guard) in &guards {
                 let ok = match &mut kv[*b] {
@@ -246,12 +332,32 @@ fn run_inner(
             let compute = Duration::from_secs_f64(workload.steps[s].compute_s);
             os::sleep_until(step_start + compute);
             drop(guards);
+            if let Some(t) = trace.as_deref_mut() {
+                let end = engine.now_s();
+                t.push(
+                    Track::Compute,
+                    format!("step {s}"),
+                    "step",
+                    compute_start,
+                    end - compute_start,
+                    token,
+                );
+            }
         }
+        let timed = token >= cfg.warmup_tokens;
         progress(&Progress {
             done: token + 1,
             total,
-            timed: token >= cfg.warmup_tokens,
+            timed,
+            elapsed_s: if timed {
+                t_timed.elapsed().as_secs_f64()
+            } else {
+                0.0
+            },
+            timed_done: (token + 1).saturating_sub(cfg.warmup_tokens),
+            bound_tokens_per_s: bound,
             stats: engine.stats(),
+            stats_at_timed: at_timed.clone(),
             integrity,
         });
     }
@@ -276,8 +382,6 @@ fn run_inner(
     let model_bytes = workload.model_bytes();
     let budget = engine.budget();
     let compute = workload.compute_s_per_pass();
-    let copy = model_bytes.saturating_sub(budget) as f64 / cfg.bound_bytes_per_s;
-    let bound = 1.0 / compute.max(copy).max(f64::MIN_POSITIVE);
     let tokens_per_s = cfg.tokens as f64 / wall_s;
     let info = engine.backend_info();
     let waits = end.waits - at_timed.waits;
@@ -298,7 +402,7 @@ fn run_inner(
         h2d_source: cfg.bound_source.clone(),
         compute_s_per_token: compute,
         bytes_h2d: end.bytes_h2d - at_timed.bytes_h2d,
-        min_bytes_h2d: cfg.tokens * model_bytes.saturating_sub(budget),
+        min_bytes_h2d: min_bytes_h2d(workload, budget, cfg.tokens)?,
         warmup_bytes_h2d: at_timed.bytes_h2d,
         bytes_d2h: end.bytes_d2h - at_timed.bytes_d2h,
         hit_rate: if waits == 0 {
@@ -317,6 +421,11 @@ fn run_inner(
         peak_device_bytes: end.peak_device_bytes,
         integrity,
     })
+}
+
+/// The least any engine must move for `tokens` passes: `tokens * (bytes per pass - budget)`.
+pub fn min_bytes_h2d(workload: &Workload, budget: u64, tokens: u64) -> Result<u64> {
+    Ok(((workload.bytes_per_pass()? - budget as f64).max(0.0) * tokens as f64) as u64)
 }
 
 fn verify_kv(seed: u64, state: &KvState, bytes: &[u8]) -> bool {

@@ -40,11 +40,11 @@ pub(crate) struct TransferQueue {
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Chunk {
-    seq: u64,
-    dir: Direction,
+    pub seq: u64,
+    pub dir: Direction,
     host: u64,
     device: u64,
-    len: u64,
+    pub len: u64,
 }
 
 impl TransferQueue {
@@ -112,6 +112,22 @@ impl TransferQueue {
         Some(c)
     }
 
+    /// A label and category for the job with sequence number `seq`, for traces.
+    pub fn describe(&self, seq: u64, planner: &crate::planner::Planner) -> (String, &'static str) {
+        let Some(j) = self.jobs.iter().find(|j| j.seq == seq) else {
+            return ("copy".into(), "copy");
+        };
+        let name = planner
+            .spec(j.block)
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        match (j.dir, j.demand) {
+            (Direction::DeviceToHost, _) => (format!("write-back {name}"), "write-back"),
+            (Direction::HostToDevice, true) => (format!("load {name}"), "demand"),
+            (Direction::HostToDevice, false) => (format!("load {name}"), "prefetch"),
+        }
+    }
+
     /// Records a finished chunk; returns the job if it is now over (completed or failed).
     pub fn chunk_done(
         &mut self,
@@ -150,6 +166,9 @@ impl Job {
 pub(crate) fn transfer_thread(shared: Arc<Shared>) {
     let backend = shared.backend.clone();
     let mut in_flight: VecDeque<(Chunk, Ticket, Instant)> = VecDeque::new();
+    // When the previous chunk finished: a queued chunk's copy starts no earlier, so its busy time
+    // (the link time the planner's bandwidth estimate divides by) is measured from there.
+    let mut last_done = Instant::now();
     let mut st = sync::lock(&shared.state);
     loop {
         while in_flight.len() < shared.pipeline_depth && !st.shutdown {
@@ -184,8 +203,21 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
         };
         drop(st);
         let result = backend.wait(ticket).map_err(|e| e.to_string());
-        let busy = t0.elapsed().as_secs_f64();
+        let done = Instant::now();
+        let start = t0.max(last_done);
+        last_done = done;
+        let busy = (done - start).as_secs_f64();
         st = sync::lock(&shared.state);
+        if st.trace.is_some() {
+            let (name, cat) = st.queue.describe(c.seq, &st.planner);
+            let (a, b) = (
+                (start - shared.epoch).as_secs_f64(),
+                (done - shared.epoch).as_secs_f64(),
+            );
+            if let Some(t) = st.trace.as_mut() {
+                t.push_copy(&name, cat, a, b, c.len);
+            }
+        }
         if let Some(job) = st.queue.chunk_done(c.seq, c.len, result, busy) {
             finish_job(&shared, &mut st, &job);
         }

@@ -30,17 +30,34 @@ fn default_priority() -> u8 {
     DEFAULT_PRIORITY
 }
 
+/// Data-dependent use (mixture-of-experts routing): each pass the step uses `k` blocks drawn from
+/// `from` (seeded, uniform, without replacement). The engine is only told the candidates, each
+/// with probability `k / from.len()`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Choose {
+    /// Blocks used per pass (1..=from.len()).
+    pub k: u32,
+    /// Candidate block names.
+    pub from: Vec<String>,
+}
+
 /// One step: the blocks it uses and how long its computation takes on the modelled device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StepDesc {
     /// Modelled compute time of the step, seconds.
     pub compute_s: f64,
-    /// Names of the blocks the step uses.
+    /// Names of the blocks the step always uses.
+    #[serde(default)]
     pub uses: Vec<String>,
+    /// Blocks the step uses depending on data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choose: Option<Choose>,
 }
 
-/// A model's blocks and steps. One pass over `steps` is one token of decoding.
+/// A model's blocks and steps. One pass over `steps` is one token of decoding (one prompt for a
+/// prefill workload, one denoising step for a diffusion model).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Workload {
@@ -61,9 +78,79 @@ pub struct Workload {
     pub steps: Vec<StepDesc>,
 }
 
+/// A step with block names resolved to indices into [`Workload::blocks`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedStep {
+    /// Blocks used every pass.
+    pub uses: Vec<usize>,
+    /// `(k, candidates)` of a data-dependent choice.
+    pub choose: Option<(usize, Vec<usize>)>,
+    /// Modelled compute time, seconds.
+    pub compute_s: f64,
+}
+
+/// A checked workload: what drivers (run, simulate) iterate over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    /// One entry per step.
+    pub steps: Vec<ResolvedStep>,
+    /// Seed of the data-dependent draws.
+    pub seed: u64,
+}
+
+impl Resolved {
+    /// Every `(step, block, probability)` the engine should be told about: fixed uses with 1.0,
+    /// candidates with `k / n`.
+    pub fn declarations(&self) -> Vec<(u64, usize, f64)> {
+        let mut out = Vec::new();
+        for (s, step) in self.steps.iter().enumerate() {
+            for &b in &step.uses {
+                out.push((s as u64, b, 1.0));
+            }
+            if let Some((k, from)) = &step.choose {
+                let p = *k as f64 / from.len() as f64;
+                for &b in from {
+                    if !step.uses.contains(&b) {
+                        out.push((s as u64, b, p));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The blocks `step` really uses in `pass`: its fixed uses, then its draw (deterministic in
+    /// the seed, the pass and the step).
+    pub fn realize(&self, pass: u64, step: usize, out: &mut Vec<usize>) {
+        out.clear();
+        let st = &self.steps[step];
+        out.extend_from_slice(&st.uses);
+        if let Some((k, from)) = &st.choose {
+            let mut pool = from.clone();
+            let mut state = crate::pattern::seed(
+                self.seed ^ crate::pattern::seed(pass.wrapping_mul(0x1_0000_0001) ^ step as u64),
+            );
+            // Partial Fisher-Yates: the first k of a uniform permutation.
+            for i in 0..(*k).min(pool.len()) {
+                state = crate::pattern::seed(state);
+                let j = i + (state % (pool.len() - i) as u64) as usize;
+                pool.swap(i, j);
+                if !out.contains(&pool[i]) {
+                    out.push(pool[i]);
+                }
+            }
+        }
+    }
+
+    /// Whether any step depends on data.
+    pub fn is_routed(&self) -> bool {
+        self.steps.iter().any(|s| s.choose.is_some())
+    }
+}
+
 impl Workload {
-    /// Checks the workload and resolves each step's block names to indices into `blocks`.
-    pub fn resolve(&self) -> Result<Vec<Vec<usize>>> {
+    /// Checks the workload and resolves names to indices into `blocks`. Routed draws use `seed`.
+    pub fn resolve_seeded(&self, seed: u64) -> Result<Resolved> {
         let bad = |m: String| Err(Error::Workload(m));
         if self.blocks.is_empty() {
             return bad("no blocks".into());
@@ -71,8 +158,22 @@ impl Workload {
         if self.steps.is_empty() {
             return bad("no steps".into());
         }
+        if let Some(0) = self.vram_budget {
+            return bad("vram_budget is zero".into());
+        }
+        if let Some(bw) = self.h2d_bytes_per_s {
+            if !(bw.is_finite() && bw > 0.0) {
+                return bad(format!("h2d_bytes_per_s must be positive, not {bw}"));
+            }
+        }
+        if let Some(0) = self.passes {
+            return bad("passes is zero".into());
+        }
         let mut index = std::collections::HashMap::new();
         for (i, b) in self.blocks.iter().enumerate() {
+            if b.name.is_empty() {
+                return bad(format!("block {i} has an empty name"));
+            }
             if b.bytes == 0 {
                 return bad(format!("block '{}' has zero bytes", b.name));
             }
@@ -86,36 +187,95 @@ impl Workload {
                 return bad(format!("block name '{}' is used twice", b.name));
             }
         }
-        self.steps
-            .iter()
-            .enumerate()
-            .map(|(s, step)| {
-                if !(step.compute_s.is_finite() && step.compute_s >= 0.0) {
-                    return Err(Error::Workload(format!(
-                        "step {s} has an invalid compute_s {}",
-                        step.compute_s
-                    )));
+        let lookup = |s: usize, name: &String| -> Result<usize> {
+            index
+                .get(name.as_str())
+                .copied()
+                .ok_or_else(|| Error::Workload(format!("step {s} uses unknown block '{name}'")))
+        };
+        let mut steps = Vec::with_capacity(self.steps.len());
+        for (s, step) in self.steps.iter().enumerate() {
+            if !(step.compute_s.is_finite() && step.compute_s >= 0.0) {
+                return bad(format!(
+                    "step {s} has an invalid compute_s {}",
+                    step.compute_s
+                ));
+            }
+            let mut uses = Vec::with_capacity(step.uses.len());
+            for name in &step.uses {
+                let i = lookup(s, name)?;
+                if !uses.contains(&i) {
+                    uses.push(i);
                 }
-                let mut uses = Vec::with_capacity(step.uses.len());
-                for name in &step.uses {
-                    match index.get(name.as_str()) {
-                        Some(&i) if !uses.contains(&i) => uses.push(i),
-                        Some(_) => {}
-                        None => {
-                            return Err(Error::Workload(format!(
-                                "step {s} uses unknown block '{name}'"
-                            )))
+            }
+            let choose = match &step.choose {
+                None => None,
+                Some(c) => {
+                    let mut from = Vec::with_capacity(c.from.len());
+                    for name in &c.from {
+                        let i = lookup(s, name)?;
+                        if from.contains(&i) {
+                            return bad(format!("step {s} lists '{name}' twice in choose.from"));
                         }
+                        from.push(i);
                     }
+                    if c.k == 0 || c.k as usize > from.len() {
+                        return bad(format!(
+                            "step {s}: choose.k is {} but must be 1..={}",
+                            c.k,
+                            from.len()
+                        ));
+                    }
+                    Some((c.k as usize, from))
                 }
-                Ok(uses)
-            })
-            .collect()
+            };
+            if uses.is_empty() && choose.is_none() {
+                return bad(format!("step {s} uses no block"));
+            }
+            steps.push(ResolvedStep {
+                uses,
+                choose,
+                compute_s: step.compute_s,
+            });
+        }
+        Ok(Resolved { steps, seed })
     }
 
-    /// Bytes of all blocks (what one pass touches when every block is used).
+    /// [`Workload::resolve_seeded`] with the default seed (0).
+    pub fn resolve(&self) -> Result<Resolved> {
+        self.resolve_seeded(0)
+    }
+
+    /// Bytes of all blocks.
     pub fn model_bytes(&self) -> u64 {
         self.blocks.iter().map(|b| b.bytes).sum()
+    }
+
+    /// Bytes one pass touches on average: fixed uses in full, each candidate weighted by `k / n`
+    /// (a block used at several steps counts once).
+    pub fn bytes_per_pass(&self) -> Result<f64> {
+        let r = self.resolve()?;
+        let mut p_used = vec![0.0f64; self.blocks.len()];
+        for step in &r.steps {
+            for &b in &step.uses {
+                p_used[b] = 1.0;
+            }
+        }
+        for step in &r.steps {
+            if let Some((k, from)) = &step.choose {
+                let p = *k as f64 / from.len() as f64;
+                for &b in from {
+                    // Independent draws at different steps: P(used) = 1 - prod(1 - p).
+                    p_used[b] = 1.0 - (1.0 - p_used[b]) * (1.0 - p);
+                }
+            }
+        }
+        Ok(self
+            .blocks
+            .iter()
+            .zip(p_used)
+            .map(|(b, p)| b.bytes as f64 * p)
+            .sum())
     }
 
     /// Modelled compute time of one pass.
@@ -146,12 +306,14 @@ impl DeviceModel {
     }
 }
 
-/// Shape of a Llama-style decoder.
+/// Shape of a Llama-style decoder (optionally with routed mixture-of-experts MLPs).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LlamaShape {
     /// Model width.
     pub hidden: u64,
-    /// MLP width.
+    /// Width of the K and V projections (`hidden` without grouped-query attention).
+    pub kv_dim: u64,
+    /// MLP width (per expert).
     pub intermediate: u64,
     /// Decoder layers.
     pub layers: u64,
@@ -161,6 +323,10 @@ pub struct LlamaShape {
     pub dtype_bytes: u64,
     /// KV-cache length in tokens (mutable blocks, one per layer).
     pub context: u64,
+    /// Experts per layer (0: a dense MLP).
+    pub experts: u64,
+    /// Experts each token is routed to.
+    pub experts_per_token: u64,
 }
 
 impl LlamaShape {
@@ -168,110 +334,175 @@ impl LlamaShape {
     /// `synapswap run` model (big enough to need streaming, small enough for a laptop's RAM).
     pub const LLAMA_8L: LlamaShape = LlamaShape {
         hidden: 4096,
+        kv_dim: 4096,
         intermediate: 11008,
         layers: 8,
         vocab: 32000,
         dtype_bytes: 2,
         context: 256,
+        experts: 0,
+        experts_per_token: 0,
     };
 
-    /// Llama-2-7B in bf16.
+    /// Llama-2-7B in fp16.
     pub const LLAMA_7B: LlamaShape = LlamaShape {
         layers: 32,
+        context: 1024,
         ..Self::LLAMA_8L
+    };
+
+    /// Llama-2-70B in fp16 (grouped-query attention, 8 KV heads).
+    pub const LLAMA_70B: LlamaShape = LlamaShape {
+        hidden: 8192,
+        kv_dim: 1024,
+        intermediate: 28672,
+        layers: 80,
+        vocab: 32000,
+        dtype_bytes: 2,
+        context: 1024,
+        experts: 0,
+        experts_per_token: 0,
+    };
+
+    /// Mixtral-8x7B in fp16: 8 experts per layer, 2 per token.
+    pub const MIXTRAL_8X7B: LlamaShape = LlamaShape {
+        hidden: 4096,
+        kv_dim: 1024,
+        intermediate: 14336,
+        layers: 32,
+        vocab: 32000,
+        dtype_bytes: 2,
+        context: 1024,
+        experts: 8,
+        experts_per_token: 2,
     };
 
     /// A small model for tests: same structure, tiny tensors.
     pub const TINY: LlamaShape = LlamaShape {
         hidden: 128,
+        kv_dim: 128,
         intermediate: 352,
         layers: 4,
         vocab: 1000,
         dtype_bytes: 2,
         context: 16,
+        experts: 0,
+        experts_per_token: 0,
     };
+}
+
+fn block_desc(name: String, bytes: u64, mutable: bool, priority: u8) -> BlockDesc {
+    BlockDesc {
+        name,
+        bytes,
+        priority,
+        policy: Policy::Auto,
+        mutable,
+    }
+}
+
+fn step(compute_s: f64, uses: &[&BlockDesc]) -> StepDesc {
+    StepDesc {
+        compute_s,
+        uses: uses.iter().map(|b| b.name.clone()).collect(),
+        choose: None,
+    }
 }
 
 /// A per-tensor decode workload for a Llama-shaped model: one block per weight tensor plus one
 /// mutable KV-cache block per layer, one step per matrix product, compute from the roofline.
 pub fn llama(name: &str, shape: LlamaShape, device: DeviceModel) -> Workload {
+    llama_batch(name, shape, device, 1)
+}
+
+/// [`llama`] for `tokens` tokens per pass: 1 is decoding, more is a prefill of that many prompt
+/// tokens (the weights are read once per pass either way; compute grows with the tokens).
+pub fn llama_batch(name: &str, shape: LlamaShape, device: DeviceModel, tokens: u64) -> Workload {
     let LlamaShape {
         hidden: h,
+        kv_dim: kvd,
         intermediate: f,
         layers,
         vocab,
         dtype_bytes: d,
         context,
+        experts,
+        experts_per_token,
     } = shape;
+    let t = tokens.max(1);
     let mut blocks = Vec::new();
     let mut steps = Vec::new();
-    let mut block = |name: String, bytes: u64, mutable: bool, priority: u8| {
-        blocks.push(BlockDesc {
-            name: name.clone(),
-            bytes,
-            priority,
-            policy: Policy::Auto,
-            mutable,
-        });
-        name
-    };
-    // A matrix-vector product per weight at batch 1: 2 FLOPs and `d` bytes per weight.
-    let matvec = |params: u64, extra_bytes: u64| {
-        device.time(2.0 * params as f64, (params * d + extra_bytes) as f64)
+    // A matrix product per weight: 2 FLOPs per weight per token, the weights read once, plus
+    // activations in and out.
+    let matmul = |params: u64, act_bytes: u64| {
+        device.time(
+            2.0 * params as f64 * t as f64,
+            (params * d + act_bytes * t) as f64,
+        )
     };
     // The token embedding is a row lookup: one row per token, gathered on the host (as llama.cpp
     // does when offloading), so the table itself never crosses PCIe and is not a block here.
     for l in 0..layers {
-        let norm = block(format!("l{l}.attn_norm"), h * d, false, DEFAULT_PRIORITY);
-        let q = block(format!("l{l}.wq"), h * h * d, false, DEFAULT_PRIORITY);
-        let k = block(format!("l{l}.wk"), h * h * d, false, DEFAULT_PRIORITY);
-        let v = block(format!("l{l}.wv"), h * h * d, false, DEFAULT_PRIORITY);
-        let kv_bytes = 2 * context * h * d;
-        let kv = block(format!("l{l}.kv"), kv_bytes, true, 8);
-        let o = block(format!("l{l}.wo"), h * h * d, false, DEFAULT_PRIORITY);
-        let norm2 = block(format!("l{l}.mlp_norm"), h * d, false, DEFAULT_PRIORITY);
-        let gate = block(format!("l{l}.w_gate"), h * f * d, false, DEFAULT_PRIORITY);
-        let up = block(format!("l{l}.w_up"), h * f * d, false, DEFAULT_PRIORITY);
-        let down = block(format!("l{l}.w_down"), f * h * d, false, DEFAULT_PRIORITY);
-        steps.push(StepDesc {
-            compute_s: matvec(h * h, h * d),
-            uses: vec![norm, q],
-        });
-        steps.push(StepDesc {
-            compute_s: matvec(h * h, 0),
-            uses: vec![k],
-        });
-        steps.push(StepDesc {
-            compute_s: matvec(h * h, 0),
-            uses: vec![v],
-        });
-        steps.push(StepDesc {
-            compute_s: device.time((4 * context * h) as f64, kv_bytes as f64),
-            uses: vec![kv],
-        });
-        steps.push(StepDesc {
-            compute_s: matvec(h * h, 0),
-            uses: vec![o],
-        });
-        steps.push(StepDesc {
-            compute_s: matvec(h * f, h * d),
-            uses: vec![norm2, gate],
-        });
-        steps.push(StepDesc {
-            compute_s: matvec(h * f, 0),
-            uses: vec![up],
-        });
-        steps.push(StepDesc {
-            compute_s: matvec(f * h, 0),
-            uses: vec![down],
-        });
+        let norm = block_desc(format!("l{l}.attn_norm"), h * d, false, DEFAULT_PRIORITY);
+        let q = block_desc(format!("l{l}.wq"), h * h * d, false, DEFAULT_PRIORITY);
+        let k = block_desc(format!("l{l}.wk"), h * kvd * d, false, DEFAULT_PRIORITY);
+        let v = block_desc(format!("l{l}.wv"), h * kvd * d, false, DEFAULT_PRIORITY);
+        let kv_bytes = 2 * context * kvd * d;
+        let kv = block_desc(format!("l{l}.kv"), kv_bytes, true, 8);
+        let o = block_desc(format!("l{l}.wo"), h * h * d, false, DEFAULT_PRIORITY);
+        let norm2 = block_desc(format!("l{l}.mlp_norm"), h * d, false, DEFAULT_PRIORITY);
+        steps.push(step(matmul(h * h, h * d), &[&norm, &q]));
+        steps.push(step(matmul(h * kvd, h * d), &[&k]));
+        steps.push(step(matmul(h * kvd, h * d), &[&v]));
+        // Attention over the cache: each token reads every cached key and value.
+        steps.push(step(
+            device.time((4 * context * h * t) as f64, kv_bytes as f64),
+            &[&kv],
+        ));
+        steps.push(step(matmul(h * h, h * d), &[&o]));
+        blocks.extend([norm, q, k, v, kv, o]);
+        if experts == 0 {
+            let gate = block_desc(format!("l{l}.w_gate"), h * f * d, false, DEFAULT_PRIORITY);
+            let up = block_desc(format!("l{l}.w_up"), h * f * d, false, DEFAULT_PRIORITY);
+            let down = block_desc(format!("l{l}.w_down"), f * h * d, false, DEFAULT_PRIORITY);
+            steps.push(step(matmul(h * f, h * d), &[&norm2, &gate]));
+            steps.push(step(matmul(h * f, h * d), &[&up]));
+            steps.push(step(matmul(f * h, f * d), &[&down]));
+            blocks.extend([norm2, gate, up, down]);
+        } else {
+            // Router, then the chosen experts (gate, up and down of one expert are one block:
+            // they are always used together).
+            let router = block_desc(format!("l{l}.router"), h * experts * d, false, 5);
+            steps.push(step(matmul(h * experts, h * d), &[&norm2, &router]));
+            let names: Vec<String> = (0..experts).map(|e| format!("l{l}.expert{e}")).collect();
+            let k = experts_per_token.clamp(1, experts);
+            // With many tokens every expert is used; with one, `k` of them.
+            let active = (k * t).min(experts);
+            steps.push(StepDesc {
+                compute_s: device.time(
+                    2.0 * (3 * h * f * k * t) as f64,
+                    (3 * h * f * d * active + h * d * t) as f64,
+                ),
+                uses: if active == experts {
+                    names.clone()
+                } else {
+                    Vec::new()
+                },
+                choose: (active < experts).then(|| Choose {
+                    k: active as u32,
+                    from: names.clone(),
+                }),
+            });
+            blocks.extend([norm2, router]);
+            for n in names {
+                blocks.push(block_desc(n, 3 * h * f * d, false, DEFAULT_PRIORITY));
+            }
+        }
     }
-    let norm = block("final_norm".into(), h * d, false, DEFAULT_PRIORITY);
-    let head = block("lm_head".into(), vocab * h * d, false, DEFAULT_PRIORITY);
-    steps.push(StepDesc {
-        compute_s: matvec(vocab * h, h * d),
-        uses: vec![norm, head],
-    });
+    let norm = block_desc("final_norm".into(), h * d, false, DEFAULT_PRIORITY);
+    let head = block_desc("lm_head".into(), vocab * h * d, false, DEFAULT_PRIORITY);
+    steps.push(step(matmul(vocab * h, h * d), &[&norm, &head]));
+    blocks.extend([norm, head]);
     Workload {
         name: name.to_string(),
         vram_budget: None,
@@ -280,6 +511,214 @@ pub fn llama(name: &str, shape: LlamaShape, device: DeviceModel) -> Workload {
         blocks,
         steps,
     }
+}
+
+/// A diffusion UNet shaped like SDXL's (its layer shapes approximated: 2.1 B parameters against
+/// SDXL's 2.6 B, fp16, 128x128 latents, batch 2 for
+/// classifier-free guidance): per-level resnet and transformer weights on the way down, a middle
+/// block, and the way up; each down block's output is a skip activation (a mutable block) written
+/// on the way down and read by the matching up block, so it is used at two distant steps of a pass.
+pub fn unet(name: &str, device: DeviceModel) -> Workload {
+    let d = 2u64;
+    let batch = 2u64;
+    // (channels, latent side, transformer blocks per attention layer)
+    let levels = [(320u64, 128u64, 0u64), (640, 64, 2), (1280, 32, 10)];
+    let mut blocks: Vec<BlockDesc> = Vec::new();
+    let mut steps: Vec<StepDesc> = Vec::new();
+    let conv = |c: u64, side: u64| {
+        // Two 3x3 convolutions c->c per resnet block.
+        let params = 2 * 9 * c * c;
+        let px = side * side * batch;
+        (
+            params,
+            device.time(
+                2.0 * (params * px) as f64,
+                (params * d + 4 * c * px * d) as f64,
+            ),
+        )
+    };
+    // One transformer layer (an offloader hooks each one): self-attention (4c^2), cross-attention
+    // (2c^2 + 2 * 2048c), GEGLU feed-forward (12c^2).
+    let xformer = |c: u64, side: u64| {
+        let params = 18 * c * c + 4096 * c;
+        let tokens = side * side * batch;
+        let attn = 4 * side * side * tokens * c;
+        (
+            params,
+            device.time(
+                (2 * params * tokens + attn) as f64,
+                (params * d + 6 * c * tokens * d) as f64,
+            ),
+        )
+    };
+    let mut skips: Vec<String> = Vec::new();
+    let push = |blocks: &mut Vec<BlockDesc>,
+                steps: &mut Vec<StepDesc>,
+                wname: String,
+                params: u64,
+                compute: f64,
+                extra: Vec<String>| {
+        blocks.push(block_desc(
+            wname.clone(),
+            params * d,
+            false,
+            DEFAULT_PRIORITY,
+        ));
+        let mut uses = vec![wname];
+        uses.extend(extra);
+        steps.push(StepDesc {
+            compute_s: compute,
+            uses,
+            choose: None,
+        });
+    };
+    for (li, &(c, side, depth)) in levels.iter().enumerate() {
+        for r in 0..2 {
+            let (p, t) = conv(c, side);
+            let skip = format!("down{li}.{r}.skip");
+            blocks.push(block_desc(
+                skip.clone(),
+                c * side * side * batch * d,
+                true,
+                6,
+            ));
+            push(
+                &mut blocks,
+                &mut steps,
+                format!("down{li}.{r}.resnet"),
+                p,
+                t,
+                vec![skip.clone()],
+            );
+            for x in 0..depth {
+                let (p, t) = xformer(c, side);
+                push(
+                    &mut blocks,
+                    &mut steps,
+                    format!("down{li}.{r}.attn{x}"),
+                    p,
+                    t,
+                    vec![],
+                );
+            }
+            skips.push(skip);
+        }
+    }
+    let (c, side, depth) = levels[levels.len() - 1];
+    let (p, t) = conv(c, side);
+    push(&mut blocks, &mut steps, "mid.resnet0".into(), p, t, vec![]);
+    for x in 0..depth {
+        let (p, t) = xformer(c, side);
+        push(
+            &mut blocks,
+            &mut steps,
+            format!("mid.attn{x}"),
+            p,
+            t,
+            vec![],
+        );
+    }
+    let (p, t) = conv(c, side);
+    push(&mut blocks, &mut steps, "mid.resnet1".into(), p, t, vec![]);
+    for (li, &(c, side, depth)) in levels.iter().enumerate().rev() {
+        for r in 0..2 {
+            let (p, t) = conv(c, side);
+            let skip = skips.pop().expect("one skip per down block");
+            push(
+                &mut blocks,
+                &mut steps,
+                format!("up{li}.{r}.resnet"),
+                p * 3 / 2,
+                t * 1.5,
+                vec![skip],
+            );
+            for x in 0..depth {
+                let (p, t) = xformer(c, side);
+                push(
+                    &mut blocks,
+                    &mut steps,
+                    format!("up{li}.{r}.attn{x}"),
+                    p,
+                    t,
+                    vec![],
+                );
+            }
+        }
+    }
+    Workload {
+        name: name.to_string(),
+        vram_budget: None,
+        h2d_bytes_per_s: None,
+        passes: None,
+        blocks,
+        steps,
+    }
+}
+
+/// PCIe 4.0 x16 pinned host-to-device bandwidth of a consumer GPU (the presets' default link).
+pub const CONSUMER_PCIE_H2D: f64 = 25e9;
+
+/// Built-in workloads: name and one-line description.
+pub const PRESETS: &[(&str, &str)] = &[
+    ("llama-7b", "Llama-2-7B fp16 decode, 4 GiB budget, PCIe 4.0"),
+    ("llama-7b-prefill", "Llama-2-7B fp16 prefill of a 4096-token prompt, 4 GiB budget"),
+    ("llama-70b", "Llama-2-70B fp16 decode, 24 GiB budget, PCIe 4.0"),
+    ("llama-70b-prefill", "Llama-2-70B fp16 prefill of a 4096-token prompt, 24 GiB budget"),
+    ("mixtral-8x7b", "Mixtral-8x7B fp16 decode, 2 of 8 experts routed per layer, 16 GiB budget"),
+    ("unet-sdxl", "SDXL-shaped diffusion UNet fp16, skip connections, 2 GiB budget"),
+    ("run", "the default `synapswap run` model: Llama-7B-shaped, 8 layers, half of it in budget, 2 GB/s"),
+];
+
+const GIB: u64 = 1 << 30;
+
+/// A built-in workload by name (see [`PRESETS`]).
+pub fn preset(name: &str) -> Option<Workload> {
+    let dev = DeviceModel::CONSUMER;
+    let with = |mut w: Workload, budget: u64, bw: f64, passes: u64| {
+        w.vram_budget = Some(budget);
+        w.h2d_bytes_per_s = Some(bw);
+        w.passes = Some(passes);
+        w
+    };
+    Some(match name {
+        "llama-7b" => with(
+            llama(name, LlamaShape::LLAMA_7B, dev),
+            4 * GIB,
+            CONSUMER_PCIE_H2D,
+            16,
+        ),
+        "llama-7b-prefill" => with(
+            llama_batch(name, LlamaShape::LLAMA_7B, dev, 4096),
+            4 * GIB,
+            CONSUMER_PCIE_H2D,
+            4,
+        ),
+        "llama-70b" => with(
+            llama(name, LlamaShape::LLAMA_70B, dev),
+            24 * GIB,
+            CONSUMER_PCIE_H2D,
+            8,
+        ),
+        "llama-70b-prefill" => with(
+            llama_batch(name, LlamaShape::LLAMA_70B, dev, 4096),
+            24 * GIB,
+            CONSUMER_PCIE_H2D,
+            3,
+        ),
+        "mixtral-8x7b" => with(
+            llama(name, LlamaShape::MIXTRAL_8X7B, dev),
+            16 * GIB,
+            CONSUMER_PCIE_H2D,
+            32,
+        ),
+        "unet-sdxl" => with(unet(name, dev), 2 * GIB, CONSUMER_PCIE_H2D, 10),
+        "run" => {
+            let w = llama("llama-7b-shaped-8l-bf16-decode", LlamaShape::LLAMA_8L, dev);
+            let half = w.model_bytes() / 2 / (1 << 20) * (1 << 20);
+            with(w, half, crate::backend::sim::DEFAULT_SIM_H2D, 8)
+        }
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -309,5 +748,115 @@ mod tests {
         let e =
             serde_json::from_str::<Workload>(r#"{"name":"x","blocks":[],"steps":[],"bogus":1}"#);
         assert!(e.is_err());
+    }
+
+    #[test]
+    fn presets_have_the_published_sizes() {
+        let gib = |n: &str| preset(n).unwrap().model_bytes() as f64 / GIB as f64;
+        // Llama-2-7B is 6.7 B parameters (the 0.26 GB embedding is gathered on the host), plus
+        // a 1024-token fp16 KV cache (0.5 GiB).
+        assert!(
+            (12.3..13.0).contains(&gib("llama-7b")),
+            "{}",
+            gib("llama-7b")
+        );
+        // Llama-2-70B: 69 B parameters.
+        assert!(
+            (127.0..129.5).contains(&gib("llama-70b")),
+            "{}",
+            gib("llama-70b")
+        );
+        // Mixtral-8x7B: 46.7 B parameters.
+        assert!(
+            (86.0..87.5).contains(&gib("mixtral-8x7b")),
+            "{}",
+            gib("mixtral-8x7b")
+        );
+        // SDXL's UNet has 2.6 B parameters; this approximation of its layers has 2.1 B.
+        assert!(
+            (3.5..5.5).contains(&gib("unet-sdxl")),
+            "{}",
+            gib("unet-sdxl")
+        );
+        for (name, _) in PRESETS {
+            let w = preset(name).unwrap();
+            w.resolve().unwrap();
+            assert!(
+                w.vram_budget.unwrap() < w.model_bytes(),
+                "{name} must stream"
+            );
+        }
+        assert!(preset("nope").is_none());
+    }
+
+    #[test]
+    fn unet_skips_are_used_twice_per_pass() {
+        let w = preset("unet-sdxl").unwrap();
+        let r = w.resolve().unwrap();
+        for (i, b) in w.blocks.iter().enumerate() {
+            let uses = r.steps.iter().filter(|s| s.uses.contains(&i)).count();
+            assert_eq!(
+                uses,
+                if b.name.ends_with(".skip") { 2 } else { 1 },
+                "{}",
+                b.name
+            );
+        }
+    }
+
+    #[test]
+    fn routed_draws_are_seeded_and_uniform() {
+        let w = preset("mixtral-8x7b").unwrap();
+        let r = w.resolve_seeded(7).unwrap();
+        assert!(r.is_routed());
+        let s = r.steps.iter().position(|s| s.choose.is_some()).unwrap();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let mut counts = std::collections::HashMap::new();
+        for pass in 0..4000 {
+            r.realize(pass, s, &mut a);
+            r.realize(pass, s, &mut b);
+            assert_eq!(a, b);
+            assert_eq!(a.len(), 2);
+            for &x in &a {
+                *counts.entry(x).or_insert(0u32) += 1;
+            }
+        }
+        assert_eq!(counts.len(), 8);
+        // 1000 expected per expert; a uniform draw stays well inside +-15%.
+        assert!(
+            counts.values().all(|&c| (850..1150).contains(&c)),
+            "{counts:?}"
+        );
+        let decl = r.declarations();
+        assert!(decl.iter().any(|&(_, _, p)| (p - 0.25).abs() < 1e-9));
+        let mut other = w.resolve_seeded(8).unwrap();
+        other.realize(0, s, &mut a);
+        other.seed = 7;
+        other.realize(0, s, &mut b);
+        r.realize(0, s, &mut a);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn bad_choices_are_rejected() {
+        let json = |choose: &str| {
+            format!(
+                r#"{{"name":"x","blocks":[{{"name":"a","bytes":1}},{{"name":"b","bytes":1}}],
+                "steps":[{{"compute_s":0.1,"uses":[],"choose":{choose}}}]}}"#
+            )
+        };
+        for (c, want) in [
+            (r#"{"k":0,"from":["a","b"]}"#, "choose.k"),
+            (r#"{"k":3,"from":["a","b"]}"#, "choose.k"),
+            (r#"{"k":1,"from":["a","zz"]}"#, "zz"),
+            (r#"{"k":1,"from":["a","a"]}"#, "twice"),
+        ] {
+            let w: Workload = serde_json::from_str(&json(c)).unwrap();
+            let e = w.resolve().unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        let w: Workload = serde_json::from_str(&json(r#"{"k":1,"from":["a","b"]}"#)).unwrap();
+        w.resolve().unwrap();
+        assert!((w.bytes_per_pass().unwrap() - 1.0).abs() < 1e-9);
     }
 }

@@ -145,6 +145,7 @@ fn run_decodes_a_small_model_exactly() {
         warmup_tokens: 1,
         bound_bytes_per_s: 1e9,
         bound_source: "test".into(),
+        seed: 0,
     };
     let mut updates = 0;
     let r = run(&engine, &wl, &cfg, &mut |_| updates += 1).unwrap();
