@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Regenerates the `synapswap run` section of BENCHMARKS.md: the default run (sim backend, 2 GB/s
-# modelled link, 3.29 GiB model through half of it), three times in a row on this machine.
+# modelled link, 3.29 GiB model through half of it), three times in a row on this machine, each
+# followed by the simulator's prediction for the same workload (`simulate --workload run`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p synapswap-cli
 out=$(mktemp)
-for i in 1 2 3; do ./target/release/synapswap run --json >>"$out"; done
+for i in 1 2 3; do
+  ./target/release/synapswap run --json >>"$out"
+  ./target/release/synapswap simulate --workload run --latency 10us --json >>"$out"
+done
 python3 - "$out" BENCHMARKS.md <<'PY'
 import json, sys, re, datetime, os
 raw = open(sys.argv[1]).read()
@@ -13,16 +17,18 @@ dec = json.JSONDecoder(); runs = []; i = 0
 while i < len(raw):
     if raw[i].isspace(): i += 1; continue
     obj, i = dec.raw_decode(raw, i); runs.append(obj)
+pairs = list(zip(runs[0::2], runs[1::2]))
 r0 = runs[0]
 lines = [f"Default `synapswap run --json` ({r0['workload']}, {r0['model_bytes']/2**30:.2f} GiB model, "
          f"{r0['vram_budget_bytes']/2**30:.2f} GiB budget, {r0['tokens']} tokens after {r0['warmup_tokens']} warm-up; "
          f"{r0['backend_description']}; {os.cpu_count()} cores; {datetime.date.today()}):", "",
-         "| run | tokens/s | bound tokens/s | efficiency | moved / minimum | hit rate | stall s | copy idle s | peak / budget | mismatches |",
-         "|---|---|---|---|---|---|---|---|---|---|"]
-for n, r in enumerate(runs, 1):
+         "| run | tokens/s | bound tokens/s | efficiency | moved / minimum | hit rate | stall s | copy idle s | peak / budget | mismatches | simulated tokens/s | simulated / measured |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+for n, (r, s) in enumerate(pairs, 1):
     lines.append(f"| {n} | {r['tokens_per_s']:.3f} | {r['bound_tokens_per_s']:.3f} | {r['efficiency']:.3f} | "
                  f"{r['bytes_h2d']/r['min_bytes_h2d']:.3f} | {r['hit_rate']:.3f} | {r['stall_s']:.2f} | {r['copy_idle_s']:.3f} | "
-                 f"{r['peak_device_bytes']/r['vram_budget_bytes']:.3f} | {r['integrity']['mismatches']} |")
+                 f"{r['peak_device_bytes']/r['vram_budget_bytes']:.3f} | {r['integrity']['mismatches']} | "
+                 f"{s['tokens_per_s']:.3f} | {s['tokens_per_s']/r['tokens_per_s']:.3f} |")
 table = "\n".join(lines) + "\n"
 path = sys.argv[2]
 text = open(path).read() if os.path.exists(path) else ""
