@@ -1294,8 +1294,8 @@ impl Planner {
     }
 
     /// The regions overlapping `[at, at + size)` can be cleared for `mode`: returns the victims,
-    /// or `None` if a region there cannot be evicted.
-    fn clear_range(&self, at: u64, size: u64, mode: Mode) -> Option<Vec<u32>> {
+    /// or the first region's block that cannot be evicted.
+    fn clear_range(&self, at: u64, size: u64, mode: Mode) -> std::result::Result<Vec<u32>, u32> {
         let mut victims = Vec::new();
         for r in self.pool.regions() {
             if r.offset + r.size <= at {
@@ -1305,23 +1305,58 @@ impl Planner {
                 break;
             }
             if let Some(i) = r.tag {
-                self.evictable(i, mode)?;
+                if self.evictable(i, mode).is_none() && !self.misplaced_evictable(i, mode) {
+                    return Err(i);
+                }
                 victims.push(i);
             }
         }
-        Some(victims)
+        Ok(victims)
     }
 
-    /// Placement under the keep plan: a kept or pinned block at its home, a streamed one at the
-    /// ring's next offset in the streaming zone (wrapping to the zone's start), evicting what is
-    /// there. Streamed blocks are placed in deadline order, so the ring always overwrites the
-    /// oldest placement: the block used longest ago. `None`: fall back to the general rule.
+    /// A kept block resident away from its home (placed before the current plan) may be
+    /// evicted by a planned placement, under the same conditions as any other block; it comes
+    /// back at its home. Without this the layout would never heal after a replan.
+    fn misplaced_evictable(&self, index: u32, mode: Mode) -> bool {
+        let b = self.b(index);
+        let State::Resident { alloc } = b.state else {
+            return false;
+        };
+        let home = self.home.get(index as usize).copied().flatten();
+        if !self.kept(index) || home == Some(alloc.offset) {
+            return false;
+        }
+        if b.holds > 0 || b.waiters > 0 || b.protected || b.spec.policy == Policy::Pinned {
+            return false;
+        }
+        match mode {
+            Mode::Demand => true,
+            Mode::Prefetch { dist } => self.distance(index) > dist,
+        }
+    }
+
+    /// Whether a block that blocks a placement will stay where it is (a resident pinned block,
+    /// or a kept one at its home): waiting for it would wait forever.
+    fn is_settled(&self, index: u32) -> bool {
+        let b = self.b(index);
+        let State::Resident { alloc } = b.state else {
+            return false;
+        };
+        b.spec.policy == Policy::Pinned
+            || (self.kept(index)
+                && self.home.get(index as usize).copied().flatten() == Some(alloc.offset))
+    }
+
     /// Whether the keep plan places this block (a home, or the ring is big enough for it).
     fn placed_by_plan(&self, index: u32) -> bool {
         self.home.get(index as usize).copied().flatten().is_some()
             || self.zone_start + granules(self.b(index).spec.size) * GRANULE <= self.budget()
     }
 
+    /// Placement under the keep plan: a kept or pinned block at its home, a streamed one at the
+    /// ring's next offset in the streaming zone (wrapping to the zone's start), evicting what is
+    /// there. Streamed blocks are placed in deadline order, so the ring always overwrites the
+    /// oldest placement: the block used longest ago. `None`: fall back to the general rule.
     fn place_planned(&mut self, index: u32, mode: Mode) -> Option<Placement> {
         let size = granules(self.b(index).spec.size) * GRANULE;
         let cap = self.budget();
@@ -1332,10 +1367,15 @@ impl Planner {
             None if self.ring >= self.zone_start && self.ring + size <= cap => self.ring,
             None => self.zone_start,
         };
-        let Some(victims) = self.clear_range(at, size, mode) else {
-            // Something there is still in use: a prefetch waits for it (the pipeline is full);
-            // a demand load takes any room the general rule finds.
-            return (mode != Mode::Demand).then_some(Placement::Wait);
+        let victims = match self.clear_range(at, size, mode) {
+            Ok(v) => v,
+            // Something there is still in use: a prefetch waits for it (the pipeline is full). A
+            // demand load, or a block that will never leave (placed before this plan), takes any
+            // room the general rule finds.
+            Err(barrier) => {
+                return (mode != Mode::Demand && !self.is_settled(barrier))
+                    .then_some(Placement::Wait);
+            }
         };
         for v in victims {
             self.evict(v);
@@ -1703,6 +1743,39 @@ mod tests {
         assert!(bytes >= model + 5 * streamed_bytes, "{bytes}");
         assert!(bytes <= model + 5 * streamed_bytes + 12 * MIB, "{bytes}");
         assert!(p.stats().peak_device_bytes <= 40 * MIB);
+    }
+
+    #[test]
+    fn a_block_placed_before_the_plan_does_not_stall_prefetch() {
+        // A pinned block loaded before any schedule lands where the general rule put it, which
+        // may be another block's home under the plan made later. Prefetch must go on around it.
+        let mut p = Planner::new(PlannerConfig::new(16 * MIB)).unwrap();
+        let pin = p
+            .add_block(BlockSpec::new(2 * MIB).policy(Policy::Pinned))
+            .unwrap();
+        use_block(&mut p, pin);
+        let ids: Vec<_> = (0..10)
+            .map(|_| p.add_block(BlockSpec::new(2 * MIB)).unwrap())
+            .collect();
+        for (s, &id) in ids.iter().enumerate() {
+            p.declare(s as u64, id).unwrap();
+        }
+        p.declare(10, pin).unwrap();
+        let mut demand_after_first = 0;
+        for pass in 0..6 {
+            for (s, &id) in ids.iter().chain([&pin]).enumerate() {
+                p.hint(s as u64, 0.0);
+                complete_all(&mut p);
+                let before = p.stats().demand_loads;
+                use_block(&mut p, id);
+                if pass > 0 {
+                    demand_after_first += p.stats().demand_loads - before;
+                }
+            }
+        }
+        assert!(p.planned);
+        assert_eq!(demand_after_first, 0, "every later use was prefetched");
+        assert!(p.stats().peak_device_bytes <= 16 * MIB);
     }
 
     #[test]

@@ -162,3 +162,48 @@ fn run_decodes_a_small_model_exactly() {
     engine.shutdown();
     assert_eq!(backend.live_host_bytes(), 0);
 }
+
+#[test]
+fn routed_steps_stay_exact() {
+    use synapswap::run::RunConfig;
+    use synapswap::workload::{llama, Choose, DeviceModel, LlamaShape, StepDesc};
+    // A tiny MoE: each pass draws 2 of 6 experts at step 1; the engine is told the candidates.
+    let mut w = llama("tiny-moe", LlamaShape::TINY, DeviceModel::CONSUMER);
+    let experts: Vec<String> = (0..6).map(|e| format!("expert{e}")).collect();
+    for e in &experts {
+        w.blocks.push(synapswap::workload::BlockDesc {
+            name: e.clone(),
+            bytes: 300_000,
+            priority: 5,
+            policy: synapswap::Policy::Auto,
+            mutable: false,
+        });
+    }
+    w.steps.insert(
+        1,
+        StepDesc {
+            compute_s: 0.0,
+            uses: vec![],
+            choose: Some(Choose {
+                k: 2,
+                from: experts.clone(),
+            }),
+        },
+    );
+    let budget = w.model_bytes() / 3;
+    let engine = synapswap::Engine::builder().budget(budget).build().unwrap();
+    let cfg = RunConfig {
+        tokens: 12,
+        warmup_tokens: 1,
+        bound_bytes_per_s: 1e9,
+        bound_source: "test".into(),
+        seed: 3,
+    };
+    let r = synapswap::run::run(&engine, &w, &cfg, &mut |_| {}).unwrap();
+    assert_eq!(r.integrity.mismatches, 0);
+    assert!(r.evictions > 0);
+    // 12 timed passes use exactly 2 experts each, plus the fixed blocks of every step.
+    let per_pass = w.steps.iter().map(|s| s.uses.len()).sum::<usize>() + 2;
+    assert!(r.integrity.verified_blocks as usize >= 13 * per_pass);
+    engine.shutdown();
+}
