@@ -1127,12 +1127,9 @@ impl Planner {
             }
             keep
         };
-        // Start with room for two of the largest blocks, then size the reserve from what the plan
-        // streams, until it settles.
-        let largest = cands.iter().map(|c| c.2).max().unwrap_or(0);
-        let mut reserve = 2 * largest;
-        let mut keep = greedy(reserve);
-        for _ in 0..4 {
+        // The reserve a keep set needs: the most two consecutive steps stream (at least the
+        // largest streamed block) or, measured and compute-bound, the prefetch deficit.
+        let required = |keep: &[bool]| -> u64 {
             let streamed: Vec<f64> = (0..len)
                 .map(|p| {
                     self.schedule.uses[p]
@@ -1156,16 +1153,45 @@ impl Planner {
                         .sum::<f64>()
                 })
                 .fold(0.0f64, f64::max);
-            let mut next = (window.ceil() as u64).max(largest_streamed);
+            let mut need = (window.ceil() as u64).max(largest_streamed);
             if let Some(deficit) = self.prefetch_deficit(&streamed) {
-                next = next.max(deficit + 2 * largest_streamed).min(avail / 2);
+                need = need.max(deficit + 2 * largest_streamed).min(avail / 2);
             }
-            if next == reserve {
-                break;
+            need
+        };
+        // Which reserve to plan for is a search, not a fixed point: one big block (an `lm_head`
+        // of half the pool) needs a big reserve if it streams and none if it is kept. Try room
+        // for two blocks of each size, and each plan's own requirement; keep the feasible plan
+        // (its requirement fits its reserve) that keeps the most bytes.
+        let mut sizes: Vec<u64> = cands.iter().map(|c| c.2).collect();
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        sizes.dedup();
+        sizes.truncate(32);
+        let mut tries: Vec<u64> = sizes.iter().map(|&s| 2 * s).collect();
+        tries.push(avail);
+        let mut best: Option<(u64, Vec<bool>)> = None;
+        let mut tried = Vec::new();
+        while let Some(reserve) = tries.pop() {
+            if tried.contains(&reserve) || tried.len() > 96 {
+                continue;
             }
-            reserve = next;
-            keep = greedy(reserve);
+            tried.push(reserve);
+            let keep = greedy(reserve);
+            let need = required(&keep);
+            if need <= reserve {
+                let kept: u64 = cands
+                    .iter()
+                    .filter(|c| keep[c.0 as usize])
+                    .map(|c| c.2)
+                    .sum();
+                if best.as_ref().is_none_or(|(k, _)| kept > *k) {
+                    best = Some((kept, keep));
+                }
+            } else {
+                tries.push(need);
+            }
         }
+        let keep = best.map(|(_, k)| k).unwrap_or_else(|| vec![false; n]);
         self.keep = keep;
         // Homes: pinned blocks, then kept ones in plan order, packed from offset 0. Plan order
         // keeps homes stable when a larger reserve drops the tail of the kept list.
