@@ -99,6 +99,7 @@ impl EngineBuilder {
                 shutdown: false,
                 arena_base: arena.addr(),
                 trace: self.trace.then(Trace::default),
+                manual_holds: Vec::new(),
             }),
             ready: Condvar::new(),
             work: Condvar::new(),
@@ -148,6 +149,8 @@ pub(crate) struct State {
     arena_base: u64,
     /// Copy timeline, when recording.
     pub trace: Option<Trace>,
+    /// Holds taken by [`Engine::acquire`], by block index (so `unacquire` can only drop those).
+    manual_holds: Vec<u32>,
 }
 
 impl State {
@@ -336,6 +339,9 @@ impl Engine {
         let st = self.lock_live()?;
         let mut st = self.settle(st, id)?;
         st.planner.remove_block(id)?;
+        if let Some(n) = st.manual_holds.get_mut(id.index as usize) {
+            *n = 0;
+        }
         let host = st.hosts[id.index as usize].take();
         st.apply_commands(&self.shared);
         drop(st);
@@ -479,6 +485,50 @@ impl Engine {
             len: spec.size,
             mutable: spec.mutable,
         })
+    }
+
+    /// Waits for `block` like [`Engine::wait`] and keeps it held until [`Engine::unacquire`]: the
+    /// manual form of a [`Guard`], for callers that cannot keep a borrow (the C ABI, Python).
+    /// Returns the device address of the block's first byte (a host address on `sim`). Holds
+    /// nest: each `acquire` needs its own `unacquire`.
+    pub fn acquire(&self, id: BlockId) -> Result<u64> {
+        let guard = self.wait(id)?;
+        let addr = guard.device_ptr();
+        let mut st = self.lock();
+        let i = id.index as usize;
+        if st.manual_holds.len() <= i {
+            st.manual_holds.resize(i + 1, 0);
+        }
+        st.manual_holds[i] += 1;
+        drop(st);
+        // The guard's hold now belongs to the manual count; `unacquire` drops it.
+        std::mem::forget(guard);
+        Ok(addr)
+    }
+
+    /// Drops one hold taken by [`Engine::acquire`]. Fails with [`Error::NotHeld`] if `block` has
+    /// none (a guard's hold can only be dropped by dropping the guard).
+    pub fn unacquire(&self, id: BlockId) -> Result<()> {
+        let mut st = self.lock();
+        st.planner.spec(id)?;
+        match st.manual_holds.get_mut(id.index as usize) {
+            Some(n) if *n > 0 => *n -= 1,
+            _ => return Err(Error::NotHeld(id)),
+        }
+        drop(st);
+        self.unhold(id);
+        Ok(())
+    }
+
+    /// Address of the block's host copy, which the engine owns until [`Engine::free`]. A caller
+    /// may fill it directly before the block is first waited for (what the C ABI's
+    /// `synapswap_malloc` hands out); later direct writes reach the device only when the block is
+    /// next loaded, so use [`Engine::write`] to update a block that may be resident, and never
+    /// write it while a copy of the block may be in flight.
+    pub fn host_ptr(&self, id: BlockId) -> Result<u64> {
+        let st = self.lock_live()?;
+        st.planner.spec(id)?;
+        Ok(st.host_addr(id))
     }
 
     fn unhold(&self, id: BlockId) {

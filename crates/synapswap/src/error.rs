@@ -26,6 +26,9 @@ pub enum Error {
     /// Priorities run from 0 (evict first) to 10 (keep longest).
     #[error("priority {0} is out of range 0..=10")]
     InvalidPriority(u8),
+    /// `unacquire` of a block that no `acquire` holds.
+    #[error("block {0:?} is not held by acquire")]
+    NotHeld(BlockId),
     /// A declared use's probability must lie in (0, 1].
     #[error("probability {0} is out of range (0, 1]")]
     InvalidProbability(f64),

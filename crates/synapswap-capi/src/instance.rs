@@ -1,0 +1,415 @@
+//! One C-ABI engine: the Rust [`Engine`] plus what the C API adds on top of it: host pointers as
+//! handles, a node graph turned into the engine's step schedule, and the holds that keep a
+//! block's device address valid until the next hint moves on.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use engine::{BlockId, BlockSpec, Engine, Error, Policy, Stats};
+
+/// Why a call failed: the status code C sees and the detail `synapswap_last_error` returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub status: i32,
+    pub message: String,
+}
+
+pub type Res<T> = std::result::Result<T, Failure>;
+
+pub const ERR_INITIALIZATION: i32 = -1;
+pub const ERR_OUT_OF_VRAM: i32 = -2;
+pub const ERR_OUT_OF_RAM: i32 = -3;
+pub const ERR_INVALID_PTR: i32 = -4;
+pub const ERR_NOT_FOUND: i32 = -5;
+pub const ERR_CUDA: i32 = -6;
+pub const ERR_UNKNOWN: i32 = -99;
+
+pub fn fail<T>(status: i32, message: impl Into<String>) -> Res<T> {
+    Err(Failure {
+        status,
+        message: message.into(),
+    })
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        let status = match &e {
+            Error::UnknownBlock(_) | Error::StaleBlock(_) | Error::NotHeld(_) => ERR_INVALID_PTR,
+            Error::BlockTooLarge { .. }
+            | Error::PinnedOverBudget { .. }
+            | Error::OutOfDeviceMemory { .. }
+            | Error::InvalidBudget(_) => ERR_OUT_OF_VRAM,
+            Error::Backend(m) if m.contains("host memory") => ERR_OUT_OF_RAM,
+            Error::BackendUnavailable { .. } => ERR_CUDA,
+            Error::ShutDown => ERR_INITIALIZATION,
+            _ => ERR_UNKNOWN,
+        };
+        Failure {
+            status,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The node graph of `register_dependency`.
+#[derive(Debug, Default)]
+struct Graph {
+    uses: BTreeMap<i32, Vec<BlockId>>,
+    next: BTreeMap<i32, BTreeSet<i32>>,
+    /// node -> step, valid when not `dirty`.
+    steps: HashMap<i32, u64>,
+    dirty: bool,
+}
+
+impl Graph {
+    /// Steps in topological order of the `next` edges (ties by node id); a cycle (a decode loop
+    /// that links its last node back to its first) is cut at its smallest node.
+    fn order(&self) -> Vec<i32> {
+        let nodes: BTreeSet<i32> = self
+            .uses
+            .keys()
+            .chain(self.next.keys())
+            .chain(self.next.values().flatten())
+            .copied()
+            .collect();
+        let mut indeg: BTreeMap<i32, usize> = nodes.iter().map(|&n| (n, 0)).collect();
+        for succ in self.next.values() {
+            for s in succ {
+                *indeg.get_mut(s).expect("every successor is a node") += 1;
+            }
+        }
+        let mut order = Vec::with_capacity(nodes.len());
+        let mut done: BTreeSet<i32> = BTreeSet::new();
+        let mut ready: BTreeSet<i32> = indeg
+            .iter()
+            .filter(|(_, &d)| d == 0)
+            .map(|(&n, _)| n)
+            .collect();
+        while done.len() < nodes.len() {
+            let n = match ready.pop_first() {
+                Some(n) => n,
+                // Only cycles are left: cut the smallest remaining node loose.
+                None => *nodes
+                    .iter()
+                    .find(|n| !done.contains(n))
+                    .expect("a node is left"),
+            };
+            if !done.insert(n) {
+                continue;
+            }
+            order.push(n);
+            for s in self.next.get(&n).into_iter().flatten() {
+                let d = indeg.get_mut(s).expect("every successor is a node");
+                *d = d.saturating_sub(1);
+                if *d == 0 && !done.contains(s) {
+                    ready.insert(*s);
+                }
+            }
+        }
+        order
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Host pointer -> block.
+    blocks: HashMap<usize, BlockId>,
+    graph: Graph,
+    /// Holds taken by wait_for_data / get_vram_ptr since the current node began: block ->
+    /// device address.
+    node_holds: HashMap<BlockId, u64>,
+    /// Holds taken by acquire_on_stream: block -> count.
+    stream_holds: HashMap<BlockId, u32>,
+    current_node: Option<i32>,
+}
+
+/// One engine behind the C ABI.
+#[derive(Debug)]
+pub struct Instance {
+    engine: Engine,
+    verbose: bool,
+    poisoned: AtomicBool,
+    state: Mutex<State>,
+}
+
+impl Instance {
+    pub fn new(engine: Engine, verbose: bool) -> Instance {
+        Instance {
+            engine,
+            verbose,
+            poisoned: AtomicBool::new(false),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    pub fn verbose(&self) -> bool {
+        self.verbose
+    }
+
+    pub fn poison(&self) {
+        self.poisoned.store(true, Ordering::SeqCst);
+    }
+
+    /// Fails if the instance is poisoned.
+    fn check(&self) -> Res<()> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return fail(
+                ERR_UNKNOWN,
+                "the engine hit an internal error and accepts only shutdown/destroy",
+            );
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> Res<MutexGuard<'_, State>> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return fail(
+                ERR_UNKNOWN,
+                "the engine hit an internal error and accepts only shutdown/destroy",
+            );
+        }
+        // A panic is caught at the boundary and poisons the instance first, so a poisoned
+        // mutex is never relied on; recover its data for shutdown.
+        Ok(self.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn block_of(st: &State, ptr: usize) -> Res<BlockId> {
+        if ptr == 0 {
+            return fail(ERR_INVALID_PTR, "NULL pointer");
+        }
+        st.blocks.get(&ptr).copied().ok_or_else(|| Failure {
+            status: ERR_INVALID_PTR,
+            message: format!(
+                "{ptr:#x} is not a live block of this engine (pass the pointer synapswap_malloc returned)"
+            ),
+        })
+    }
+
+    /// Allocates a block and returns the address of its (zeroed) host copy.
+    pub fn malloc(
+        &self,
+        size: usize,
+        priority: i32,
+        policy: i32,
+        tag: Option<String>,
+        mutable: bool,
+    ) -> Res<usize> {
+        self.check()?;
+        #[cfg(test)]
+        if tag.as_deref() == Some("__test_panic__") {
+            panic!("test hook");
+        }
+        if size == 0 {
+            return fail(ERR_INVALID_PTR, "size 0: a block has at least one byte");
+        }
+        let priority = u8::try_from(priority)
+            .ok()
+            .filter(|&p| p <= engine::MAX_PRIORITY)
+            .ok_or_else(|| Failure {
+                status: ERR_INVALID_PTR,
+                message: format!("priority {priority} is out of range 0..=10"),
+            })?;
+        let policy = match policy {
+            0 => Policy::Auto,
+            1 => Policy::Pinned,
+            2 => Policy::Lru,
+            3 => Policy::Volatile,
+            p => return fail(ERR_INVALID_PTR, format!("policy {p} is not an ss_policy_t")),
+        };
+        let mut spec = BlockSpec::new(size as u64)
+            .priority(priority)
+            .policy(policy)
+            .mutable(mutable);
+        if let Some(t) = tag {
+            spec = spec.name(t);
+        }
+        let id = self.engine.alloc(spec)?;
+        let ptr = match self.engine.host_ptr(id) {
+            Ok(p) => p as usize,
+            Err(e) => {
+                let _ = self.engine.free(id);
+                return Err(e.into());
+            }
+        };
+        self.lock()?.blocks.insert(ptr, id);
+        Ok(ptr)
+    }
+
+    /// Frees a block (dropping this engine's holds on it first).
+    pub fn free(&self, ptr: usize) -> Res<()> {
+        let mut st = self.lock()?;
+        let id = Self::block_of(&st, ptr)?;
+        let mut holds = u32::from(st.node_holds.remove(&id).is_some());
+        holds += st.stream_holds.remove(&id).unwrap_or(0);
+        for uses in st.graph.uses.values_mut() {
+            uses.retain(|&b| b != id);
+        }
+        st.graph.dirty = true;
+        st.blocks.remove(&ptr);
+        drop(st);
+        for _ in 0..holds {
+            let _ = self.engine.unacquire(id);
+        }
+        self.engine.free(id)?;
+        Ok(())
+    }
+
+    pub fn register_dependency(&self, node: i32, ptr: usize, next: i32) -> Res<()> {
+        let mut st = self.lock()?;
+        let id = Self::block_of(&st, ptr)?;
+        let uses = st.graph.uses.entry(node).or_default();
+        if !uses.contains(&id) {
+            uses.push(id);
+        }
+        if next != -1 {
+            st.graph.next.entry(node).or_default().insert(next);
+        }
+        st.graph.dirty = true;
+        Ok(())
+    }
+
+    /// Re-declares the engine's schedule from the graph if it changed.
+    fn sync_schedule(&self, st: &mut State) -> Res<()> {
+        if !st.graph.dirty {
+            return Ok(());
+        }
+        let order = st.graph.order();
+        self.engine.clear_schedule()?;
+        st.graph.steps.clear();
+        for (step, node) in order.iter().enumerate() {
+            st.graph.steps.insert(*node, step as u64);
+            for &b in st.graph.uses.get(node).into_iter().flatten() {
+                self.engine.declare(step as u64, b)?;
+            }
+        }
+        st.graph.dirty = false;
+        Ok(())
+    }
+
+    pub fn hint(&self, node: i32) -> Res<()> {
+        let mut st = self.lock()?;
+        self.sync_schedule(&mut st)?;
+        let Some(&step) = st.graph.steps.get(&node) else {
+            return fail(
+                ERR_NOT_FOUND,
+                format!("node {node} was never named in synapswap_register_dependency"),
+            );
+        };
+        // Moving past the node that took them ends the holds of wait/get_vram_ptr.
+        let released: Vec<BlockId> = if st.current_node != Some(node) {
+            st.current_node = Some(node);
+            st.node_holds.drain().map(|(b, _)| b).collect()
+        } else {
+            Vec::new()
+        };
+        drop(st);
+        self.engine.hint(step)?;
+        for b in released {
+            let _ = self.engine.unacquire(b);
+        }
+        Ok(())
+    }
+
+    /// Waits for the block and holds it until the hint moves on; returns its device address.
+    pub fn device_ptr(&self, ptr: usize) -> Res<usize> {
+        let st = self.lock()?;
+        let id = Self::block_of(&st, ptr)?;
+        if let Some(&addr) = st.node_holds.get(&id) {
+            return Ok(addr as usize);
+        }
+        drop(st);
+        // Not under the instance lock: a wait can take as long as a copy.
+        let addr = self.engine.acquire(id)?;
+        let mut st = self.lock()?;
+        if st.node_holds.insert(id, addr).is_some() {
+            // Another thread took the node hold meanwhile: keep one.
+            drop(st);
+            let _ = self.engine.unacquire(id);
+        }
+        Ok(addr as usize)
+    }
+
+    /// Ends this engine's holds on the block and the protection of the current hint.
+    pub fn release(&self, ptr: usize) -> Res<()> {
+        let mut st = self.lock()?;
+        let id = Self::block_of(&st, ptr)?;
+        let held = st.node_holds.remove(&id).is_some();
+        drop(st);
+        if held {
+            self.engine.unacquire(id)?;
+        }
+        self.engine.release(id)?;
+        Ok(())
+    }
+
+    /// Stream-ordered acquire. The sim backend has no streams: the host waits until the block is
+    /// on the device, which orders it before anything later on every stream.
+    pub fn acquire_on_stream(&self, ptr: usize) -> Res<usize> {
+        let st = self.lock()?;
+        let id = Self::block_of(&st, ptr)?;
+        drop(st);
+        let addr = self.engine.acquire(id)?;
+        *self.lock()?.stream_holds.entry(id).or_insert(0) += 1;
+        Ok(addr as usize)
+    }
+
+    /// Stream-ordered release (on sim: at once, the host having waited in acquire).
+    pub fn release_on_stream(&self, ptr: usize) -> Res<()> {
+        let mut st = self.lock()?;
+        let id = Self::block_of(&st, ptr)?;
+        match st.stream_holds.get_mut(&id) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                if *n == 0 {
+                    st.stream_holds.remove(&id);
+                }
+            }
+            _ => {
+                return fail(
+                    ERR_INVALID_PTR,
+                    "release_on_stream without a matching acquire_on_stream",
+                )
+            }
+        }
+        drop(st);
+        self.engine.unacquire(id)?;
+        Ok(())
+    }
+
+    pub fn stats(&self) -> Res<Stats> {
+        self.check()?;
+        Ok(self.engine.stats())
+    }
+
+    /// Stops the engine; every handle of it becomes invalid. Works on a poisoned instance.
+    pub fn shutdown(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.blocks.clear();
+        st.node_holds.clear();
+        st.stream_holds.clear();
+        drop(st);
+        self.engine.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn graph_order_is_topological_and_cuts_cycles() {
+        let mut g = Graph::default();
+        // 0 -> {1, 2, 3} -> 4, and 4 -> 0 (the decode loop).
+        for (a, b) in [(0, 1), (0, 2), (0, 3), (1, 4), (2, 4), (3, 4), (4, 0)] {
+            g.next.entry(a).or_default().insert(b);
+        }
+        assert_eq!(g.order(), vec![0, 1, 2, 3, 4]);
+        let mut g = Graph::default();
+        for (a, b) in [(10, 5), (5, 7)] {
+            g.next.entry(a).or_default().insert(b);
+        }
+        g.uses.insert(3, Vec::new());
+        assert_eq!(g.order(), vec![3, 10, 5, 7]);
+    }
+}
