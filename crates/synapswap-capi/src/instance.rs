@@ -236,22 +236,24 @@ impl Instance {
         Ok(ptr)
     }
 
-    /// Frees a block (dropping this engine's holds on it first).
+    /// Frees a block (dropping this engine's holds on it first). If the engine refuses (another
+    /// thread is waiting for the block right now), the block stays valid and this returns why.
     pub fn free(&self, ptr: usize) -> Res<()> {
         let mut st = self.lock()?;
         let id = Self::block_of(&st, ptr)?;
         let mut holds = u32::from(st.node_holds.remove(&id).is_some());
         holds += st.stream_holds.remove(&id).unwrap_or(0);
-        for uses in st.graph.uses.values_mut() {
-            uses.retain(|&b| b != id);
-        }
-        st.graph.dirty = true;
-        st.blocks.remove(&ptr);
         drop(st);
         for _ in 0..holds {
             let _ = self.engine.unacquire(id);
         }
         self.engine.free(id)?;
+        let mut st = self.lock()?;
+        st.blocks.remove(&ptr);
+        for uses in st.graph.uses.values_mut() {
+            uses.retain(|&b| b != id);
+        }
+        st.graph.dirty = true;
         Ok(())
     }
 
