@@ -64,7 +64,9 @@ typedef struct {
     uint32_t active_blocks;
 } ss_stats_t;
 
-/* Starts the default engine with vram_limit bytes of device budget (rounded down to 256 B). */
+/* Starts the default engine with vram_limit bytes of device budget (rounded down to 256 B), on
+ * CUDA when a driver and a device are present, else on sim; SYNAPSWAP_BACKEND=auto|sim|cuda in
+ * the environment chooses. */
 ss_status_t synapswap_init(size_t vram_limit, bool verbose);
 /* Stops the default engine and frees every block (no-op when not running). */
 void        synapswap_shutdown(void);

@@ -28,7 +28,7 @@ int main(void) {
     const size_t state_size = (size_t)PASSES * ROW;
     const size_t total = in_size + BRANCHES * branch_size + state_size;
     ss_engine_t* a = synapswap_engine_create(total / 2, SS_BACKEND_SIM, false);
-    ss_engine_t* b = synapswap_engine_create(600 * 1024, SS_BACKEND_AUTO, false);
+    ss_engine_t* b = synapswap_engine_create(600 * 1024, SS_BACKEND_SIM, false);
     CHECK(a != NULL && b != NULL && a != b);
 
     void* input = synapswap_engine_malloc(a, in_size, 5, SS_POLICY_AUTO, "input", 0);

@@ -85,7 +85,10 @@ int main(void) {
     /* The instance API. */
     CHECK(synapswap_engine_create(0, SS_BACKEND_SIM, false) == NULL && has_reason());
     CHECK(synapswap_engine_create(budget, (ss_backend_t)7, false) == NULL);
-    CHECK(synapswap_engine_create(budget, SS_BACKEND_CUDA, false) == NULL); /* not built yet */
+    /* CUDA: an engine on a GPU machine, else NULL with the reason (no driver or no device). */
+    ss_engine_t* gpu = synapswap_engine_create(budget, SS_BACKEND_CUDA, false);
+    CHECK(gpu != NULL || strstr(synapswap_last_error(), "cuda") != NULL);
+    synapswap_engine_destroy(gpu);
     synapswap_engine_destroy(NULL);                               /* no-op */
     synapswap_engine_destroy((ss_engine_t*)forged);               /* an error, not a crash */
     CHECK(has_reason());

@@ -345,19 +345,19 @@ impl Instance {
         Ok(())
     }
 
-    /// Stream-ordered acquire. The sim backend has no streams: the host waits until the block is
-    /// on the device, which orders it before anything later on every stream.
-    pub fn acquire_on_stream(&self, ptr: usize) -> Res<usize> {
+    /// Stream-ordered acquire (see `Engine::acquire_on_stream`).
+    pub fn acquire_on_stream(&self, ptr: usize, stream: u64) -> Res<usize> {
         let st = self.lock()?;
         let id = Self::block_of(&st, ptr)?;
         drop(st);
-        let addr = self.engine.acquire(id)?;
+        let addr = self.engine.acquire_on_stream(id, stream)?;
         *self.lock()?.stream_holds.entry(id).or_insert(0) += 1;
         Ok(addr as usize)
     }
 
-    /// Stream-ordered release (on sim: at once, the host having waited in acquire).
-    pub fn release_on_stream(&self, ptr: usize) -> Res<()> {
+    /// Stream-ordered release: the memory is reused only after the work queued on `stream` so
+    /// far has completed (on sim: at once).
+    pub fn release_on_stream(&self, ptr: usize, stream: u64) -> Res<()> {
         let mut st = self.lock()?;
         let id = Self::block_of(&st, ptr)?;
         match st.stream_holds.get_mut(&id) {
@@ -375,7 +375,10 @@ impl Instance {
             }
         }
         drop(st);
-        self.engine.unacquire(id)?;
+        if let Err(e) = self.engine.unacquire_on_stream(id, stream) {
+            *self.lock()?.stream_holds.entry(id).or_insert(0) += 1;
+            return Err(e.into());
+        }
         Ok(())
     }
 

@@ -25,7 +25,7 @@ use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use engine::backend::{Backend, SimBackend, SimConfig};
+use engine::backend::{Backend, SimConfig};
 use engine::Engine;
 use instance::{fail, Failure, Instance, Res};
 
@@ -214,21 +214,10 @@ fn with<T: Copy>(
 }
 
 fn new_instance(vram_limit: usize, backend: ss_backend_t, verbose: bool) -> Res<Instance> {
-    let backend: Arc<dyn Backend> = match backend {
-        SS_BACKEND_AUTO | SS_BACKEND_SIM => {
-            if backend == SS_BACKEND_AUTO && verbose {
-                eprintln!(
-                    "synapswap: backend auto chose sim (no GPU backend is built into this version)"
-                );
-            }
-            Arc::new(SimBackend::new(SimConfig::default()).map_err(Failure::from)?)
-        }
-        SS_BACKEND_CUDA => {
-            return fail(
-                instance::ERR_CUDA,
-                "the CUDA backend is not built into this version",
-            )
-        }
+    let kind = match backend {
+        SS_BACKEND_AUTO => engine::backend::BackendKind::Auto,
+        SS_BACKEND_SIM => engine::backend::BackendKind::Sim,
+        SS_BACKEND_CUDA => engine::backend::BackendKind::Cuda,
         b => {
             return fail(
                 instance::ERR_INVALID_PTR,
@@ -236,6 +225,17 @@ fn new_instance(vram_limit: usize, backend: ss_backend_t, verbose: bool) -> Res<
             )
         }
     };
+    let (backend, fell_back): (Arc<dyn Backend>, _) =
+        engine::backend::open(kind, SimConfig::default()).map_err(|e| {
+            let mut f = Failure::from(e);
+            if kind == engine::backend::BackendKind::Cuda {
+                f.status = instance::ERR_CUDA;
+            }
+            f
+        })?;
+    if let (Some(why), true) = (fell_back, verbose) {
+        eprintln!("synapswap: backend auto chose sim ({why})");
+    }
     if vram_limit == 0 {
         return fail(instance::ERR_INITIALIZATION, "vram_limit is 0");
     }
@@ -301,7 +301,8 @@ fn fill_stats(inst: &Instance, out: *mut ss_stats_t) -> Res<()> {
 // ---------------------------------------------------------------------------------------------
 // The original global API, on the default engine.
 
-/// Starts the default engine with `vram_limit` bytes of device budget on the best backend.
+/// Starts the default engine with `vram_limit` bytes of device budget on the best backend (CUDA
+/// when present, else sim; the environment variable `SYNAPSWAP_BACKEND=auto|sim|cuda` chooses).
 /// `SS_ERR_INITIALIZATION` if it is already running; after `synapswap_shutdown` it starts anew.
 #[no_mangle]
 pub extern "C" fn synapswap_init(vram_limit: usize, verbose: bool) -> ss_status_t {
@@ -319,7 +320,21 @@ pub extern "C" fn synapswap_init(vram_limit: usize, verbose: bool) -> ss_status_
         }
         // Starting an engine spawns threads and allocates the pool: not under the registry lock.
         drop(reg);
-        match new_instance(vram_limit, SS_BACKEND_AUTO, verbose) {
+        let backend = match std::env::var("SYNAPSWAP_BACKEND").as_deref() {
+            Ok("sim") => SS_BACKEND_SIM,
+            Ok("cuda") => SS_BACKEND_CUDA,
+            Ok("auto") | Err(_) => SS_BACKEND_AUTO,
+            Ok(other) => {
+                return report(
+                    None,
+                    &Failure {
+                        status: SS_ERR_INITIALIZATION,
+                        message: format!("SYNAPSWAP_BACKEND={other}: expected auto, sim or cuda"),
+                    },
+                )
+            }
+        };
+        match new_instance(vram_limit, backend, verbose) {
             Ok(inst) => {
                 reg = registry();
                 if reg.default.is_some() {
@@ -637,7 +652,6 @@ pub unsafe extern "C" fn synapswap_engine_acquire_on_stream(
     stream: *mut c_void,
     device_ptr: *mut *mut c_void,
 ) -> ss_status_t {
-    let _ = stream;
     with(
         || lookup(engine),
         SS_ERR_INVALID_PTR,
@@ -646,7 +660,7 @@ pub unsafe extern "C" fn synapswap_engine_acquire_on_stream(
             if device_ptr.is_null() {
                 return status(i, fail(SS_ERR_INVALID_PTR, "NULL device_ptr"));
             }
-            match i.acquire_on_stream(ptr as usize) {
+            match i.acquire_on_stream(ptr as usize, stream as u64) {
                 Ok(addr) => {
                     // SAFETY: non-null and writable by the caller's contract.
                     unsafe { device_ptr.write(addr as *mut c_void) };
@@ -666,12 +680,11 @@ pub extern "C" fn synapswap_engine_release_on_stream(
     ptr: *mut c_void,
     stream: *mut c_void,
 ) -> ss_status_t {
-    let _ = stream;
     with(
         || lookup(engine),
         SS_ERR_INVALID_PTR,
         SS_ERR_UNKNOWN,
-        |i| status(i, i.release_on_stream(ptr as usize)),
+        |i| status(i, i.release_on_stream(ptr as usize, stream as u64)),
     )
 }
 

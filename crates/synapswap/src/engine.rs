@@ -5,7 +5,7 @@
 use std::fmt;
 use std::time::Instant;
 
-use crate::backend::{Backend, BackendInfo, Direction, Memory, SimBackend, SimConfig};
+use crate::backend::{Backend, BackendInfo, Direction, Fence, Memory, SimBackend, SimConfig};
 use crate::planner::{Acquire, Command, Planner, PlannerConfig};
 use crate::sync::{self, Arc, Condvar, Mutex, MutexGuard};
 use crate::trace::Trace;
@@ -100,6 +100,7 @@ impl EngineBuilder {
                 arena_base: arena.addr(),
                 trace: self.trace.then(Trace::default),
                 manual_holds: Vec::new(),
+                deferred: Vec::new(),
             }),
             ready: Condvar::new(),
             work: Condvar::new(),
@@ -151,6 +152,8 @@ pub(crate) struct State {
     pub trace: Option<Trace>,
     /// Holds taken by [`Engine::acquire`], by block index (so `unacquire` can only drop those).
     manual_holds: Vec<u32>,
+    /// Stream-ordered releases waiting for their fence: the hold is dropped once it completed.
+    pub deferred: Vec<(BlockId, Fence)>,
 }
 
 impl State {
@@ -199,6 +202,38 @@ impl State {
         if queued {
             shared.work.notify_one();
         }
+    }
+
+    /// Drops the holds of stream-ordered releases whose fence has completed. Returns whether
+    /// any is still pending.
+    pub fn poll_deferred(&mut self, shared: &Shared) -> bool {
+        if self.deferred.is_empty() {
+            return false;
+        }
+        let mut i = 0;
+        let mut released = false;
+        while i < self.deferred.len() {
+            // A fence that cannot be queried (the driver failed) counts as done: holding the
+            // block forever would not make its memory any safer to reuse.
+            if shared
+                .backend
+                .fence_done(&self.deferred[i].1)
+                .unwrap_or(true)
+            {
+                let (id, fence) = self.deferred.swap_remove(i);
+                shared.backend.drop_fence(fence);
+                self.planner.defer_release(false);
+                self.planner.unhold(id);
+                released = true;
+            } else {
+                i += 1;
+            }
+        }
+        if released {
+            self.apply_commands(shared);
+            shared.ready.notify_all();
+        }
+        !self.deferred.is_empty()
     }
 
     fn host_addr(&self, block: BlockId) -> u64 {
@@ -336,7 +371,21 @@ impl Engine {
     /// Frees a block: its host copy and any device space. Waits for its copies in flight; fails
     /// with [`Error::BlockInUse`] while a guard holds it.
     pub fn free(&self, id: BlockId) -> Result<()> {
-        let st = self.lock_live()?;
+        let mut st = self.lock_live()?;
+        // A stream-ordered release still running on its stream: its memory is in use until then.
+        while st.deferred.iter().any(|(b, _)| *b == id) {
+            if !st.poll_deferred(&self.shared) {
+                break;
+            }
+            st = sync::wait_timeout(
+                &self.shared.ready,
+                st,
+                std::time::Duration::from_micros(200),
+            );
+            if st.shutdown {
+                return Err(Error::ShutDown);
+            }
+        }
         let mut st = self.settle(st, id)?;
         st.planner.remove_block(id)?;
         if let Some(n) = st.manual_holds.get_mut(id.index as usize) {
@@ -520,6 +569,45 @@ impl Engine {
         Ok(())
     }
 
+    /// Stream-ordered acquire: [`Engine::acquire`] for work queued on `stream` (a `CUstream` as an
+    /// integer, 0 for the default stream). The block's copy has completed when this returns, so
+    /// anything later queued on any stream sees its bytes. The host waits only if the block is not
+    /// on the device yet (a stall the prefetcher failed to hide); the stream is never made to wait
+    /// on a copy still in flight.
+    pub fn acquire_on_stream(&self, id: BlockId, stream: u64) -> Result<u64> {
+        let _ = stream;
+        self.acquire(id)
+    }
+
+    /// Stream-ordered release of a hold taken by [`Engine::acquire`] / `acquire_on_stream`: the
+    /// block's memory is not reused before the work queued on `stream` so far has completed (a
+    /// fence recorded there; on sim, at once).
+    pub fn unacquire_on_stream(&self, id: BlockId, stream: u64) -> Result<()> {
+        let mut st = self.lock_live()?;
+        st.planner.spec(id)?;
+        match st.manual_holds.get_mut(id.index as usize) {
+            Some(n) if *n > 0 => *n -= 1,
+            _ => return Err(Error::NotHeld(id)),
+        }
+        match self.shared.backend.record_fence(stream) {
+            Ok(Some(fence)) => {
+                st.planner.defer_release(true);
+                st.deferred.push((id, fence));
+                self.shared.work.notify_one();
+            }
+            Ok(None) => {
+                drop(st);
+                self.unhold(id);
+            }
+            Err(e) => {
+                // Undo: the hold stays with the caller, who may retry or unacquire.
+                st.manual_holds[id.index as usize] += 1;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// Address of the block's host copy, which the engine owns until [`Engine::free`]. A caller
     /// may fill it directly before the block is first waited for (what the C ABI's
     /// `synapswap_malloc` hands out); later direct writes reach the device only when the block is
@@ -575,7 +663,16 @@ impl Engine {
             // still consistent (every unlock point is), so shutdown goes on.
             let _ = t.join();
         }
-        let hosts = std::mem::take(&mut self.lock().hosts);
+        let (hosts, deferred) = {
+            let mut st = self.lock();
+            (
+                std::mem::take(&mut st.hosts),
+                std::mem::take(&mut st.deferred),
+            )
+        };
+        for (_, fence) in deferred {
+            self.shared.backend.drop_fence(fence);
+        }
         drop(hosts);
     }
 }

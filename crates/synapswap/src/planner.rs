@@ -295,6 +295,8 @@ pub struct Planner {
     pending_demands: VecDeque<u32>,
     commands: VecDeque<Command>,
     in_flight: u32,
+    /// Holds whose stream-ordered release is waiting for its fence: room that will come back.
+    deferred_releases: u32,
     step_idle_s: f64,
     prev_step_idle_s: f64,
     step_stall_s: f64,
@@ -349,6 +351,7 @@ impl Planner {
             pending_demands: VecDeque::new(),
             commands: VecDeque::new(),
             in_flight: 0,
+            deferred_releases: 0,
             step_idle_s: 0.0,
             prev_step_idle_s: 0.0,
             step_stall_s: 0.0,
@@ -795,6 +798,17 @@ impl Planner {
             }
         }
         self.pump();
+    }
+
+    /// A hold's release now waits for a fence on the caller's stream (`true`), or that fence
+    /// completed and the hold is about to be dropped with [`Planner::unhold`] (`false`). While
+    /// such releases are pending, a demand load that finds no room waits instead of failing.
+    pub fn defer_release(&mut self, pending: bool) {
+        if pending {
+            self.deferred_releases += 1;
+        } else {
+            self.deferred_releases = self.deferred_releases.saturating_sub(1);
+        }
     }
 
     /// Drops one hold taken by `acquire`/`poll_waiter`. A released hold can only matter to a
@@ -1441,7 +1455,7 @@ impl Planner {
                     None => Placement::Wait,
                 }
             }
-            None if demand && self.in_flight > 0 => Placement::Wait,
+            None if demand && (self.in_flight > 0 || self.deferred_releases > 0) => Placement::Wait,
             None => Placement::Impossible,
         }
     }

@@ -171,6 +171,9 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
     let mut last_done = Instant::now();
     let mut st = sync::lock(&shared.state);
     loop {
+        // Completed stream fences first: the holds they drop can let queued placements through,
+        // whose copies the fill below then submits.
+        let fences = st.poll_deferred(&shared);
         while in_flight.len() < shared.pipeline_depth && !st.shutdown {
             let Some(c) = st.queue.next_chunk(shared.chunk_bytes) else {
                 break;
@@ -197,7 +200,12 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
                 break;
             }
             let idle = Instant::now();
-            st = sync::wait(&shared.work, st);
+            st = if fences {
+                // Stream-ordered releases are pending: look at their fences again soon.
+                sync::wait_timeout(&shared.work, st, std::time::Duration::from_micros(100))
+            } else {
+                sync::wait(&shared.work, st)
+            };
             st.planner.add_copy_idle(idle.elapsed().as_secs_f64());
             continue;
         };

@@ -8,8 +8,10 @@ use std::fmt;
 
 use crate::Result;
 
+pub mod cuda;
 pub mod sim;
 
+pub use cuda::CudaBackend;
 pub use sim::{SimBackend, SimConfig};
 
 /// A device address (on `sim`, a host address).
@@ -39,6 +41,11 @@ pub enum Direction {
 /// Identifies a queued copy. Copies complete in submission order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Ticket(pub u64);
+
+/// A point in a caller's stream (a CUDA event recorded there): work queued on the stream before
+/// it has completed once [`Backend::fence_done`] says so.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Fence(pub u64);
 
 /// What a backend models or measures, for reports.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,4 +100,63 @@ pub trait Backend: Send + Sync + fmt::Debug {
         device: DevicePtr,
         len: usize,
     ) -> Result<()>;
+    /// Records a fence on the caller's `stream` (a `CUstream` as an integer; 0 = default
+    /// stream) for a stream-ordered release. `None`: the backend has no streams, and work the
+    /// caller queued is already done (sim).
+    fn record_fence(&self, stream: u64) -> Result<Option<Fence>> {
+        let _ = stream;
+        Ok(None)
+    }
+    /// Whether the work before `fence` has completed.
+    fn fence_done(&self, fence: &Fence) -> Result<bool> {
+        let _ = fence;
+        Ok(true)
+    }
+    /// Gives a fence back (after it completed or was abandoned).
+    fn drop_fence(&self, fence: Fence) {
+        let _ = fence;
+    }
+}
+
+/// How to choose a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// CUDA when a driver and a device are present, else sim.
+    Auto,
+    /// The simulated device.
+    Sim,
+    /// CUDA (an error if it is unavailable).
+    Cuda,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<BackendKind> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(BackendKind::Auto),
+            "sim" => Ok(BackendKind::Sim),
+            "cuda" => Ok(BackendKind::Cuda),
+            _ => Err(crate::Error::Parse {
+                what: "backend",
+                input: s.to_string(),
+                reason: "expected auto, sim or cuda".into(),
+            }),
+        }
+    }
+}
+
+/// Opens a backend. `Auto` picks CUDA device 0 when a driver and a device are present, else the
+/// sim backend with `sim`'s settings; the second value says why when it fell back to sim.
+pub fn open(
+    kind: BackendKind,
+    sim: SimConfig,
+) -> Result<(std::sync::Arc<dyn Backend>, Option<String>)> {
+    match kind {
+        BackendKind::Sim => Ok((std::sync::Arc::new(SimBackend::new(sim)?), None)),
+        BackendKind::Cuda => Ok((std::sync::Arc::new(CudaBackend::new(0)?), None)),
+        BackendKind::Auto => match cuda::available() {
+            Ok(_) => Ok((std::sync::Arc::new(CudaBackend::new(0)?), None)),
+            Err(why) => Ok((std::sync::Arc::new(SimBackend::new(sim)?), Some(why))),
+        },
+    }
 }

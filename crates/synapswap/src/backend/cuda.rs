@@ -1,0 +1,549 @@
+//! The CUDA backend: the driver API through cudarc, loaded at run time.
+//!
+//! Every build compiles without CUDA: cudarc's dynamic loading opens `libcuda.so` on first use
+//! and panics if it is missing, so [`available`] checks for the library (and a device) first and
+//! nothing here touches the driver before that check succeeded.
+//!
+//! - Device arena: one `cuMemAlloc` of the budget.
+//! - Host copies: page-locked memory from `cuMemHostAlloc(PORTABLE)`, not write-combined, since
+//!   the CPU reads it too (verification, write-backs); or a caller's buffer registered in place
+//!   with `cuMemHostRegister` ([`CudaBackend::register_host`]), so it is not copied twice. Pinned
+//!   and registered bytes are counted exactly.
+//! - Copies go on one dedicated non-blocking stream; each submitted copy records an event, and
+//!   [`Backend::wait`] synchronises on that event only (no stream or device sync per copy).
+//! - Stream-ordered release: [`Backend::record_fence`] records an event on the consumer's stream;
+//!   the engine keeps the block's memory until that event has completed.
+//! - Teardown tolerates a driver that is already shutting down: errors in drop are ignored.
+
+use std::collections::VecDeque;
+use std::ffi::{c_void, CStr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use cudarc::driver::sys;
+
+use super::{Backend, BackendInfo, DevicePtr, Direction, Fence, Memory, Ticket};
+use crate::sync::{self, Mutex};
+use crate::{Error, Result};
+
+fn describe(r: sys::CUresult) -> String {
+    let mut s: *const std::ffi::c_char = std::ptr::null();
+    // SAFETY: the driver library is loaded (every caller ran `available` first); the out pointer
+    // is valid; on success the driver returns a static NUL-terminated string.
+    let ok = unsafe { sys::cuGetErrorString(r, &mut s) } == sys::CUresult::CUDA_SUCCESS;
+    if ok && !s.is_null() {
+        // SAFETY: a static NUL-terminated string from the driver.
+        let msg = unsafe { CStr::from_ptr(s) }.to_string_lossy();
+        format!("{r:?}: {msg}")
+    } else {
+        format!("{r:?}")
+    }
+}
+
+fn check(r: sys::CUresult, what: &str) -> Result<()> {
+    if r == sys::CUresult::CUDA_SUCCESS {
+        Ok(())
+    } else {
+        Err(Error::Backend(format!(
+            "CUDA {what} failed: {}",
+            describe(r)
+        )))
+    }
+}
+
+/// Whether CUDA can be used: the driver library loads, initialises, and reports at least one
+/// device. Returns the device count, or why not. Never panics.
+pub fn available() -> std::result::Result<usize, String> {
+    // SAFETY: loading a shared library by name; cudarc's check has no other precondition.
+    if !unsafe { sys::is_culib_present() } {
+        return Err("the CUDA driver library (libcuda.so) is not installed".into());
+    }
+    // SAFETY: the library is present, so cudarc's lazy loader succeeds.
+    let r = unsafe { sys::cuInit(0) };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        return Err(format!("cuInit failed: {}", describe(r)));
+    }
+    let mut n = 0;
+    // SAFETY: initialised; valid out pointer.
+    let r = unsafe { sys::cuDeviceGetCount(&mut n) };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        return Err(format!("cuDeviceGetCount failed: {}", describe(r)));
+    }
+    if n <= 0 {
+        return Err("the CUDA driver reports no device".into());
+    }
+    Ok(n as usize)
+}
+
+/// The device's primary context, retained; released when the last user (backend or memory)
+/// is gone.
+#[derive(Debug)]
+struct Context {
+    ctx: sys::CUcontext,
+    dev: sys::CUdevice,
+}
+
+// SAFETY: a CUDA context handle may be used from any thread (each thread makes it current
+// before use); the handle itself is immutable here.
+unsafe impl Send for Context {}
+// SAFETY: as above; no interior state.
+unsafe impl Sync for Context {}
+
+impl Context {
+    fn bind(&self) -> Result<()> {
+        // SAFETY: a retained primary context; binding is per calling thread.
+        check(unsafe { sys::cuCtxSetCurrent(self.ctx) }, "cuCtxSetCurrent")
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        // SAFETY: releases the retain taken in `CudaBackend::new`; errors (a driver shutting
+        // down) are ignored, nothing can be done about them in drop.
+        let _ = unsafe { sys::cuDevicePrimaryCtxRelease_v2(self.dev) };
+    }
+}
+
+/// Device memory from `cuMemAlloc`.
+#[derive(Debug)]
+struct DeviceMem {
+    ptr: sys::CUdeviceptr,
+    len: u64,
+    ctx: Arc<Context>,
+}
+
+impl Memory for DeviceMem {
+    fn addr(&self) -> u64 {
+        self.ptr
+    }
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+impl Drop for DeviceMem {
+    fn drop(&mut self) {
+        if self.ctx.bind().is_ok() {
+            // SAFETY: allocated by cuMemAlloc in this context and freed once; nothing uses it
+            // after the engine dropped it. Errors at teardown are ignored.
+            let _ = unsafe { sys::cuMemFree_v2(self.ptr) };
+        }
+    }
+}
+
+/// Page-locked host memory: allocated (`cuMemHostAlloc`) or registered in place.
+#[derive(Debug)]
+struct HostMem {
+    ptr: *mut c_void,
+    len: u64,
+    registered: bool,
+    counter: Arc<AtomicU64>,
+    ctx: Arc<Context>,
+}
+
+// SAFETY: the pointer is a plain host allocation owned by this value; the engine synchronises
+// every access to its bytes.
+unsafe impl Send for HostMem {}
+// SAFETY: as above.
+unsafe impl Sync for HostMem {}
+
+impl Memory for HostMem {
+    fn addr(&self) -> u64 {
+        self.ptr as u64
+    }
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+impl Drop for HostMem {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.len, Ordering::Relaxed);
+        if self.ctx.bind().is_err() {
+            return;
+        }
+        // SAFETY: the pointer came from cuMemHostAlloc / cuMemHostRegister in this context and
+        // is released once; errors at teardown are ignored.
+        let _ = unsafe {
+            if self.registered {
+                sys::cuMemHostUnregister(self.ptr)
+            } else {
+                sys::cuMemFreeHost(self.ptr)
+            }
+        };
+    }
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    /// Submitted copies not yet known complete: (ticket, event).
+    pending: VecDeque<(u64, usize)>,
+    next: u64,
+    done: u64,
+    spare: Vec<usize>,
+    /// A failure makes the stream unusable: every later wait reports it.
+    failed: Option<String>,
+}
+
+/// The CUDA backend (one device).
+#[derive(Debug)]
+pub struct CudaBackend {
+    ctx: Arc<Context>,
+    ordinal: usize,
+    name: String,
+    stream: usize,
+    queue: Mutex<Queue>,
+    pinned: Arc<AtomicU64>,
+    registered: Arc<AtomicU64>,
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal`: retains its primary context and creates the copy stream.
+    pub fn new(ordinal: usize) -> Result<CudaBackend> {
+        let count = available().map_err(|why| Error::BackendUnavailable {
+            name: "cuda".into(),
+            reason: why,
+        })?;
+        if ordinal >= count {
+            return Err(Error::BackendUnavailable {
+                name: "cuda".into(),
+                reason: format!("device {ordinal} does not exist ({count} present)"),
+            });
+        }
+        let mut dev = 0;
+        // SAFETY: the driver is initialised (`available`); valid out pointer.
+        check(
+            unsafe { sys::cuDeviceGet(&mut dev, ordinal as i32) },
+            "cuDeviceGet",
+        )?;
+        let mut ctx = std::ptr::null_mut();
+        // SAFETY: a valid device; valid out pointer.
+        check(
+            unsafe { sys::cuDevicePrimaryCtxRetain(&mut ctx, dev) },
+            "cuDevicePrimaryCtxRetain",
+        )?;
+        let ctx = Arc::new(Context { ctx, dev });
+        ctx.bind()?;
+        let mut name = [0 as std::ffi::c_char; 256];
+        // SAFETY: a 256-byte buffer and its length.
+        check(
+            unsafe { sys::cuDeviceGetName(name.as_mut_ptr(), 256, dev) },
+            "cuDeviceGetName",
+        )?;
+        // SAFETY: the driver NUL-terminates within the buffer.
+        let name = unsafe { CStr::from_ptr(name.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        let mut stream = std::ptr::null_mut();
+        // SAFETY: the context is current; valid out pointer. Non-blocking: the copy stream never
+        // waits for the legacy default stream, so copies overlap the caller's kernels.
+        check(
+            unsafe {
+                sys::cuStreamCreate(
+                    &mut stream,
+                    sys::CUstream_flags_enum::CU_STREAM_NON_BLOCKING as u32,
+                )
+            },
+            "cuStreamCreate",
+        )?;
+        Ok(CudaBackend {
+            ctx,
+            ordinal,
+            name,
+            stream: stream as usize,
+            queue: Mutex::new(Queue {
+                next: 1,
+                ..Queue::default()
+            }),
+            pinned: Arc::new(AtomicU64::new(0)),
+            registered: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// The device's name.
+    pub fn device_name(&self) -> &str {
+        &self.name
+    }
+
+    /// Free and total device memory in bytes.
+    pub fn mem_info(&self) -> Result<(u64, u64)> {
+        self.ctx.bind()?;
+        let (mut free, mut total) = (0usize, 0usize);
+        // SAFETY: the context is current; valid out pointers.
+        check(
+            unsafe { sys::cuMemGetInfo_v2(&mut free, &mut total) },
+            "cuMemGetInfo",
+        )?;
+        Ok((free as u64, total as u64))
+    }
+
+    /// Page-locked bytes this backend allocated (`alloc_host`) and has not freed.
+    pub fn pinned_bytes(&self) -> u64 {
+        self.pinned.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of caller buffers registered in place and not yet unregistered.
+    pub fn registered_bytes(&self) -> u64 {
+        self.registered.load(Ordering::Relaxed)
+    }
+
+    /// Page-locks a caller's buffer in place (`cuMemHostRegister`), so copies from it run at DMA
+    /// speed without a second copy in RAM; unregistered when the returned memory is dropped.
+    /// `read_only` lets the driver register read-only mappings (a model file mapped from disk).
+    ///
+    /// # Safety
+    /// `ptr..ptr+len` must be a live host allocation that outlives the returned value and is not
+    /// registered already.
+    pub unsafe fn register_host(
+        &self,
+        ptr: *mut u8,
+        len: u64,
+        read_only: bool,
+    ) -> Result<Box<dyn Memory>> {
+        self.ctx.bind()?;
+        let mut flags = sys::CU_MEMHOSTREGISTER_PORTABLE;
+        if read_only {
+            flags |= sys::CU_MEMHOSTREGISTER_READ_ONLY;
+        }
+        // SAFETY: guaranteed by the caller.
+        check(
+            unsafe { sys::cuMemHostRegister_v2(ptr.cast(), len as usize, flags) },
+            "cuMemHostRegister",
+        )?;
+        self.registered.fetch_add(len, Ordering::Relaxed);
+        Ok(Box::new(HostMem {
+            ptr: ptr.cast(),
+            len,
+            registered: true,
+            counter: self.registered.clone(),
+            ctx: self.ctx.clone(),
+        }))
+    }
+
+    fn event(&self, q: &mut Queue) -> Result<usize> {
+        if let Some(e) = q.spare.pop() {
+            return Ok(e);
+        }
+        let mut e = std::ptr::null_mut();
+        // SAFETY: the context is current (callers bind first); valid out pointer.
+        check(
+            unsafe {
+                sys::cuEventCreate(
+                    &mut e,
+                    sys::CUevent_flags_enum::CU_EVENT_DISABLE_TIMING as u32,
+                )
+            },
+            "cuEventCreate",
+        )?;
+        Ok(e as usize)
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        if self.ctx.bind().is_err() {
+            return;
+        }
+        let q = std::mem::take(&mut *sync::lock(&self.queue));
+        // SAFETY: our own stream and events, destroyed once; errors (a driver shutting down)
+        // are ignored.
+        unsafe {
+            let _ = sys::cuStreamSynchronize(self.stream as sys::CUstream);
+            for e in q.pending.iter().map(|p| p.1).chain(q.spare) {
+                let _ = sys::cuEventDestroy_v2(e as sys::CUevent);
+            }
+            let _ = sys::cuStreamDestroy_v2(self.stream as sys::CUstream);
+        }
+    }
+}
+
+impl Backend for CudaBackend {
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            name: "cuda",
+            description: format!(
+                "{} (CUDA device {}, pinned host memory)",
+                self.name, self.ordinal
+            ),
+            modelled_h2d_bytes_per_s: None,
+        }
+    }
+
+    fn alloc_device(&self, bytes: u64) -> Result<Box<dyn Memory>> {
+        self.ctx.bind()?;
+        let mut ptr = 0;
+        // SAFETY: the context is current; valid out pointer.
+        let r = unsafe { sys::cuMemAlloc_v2(&mut ptr, bytes.max(1) as usize) };
+        if r == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            let (free, total) = self.mem_info().unwrap_or((0, 0));
+            return Err(Error::Backend(format!(
+                "the device cannot hold a {bytes}-byte pool ({free} of {total} bytes free)"
+            )));
+        }
+        check(r, "cuMemAlloc")?;
+        Ok(Box::new(DeviceMem {
+            ptr,
+            len: bytes,
+            ctx: self.ctx.clone(),
+        }))
+    }
+
+    fn alloc_host(&self, bytes: u64) -> Result<Box<dyn Memory>> {
+        self.ctx.bind()?;
+        let mut ptr = std::ptr::null_mut();
+        // SAFETY: the context is current; valid out pointer. PORTABLE without WRITECOMBINED:
+        // the CPU reads these bytes too.
+        let r = unsafe {
+            sys::cuMemHostAlloc(
+                &mut ptr,
+                bytes.max(1) as usize,
+                sys::CU_MEMHOSTALLOC_PORTABLE,
+            )
+        };
+        if r == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            return Err(Error::Backend(format!(
+                "out of host memory: cannot page-lock {bytes} bytes"
+            )));
+        }
+        check(r, "cuMemHostAlloc")?;
+        // SAFETY: a fresh allocation of at least `bytes` bytes; host copies start zeroed.
+        unsafe { std::ptr::write_bytes(ptr.cast::<u8>(), 0, bytes as usize) };
+        self.pinned.fetch_add(bytes, Ordering::Relaxed);
+        Ok(Box::new(HostMem {
+            ptr,
+            len: bytes,
+            registered: false,
+            counter: self.pinned.clone(),
+            ctx: self.ctx.clone(),
+        }))
+    }
+
+    fn host_addressable(&self) -> bool {
+        false
+    }
+
+    /// Four: the DMA engine always has the next chunks queued while the transfer thread wakes.
+    fn pipeline_depth(&self) -> usize {
+        4
+    }
+
+    unsafe fn submit(
+        &self,
+        dir: Direction,
+        host: *mut u8,
+        device: DevicePtr,
+        len: usize,
+    ) -> Result<Ticket> {
+        self.ctx.bind()?;
+        let mut q = sync::lock(&self.queue);
+        if let Some(e) = &q.failed {
+            return Err(Error::Backend(e.clone()));
+        }
+        let stream = self.stream as sys::CUstream;
+        // SAFETY: the caller guarantees both ranges stay valid and unshared until `wait`
+        // returns for this ticket; the host range is page-locked (or pageable: still correct,
+        // only slower).
+        let r = unsafe {
+            match dir {
+                Direction::HostToDevice => {
+                    sys::cuMemcpyHtoDAsync_v2(device, host.cast_const().cast(), len, stream)
+                }
+                Direction::DeviceToHost => {
+                    sys::cuMemcpyDtoHAsync_v2(host.cast(), device, len, stream)
+                }
+            }
+        };
+        check(r, "cuMemcpyAsync")?;
+        let event = self.event(&mut q)?;
+        // SAFETY: our event and stream, in the current context.
+        check(
+            unsafe { sys::cuEventRecord(event as sys::CUevent, stream) },
+            "cuEventRecord",
+        )?;
+        let ticket = q.next;
+        q.next += 1;
+        q.pending.push_back((ticket, event));
+        Ok(Ticket(ticket))
+    }
+
+    fn wait(&self, ticket: Ticket) -> Result<()> {
+        let event = {
+            let q = sync::lock(&self.queue);
+            if let Some(e) = &q.failed {
+                return Err(Error::Backend(e.clone()));
+            }
+            if ticket.0 <= q.done {
+                return Ok(());
+            }
+            match q.pending.iter().find(|p| p.0 == ticket.0) {
+                Some(&(_, e)) => e,
+                None => return Err(Error::Backend(format!("unknown copy ticket {}", ticket.0))),
+            }
+        };
+        self.ctx.bind()?;
+        // SAFETY: an event recorded on our stream; not destroyed while pending (only `wait`
+        // recycles it, below, after the synchronisation).
+        let r = unsafe { sys::cuEventSynchronize(event as sys::CUevent) };
+        let mut q = sync::lock(&self.queue);
+        if let Err(e) = check(r, "copy") {
+            q.failed = Some(e.to_string());
+            return Err(e);
+        }
+        while q.pending.front().is_some_and(|p| p.0 <= ticket.0) {
+            let (_, e) = q.pending.pop_front().expect("checked non-empty");
+            q.spare.push(e);
+        }
+        q.done = q.done.max(ticket.0);
+        Ok(())
+    }
+
+    unsafe fn copy_now(
+        &self,
+        dir: Direction,
+        host: *mut u8,
+        device: DevicePtr,
+        len: usize,
+    ) -> Result<()> {
+        self.ctx.bind()?;
+        // SAFETY: forwarded from the caller's contract; the synchronous copies return once done.
+        let r = unsafe {
+            match dir {
+                Direction::HostToDevice => {
+                    sys::cuMemcpyHtoD_v2(device, host.cast_const().cast(), len)
+                }
+                Direction::DeviceToHost => sys::cuMemcpyDtoH_v2(host.cast(), device, len),
+            }
+        };
+        check(r, "cuMemcpy")
+    }
+
+    fn record_fence(&self, stream: u64) -> Result<Option<Fence>> {
+        self.ctx.bind()?;
+        let event = {
+            let mut q = sync::lock(&self.queue);
+            self.event(&mut q)?
+        };
+        // SAFETY: our event; `stream` is the caller's CUstream in this context (0: the legacy
+        // default stream), as the API documents.
+        check(
+            unsafe { sys::cuEventRecord(event as sys::CUevent, stream as sys::CUstream) },
+            "cuEventRecord (release)",
+        )?;
+        Ok(Some(Fence(event as u64)))
+    }
+
+    fn fence_done(&self, fence: &Fence) -> Result<bool> {
+        self.ctx.bind()?;
+        // SAFETY: an event from `record_fence`, not yet returned.
+        let r = unsafe { sys::cuEventQuery(fence.0 as sys::CUevent) };
+        match r {
+            sys::CUresult::CUDA_SUCCESS => Ok(true),
+            sys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+            r => check(r, "cuEventQuery").map(|()| true),
+        }
+    }
+
+    fn drop_fence(&self, fence: Fence) {
+        sync::lock(&self.queue).spare.push(fence.0 as usize);
+    }
+}
