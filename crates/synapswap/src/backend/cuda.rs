@@ -212,24 +212,18 @@ impl CudaBackend {
         }
         let mut dev = 0;
         // SAFETY: the driver is initialised (`available`); valid out pointer.
-        check(
-            unsafe { sys::cuDeviceGet(&mut dev, ordinal as i32) },
-            "cuDeviceGet",
-        )?;
+        let r = unsafe { sys::cuDeviceGet(&mut dev, ordinal as i32) };
+        check(r, "cuDeviceGet")?;
         let mut ctx = std::ptr::null_mut();
         // SAFETY: a valid device; valid out pointer.
-        check(
-            unsafe { sys::cuDevicePrimaryCtxRetain(&mut ctx, dev) },
-            "cuDevicePrimaryCtxRetain",
-        )?;
+        let r = unsafe { sys::cuDevicePrimaryCtxRetain(&mut ctx, dev) };
+        check(r, "cuDevicePrimaryCtxRetain")?;
         let ctx = Arc::new(Context { ctx, dev });
         ctx.bind()?;
         let mut name = [0 as std::ffi::c_char; 256];
         // SAFETY: a 256-byte buffer and its length.
-        check(
-            unsafe { sys::cuDeviceGetName(name.as_mut_ptr(), 256, dev) },
-            "cuDeviceGetName",
-        )?;
+        let r = unsafe { sys::cuDeviceGetName(name.as_mut_ptr(), 256, dev) };
+        check(r, "cuDeviceGetName")?;
         // SAFETY: the driver NUL-terminates within the buffer.
         let name = unsafe { CStr::from_ptr(name.as_ptr()) }
             .to_string_lossy()
@@ -237,15 +231,13 @@ impl CudaBackend {
         let mut stream = std::ptr::null_mut();
         // SAFETY: the context is current; valid out pointer. Non-blocking: the copy stream never
         // waits for the legacy default stream, so copies overlap the caller's kernels.
-        check(
-            unsafe {
-                sys::cuStreamCreate(
-                    &mut stream,
-                    sys::CUstream_flags_enum::CU_STREAM_NON_BLOCKING as u32,
-                )
-            },
-            "cuStreamCreate",
-        )?;
+        let r = unsafe {
+            sys::cuStreamCreate(
+                &mut stream,
+                sys::CUstream_flags_enum::CU_STREAM_NON_BLOCKING as u32,
+            )
+        };
+        check(r, "cuStreamCreate")?;
         Ok(CudaBackend {
             ctx,
             ordinal,
@@ -270,10 +262,8 @@ impl CudaBackend {
         self.ctx.bind()?;
         let (mut free, mut total) = (0usize, 0usize);
         // SAFETY: the context is current; valid out pointers.
-        check(
-            unsafe { sys::cuMemGetInfo_v2(&mut free, &mut total) },
-            "cuMemGetInfo",
-        )?;
+        let r = unsafe { sys::cuMemGetInfo_v2(&mut free, &mut total) };
+        check(r, "cuMemGetInfo")?;
         Ok((free as u64, total as u64))
     }
 
@@ -306,10 +296,8 @@ impl CudaBackend {
             flags |= sys::CU_MEMHOSTREGISTER_READ_ONLY;
         }
         // SAFETY: guaranteed by the caller.
-        check(
-            unsafe { sys::cuMemHostRegister_v2(ptr.cast(), len as usize, flags) },
-            "cuMemHostRegister",
-        )?;
+        let r = unsafe { sys::cuMemHostRegister_v2(ptr.cast(), len as usize, flags) };
+        check(r, "cuMemHostRegister")?;
         self.registered.fetch_add(len, Ordering::Relaxed);
         Ok(Box::new(HostMem {
             ptr: ptr.cast(),
@@ -326,15 +314,13 @@ impl CudaBackend {
         }
         let mut e = std::ptr::null_mut();
         // SAFETY: the context is current (callers bind first); valid out pointer.
-        check(
-            unsafe {
-                sys::cuEventCreate(
-                    &mut e,
-                    sys::CUevent_flags_enum::CU_EVENT_DISABLE_TIMING as u32,
-                )
-            },
-            "cuEventCreate",
-        )?;
+        let r = unsafe {
+            sys::cuEventCreate(
+                &mut e,
+                sys::CUevent_flags_enum::CU_EVENT_DISABLE_TIMING as u32,
+            )
+        };
+        check(r, "cuEventCreate")?;
         Ok(e as usize)
     }
 }
@@ -456,10 +442,8 @@ impl Backend for CudaBackend {
         check(r, "cuMemcpyAsync")?;
         let event = self.event(&mut q)?;
         // SAFETY: our event and stream, in the current context.
-        check(
-            unsafe { sys::cuEventRecord(event as sys::CUevent, stream) },
-            "cuEventRecord",
-        )?;
+        let r = unsafe { sys::cuEventRecord(event as sys::CUevent, stream) };
+        check(r, "cuEventRecord")?;
         let ticket = q.next;
         q.next += 1;
         q.pending.push_back((ticket, event));
@@ -525,10 +509,8 @@ impl Backend for CudaBackend {
         };
         // SAFETY: our event; `stream` is the caller's CUstream in this context (0: the legacy
         // default stream), as the API documents.
-        check(
-            unsafe { sys::cuEventRecord(event as sys::CUevent, stream as sys::CUstream) },
-            "cuEventRecord (release)",
-        )?;
+        let r = unsafe { sys::cuEventRecord(event as sys::CUevent, stream as sys::CUstream) };
+        check(r, "cuEventRecord (release)")?;
         Ok(Some(Fence(event as u64)))
     }
 
