@@ -5,13 +5,12 @@ mod dashboard;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use dashboard::Dashboard;
-use synapswap::backend::{Backend, SimBackend, SimConfig};
-use synapswap::run::{self, Progress, RunConfig, RunReport};
+use synapswap::backend::{self as backends, BackendKind, CudaBackend, SimConfig};
+use synapswap::run::{self, Progress, RunConfig, RunReport, Verify};
 use synapswap::simulate::{self, BenchRow, SimPolicy, SimulateConfig};
 use synapswap::size::{format_bandwidth, format_bytes, parse_bandwidth, parse_size};
 use synapswap::workload::{self, DeviceModel, LlamaShape, Workload};
@@ -36,6 +35,8 @@ enum Command {
     Simulate(SimulateArgs),
     /// Every preset under every policy (ours and peers' strategies) in one deterministic table.
     Bench(BenchArgs),
+    /// Measure the host-device link: bandwidth by chunk size, pageable vs pinned, D2H, overlap.
+    Probe(ProbeArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -85,10 +86,35 @@ struct BenchArgs {
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum BackendChoice {
-    /// The best backend present (today: sim, the only one built in).
+    /// CUDA when a driver and a device are present, else sim.
     Auto,
     /// Simulated device: a host arena with paced copies.
     Sim,
+    /// An NVIDIA GPU through the CUDA driver (loaded at run time).
+    Cuda,
+}
+
+impl BackendChoice {
+    fn kind(self) -> BackendKind {
+        match self {
+            BackendChoice::Auto => BackendKind::Auto,
+            BackendChoice::Sim => BackendKind::Sim,
+            BackendChoice::Cuda => BackendKind::Cuda,
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct ProbeArgs {
+    /// Device backend to measure.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+    /// Bytes copied per measurement.
+    #[arg(long, default_value = "256MiB", value_parser = size_arg)]
+    size: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -96,9 +122,10 @@ struct RunArgs {
     /// Device budget, e.g. 1792MiB or 2GiB [default: half the model].
     #[arg(long, value_parser = size_arg)]
     vram: Option<u64>,
-    /// Host-to-device bandwidth the sim backend models, e.g. 25GB/s, or `max` for unpaced memcpy.
-    #[arg(long, default_value = "2GB/s", value_parser = bandwidth_arg)]
-    h2d: Bandwidth,
+    /// Host-to-device bandwidth the sim backend models, e.g. 25GB/s, or `max` for unpaced memcpy
+    /// [default: 2GB/s]. On CUDA the bound uses pinned bandwidth measured in the same run.
+    #[arg(long, value_parser = bandwidth_arg)]
+    h2d: Option<Bandwidth>,
     /// Tokens to decode (timed), after one warm-up token.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
     tokens: u64,
@@ -114,12 +141,25 @@ struct RunArgs {
     /// Device backend.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
+    /// How much of each used block to check: every byte, or edges and a random window per use
+    /// [default: full on sim, sampled on CUDA, where reading every byte back would cost more
+    /// than streaming it].
+    #[arg(long, value_enum)]
+    verify: Option<VerifyChoice>,
     /// Write a Chrome trace-event timeline (open in Perfetto) to this file.
     #[arg(long)]
     trace: Option<PathBuf>,
     /// Print one JSON object at the end instead of a summary.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum VerifyChoice {
+    /// Every byte of every use.
+    Full,
+    /// First and last 4 KiB and a random 64 KiB window per use (KV caches in full).
+    Sampled,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -214,25 +254,38 @@ fn cmd_run(args: RunArgs) -> Result<(), (u8, String)> {
             format_bytes(model_bytes)
         );
     }
-    if args.backend == BackendChoice::Auto && !args.json {
-        eprintln!("note: --backend auto chose sim (no GPU backend is built into this version)");
-    }
-    let (sim_cfg, bound_bw, source) = match args.h2d {
-        Bandwidth::Paced(bw) => (
-            SimConfig {
-                h2d_bytes_per_s: Some(bw),
-                ..SimConfig::default()
-            },
-            bw,
-            "modelled by the sim backend".to_string(),
-        ),
-        Bandwidth::Max => (
-            SimConfig::unpaced(),
-            measure_memcpy(),
-            "single-thread memcpy measured in this run".to_string(),
-        ),
+    let unavailable = |e: synapswap::Error| (2u8, e.to_string());
+    let sim_cfg = match args.h2d {
+        Some(Bandwidth::Max) => SimConfig::unpaced(),
+        Some(Bandwidth::Paced(bw)) => SimConfig {
+            h2d_bytes_per_s: Some(bw),
+            ..SimConfig::default()
+        },
+        None => SimConfig::default(),
     };
-    let backend: Arc<dyn Backend> = Arc::new(SimBackend::new(sim_cfg).map_err(fail)?);
+    let (backend, fell_back) = backends::open(args.backend.kind(), sim_cfg).map_err(unavailable)?;
+    if let (Some(why), false) = (&fell_back, args.json) {
+        eprintln!("note: --backend auto chose sim ({why})");
+    }
+    let (bound_bw, source) = if backend.info().name == "cuda" {
+        if args.h2d.is_some() && !args.json {
+            eprintln!("note: --h2d models the sim backend's link; on CUDA the bound is measured");
+        }
+        let r = synapswap::probe::probe(backend.as_ref(), 256 << 20).map_err(fail)?;
+        (
+            r.h2d_bytes_per_s(),
+            "pinned host-to-device copies measured in this run (8-64 MiB chunks)".to_string(),
+        )
+    } else {
+        match sim_cfg.h2d_bytes_per_s {
+            Some(bw) => (bw, "modelled by the sim backend".to_string()),
+            None => (
+                measure_memcpy(),
+                "single-thread memcpy measured in this run".to_string(),
+            ),
+        }
+    };
+    let host_addressable = backend.host_addressable();
     let mut builder = Engine::builder()
         .budget(budget)
         .backend(backend)
@@ -248,6 +301,13 @@ fn cmd_run(args: RunArgs) -> Result<(), (u8, String)> {
         bound_bytes_per_s: bound_bw,
         bound_source: source,
         seed: 0,
+        verify: match args.verify {
+            Some(VerifyChoice::Full) => Verify::Full,
+            Some(VerifyChoice::Sampled) => Verify::Sampled,
+            // The sim's device is host memory: checking it in full costs no copy.
+            None if host_addressable => Verify::Full,
+            None => Verify::Sampled,
+        },
     };
     let tty = std::io::stderr().is_terminal();
     let mut dash = Dashboard::new(tty, args.json, cfg.warmup_tokens + cfg.tokens, "wall");
@@ -414,6 +474,77 @@ fn replace_section(path: &std::path::Path, name: &str, body: &str) -> Result<(),
     std::fs::write(path, new).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
+fn cmd_probe(args: ProbeArgs) -> Result<(), (u8, String)> {
+    let unavailable = |e: synapswap::Error| (2u8, e.to_string());
+    let report = match args.backend {
+        BackendChoice::Sim => {
+            let (b, _) =
+                backends::open(BackendKind::Sim, SimConfig::unpaced()).map_err(unavailable)?;
+            synapswap::probe::probe(b.as_ref(), args.size).map_err(|e| (1, e.to_string()))?
+        }
+        choice => match backends::cuda::available() {
+            Ok(_) => CudaBackend::new(0)
+                .map_err(unavailable)?
+                .probe(args.size)
+                .map_err(|e| (1, e.to_string()))?,
+            Err(why) if choice == BackendChoice::Cuda => {
+                return Err((2, format!("backend 'cuda' is unavailable: {why}")))
+            }
+            Err(why) => {
+                if !args.json {
+                    eprintln!("note: --backend auto measures the sim backend, unpaced ({why})");
+                }
+                let (b, _) =
+                    backends::open(BackendKind::Sim, SimConfig::unpaced()).map_err(unavailable)?;
+                synapswap::probe::probe(b.as_ref(), args.size).map_err(|e| (1, e.to_string()))?
+            }
+        },
+    };
+    if args.json {
+        let s = serde_json::to_string_pretty(&report).map_err(|e| (1, e.to_string()))?;
+        println!("{s}");
+        return Ok(());
+    }
+    println!("SynapSwap probe: {} ({})", report.device, report.backend);
+    if let (Some(free), Some(total)) = (report.free_bytes, report.total_bytes) {
+        println!(
+            "  device memory: {} free of {}",
+            format_bytes(free),
+            format_bytes(total)
+        );
+    }
+    println!(
+        "  host-to-device from the backend's host memory (pinned on CUDA), {} per round:",
+        format_bytes(report.bytes_per_round)
+    );
+    for c in &report.pinned_h2d {
+        println!(
+            "    {:>9} chunks: {}",
+            format_bytes(c.chunk_bytes),
+            format_bandwidth(c.bytes_per_s)
+        );
+    }
+    println!(
+        "  host-to-device from pageable memory (16 MiB chunks): {}",
+        format_bandwidth(report.pageable_h2d_bytes_per_s)
+    );
+    println!(
+        "  device-to-host (16 MiB chunks): {}",
+        format_bandwidth(report.d2h_bytes_per_s)
+    );
+    match &report.overlap {
+        Some(o) => println!(
+            "  copy under a kernel: kernel {:.1} ms, copy {:.1} ms, both {:.1} ms: {:.0}% hidden",
+            o.kernel_s * 1e3,
+            o.copy_s * 1e3,
+            o.both_s * 1e3,
+            o.hidden_fraction * 100.0
+        ),
+        None => println!("  copy under a kernel: not measured (no GPU)"),
+    }
+    Ok(())
+}
+
 fn print_summary(r: &RunReport) {
     let simulated = r.backend == "simulator";
     println!(
@@ -479,6 +610,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cmd_run(args),
         Command::Simulate(args) => cmd_simulate(args),
         Command::Bench(args) => cmd_bench(args),
+        Command::Probe(args) => cmd_probe(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -83,3 +83,43 @@ fn a_budget_smaller_than_a_tensor_is_an_argument_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("larger than the device budget"));
 }
+
+#[test]
+fn cuda_without_a_driver_is_a_clear_error_or_runs() {
+    let cuda = synapswap::backend::cuda::available();
+    for args in [
+        &["run", "--backend", "cuda", "--layers", "1", "--tokens", "1"][..],
+        &["probe", "--backend", "cuda", "--size", "16MiB"][..],
+    ] {
+        let out = synapswap(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        match &cuda {
+            Err(why) => {
+                eprintln!("no CUDA here ({why}): checking the error path");
+                assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+                assert!(err.contains("cuda") && err.contains("unavailable"), "{err}");
+                assert!(!err.contains("panicked"), "{err}");
+            }
+            Ok(_) => assert!(out.status.success(), "{args:?}: {err}"),
+        }
+    }
+}
+
+#[test]
+fn probe_measures_the_sim_link() {
+    let out = synapswap(&["probe", "--backend", "sim", "--size", "16MiB", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["backend"], "sim");
+    let rates = v["pinned_h2d"].as_array().unwrap();
+    assert_eq!(rates.len(), 6);
+    assert!(rates
+        .iter()
+        .all(|r| r["bytes_per_s"].as_f64().unwrap() > 1e8));
+    assert!(v["pageable_h2d_bytes_per_s"].as_f64().unwrap() > 1e8);
+    assert!(v["d2h_bytes_per_s"].as_f64().unwrap() > 1e8);
+}

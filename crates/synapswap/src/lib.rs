@@ -30,6 +30,7 @@ pub mod os;
 pub mod pattern;
 pub mod planner;
 pub mod pool;
+pub mod probe;
 pub mod run;
 pub mod simulate;
 pub mod size;

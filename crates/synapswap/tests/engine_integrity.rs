@@ -146,6 +146,7 @@ fn run_decodes_a_small_model_exactly() {
         bound_bytes_per_s: 1e9,
         bound_source: "test".into(),
         seed: 0,
+        verify: synapswap::run::Verify::Full,
     };
     let mut updates = 0;
     let r = run(&engine, &wl, &cfg, &mut |_| updates += 1).unwrap();
@@ -198,6 +199,7 @@ fn routed_steps_stay_exact() {
         bound_bytes_per_s: 1e9,
         bound_source: "test".into(),
         seed: 3,
+        verify: synapswap::run::Verify::Full,
     };
     let r = synapswap::run::run(&engine, &w, &cfg, &mut |_| {}).unwrap();
     assert_eq!(r.integrity.mismatches, 0);
@@ -205,5 +207,34 @@ fn routed_steps_stay_exact() {
     // 12 timed passes use exactly 2 experts each, plus the fixed blocks of every step.
     let per_pass = w.steps.iter().map(|s| s.uses.len()).sum::<usize>() + 2;
     assert!(r.integrity.verified_blocks as usize >= 13 * per_pass);
+    engine.shutdown();
+}
+
+#[test]
+fn sampled_verification_checks_less_and_still_passes() {
+    use synapswap::run::{run, RunConfig, Verify};
+    use synapswap::workload::{llama, DeviceModel, LlamaShape};
+    let shape = LlamaShape {
+        layers: 1,
+        ..LlamaShape::LLAMA_8L
+    };
+    let wl = llama("one-layer", shape, DeviceModel::CONSUMER);
+    let (engine, _backend) = engine(wl.model_bytes() / 2);
+    let cfg = |verify| RunConfig {
+        tokens: 2,
+        warmup_tokens: 1,
+        bound_bytes_per_s: 1e9,
+        bound_source: "test".into(),
+        seed: 0,
+        verify,
+    };
+    let full = run(&engine, &wl, &cfg(Verify::Full), &mut |_| {}).unwrap();
+    let sampled = run(&engine, &wl, &cfg(Verify::Sampled), &mut |_| {}).unwrap();
+    assert_eq!(full.integrity.mismatches + sampled.integrity.mismatches, 0);
+    assert_eq!(
+        full.integrity.verified_blocks,
+        sampled.integrity.verified_blocks
+    );
+    assert!(sampled.integrity.verified_bytes * 4 < full.integrity.verified_bytes);
     engine.shutdown();
 }

@@ -166,6 +166,7 @@ fn prediction_matches_the_runtime_in_bytes() {
         bound_bytes_per_s: bw,
         bound_source: "test".into(),
         seed: 0,
+        verify: synapswap::run::Verify::Full,
     };
     let measured = run::run(&engine, &w, &cfg, &mut |_| {}).unwrap();
     engine.shutdown();

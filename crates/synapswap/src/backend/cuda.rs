@@ -529,3 +529,155 @@ impl Backend for CudaBackend {
         sync::lock(&self.queue).spare.push(fence.0 as usize);
     }
 }
+
+/// A kernel that spins for a number of clock cycles: PTX the driver compiles for whatever GPU is
+/// present (no nvrtc), used by the probe to see whether copies overlap compute.
+const SPIN_PTX: &str = "
+.version 7.0
+.target sm_50
+.address_size 64
+.visible .entry spin(.param .u64 cycles)
+{
+    .reg .pred %p;
+    .reg .u64 %rd<5>;
+    ld.param.u64 %rd1, [cycles];
+    mov.u64 %rd2, %clock64;
+LOOP:
+    mov.u64 %rd3, %clock64;
+    sub.u64 %rd4, %rd3, %rd2;
+    setp.lt.u64 %p, %rd4, %rd1;
+    @%p bra LOOP;
+    ret;
+}
+\0";
+
+impl CudaBackend {
+    /// `synapswap probe` on this device: the generic bandwidth rounds plus device memory and the
+    /// copy-under-kernel overlap test.
+    pub fn probe(&self, total: u64) -> Result<crate::probe::ProbeReport> {
+        let mut r = crate::probe::probe(self, total)?;
+        let (free, all) = self.mem_info()?;
+        r.free_bytes = Some(free);
+        r.total_bytes = Some(all);
+        r.overlap = Some(self.overlap(total)?);
+        Ok(r)
+    }
+
+    fn overlap(&self, total: u64) -> Result<crate::probe::Overlap> {
+        self.ctx.bind()?;
+        let mut module = std::ptr::null_mut();
+        // SAFETY: a NUL-terminated PTX image; valid out pointer; the context is current.
+        let r = unsafe { sys::cuModuleLoadData(&mut module, SPIN_PTX.as_ptr().cast()) };
+        check(r, "cuModuleLoadData (spin kernel)")?;
+        let result = self.overlap_with(module, total);
+        // SAFETY: our module, unloaded once.
+        let _ = unsafe { sys::cuModuleUnload(module) };
+        result
+    }
+
+    fn overlap_with(&self, module: sys::CUmodule, total: u64) -> Result<crate::probe::Overlap> {
+        let mut f = std::ptr::null_mut();
+        // SAFETY: a loaded module and a NUL-terminated name.
+        let r = unsafe { sys::cuModuleGetFunction(&mut f, module, c"spin".as_ptr()) };
+        check(r, "cuModuleGetFunction")?;
+        let mut compute = std::ptr::null_mut();
+        // SAFETY: the context is current; valid out pointer.
+        let r = unsafe {
+            sys::cuStreamCreate(
+                &mut compute,
+                sys::CUstream_flags_enum::CU_STREAM_NON_BLOCKING as u32,
+            )
+        };
+        check(r, "cuStreamCreate")?;
+        let host = self.alloc_host(total)?;
+        let device = self.alloc_device(total)?;
+        let launch = |cycles: u64| -> Result<()> {
+            let mut c = cycles;
+            let mut params = [(&mut c as *mut u64).cast::<c_void>()];
+            // SAFETY: one thread of a kernel taking one u64, its parameter array alive for the
+            // call (the driver copies parameters at launch).
+            let r = unsafe {
+                sys::cuLaunchKernel(
+                    f,
+                    1,
+                    1,
+                    1,
+                    1,
+                    1,
+                    1,
+                    0,
+                    compute,
+                    params.as_mut_ptr(),
+                    std::ptr::null_mut(),
+                )
+            };
+            check(r, "cuLaunchKernel")
+        };
+        let sync = || -> Result<()> {
+            // SAFETY: our compute stream.
+            let r = unsafe { sys::cuStreamSynchronize(compute) };
+            check(r, "cuStreamSynchronize")
+        };
+        let copy = || -> Result<()> {
+            let mut last = None;
+            let mut off = 0;
+            while off < total {
+                let len = (16u64 << 20).min(total - off);
+                // SAFETY: inside both buffers, owned by this function.
+                last = Some(unsafe {
+                    self.submit(
+                        Direction::HostToDevice,
+                        (host.addr() + off) as usize as *mut u8,
+                        device.addr() + off,
+                        len as usize,
+                    )
+                }?);
+                off += len;
+            }
+            match last {
+                Some(t) => self.wait(t),
+                None => Ok(()),
+            }
+        };
+        let timed = |f: &dyn Fn() -> Result<()>| -> Result<f64> {
+            let t = std::time::Instant::now();
+            f()?;
+            Ok(t.elapsed().as_secs_f64())
+        };
+        let outcome = (|| {
+            let copy_s = timed(&copy)?;
+            // Calibrate the kernel to last about twice the copy (at least 20 ms).
+            let probe_cycles = 10_000_000u64;
+            let t = timed(&|| {
+                launch(probe_cycles)?;
+                sync()
+            })?;
+            let cycles_per_s = probe_cycles as f64 / t.max(1e-6);
+            let cycles = (cycles_per_s * (2.0 * copy_s).max(0.02)) as u64;
+            let kernel_s = timed(&|| {
+                launch(cycles)?;
+                sync()
+            })?;
+            let both_s = timed(&|| {
+                launch(cycles)?;
+                copy()?;
+                sync()
+            })?;
+            let shorter = kernel_s.min(copy_s).max(1e-9);
+            Ok(crate::probe::Overlap {
+                kernel_s,
+                copy_s,
+                both_s,
+                hidden_fraction: ((kernel_s + copy_s - both_s) / shorter).clamp(0.0, 1.0),
+            })
+        })();
+        drop(device);
+        drop(host);
+        // SAFETY: our stream, destroyed once after its work completed (or failed).
+        let _ = unsafe {
+            sys::cuStreamSynchronize(compute);
+            sys::cuStreamDestroy_v2(compute)
+        };
+        outcome
+    }
+}
