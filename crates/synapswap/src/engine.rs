@@ -368,6 +368,49 @@ impl Engine {
         Ok(id)
     }
 
+    /// Allocates a block whose host copy is the caller's buffer `ptr..ptr+spec.size`, page-locked
+    /// in place where the backend can (CUDA), so a model already in RAM (or mapped from a file)
+    /// is not copied a second time. The engine never frees the buffer; write-backs of a mutable
+    /// block go into it. `read_only` lets CUDA register a read-only mapping (immutable blocks).
+    ///
+    /// # Safety
+    /// The buffer must be a live host allocation of at least `spec.size` bytes that stays valid,
+    /// and that the caller does not write while the block may be loading or writing back, until
+    /// [`Engine::free`] of the block (or shutdown) has returned.
+    pub unsafe fn alloc_external(
+        &self,
+        spec: BlockSpec,
+        ptr: *mut u8,
+        read_only: bool,
+    ) -> Result<BlockId> {
+        if ptr.is_null() {
+            return Err(Error::Backend("a NULL host buffer".into()));
+        }
+        if read_only && spec.mutable {
+            return Err(Error::Backend(
+                "a mutable block needs a writable host buffer".into(),
+            ));
+        }
+        {
+            let st = self.lock_live()?;
+            st.planner.validate(&spec)?;
+        }
+        // SAFETY: forwarded from this function's contract.
+        let host = unsafe {
+            self.shared
+                .backend
+                .register_host(ptr, spec.size, read_only)?
+        };
+        let mut st = self.lock_live()?;
+        let id = st.planner.add_block(spec)?;
+        let i = id.index as usize;
+        if st.hosts.len() <= i {
+            st.hosts.resize_with(i + 1, || None);
+        }
+        st.hosts[i] = Some(host);
+        Ok(id)
+    }
+
     /// Frees a block: its host copy and any device space. Waits for its copies in flight; fails
     /// with [`Error::BlockInUse`] while a guard holds it.
     pub fn free(&self, id: BlockId) -> Result<()> {

@@ -7,7 +7,7 @@
 //! - Device arena: one `cuMemAlloc` of the budget.
 //! - Host copies: page-locked memory from `cuMemHostAlloc(PORTABLE)`, not write-combined, since
 //!   the CPU reads it too (verification, write-backs); or a caller's buffer registered in place
-//!   with `cuMemHostRegister` ([`CudaBackend::register_host`]), so it is not copied twice. Pinned
+//!   with `cuMemHostRegister` ([`Backend::register_host`]), so it is not copied twice. Pinned
 //!   and registered bytes are counted exactly.
 //! - Copies go on one dedicated non-blocking stream; each submitted copy records an event, and
 //!   [`Backend::wait`] synchronises on that event only (no stream or device sync per copy).
@@ -284,7 +284,7 @@ impl CudaBackend {
     /// # Safety
     /// `ptr..ptr+len` must be a live host allocation that outlives the returned value and is not
     /// registered already.
-    pub unsafe fn register_host(
+    unsafe fn register_in_place(
         &self,
         ptr: *mut u8,
         len: u64,
@@ -499,6 +499,16 @@ impl Backend for CudaBackend {
             }
         };
         check(r, "cuMemcpy")
+    }
+
+    unsafe fn register_host(
+        &self,
+        ptr: *mut u8,
+        len: u64,
+        read_only: bool,
+    ) -> Result<Box<dyn Memory>> {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { self.register_in_place(ptr, len, read_only) }
     }
 
     fn record_fence(&self, stream: u64) -> Result<Option<Fence>> {

@@ -42,6 +42,22 @@ pub enum Direction {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Ticket(pub u64);
 
+/// A caller's buffer used in place (never freed by the engine).
+#[derive(Debug)]
+struct Borrowed {
+    addr: u64,
+    len: u64,
+}
+
+impl Memory for Borrowed {
+    fn addr(&self) -> u64 {
+        self.addr
+    }
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
 /// A point in a caller's stream (a CUDA event recorded there): work queued on the stream before
 /// it has completed once [`Backend::fence_done`] says so.
 #[derive(Debug, PartialEq, Eq)]
@@ -100,6 +116,25 @@ pub trait Backend: Send + Sync + fmt::Debug {
         device: DevicePtr,
         len: usize,
     ) -> Result<()>;
+    /// Adopts a caller's host buffer as a block's host copy, page-locking it in place where the
+    /// backend can (CUDA: `cuMemHostRegister`), so it is not copied a second time. Dropping the
+    /// returned memory unregisters it; it never frees the buffer. The default (sim) uses the
+    /// buffer as it is.
+    ///
+    /// # Safety
+    /// `ptr..ptr+len` must be a live host allocation that outlives the returned value.
+    unsafe fn register_host(
+        &self,
+        ptr: *mut u8,
+        len: u64,
+        read_only: bool,
+    ) -> Result<Box<dyn Memory>> {
+        let _ = read_only;
+        Ok(Box::new(Borrowed {
+            addr: ptr as u64,
+            len,
+        }))
+    }
     /// Records a fence on the caller's `stream` (a `CUstream` as an integer; 0 = default
     /// stream) for a stream-ordered release. `None`: the backend has no streams, and work the
     /// caller queued is already done (sim).
