@@ -1,0 +1,11 @@
+"""SynapSwap: run models whose weights do not fit in GPU memory.
+
+Weights stay in host RAM; a bounded device pool holds what the next steps need, and a transfer
+thread copies blocks in ahead of use. ``Engine`` is the engine itself; ``synapswap.torch.offload``
+puts a PyTorch model on it in one line.
+"""
+
+from ._synapswap import DeviceView, Engine, cuda_available, parse_size
+
+__all__ = ["Engine", "DeviceView", "parse_size", "cuda_available"]
+__version__ = "0.1.0"

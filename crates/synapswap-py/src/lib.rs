@@ -1,0 +1,516 @@
+//! Python bindings: `synapswap.Engine` and the device views it hands out through DLPack.
+//!
+//! A view ([`DeviceView`]) holds its block on the device until `release()` (or garbage
+//! collection). Each DLPack export (`torch.from_dlpack(view)`, `numpy.from_dlpack(view)` on the
+//! sim backend) takes a hold of its own, owned by the exported tensor: the block stays resident
+//! while the tensor lives, and when the tensor dies the hold is released on the stream the
+//! consumer named in `__dlpack__(stream=...)`, so on CUDA the memory is reused only after the
+//! work queued there has finished.
+#![allow(non_snake_case)]
+
+use std::ffi::{c_void, CStr};
+use std::sync::Arc;
+
+use engine::backend::{BackendKind, SimConfig};
+use engine::{BlockId, BlockSpec, Engine as RsEngine, Error, Policy};
+use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+fn err(e: Error) -> PyErr {
+    let msg = e.to_string();
+    match e {
+        Error::BlockTooLarge { .. }
+        | Error::PinnedOverBudget { .. }
+        | Error::OutOfDeviceMemory { .. } => PyMemoryError::new_err(msg),
+        Error::UnknownBlock(_)
+        | Error::StaleBlock(_)
+        | Error::NotHeld(_)
+        | Error::ZeroSize
+        | Error::InvalidPriority(_)
+        | Error::InvalidProbability(_)
+        | Error::InvalidBudget(_)
+        | Error::OutOfBounds { .. }
+        | Error::NotMutable(_)
+        | Error::BlockInUse(_)
+        | Error::Parse { .. }
+        | Error::Workload(_) => PyValueError::new_err(msg),
+        _ => PyRuntimeError::new_err(msg),
+    }
+}
+
+/// A size: an int, or a string such as "512MiB" or "2GiB".
+fn size_arg(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
+    if let Ok(n) = obj.extract::<i64>() {
+        return u64::try_from(n).map_err(|_| PyValueError::new_err(format!("negative size {n}")));
+    }
+    if let Ok(s) = obj.extract::<String>() {
+        return engine::size::parse_size(&s).map_err(err);
+    }
+    Err(PyTypeError::new_err(
+        "a size is an int (bytes) or a string such as '512MiB'",
+    ))
+}
+
+fn policy_arg(policy: &str) -> PyResult<Policy> {
+    policy.parse().map_err(err)
+}
+
+fn block_arg(raw: u64) -> BlockId {
+    BlockId::from_raw(raw)
+}
+
+const KDL_CPU: i32 = 1;
+const KDL_CUDA: i32 = 2;
+
+#[repr(C)]
+struct DLDevice {
+    device_type: i32,
+    device_id: i32,
+}
+
+#[repr(C)]
+struct DLDataType {
+    code: u8,
+    bits: u8,
+    lanes: u16,
+}
+
+#[repr(C)]
+struct DLTensor {
+    data: *mut c_void,
+    device: DLDevice,
+    ndim: i32,
+    dtype: DLDataType,
+    shape: *mut i64,
+    strides: *mut i64,
+    byte_offset: u64,
+}
+
+#[repr(C)]
+struct DLManagedTensor {
+    dl_tensor: DLTensor,
+    manager_ctx: *mut c_void,
+    deleter: Option<unsafe extern "C" fn(*mut DLManagedTensor)>,
+}
+
+/// What an exported tensor owns: a hold on its block, released on the consumer's stream.
+struct Export {
+    engine: Arc<RsEngine>,
+    block: BlockId,
+    stream: u64,
+    shape: [i64; 1],
+}
+
+/// DLPack deleter: called by the consumer (any thread, maybe without the GIL) when the tensor
+/// dies, or by the capsule destructor if it was never consumed.
+unsafe extern "C" fn dl_deleter(t: *mut DLManagedTensor) {
+    if t.is_null() {
+        return;
+    }
+    // SAFETY: `t` is the box made in `__dlpack__`, handed to exactly one owner, deleted once;
+    // its context is the boxed `Export` made with it.
+    let t = unsafe { Box::from_raw(t) };
+    // SAFETY: as above.
+    let ctx = unsafe { Box::from_raw(t.manager_ctx.cast::<Export>()) };
+    // The engine may be shut down already; the hold is then gone with it.
+    let _ = ctx.engine.unacquire_on_stream(ctx.block, ctx.stream);
+}
+
+const DLTENSOR: &CStr = c"dltensor";
+
+/// Capsule destructor: deletes the tensor unless a consumer took it (renamed the capsule).
+unsafe extern "C" fn capsule_destructor(capsule: *mut pyo3::ffi::PyObject) {
+    // SAFETY: called by Python with the GIL held on our capsule.
+    unsafe {
+        if pyo3::ffi::PyCapsule_IsValid(capsule, DLTENSOR.as_ptr()) == 1 {
+            let p = pyo3::ffi::PyCapsule_GetPointer(capsule, DLTENSOR.as_ptr());
+            dl_deleter(p.cast());
+        }
+    }
+}
+
+/// A block held on the device: its address, its size, and DLPack export.
+#[pyclass(module = "synapswap")]
+struct DeviceView {
+    engine: Arc<RsEngine>,
+    block: BlockId,
+    ptr: u64,
+    nbytes: u64,
+    device_type: i32,
+    held: bool,
+}
+
+#[pymethods]
+impl DeviceView {
+    /// Device address of the first byte (a host address on the sim backend).
+    #[getter]
+    fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// Size in bytes.
+    #[getter]
+    fn nbytes(&self) -> u64 {
+        self.nbytes
+    }
+
+    /// The block's handle.
+    #[getter]
+    fn block(&self) -> u64 {
+        self.block.to_raw()
+    }
+
+    /// Drops this view's hold (exported tensors keep their own). Idempotent.
+    fn release(&mut self) -> PyResult<()> {
+        if std::mem::take(&mut self.held) {
+            self.engine.unacquire(self.block).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    fn __enter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __exit__(
+        &mut self,
+        _t: Option<&Bound<'_, PyAny>>,
+        _v: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        self.release()?;
+        Ok(false)
+    }
+
+    fn __dlpack_device__(&self) -> (i32, i32) {
+        (self.device_type, 0)
+    }
+
+    /// A DLPack capsule of the block's bytes (1-D uint8). It owns a hold of its own, released on
+    /// `stream` when the consumer frees the tensor.
+    #[pyo3(signature = (stream=None, max_version=None, dl_device=None, copy=None))]
+    fn __dlpack__(
+        &self,
+        py: Python<'_>,
+        stream: Option<i64>,
+        max_version: Option<&Bound<'_, PyAny>>,
+        dl_device: Option<&Bound<'_, PyAny>>,
+        copy: Option<bool>,
+    ) -> PyResult<PyObject> {
+        let _ = (max_version, dl_device);
+        if copy == Some(true) {
+            return Err(PyValueError::new_err(
+                "synapswap views cannot be copied by DLPack",
+            ));
+        }
+        if !self.held {
+            return Err(PyRuntimeError::new_err("the view was released"));
+        }
+        let engine = self.engine.clone();
+        let block = self.block;
+        let ptr = py.allow_threads(|| engine.acquire(block)).map_err(err)?;
+        let stream = match stream {
+            Some(s) if s > 0 => s as u64,
+            _ => 0,
+        };
+        let mut ctx = Box::new(Export {
+            engine: self.engine.clone(),
+            block,
+            stream,
+            shape: [self.nbytes as i64],
+        });
+        let shape = ctx.shape.as_mut_ptr();
+        let managed = Box::new(DLManagedTensor {
+            dl_tensor: DLTensor {
+                data: ptr as usize as *mut c_void,
+                device: DLDevice {
+                    device_type: self.device_type,
+                    device_id: 0,
+                },
+                ndim: 1,
+                dtype: DLDataType {
+                    code: 1, // kDLUInt
+                    bits: 8,
+                    lanes: 1,
+                },
+                shape,
+                strides: std::ptr::null_mut(),
+                byte_offset: 0,
+            },
+            manager_ctx: Box::into_raw(ctx).cast(),
+            deleter: Some(dl_deleter),
+        });
+        let raw = Box::into_raw(managed);
+        // SAFETY: the GIL is held; `raw` is a valid pointer owned by the capsule from now on;
+        // the name is a static C string; the destructor deletes it unless consumed.
+        let capsule = unsafe {
+            pyo3::ffi::PyCapsule_New(raw.cast(), DLTENSOR.as_ptr(), Some(capsule_destructor))
+        };
+        if capsule.is_null() {
+            // SAFETY: the capsule was not made, so `raw` is still ours to delete.
+            unsafe { dl_deleter(raw) };
+            return Err(PyErr::fetch(py));
+        }
+        // SAFETY: a new reference just returned by PyCapsule_New.
+        Ok(unsafe { PyObject::from_owned_ptr(py, capsule) })
+    }
+}
+
+impl Drop for DeviceView {
+    fn drop(&mut self) {
+        if self.held {
+            let _ = self.engine.unacquire(self.block);
+        }
+    }
+}
+
+/// The SynapSwap engine: blocks in host memory, a bounded device pool, copies ahead of use.
+#[pyclass(name = "Engine", module = "synapswap")]
+struct PyEngine {
+    inner: Arc<RsEngine>,
+    backend: String,
+}
+
+#[pymethods]
+impl PyEngine {
+    /// `Engine(vram_budget, backend="auto", chunk_bytes=None)`: sizes are ints or strings like
+    /// "2GiB"; backend "auto" (CUDA when present, else sim), "sim" or "cuda".
+    #[new]
+    #[pyo3(signature = (vram_budget, backend="auto", chunk_bytes=None))]
+    fn new(
+        vram_budget: &Bound<'_, PyAny>,
+        backend: &str,
+        chunk_bytes: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let budget = size_arg(vram_budget)?;
+        let kind: BackendKind = backend.parse().map_err(err)?;
+        let (b, _) = engine::backend::open(kind, SimConfig::default()).map_err(err)?;
+        let name = b.info().name.to_string();
+        let mut builder = RsEngine::builder().budget(budget).backend(b);
+        if let Some(c) = chunk_bytes {
+            builder = builder.chunk_bytes(size_arg(c)?);
+        }
+        Ok(PyEngine {
+            inner: Arc::new(builder.build().map_err(err)?),
+            backend: name,
+        })
+    }
+
+    /// "sim" or "cuda".
+    #[getter]
+    fn backend(&self) -> &str {
+        &self.backend
+    }
+
+    /// The device budget in bytes.
+    #[getter]
+    fn vram_budget(&self) -> u64 {
+        self.inner.budget()
+    }
+
+    /// A new block with a zeroed host copy; returns its handle.
+    #[pyo3(signature = (size, name=None, priority=5, policy="auto", mutable=false))]
+    fn alloc(
+        &self,
+        size: &Bound<'_, PyAny>,
+        name: Option<String>,
+        priority: u8,
+        policy: &str,
+        mutable: bool,
+    ) -> PyResult<u64> {
+        let mut spec = BlockSpec::new(size_arg(size)?)
+            .priority(priority)
+            .policy(policy_arg(policy)?)
+            .mutable(mutable);
+        if let Some(n) = name {
+            spec = spec.name(n);
+        }
+        Ok(self.inner.alloc(spec).map_err(err)?.to_raw())
+    }
+
+    /// A block whose host copy is the memory at `ptr` (`size` bytes), used in place (registered
+    /// with CUDA, not copied). The caller keeps that memory alive, and does not write it while
+    /// the block may be in transfer, until `free` or `shutdown`.
+    #[pyo3(signature = (ptr, size, name=None, priority=5, policy="auto", mutable=false, read_only=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn alloc_external(
+        &self,
+        ptr: usize,
+        size: &Bound<'_, PyAny>,
+        name: Option<String>,
+        priority: u8,
+        policy: &str,
+        mutable: bool,
+        read_only: bool,
+    ) -> PyResult<u64> {
+        let mut spec = BlockSpec::new(size_arg(size)?)
+            .priority(priority)
+            .policy(policy_arg(policy)?)
+            .mutable(mutable);
+        if let Some(n) = name {
+            spec = spec.name(n);
+        }
+        // SAFETY: the caller's contract above, as documented for Python callers; the torch
+        // integration keeps every tensor it registers alive until it frees the block.
+        let id = unsafe { self.inner.alloc_external(spec, ptr as *mut u8, read_only) };
+        Ok(id.map_err(err)?.to_raw())
+    }
+
+    /// Frees a block.
+    fn free(&self, py: Python<'_>, block: u64) -> PyResult<()> {
+        let e = self.inner.clone();
+        py.allow_threads(|| e.free(block_arg(block))).map_err(err)
+    }
+
+    /// Writes bytes into the block at `offset` (host copy and, if resident, device copy).
+    #[pyo3(signature = (block, data, offset=0))]
+    fn write(&self, block: u64, data: &[u8], offset: u64) -> PyResult<()> {
+        self.inner
+            .write(block_arg(block), offset, data)
+            .map_err(err)
+    }
+
+    /// Reads `size` bytes (default: to the end) from `offset`.
+    #[pyo3(signature = (block, size=None, offset=0))]
+    fn read<'py>(
+        &self,
+        py: Python<'py>,
+        block: u64,
+        size: Option<u64>,
+        offset: u64,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let id = block_arg(block);
+        let total = self.inner.spec(id).map_err(err)?.size;
+        let n = size.unwrap_or(total.saturating_sub(offset));
+        let mut buf = vec![0u8; n as usize];
+        self.inner.read(id, offset, &mut buf).map_err(err)?;
+        Ok(PyBytes::new(py, &buf))
+    }
+
+    /// Step `step` uses `block` (with `probability` per pass for a data-dependent use).
+    #[pyo3(signature = (step, block, probability=1.0))]
+    fn declare(&self, step: u64, block: u64, probability: f64) -> PyResult<()> {
+        if probability >= 1.0 {
+            self.inner.declare(step, block_arg(block)).map_err(err)
+        } else {
+            self.inner
+                .declare_candidate(step, block_arg(block), probability)
+                .map_err(err)
+        }
+    }
+
+    /// Forgets the declared schedule.
+    fn clear_schedule(&self) -> PyResult<()> {
+        self.inner.clear_schedule().map_err(err)
+    }
+
+    /// Execution is at `step`.
+    fn hint(&self, step: u64) -> PyResult<()> {
+        self.inner.hint(step).map_err(err)
+    }
+
+    /// Waits until the block is on the device; returns a view that holds it there.
+    fn wait(&self, py: Python<'_>, block: u64) -> PyResult<DeviceView> {
+        let e = self.inner.clone();
+        let id = block_arg(block);
+        let ptr = py.allow_threads(|| e.acquire(id)).map_err(err)?;
+        let nbytes = self.inner.spec(id).map_err(err)?.size;
+        Ok(DeviceView {
+            engine: self.inner.clone(),
+            block: id,
+            ptr,
+            nbytes,
+            device_type: if self.backend == "cuda" {
+                KDL_CUDA
+            } else {
+                KDL_CPU
+            },
+            held: true,
+        })
+    }
+
+    /// Holds the block for work on `stream` (a CUstream as an int; 0: default) and returns its
+    /// device address; pair with `release`.
+    #[pyo3(signature = (block, stream=0))]
+    fn acquire(&self, py: Python<'_>, block: u64, stream: u64) -> PyResult<u64> {
+        let e = self.inner.clone();
+        py.allow_threads(|| e.acquire_on_stream(block_arg(block), stream))
+            .map_err(err)
+    }
+
+    /// Releases a hold of `acquire` once the work queued on `stream` has completed.
+    #[pyo3(signature = (block, stream=0))]
+    fn release(&self, block: u64, stream: u64) -> PyResult<()> {
+        self.inner
+            .unacquire_on_stream(block_arg(block), stream)
+            .map_err(err)
+    }
+
+    /// Where the block is: "host", "loading", "resident" or "writing-back".
+    fn residency(&self, block: u64) -> PyResult<String> {
+        let r = self.inner.residency(block_arg(block)).map_err(err)?;
+        Ok(format!("{r:?}")
+            .to_lowercase()
+            .replace("writingback", "writing-back"))
+    }
+
+    /// Every engine statistic, as a dict.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let d = PyDict::new(py);
+        d.set_item("vram_budget_bytes", s.vram_budget_bytes)?;
+        d.set_item("device_used_bytes", s.device_used_bytes)?;
+        d.set_item("peak_device_bytes", s.peak_device_bytes)?;
+        d.set_item("blocks", s.blocks)?;
+        d.set_item("resident_blocks", s.resident_blocks)?;
+        d.set_item("host_bytes", s.host_bytes)?;
+        d.set_item("bytes_h2d", s.bytes_h2d)?;
+        d.set_item("bytes_d2h", s.bytes_d2h)?;
+        d.set_item("loads", s.loads)?;
+        d.set_item("demand_loads", s.demand_loads)?;
+        d.set_item("evictions", s.evictions)?;
+        d.set_item("writebacks", s.writebacks)?;
+        d.set_item("waits", s.waits)?;
+        d.set_item("hits", s.hits)?;
+        d.set_item("hit_rate", s.hit_rate())?;
+        d.set_item("unpredicted", s.unpredicted)?;
+        d.set_item("stall_s", s.stall_s)?;
+        d.set_item("copy_idle_s", s.copy_idle_s)?;
+        d.set_item("h2d_bytes_per_s", s.h2d_bytes_per_s)?;
+        d.set_item("prefetch_issued", s.prefetch.issued)?;
+        d.set_item("prefetch_used", s.prefetch.used)?;
+        d.set_item("prefetch_wasted", s.prefetch.wasted)?;
+        Ok(d)
+    }
+
+    /// Stops the engine (waking waiters) and frees its memory.
+    fn shutdown(&self, py: Python<'_>) {
+        let e = self.inner.clone();
+        py.allow_threads(|| e.shutdown());
+    }
+}
+
+/// Parses a size string ("512MiB", "2GiB", "1.5GB") into bytes.
+#[pyfunction]
+fn parse_size(s: &str) -> PyResult<u64> {
+    engine::size::parse_size(s).map_err(err)
+}
+
+/// Whether the CUDA backend can run here, and why not.
+#[pyfunction]
+fn cuda_available() -> (bool, String) {
+    match engine::backend::cuda::available() {
+        Ok(n) => (true, format!("{n} device(s)")),
+        Err(why) => (false, why),
+    }
+}
+
+#[pymodule]
+fn _synapswap(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyEngine>()?;
+    m.add_class::<DeviceView>()?;
+    m.add_function(wrap_pyfunction!(parse_size, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_available, m)?)?;
+    Ok(())
+}

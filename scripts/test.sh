@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every test: the Rust workspace (engine, CLI, simulator, C ABI and its C programs) and the
+# Python package (bindings and the PyTorch integration, on the sim backend) in a virtual
+# environment it creates under target/ (first run: ~2 minutes to install torch and friends).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo test --workspace --release
+VENV=${SYNAPSWAP_VENV:-target/pyenv}
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q maturin pytest numpy torch
+"$VENV/bin/python" -m pip install -q --no-build-isolation --force-reinstall --no-deps ./crates/synapswap-py
+"$VENV/bin/python" -m pytest -q crates/synapswap-py/tests
