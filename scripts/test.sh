@@ -5,8 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --release
-VENV=${SYNAPSWAP_VENV:-target/pyenv}
+VENV=${SYNAPSWAP_VENV:-$PWD/target/pyenv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+# The build backend (maturin) runs as a program: the environment's bin/ goes first on PATH.
+export PATH="$VENV/bin:$PATH"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q maturin pytest numpy torch
 "$VENV/bin/python" -m pip install -q --no-build-isolation --force-reinstall --no-deps ./crates/synapswap-py
