@@ -236,6 +236,19 @@ impl State {
         !self.deferred.is_empty()
     }
 
+    /// Takes back one hold counted by [`Engine::acquire`] (the planner's hold is the caller's to
+    /// drop next).
+    fn take_manual_hold(&mut self, id: BlockId) -> Result<()> {
+        self.planner.spec(id)?;
+        match self.manual_holds.get_mut(id.index as usize) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                Ok(())
+            }
+            _ => Err(Error::NotHeld(id)),
+        }
+    }
+
     fn host_addr(&self, block: BlockId) -> u64 {
         self.hosts[block.index as usize]
             .as_ref()
@@ -304,10 +317,6 @@ impl Engine {
         self.shared.epoch.elapsed().as_secs_f64()
     }
 
-    fn now(&self) -> f64 {
-        self.now_s()
-    }
-
     /// The copies recorded since the last call (empty unless built with
     /// [`EngineBuilder::trace`]); times are [`Engine::now_s`] seconds.
     pub fn take_trace(&self) -> Trace {
@@ -358,6 +367,11 @@ impl Engine {
         }
         // Allocate (and zero) the host copy outside the lock: it can be gigabytes.
         let host = self.shared.backend.alloc_host(spec.size)?;
+        self.add_block(spec, host)
+    }
+
+    /// Registers a block whose host copy is `host`.
+    fn add_block(&self, spec: BlockSpec, host: Box<dyn Memory>) -> Result<BlockId> {
         let mut st = self.lock_live()?;
         let id = st.planner.add_block(spec)?;
         let i = id.index as usize;
@@ -401,14 +415,7 @@ impl Engine {
                 .backend
                 .register_host(ptr, spec.size, read_only)?
         };
-        let mut st = self.lock_live()?;
-        let id = st.planner.add_block(spec)?;
-        let i = id.index as usize;
-        if st.hosts.len() <= i {
-            st.hosts.resize_with(i + 1, || None);
-        }
-        st.hosts[i] = Some(host);
-        Ok(id)
+        self.add_block(spec, host)
     }
 
     /// Frees a block: its host copy and any device space. Waits for its copies in flight; fails
@@ -531,7 +538,7 @@ impl Engine {
     /// Execution is at `step`. The step's blocks stay protected until the next hint or their
     /// [`Engine::release`]; prefetching looks ahead from here.
     pub fn hint(&self, step: u64) -> Result<()> {
-        let now = self.now();
+        let now = self.now_s();
         let mut st = self.lock_live()?;
         st.planner.hint(step, now);
         st.apply_commands(&self.shared);
@@ -602,11 +609,7 @@ impl Engine {
     /// none (a guard's hold can only be dropped by dropping the guard).
     pub fn unacquire(&self, id: BlockId) -> Result<()> {
         let mut st = self.lock();
-        st.planner.spec(id)?;
-        match st.manual_holds.get_mut(id.index as usize) {
-            Some(n) if *n > 0 => *n -= 1,
-            _ => return Err(Error::NotHeld(id)),
-        }
+        st.take_manual_hold(id)?;
         drop(st);
         self.unhold(id);
         Ok(())
@@ -627,11 +630,7 @@ impl Engine {
     /// fence recorded there; on sim, at once).
     pub fn unacquire_on_stream(&self, id: BlockId, stream: u64) -> Result<()> {
         let mut st = self.lock_live()?;
-        st.planner.spec(id)?;
-        match st.manual_holds.get_mut(id.index as usize) {
-            Some(n) if *n > 0 => *n -= 1,
-            _ => return Err(Error::NotHeld(id)),
-        }
+        st.take_manual_hold(id)?;
         match self.shared.backend.record_fence(stream) {
             Ok(Some(fence)) => {
                 st.planner.defer_release(true);
