@@ -964,6 +964,7 @@ fn oracle(ctx: &mut Ctx<'_>) -> Result<Measured> {
     let mut next_of = vec![usize::MAX; n];
     let mut tally = Tally::new(cfg.budget, n as u64);
     let mut compute = 0.0;
+    let mut compute_at_timed = 0.0;
     let mut t_timed = 0.0;
     let mut at_timed = Stats::default();
     let time =
@@ -972,6 +973,7 @@ fn oracle(ctx: &mut Ctx<'_>) -> Result<Measured> {
         if token == cfg.warmup_tokens {
             at_timed = tally.stats.clone();
             t_timed = time(&tally.stats, compute);
+            compute_at_timed = compute;
         }
         for s in 0..steps {
             let g = token as usize * steps + s;
@@ -1016,7 +1018,7 @@ fn oracle(ctx: &mut Ctx<'_>) -> Result<Measured> {
         ctx.pass_done(token, now, t_timed, &stats, &at_timed);
     }
     let t_end = compute_f(
-        compute - at_compute(ctx, cfg.warmup_tokens),
+        compute - compute_at_timed,
         tally.stats.bytes_h2d - at_timed.bytes_h2d,
         cfg.h2d_bytes_per_s,
     ) + t_timed;
@@ -1061,10 +1063,6 @@ fn oracle(ctx: &mut Ctx<'_>) -> Result<Measured> {
 
 fn compute_f(compute: f64, bytes: u64, bw: f64) -> f64 {
     compute.max(bytes as f64 / bw)
-}
-
-fn at_compute(ctx: &Ctx<'_>, passes: u64) -> f64 {
-    ctx.workload.compute_s_per_pass() * passes as f64
 }
 
 /// One row of `synapswap bench`.
