@@ -1,0 +1,294 @@
+//! Model-based testing: random sequences of engine operations run against the real engine (sim
+//! backend, real copies, tiny pool, small chunks) and against a reference model that keeps each
+//! block's bytes in a map. After every step: device bytes never exceed the budget, every byte read
+//! equals the reference, and the published statistics equal a recount from the block table.
+//!
+//! Cases: `SYNAPSWAP_MODEL_CASES` (default 48, about 3,000 steps: the fast subset in the normal
+//! test command; the reliability run sets more). The number of steps run is printed.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use synapswap::backend::{SimBackend, SimConfig};
+use synapswap::{BlockId, BlockSpec, Engine, Error, Policy, Residency};
+
+const BUDGET: u64 = 64 << 10;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Alloc {
+        size: u64,
+        mutable: bool,
+        policy: u8,
+        priority: u8,
+    },
+    Write {
+        block: usize,
+        at: u64,
+        len: u64,
+        byte: u8,
+    },
+    Declare {
+        step: u64,
+        block: usize,
+    },
+    ClearSchedule,
+    Hint {
+        step: u64,
+    },
+    /// Wait, check every byte through the guard; for a mutable block also write some on the device.
+    Use {
+        block: usize,
+        at: u64,
+        len: u64,
+        byte: u8,
+    },
+    Read {
+        block: usize,
+    },
+    Acquire {
+        block: usize,
+    },
+    Unacquire {
+        block: usize,
+    },
+    Release {
+        block: usize,
+    },
+    Free {
+        block: usize,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let b = 0usize..12;
+    prop_oneof![
+        3 => (1u64..24_000, any::<bool>(), 0u8..4, 0u8..11).prop_map(|(size, mutable, policy, priority)| Op::Alloc { size, mutable, policy, priority }),
+        2 => (b.clone(), 0u64..30_000, 1u64..4_000, any::<u8>()).prop_map(|(block, at, len, byte)| Op::Write { block, at, len, byte }),
+        2 => (0u64..8, b.clone()).prop_map(|(step, block)| Op::Declare { step, block }),
+        1 => Just(Op::ClearSchedule),
+        3 => (0u64..8).prop_map(|step| Op::Hint { step }),
+        6 => (b.clone(), 0u64..30_000, 1u64..2_000, any::<u8>()).prop_map(|(block, at, len, byte)| Op::Use { block, at, len, byte }),
+        2 => b.clone().prop_map(|block| Op::Read { block }),
+        1 => b.clone().prop_map(|block| Op::Acquire { block }),
+        1 => b.clone().prop_map(|block| Op::Unacquire { block }),
+        1 => b.clone().prop_map(|block| Op::Release { block }),
+        2 => b.prop_map(|block| Op::Free { block }),
+    ]
+}
+
+struct Model {
+    blocks: Vec<Option<(BlockId, Vec<u8>, bool)>>, // id, bytes, mutable
+    holds: BTreeMap<usize, u32>,
+}
+
+fn policy(p: u8) -> Policy {
+    [Policy::Auto, Policy::Lru, Policy::Volatile, Policy::Auto][p as usize % 4]
+}
+
+fn run(ops: &[Op], steps: &AtomicU64) -> Result<(), TestCaseError> {
+    let backend = Arc::new(SimBackend::new(SimConfig::unpaced()).unwrap());
+    let engine = Engine::builder()
+        .budget(BUDGET)
+        .backend(backend.clone())
+        .chunk_bytes(4096)
+        .build()
+        .unwrap();
+    let mut m = Model {
+        blocks: Vec::new(),
+        holds: BTreeMap::new(),
+    };
+    let live = |m: &Model, i: usize| -> Option<usize> {
+        let n = m.blocks.len();
+        (n > 0).then(|| i % n).filter(|&k| m.blocks[k].is_some())
+    };
+    for op in ops {
+        steps.fetch_add(1, Ordering::Relaxed);
+        match *op {
+            Op::Alloc {
+                size,
+                mutable,
+                policy: p,
+                priority,
+            } => {
+                let spec = BlockSpec::new(size)
+                    .mutable(mutable)
+                    .policy(policy(p))
+                    .priority(priority);
+                let id = engine.alloc(spec).unwrap();
+                m.blocks.push(Some((id, vec![0; size as usize], mutable)));
+            }
+            Op::Write {
+                block,
+                at,
+                len,
+                byte,
+            } => {
+                let Some(k) = live(&m, block) else { continue };
+                let (id, bytes, _) = m.blocks[k].as_mut().unwrap();
+                let size = bytes.len() as u64;
+                let r = engine.write(*id, at, &vec![byte; len as usize]);
+                if at + len > size {
+                    prop_assert!(matches!(r, Err(Error::OutOfBounds { .. })), "{r:?}");
+                } else if m.holds.get(&k).copied().unwrap_or(0) > 0 {
+                    prop_assert!(matches!(r, Err(Error::BlockInUse(_))), "{r:?}");
+                } else {
+                    r.unwrap();
+                    bytes[at as usize..(at + len) as usize].fill(byte);
+                }
+            }
+            Op::Declare { step, block } => {
+                let Some(k) = live(&m, block) else { continue };
+                engine
+                    .declare(step, m.blocks[k].as_ref().unwrap().0)
+                    .unwrap();
+            }
+            Op::ClearSchedule => engine.clear_schedule().unwrap(),
+            Op::Hint { step } => engine.hint(step).unwrap(),
+            Op::Use {
+                block,
+                at,
+                len,
+                byte,
+            } => {
+                let Some(k) = live(&m, block) else { continue };
+                let (id, bytes, mutable) = m.blocks[k].as_mut().unwrap();
+                let g = match engine.wait(*id) {
+                    Ok(g) => g,
+                    // Everything else held: a clear error, never a wrong byte.
+                    Err(Error::OutOfDeviceMemory { .. }) => continue,
+                    Err(e) => return Err(TestCaseError::fail(format!("wait: {e}"))),
+                };
+                let mut seen = vec![0u8; bytes.len()];
+                g.read_device(0, &mut seen).unwrap();
+                prop_assert!(seen == *bytes, "device bytes differ from the reference");
+                if *mutable {
+                    let at = at.min(bytes.len() as u64 - 1);
+                    let len = len.min(bytes.len() as u64 - at);
+                    g.write_device(at, &vec![byte; len as usize]).unwrap();
+                    bytes[at as usize..(at + len) as usize].fill(byte);
+                }
+            }
+            Op::Read { block } => {
+                let Some(k) = live(&m, block) else { continue };
+                let (id, bytes, _) = m.blocks[k].as_ref().unwrap();
+                let mut seen = vec![0u8; bytes.len()];
+                engine.read(*id, 0, &mut seen).unwrap();
+                prop_assert!(seen == *bytes, "read differs from the reference");
+            }
+            Op::Acquire { block } => {
+                let Some(k) = live(&m, block) else { continue };
+                // At most two holds a block, and never more than half the pool held: leaves room.
+                let held: u64 = m
+                    .holds
+                    .iter()
+                    .filter(|(_, &n)| n > 0)
+                    .map(|(&b, _)| m.blocks[b].as_ref().unwrap().1.len() as u64)
+                    .sum();
+                let size = m.blocks[k].as_ref().unwrap().1.len() as u64;
+                if m.holds.get(&k).copied().unwrap_or(0) >= 2 || held + size > BUDGET / 2 {
+                    continue;
+                }
+                match engine.acquire(m.blocks[k].as_ref().unwrap().0) {
+                    Ok(_) => *m.holds.entry(k).or_insert(0) += 1,
+                    Err(Error::OutOfDeviceMemory { .. }) => {}
+                    Err(e) => return Err(TestCaseError::fail(format!("acquire: {e}"))),
+                }
+            }
+            Op::Unacquire { block } => {
+                let Some(k) = live(&m, block) else { continue };
+                let r = engine.unacquire(m.blocks[k].as_ref().unwrap().0);
+                match m.holds.get_mut(&k) {
+                    Some(n) if *n > 0 => {
+                        r.unwrap();
+                        *n -= 1;
+                    }
+                    _ => prop_assert!(matches!(r, Err(Error::NotHeld(_))), "{r:?}"),
+                }
+            }
+            Op::Release { block } => {
+                let Some(k) = live(&m, block) else { continue };
+                engine.release(m.blocks[k].as_ref().unwrap().0).unwrap();
+            }
+            Op::Free { block } => {
+                let Some(k) = live(&m, block) else { continue };
+                let id = m.blocks[k].as_ref().unwrap().0;
+                let r = engine.free(id);
+                if m.holds.get(&k).copied().unwrap_or(0) > 0 {
+                    prop_assert!(matches!(r, Err(Error::BlockInUse(_))), "{r:?}");
+                } else {
+                    r.unwrap();
+                    prop_assert!(matches!(engine.wait(id), Err(Error::StaleBlock(_))));
+                    m.blocks[k] = None;
+                }
+            }
+        }
+        // Invariants after every step.
+        let s = engine.stats();
+        prop_assert!(s.device_used_bytes <= BUDGET && s.peak_device_bytes <= BUDGET);
+        let live_blocks: Vec<_> = m.blocks.iter().flatten().collect();
+        prop_assert_eq!(s.blocks, live_blocks.len() as u64);
+        prop_assert_eq!(
+            s.host_bytes,
+            live_blocks.iter().map(|b| b.1.len() as u64).sum::<u64>()
+        );
+        // The published resident count equals a recount from the block table once no copy is
+        // moving (copies complete on their own thread, so wait for a quiet moment).
+        let mut consistent = false;
+        for _ in 0..400 {
+            let count = || {
+                live_blocks
+                    .iter()
+                    .filter(|b| engine.residency(b.0).unwrap() == Residency::Resident)
+                    .count() as u64
+            };
+            let before = count();
+            let published = engine.stats().resident_blocks;
+            if before == published && count() == before {
+                consistent = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(250));
+        }
+        prop_assert!(consistent, "resident_blocks never matched a recount");
+        let after = engine.stats();
+        prop_assert!(after.hits <= after.waits && after.loads >= after.demand_loads);
+        prop_assert_eq!(backend.live_host_bytes(), s.host_bytes);
+    }
+    for (k, n) in m.holds {
+        if let Some((id, ..)) = &m.blocks[k] {
+            for _ in 0..n {
+                engine.unacquire(*id).unwrap();
+            }
+        }
+    }
+    engine.shutdown();
+    prop_assert_eq!(backend.live_host_bytes(), 0, "host copies leaked");
+    Ok(())
+}
+
+#[test]
+fn engine_matches_the_reference_model() {
+    let cases: u32 = std::env::var("SYNAPSWAP_MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(48);
+    let steps = AtomicU64::new(0);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&proptest::collection::vec(op(), 20..100), |ops| {
+            run(&ops, &steps)
+        })
+        .unwrap();
+    eprintln!(
+        "model state machine: {cases} sequences, {} steps, 0 failures",
+        steps.load(Ordering::Relaxed)
+    );
+}
