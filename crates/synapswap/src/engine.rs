@@ -674,6 +674,12 @@ impl Engine {
         self.lock_live()?.planner.residency(id)
     }
 
+    /// Whether a resident mutable block holds device bytes newer than its host copy (it will be
+    /// written back before it leaves the device).
+    pub fn is_dirty(&self, id: BlockId) -> Result<bool> {
+        self.lock_live()?.planner.is_dirty(id)
+    }
+
     /// The block's spec.
     pub fn spec(&self, id: BlockId) -> Result<BlockSpec> {
         self.lock_live()?.planner.spec(id).cloned()

@@ -136,6 +136,9 @@ struct Block {
     last_use_tick: u64,
     last_use_epoch: u64,
     error: Option<Error>,
+    /// Its last write-back failed: not a victim again until it is used (so a failing link makes
+    /// the placement that needed the room fail, instead of retrying the write-back forever).
+    writeback_failed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -477,6 +480,7 @@ impl Planner {
             last_use_tick: self.tick,
             last_use_epoch: u64::MAX,
             error: None,
+            writeback_failed: false,
         };
         let index = if let Some(i) = self.free_slots.pop() {
             let slot = &mut self.slots[i as usize];
@@ -704,6 +708,7 @@ impl Planner {
         b.last_use_tick = tick;
         b.last_use_epoch = epoch;
         b.used_since_load = true;
+        b.writeback_failed = false;
         if b.spec.mutable {
             b.dirty = true;
         }
@@ -898,7 +903,9 @@ impl Planner {
             self.n.evictions += 1;
             self.n.transfer_busy_s += busy_s.max(0.0);
         } else {
-            self.b_mut(id.index).state = State::Resident { alloc };
+            let b = self.b_mut(id.index);
+            b.state = State::Resident { alloc };
+            b.writeback_failed = true;
         }
         self.pump();
     }
@@ -999,6 +1006,7 @@ impl Planner {
             || b.holds > 0
             || b.waiters > 0
             || b.protected
+            || b.writeback_failed
             || b.spec.policy == Policy::Pinned
         {
             return None;

@@ -1,0 +1,234 @@
+//! Fault injection: a backend (compiled only in this test) that makes the next N device
+//! allocations, host allocations, copy submits or copy completions fail. Each failure must reach
+//! the caller as an error, waiters must return, nothing may leak, and the engine must stay usable.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use synapswap::backend::{
+    Backend, BackendInfo, DevicePtr, Direction, Memory, SimBackend, SimConfig, Ticket,
+};
+use synapswap::{BlockSpec, Engine, Error, Residency};
+
+#[derive(Debug, Default)]
+struct Faults {
+    device_allocs: AtomicU32,
+    host_allocs: AtomicU32,
+    submits: AtomicU32,
+    completions: AtomicU32,
+    injected: AtomicU64,
+}
+
+impl Faults {
+    fn take(&self, n: &AtomicU32) -> bool {
+        let hit = n
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+            .is_ok();
+        if hit {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+        }
+        hit
+    }
+}
+
+#[derive(Debug)]
+struct Faulty {
+    inner: SimBackend,
+    faults: Arc<Faults>,
+}
+
+impl Backend for Faulty {
+    fn info(&self) -> BackendInfo {
+        self.inner.info()
+    }
+    fn alloc_device(&self, bytes: u64) -> synapswap::Result<Box<dyn Memory>> {
+        if self.faults.take(&self.faults.device_allocs) {
+            return Err(Error::Backend("injected: device allocation failed".into()));
+        }
+        self.inner.alloc_device(bytes)
+    }
+    fn alloc_host(&self, bytes: u64) -> synapswap::Result<Box<dyn Memory>> {
+        if self.faults.take(&self.faults.host_allocs) {
+            return Err(Error::Backend("injected: out of host memory".into()));
+        }
+        self.inner.alloc_host(bytes)
+    }
+    fn host_addressable(&self) -> bool {
+        true
+    }
+    fn pipeline_depth(&self) -> usize {
+        2
+    }
+    unsafe fn submit(
+        &self,
+        dir: Direction,
+        host: *mut u8,
+        device: DevicePtr,
+        len: usize,
+    ) -> synapswap::Result<Ticket> {
+        if self.faults.take(&self.faults.submits) {
+            return Err(Error::Backend("injected: copy submit failed".into()));
+        }
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { self.inner.submit(dir, host, device, len) }
+    }
+    fn wait(&self, ticket: Ticket) -> synapswap::Result<()> {
+        self.inner.wait(ticket)?;
+        if self.faults.take(&self.faults.completions) {
+            return Err(Error::Backend("injected: copy failed".into()));
+        }
+        Ok(())
+    }
+    unsafe fn copy_now(
+        &self,
+        dir: Direction,
+        host: *mut u8,
+        device: DevicePtr,
+        len: usize,
+    ) -> synapswap::Result<()> {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { self.inner.copy_now(dir, host, device, len) }
+    }
+}
+
+fn setup(budget: u64) -> (Engine, Arc<Faults>, Arc<Faulty>) {
+    let faults = Arc::new(Faults::default());
+    let backend = Arc::new(Faulty {
+        inner: SimBackend::new(SimConfig::unpaced()).unwrap(),
+        faults: faults.clone(),
+    });
+    let engine = Engine::builder()
+        .budget(budget)
+        .backend(backend.clone())
+        .chunk_bytes(16 << 10)
+        .build()
+        .unwrap();
+    (engine, faults, backend)
+}
+
+fn filled(engine: &Engine, size: u64, byte: u8) -> synapswap::BlockId {
+    let id = engine.alloc(BlockSpec::new(size)).unwrap();
+    engine.write(id, 0, &vec![byte; size as usize]).unwrap();
+    id
+}
+
+fn check(engine: &Engine, id: synapswap::BlockId, byte: u8) {
+    let g = engine.wait(id).unwrap();
+    assert!(g.as_slice().unwrap().iter().all(|&x| x == byte));
+}
+
+#[test]
+fn a_failed_device_allocation_is_an_error_at_build() {
+    let faults = Arc::new(Faults::default());
+    faults.device_allocs.store(1, Ordering::SeqCst);
+    let backend = Arc::new(Faulty {
+        inner: SimBackend::new(SimConfig::unpaced()).unwrap(),
+        faults: faults.clone(),
+    });
+    let r = Engine::builder()
+        .budget(1 << 20)
+        .backend(backend.clone())
+        .build();
+    assert!(matches!(r, Err(Error::Backend(_))), "{r:?}");
+    assert_eq!(backend.inner.live_device_bytes(), 0);
+    // The same backend works once the fault is spent.
+    let e = Engine::builder()
+        .budget(1 << 20)
+        .backend(backend)
+        .build()
+        .unwrap();
+    e.shutdown();
+    assert_eq!(faults.injected.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_failed_host_allocation_is_an_error_and_nothing_changes() {
+    let (engine, faults, backend) = setup(1 << 20);
+    let a = filled(&engine, 64 << 10, 1);
+    faults.host_allocs.store(2, Ordering::SeqCst);
+    for _ in 0..2 {
+        assert!(matches!(
+            engine.alloc(BlockSpec::new(64 << 10)),
+            Err(Error::Backend(m)) if m.contains("injected")
+        ));
+    }
+    assert_eq!(engine.stats().blocks, 1);
+    let b = filled(&engine, 64 << 10, 2);
+    check(&engine, a, 1);
+    check(&engine, b, 2);
+    engine.shutdown();
+    assert_eq!(backend.inner.live_host_bytes(), 0);
+}
+
+#[test]
+fn failed_copies_reach_every_waiter_and_the_engine_recovers() {
+    for (kind, submits, completions) in [("submit", 1u32, 0u32), ("completion", 0, 1)] {
+        // Room for one block: every wait below loads.
+        let (engine, faults, backend) = setup(256 << 10);
+        let a = filled(&engine, 200 << 10, 1);
+        let b = filled(&engine, 200 << 10, 2);
+        check(&engine, a, 1);
+        faults.submits.store(submits, Ordering::SeqCst);
+        faults.completions.store(completions, Ordering::SeqCst);
+        // Three threads wait for b; its load fails: all three get the error.
+        std::thread::scope(|s| {
+            let waiters: Vec<_> = (0..3)
+                .map(|_| s.spawn(|| engine.wait(b).map(|g| g.len())))
+                .collect();
+            for w in waiters {
+                let r = w.join().unwrap();
+                match r {
+                    Err(Error::Transfer { reason, .. }) => {
+                        assert!(reason.contains("injected"), "{kind}: {reason}")
+                    }
+                    // A waiter that arrived after the failure starts a fresh load, which succeeds.
+                    Ok(len) => assert_eq!(len, 200 << 10),
+                    Err(e) => panic!("{kind}: {e}"),
+                }
+            }
+        });
+        // The engine is still usable and the bytes are right.
+        check(&engine, b, 2);
+        check(&engine, a, 1);
+        assert!(faults.injected.load(Ordering::SeqCst) >= 1, "{kind}");
+        engine.free(a).unwrap();
+        engine.free(b).unwrap();
+        engine.shutdown();
+        assert_eq!(backend.inner.live_host_bytes(), 0, "{kind}");
+    }
+}
+
+#[test]
+fn a_failed_write_back_loses_nothing() {
+    // A mutable block written on the device, then a link on which every copy fails: the load
+    // that needs the block's room must fail with an error (not retry the write-back forever), the
+    // block must stay on the device with its bytes, and once the link works again everything
+    // goes through and the host copy holds the device writes.
+    let (engine, faults, backend) = setup(256 << 10);
+    let kv = engine
+        .alloc(BlockSpec::new(200 << 10).mutable(true))
+        .unwrap();
+    let other = filled(&engine, 200 << 10, 9);
+    {
+        let g = engine.wait(kv).unwrap();
+        g.write_device(0, &vec![7u8; 200 << 10]).unwrap();
+    }
+    faults.submits.store(u32::MAX, Ordering::SeqCst);
+    let r = engine.wait(other).map(|g| g.len());
+    assert!(matches!(r, Err(Error::OutOfDeviceMemory { .. })), "{r:?}");
+    assert_eq!(
+        engine.residency(kv).unwrap(),
+        Residency::Resident,
+        "the dirty block was dropped"
+    );
+    assert!(engine.is_dirty(kv).unwrap());
+    faults.submits.store(0, Ordering::SeqCst);
+    // Using the block again makes it a candidate again; the next load writes it back first.
+    drop(engine.wait(kv).unwrap());
+    check(&engine, other, 9);
+    let mut host = vec![0u8; 200 << 10];
+    engine.read(kv, 0, &mut host).unwrap();
+    assert!(host.iter().all(|&x| x == 7), "device writes were lost");
+    engine.shutdown();
+    assert_eq!(backend.inner.live_host_bytes(), 0);
+}
