@@ -61,7 +61,7 @@ pub const SS_POLICY_VOLATILE: ss_policy_t = 3;
 
 /// Backends (`ss_backend_t`).
 pub type ss_backend_t = c_int;
-/// The best present: CUDA when a driver and a device are found (issue 5), else sim.
+/// The best present: CUDA when a driver and a device are found, else sim.
 pub const SS_BACKEND_AUTO: ss_backend_t = 0;
 /// The simulated device: a host arena with paced copies.
 pub const SS_BACKEND_SIM: ss_backend_t = 1;
