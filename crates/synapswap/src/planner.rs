@@ -164,9 +164,10 @@ struct Schedule {
 }
 
 impl Schedule {
-    fn rebuild(&mut self, slots: usize) {
+    /// Rebuilds the index if the declarations changed; returns whether it did.
+    fn rebuild(&mut self, slots: usize) -> bool {
         if !self.stale {
-            return;
+            return false;
         }
         self.stale = false;
         self.steps = self.declared.keys().copied().collect();
@@ -190,6 +191,7 @@ impl Schedule {
         }
         self.ema_dur = vec![None; self.steps.len()];
         self.ema_compute = vec![None; self.steps.len()];
+        true
     }
 
     fn len(&self) -> u64 {
@@ -291,6 +293,8 @@ pub struct Planner {
     free_slots: Vec<u32>,
     schedule: Schedule,
     pos: usize,
+    /// The step number of the last hint (positions change when the schedule is re-declared).
+    last_step: Option<u64>,
     hinted: bool,
     epoch: u64,
     tick: u64,
@@ -347,6 +351,7 @@ impl Planner {
             free_slots: Vec::new(),
             schedule: Schedule::default(),
             pos: 0,
+            last_step: None,
             hinted: false,
             epoch: 0,
             tick: 0,
@@ -457,6 +462,19 @@ impl Planner {
             });
         }
         Ok(())
+    }
+
+    /// Rebuilds the schedule's index if the declarations changed, and re-derives the current
+    /// position from the last hinted step: positions index the old schedule's arrays.
+    fn sync_schedule(&mut self) {
+        if self.schedule.rebuild(self.slots.len()) {
+            self.pos = match (self.last_step, self.schedule.len()) {
+                (_, 0) | (None, _) => 0,
+                (Some(step), _) => self.schedule.position_of(step),
+            };
+            // The step-duration history belongs to the old positions.
+            self.last_hint = None;
+        }
     }
 
     /// Registers a block (its host copy is the driver's business).
@@ -620,13 +638,13 @@ impl Planner {
 
     /// Number of declared steps in one cycle.
     pub fn schedule_len(&mut self) -> u64 {
-        self.schedule.rebuild(self.slots.len());
+        self.sync_schedule();
         self.schedule.len()
     }
 
     /// Execution is at `step`: its blocks are protected until the next hint or their release.
     pub fn hint(&mut self, step: u64, now: f64) {
-        self.schedule.rebuild(self.slots.len());
+        self.sync_schedule();
         self.ensure_plan();
         if let Some((prev, t)) = self.last_hint {
             let dur = (now - t).max(0.0);
@@ -676,6 +694,7 @@ impl Planner {
         self.hinted = true;
         if self.schedule.len() > 0 {
             self.pos = self.schedule.position_of(step);
+            self.last_step = Some(step);
             self.last_hint = Some((self.pos, now));
             if self.schedule.steps[self.pos] == step {
                 for j in 0..self.schedule.uses[self.pos].len() {
@@ -725,7 +744,7 @@ impl Planner {
     /// [`Planner::unhold`] when done. On `Pending` the caller is registered as a waiter: call
     /// [`Planner::poll_waiter`] after each completion, or [`Planner::cancel_wait`].
     pub fn acquire(&mut self, id: BlockId) -> Result<Acquire> {
-        self.schedule.rebuild(self.slots.len());
+        self.sync_schedule();
         let (pos, hinted) = (self.pos, self.hinted);
         let predicted = hinted
             && self.schedule.next_use(id.index, pos, false) == Some(0)
@@ -1088,7 +1107,7 @@ impl Planner {
     /// pattern the plan got wrong costs bytes, never correctness.
     fn replan(&mut self) {
         self.plan_stale = false;
-        self.schedule.rebuild(self.slots.len());
+        self.sync_schedule();
         let n = self.slots.len();
         self.keep = vec![false; n];
         self.home = vec![None; n];
@@ -1489,7 +1508,7 @@ impl Planner {
 
     /// Issues whatever can be issued now: pending demand loads first, then prefetches.
     fn pump(&mut self) {
-        self.schedule.rebuild(self.slots.len());
+        self.sync_schedule();
         self.ensure_plan();
         let mut still = VecDeque::new();
         while let Some(i) = self.pending_demands.pop_front() {
@@ -1824,6 +1843,33 @@ mod tests {
         assert!(p.planned);
         assert_eq!(demand_after_first, 0, "every later use was prefetched");
         assert!(p.stats().peak_device_bytes <= 16 * MIB);
+    }
+
+    #[test]
+    fn position_follows_a_redeclared_schedule() {
+        // Found by the sanitizer run (a debug build): a position from a long schedule outlived a
+        // shorter re-declaration, and the next-use distance underflowed.
+        let mut p = Planner::new(PlannerConfig::new(4 * MIB)).unwrap();
+        let ids: Vec<_> = (0..10)
+            .map(|_| p.add_block(BlockSpec::new(MIB)).unwrap())
+            .collect();
+        for (s, &id) in ids.iter().enumerate() {
+            p.declare(s as u64, id).unwrap();
+        }
+        p.hint(8, 0.0);
+        complete_all(&mut p);
+        assert_eq!(p.pos, 8);
+        p.clear_schedule();
+        p.declare(0, ids[0]).unwrap();
+        p.declare(1, ids[1]).unwrap();
+        use_block(&mut p, ids[1]);
+        assert!(p.pos < 2, "position {} outside a 2-step schedule", p.pos);
+        for i in 0..2u32 {
+            // A finite distance, not a wrapped one.
+            assert!(p.distance(i) < 100, "{}", p.distance(i));
+        }
+        p.hint(1, 1.0);
+        assert_eq!(p.pos, 1);
     }
 
     #[test]
