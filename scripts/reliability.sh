@@ -24,7 +24,7 @@ step state-machine env SYNAPSWAP_MODEL_CASES="$CASES" timeout 600 \
 step faults timeout 300 cargo test --release -q -p synapswap --test engine_faults
 step asan env RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS="detect_leaks=1" timeout 900 \
     cargo +nightly test -q --target x86_64-unknown-linux-gnu --target-dir target/asan -p synapswap --tests
-step miri env PROPTEST_CASES=4 timeout 900 \
+step miri env PROPTEST_CASES=4 MIRIFLAGS=-Zmiri-disable-isolation timeout 900 \
     cargo +nightly miri test -p synapswap --lib --target-dir target/miri -- planner:: pool::
 steps=$(grep -o "[0-9]* steps" "$log/state-machine.txt" | head -1)
 faults=$(grep -c "^test .* ok$" "$log/faults.txt" 2>/dev/null || echo 0)

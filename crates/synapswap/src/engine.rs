@@ -558,7 +558,12 @@ impl Engine {
     pub fn wait(&self, id: BlockId) -> Result<Guard<'_>> {
         let mut st = self.lock_live()?;
         let offset = match st.planner.acquire(id)? {
-            Acquire::Ready(offset) => offset,
+            Acquire::Ready(offset) => {
+                // A hit can still let prefetches (and the evictions they need) through: hand
+                // them to the transfer thread now, not at some later call.
+                st.apply_commands(&self.shared);
+                offset
+            }
             Acquire::Pending => {
                 st.apply_commands(&self.shared);
                 let t0 = Instant::now();

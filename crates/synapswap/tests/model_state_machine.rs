@@ -253,7 +253,26 @@ fn run(ops: &[Op], steps: &AtomicU64) -> Result<(), TestCaseError> {
             }
             std::thread::sleep(std::time::Duration::from_micros(250));
         }
-        prop_assert!(consistent, "resident_blocks never matched a recount");
+        if !consistent {
+            let states: Vec<_> = live_blocks
+                .iter()
+                .map(|b| {
+                    (
+                        engine.residency(b.0).unwrap(),
+                        engine.is_dirty(b.0).unwrap(),
+                    )
+                })
+                .collect();
+            let st = engine.stats();
+            prop_assert!(
+                false,
+                "resident_blocks {} never matched a recount; states {:?}; writebacks {} evictions {}",
+                st.resident_blocks,
+                states,
+                st.writebacks,
+                st.evictions
+            );
+        }
         let after = engine.stats();
         prop_assert!(after.hits <= after.waits && after.loads >= after.demand_loads);
         prop_assert_eq!(backend.live_host_bytes(), s.host_bytes);
