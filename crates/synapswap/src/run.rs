@@ -424,7 +424,6 @@ fn run_inner(
     let compute = workload.compute_s_per_pass();
     let tokens_per_s = cfg.tokens as f64 / wall_s;
     let info = engine.backend_info();
-    let waits = end.waits - at_timed.waits;
     Ok(RunReport {
         backend: info.name.to_string(),
         backend_description: info.description,
@@ -445,17 +444,9 @@ fn run_inner(
         min_bytes_h2d: min_bytes_h2d(workload, budget, cfg.tokens)?,
         warmup_bytes_h2d: at_timed.bytes_h2d,
         bytes_d2h: end.bytes_d2h - at_timed.bytes_d2h,
-        hit_rate: if waits == 0 {
-            1.0
-        } else {
-            (end.hits - at_timed.hits) as f64 / waits as f64
-        },
+        hit_rate: end.hit_rate_since(&at_timed),
         stall_s: end.stall_s - at_timed.stall_s,
-        prefetch: PrefetchStats {
-            issued: end.prefetch.issued - at_timed.prefetch.issued,
-            used: end.prefetch.used - at_timed.prefetch.used,
-            wasted: end.prefetch.wasted - at_timed.prefetch.wasted,
-        },
+        prefetch: end.prefetch.since(&at_timed.prefetch),
         copy_idle_s: end.copy_idle_s - at_timed.copy_idle_s,
         evictions: end.evictions - at_timed.evictions,
         peak_device_bytes: end.peak_device_bytes,

@@ -32,7 +32,7 @@ use crate::run::{bound_tokens_per_s, min_bytes_h2d, Integrity, Progress, RunRepo
 use crate::trace::{Trace, Track};
 use crate::transfer::{Chunk, TransferQueue};
 use crate::workload::{Resolved, Workload};
-use crate::{BlockId, BlockSpec, Error, Policy, PrefetchStats, Result, Stats, DEFAULT_CHUNK_BYTES};
+use crate::{BlockId, BlockSpec, Error, Policy, Result, Stats, DEFAULT_CHUNK_BYTES};
 
 /// Fixed cost per copy on the simulated link: ~2 us, what the H200 measurements in DESIGN.md
 /// imply (1 MiB chunks at 49 GB/s against 55 GB/s for 16 MiB).
@@ -239,6 +239,20 @@ impl Ctx<'_> {
         self.cfg.warmup_tokens + self.cfg.tokens
     }
 
+    /// The blocks every step of every pass really uses (the routed draws made), pass by pass.
+    fn realized_trace(&self) -> Vec<Vec<usize>> {
+        let steps = self.resolved.steps.len();
+        let mut out = Vec::with_capacity(self.total() as usize * steps);
+        let mut buf = Vec::new();
+        for token in 0..self.total() {
+            for s in 0..steps {
+                self.resolved.realize(token, s, &mut buf);
+                out.push(buf.clone());
+            }
+        }
+        out
+    }
+
     fn tracing(&self) -> bool {
         self.cfg.trace
     }
@@ -285,7 +299,6 @@ impl Ctx<'_> {
         let wall_s = (m.t_end - m.t_timed).max(f64::MIN_POSITIVE);
         let tokens_per_s = cfg.tokens as f64 / wall_s;
         let (a, e) = (&m.at_timed, &m.end);
-        let waits = e.waits - a.waits;
         Ok(RunReport {
             backend: "simulator".into(),
             backend_description: m.description,
@@ -306,17 +319,9 @@ impl Ctx<'_> {
             min_bytes_h2d: min_bytes_h2d(w, cfg.budget, cfg.tokens)?,
             warmup_bytes_h2d: a.bytes_h2d,
             bytes_d2h: e.bytes_d2h - a.bytes_d2h,
-            hit_rate: if waits == 0 {
-                1.0
-            } else {
-                (e.hits - a.hits) as f64 / waits as f64
-            },
+            hit_rate: e.hit_rate_since(a),
             stall_s: e.stall_s - a.stall_s,
-            prefetch: PrefetchStats {
-                issued: e.prefetch.issued - a.prefetch.issued,
-                used: e.prefetch.used - a.prefetch.used,
-                wasted: e.prefetch.wasted - a.prefetch.wasted,
-            },
+            prefetch: e.prefetch.since(&a.prefetch),
             copy_idle_s: e.copy_idle_s - a.copy_idle_s,
             evictions: e.evictions - a.evictions,
             peak_device_bytes: e.peak_device_bytes,
@@ -783,14 +788,7 @@ fn lookahead(ctx: &mut Ctx<'_>) -> Result<Measured> {
         ));
     }
     // Realized uses of every global step.
-    let mut realized: Vec<Vec<usize>> = Vec::with_capacity(total_steps);
-    let mut buf = Vec::new();
-    for token in 0..ctx.total() {
-        for s in 0..steps {
-            ctx.resolved.realize(token, s, &mut buf);
-            realized.push(buf.clone());
-        }
-    }
+    let realized = ctx.realized_trace();
     let routed: Vec<bool> = ctx
         .resolved
         .steps
@@ -941,14 +939,7 @@ fn oracle(ctx: &mut Ctx<'_>) -> Result<Measured> {
     let n = w.blocks.len();
     let steps = ctx.resolved.steps.len();
     let total = ctx.total();
-    let mut realized: Vec<Vec<usize>> = Vec::with_capacity(total as usize * steps);
-    let mut buf = Vec::new();
-    for token in 0..total {
-        for s in 0..steps {
-            ctx.resolved.realize(token, s, &mut buf);
-            realized.push(buf.clone());
-        }
-    }
+    let realized = ctx.realized_trace();
     // Future uses of every block, in order.
     let mut future: Vec<VecDeque<usize>> = vec![VecDeque::new(); n];
     for (g, bs) in realized.iter().enumerate() {

@@ -13,6 +13,17 @@ pub struct PrefetchStats {
     pub wasted: u64,
 }
 
+impl PrefetchStats {
+    /// What happened since `earlier` (a snapshot of the same counters).
+    pub fn since(&self, earlier: &PrefetchStats) -> PrefetchStats {
+        PrefetchStats {
+            issued: self.issued - earlier.issued,
+            used: self.used - earlier.used,
+            wasted: self.wasted - earlier.wasted,
+        }
+    }
+}
+
 /// A snapshot of the engine's counters. Every field is measured by the engine, none estimated.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Stats {
@@ -65,6 +76,16 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// The hit rate of the waits since `earlier` (1 when none).
+    pub fn hit_rate_since(&self, earlier: &Stats) -> f64 {
+        let waits = self.waits - earlier.waits;
+        if waits == 0 {
+            1.0
+        } else {
+            (self.hits - earlier.hits) as f64 / waits as f64
+        }
+    }
+
     /// `hits / waits`, or 1 when nothing waited.
     pub fn hit_rate(&self) -> f64 {
         if self.waits == 0 {
