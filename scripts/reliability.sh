@@ -27,13 +27,13 @@ step asan env RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS="detect_leaks=1" time
 step miri env PROPTEST_CASES=4 MIRIFLAGS=-Zmiri-disable-isolation timeout 900 \
     cargo +nightly miri test -p synapswap --lib --target-dir target/miri -- planner:: pool::
 steps=$(grep -o "[0-9]* steps" "$log/state-machine.txt" | head -1)
-faults=$(grep -c "^test .* ok$" "$log/faults.txt" 2>/dev/null || echo 0)
+faults=$(grep -o "test result: ok. [0-9]* passed" "$log/faults.txt" | grep -o "[0-9]* passed" | head -1)
 asan=$(grep -c "ERROR: AddressSanitizer" "$log/asan.txt" 2>/dev/null || true)
 miri=$(grep -o "test result: ok. [0-9]* passed" "$log/miri.txt" | head -1)
 echo
 echo "reliability summary:"
 echo "  state machine: $CASES sequences, ${steps:-0 steps} against the reference model"
-echo "  fault injection: $faults tests (device and host allocations, copy submits, completions, write-backs)"
+echo "  fault injection: ${faults:-0 passed} (device and host allocations, copy submits, completions, write-backs)"
 echo "  AddressSanitizer (debug build, overflow checks, leak detection): engine suite, ${asan:-0} reports"
 echo "  Miri: planner and pool unit tests: ${miri:-not run}"
 echo "  loom: 0 scenarios (not yet); fuzz: 0 executions (not yet); ThreadSanitizer: not yet"
