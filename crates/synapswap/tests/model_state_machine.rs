@@ -35,6 +35,17 @@ enum Op {
         step: u64,
         block: usize,
     },
+    /// A routed use: `step` may use the block with this probability.
+    Candidate {
+        step: u64,
+        block: usize,
+        percent: u8,
+    },
+    /// A block whose host copy is caller memory (`alloc_external`).
+    External {
+        size: u64,
+        byte: u8,
+    },
     ClearSchedule,
     Hint {
         step: u64,
@@ -55,6 +66,10 @@ enum Op {
     Unacquire {
         block: usize,
     },
+    /// Stream-ordered release (on sim: at once).
+    UnacquireOnStream {
+        block: usize,
+    },
     Release {
         block: usize,
     },
@@ -69,12 +84,15 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (1u64..24_000, any::<bool>(), 0u8..4, 0u8..11).prop_map(|(size, mutable, policy, priority)| Op::Alloc { size, mutable, policy, priority }),
         2 => (b.clone(), 0u64..30_000, 1u64..4_000, any::<u8>()).prop_map(|(block, at, len, byte)| Op::Write { block, at, len, byte }),
         2 => (0u64..8, b.clone()).prop_map(|(step, block)| Op::Declare { step, block }),
+        1 => (0u64..8, b.clone(), 1u8..100).prop_map(|(step, block, percent)| Op::Candidate { step, block, percent }),
+        1 => (1u64..16_000, any::<u8>()).prop_map(|(size, byte)| Op::External { size, byte }),
         1 => Just(Op::ClearSchedule),
         3 => (0u64..8).prop_map(|step| Op::Hint { step }),
         6 => (b.clone(), 0u64..30_000, 1u64..2_000, any::<u8>()).prop_map(|(block, at, len, byte)| Op::Use { block, at, len, byte }),
         2 => b.clone().prop_map(|block| Op::Read { block }),
         1 => b.clone().prop_map(|block| Op::Acquire { block }),
         1 => b.clone().prop_map(|block| Op::Unacquire { block }),
+        1 => b.clone().prop_map(|block| Op::UnacquireOnStream { block }),
         1 => b.clone().prop_map(|block| Op::Release { block }),
         2 => b.prop_map(|block| Op::Free { block }),
     ]
@@ -86,7 +104,7 @@ struct Model {
 }
 
 fn policy(p: u8) -> Policy {
-    [Policy::Auto, Policy::Lru, Policy::Volatile, Policy::Auto][p as usize % 4]
+    [Policy::Auto, Policy::Lru, Policy::Volatile, Policy::Pinned][p as usize % 4]
 }
 
 fn run(ops: &[Op], steps: &AtomicU64) -> Result<(), TestCaseError> {
@@ -101,6 +119,7 @@ fn run(ops: &[Op], steps: &AtomicU64) -> Result<(), TestCaseError> {
         blocks: Vec::new(),
         holds: BTreeMap::new(),
     };
+    let mut external: Vec<Box<[u8]>> = Vec::new();
     let live = |m: &Model, i: usize| -> Option<usize> {
         let n = m.blocks.len();
         (n > 0).then(|| i % n).filter(|&k| m.blocks[k].is_some())
@@ -118,8 +137,14 @@ fn run(ops: &[Op], steps: &AtomicU64) -> Result<(), TestCaseError> {
                     .mutable(mutable)
                     .policy(policy(p))
                     .priority(priority);
-                let id = engine.alloc(spec).unwrap();
-                m.blocks.push(Some((id, vec![0; size as usize], mutable)));
+                match engine.alloc(spec) {
+                    Ok(id) => m.blocks.push(Some((id, vec![0; size as usize], mutable))),
+                    // Pinned blocks must fit together: a clear refusal, nothing allocated.
+                    Err(Error::PinnedOverBudget { .. }) => {
+                        prop_assert_eq!(policy(p), Policy::Pinned)
+                    }
+                    Err(e) => return Err(TestCaseError::fail(format!("alloc: {e}"))),
+                }
             }
             Op::Write {
                 block,
@@ -145,6 +170,28 @@ fn run(ops: &[Op], steps: &AtomicU64) -> Result<(), TestCaseError> {
                 engine
                     .declare(step, m.blocks[k].as_ref().unwrap().0)
                     .unwrap();
+            }
+            Op::Candidate {
+                step,
+                block,
+                percent,
+            } => {
+                let Some(k) = live(&m, block) else { continue };
+                let id = m.blocks[k].as_ref().unwrap().0;
+                engine
+                    .declare_candidate(step, id, f64::from(percent) / 100.0)
+                    .unwrap();
+            }
+            Op::External { size, byte } => {
+                // The caller's memory: kept alive in `external` until the engine is gone.
+                let mut buf = vec![byte; size as usize].into_boxed_slice();
+                // SAFETY: the buffer lives in `external` past every use and past shutdown, and
+                // only the engine writes it (write() goes through the engine).
+                let id =
+                    unsafe { engine.alloc_external(BlockSpec::new(size), buf.as_mut_ptr(), false) }
+                        .unwrap();
+                m.blocks.push(Some((id, buf.to_vec(), false)));
+                external.push(buf);
             }
             Op::ClearSchedule => engine.clear_schedule().unwrap(),
             Op::Hint { step } => engine.hint(step).unwrap(),
@@ -201,6 +248,17 @@ fn run(ops: &[Op], steps: &AtomicU64) -> Result<(), TestCaseError> {
             Op::Unacquire { block } => {
                 let Some(k) = live(&m, block) else { continue };
                 let r = engine.unacquire(m.blocks[k].as_ref().unwrap().0);
+                match m.holds.get_mut(&k) {
+                    Some(n) if *n > 0 => {
+                        r.unwrap();
+                        *n -= 1;
+                    }
+                    _ => prop_assert!(matches!(r, Err(Error::NotHeld(_))), "{r:?}"),
+                }
+            }
+            Op::UnacquireOnStream { block } => {
+                let Some(k) = live(&m, block) else { continue };
+                let r = engine.unacquire_on_stream(m.blocks[k].as_ref().unwrap().0, 7);
                 match m.holds.get_mut(&k) {
                     Some(n) if *n > 0 => {
                         r.unwrap();
@@ -275,7 +333,9 @@ fn run(ops: &[Op], steps: &AtomicU64) -> Result<(), TestCaseError> {
         }
         let after = engine.stats();
         prop_assert!(after.hits <= after.waits && after.loads >= after.demand_loads);
-        prop_assert_eq!(backend.live_host_bytes(), s.host_bytes);
+        let external_bytes: u64 = external.iter().map(|b| b.len() as u64).sum::<u64>();
+        prop_assert!(backend.live_host_bytes() <= s.host_bytes);
+        prop_assert!(backend.live_host_bytes() + external_bytes >= s.host_bytes);
     }
     for (k, n) in m.holds {
         if let Some((id, ..)) = &m.blocks[k] {
@@ -286,6 +346,7 @@ fn run(ops: &[Op], steps: &AtomicU64) -> Result<(), TestCaseError> {
     }
     engine.shutdown();
     prop_assert_eq!(backend.live_host_bytes(), 0, "host copies leaked");
+    drop(external);
     Ok(())
 }
 
