@@ -638,6 +638,58 @@ impl Tally {
     }
 }
 
+/// The link of a peer model and its copy timeline: one place copies a block, records the copy
+/// and counts it.
+struct PeerLink {
+    link: Link,
+    trace: Option<Trace>,
+}
+
+impl PeerLink {
+    fn new(cfg: &SimulateConfig) -> PeerLink {
+        PeerLink {
+            link: Link::new(cfg),
+            trace: cfg.trace.then(Trace::default),
+        }
+    }
+
+    /// Loads `bytes` of block `name` submitted at `now` (a demand load or a prefetch); returns
+    /// when the copy finishes.
+    fn load(&mut self, tally: &mut Tally, now: f64, name: &str, bytes: u64, demand: bool) -> f64 {
+        let (start, finish) = self.link.copy(now, Direction::HostToDevice, bytes);
+        if let Some(t) = self.trace.as_mut() {
+            let cat = if demand { "demand" } else { "prefetch" };
+            t.push_copy(&format!("load {name}"), cat, start, finish, bytes);
+        }
+        tally.alloc(bytes);
+        tally.load(bytes, demand, finish - start);
+        finish
+    }
+
+    /// Writes a mutable block back, submitted at `now`; returns when the copy finishes.
+    fn write_back(&mut self, tally: &mut Tally, now: f64, name: &str, bytes: u64) -> f64 {
+        let (start, finish) = self.link.copy(now, Direction::DeviceToHost, bytes);
+        if let Some(t) = self.trace.as_mut() {
+            t.push_copy(
+                &format!("write-back {name}"),
+                "write-back",
+                start,
+                finish,
+                bytes,
+            );
+        }
+        tally.writeback(bytes, finish - start);
+        finish
+    }
+
+    /// Hands the copies to the simulation's timeline.
+    fn finish(self, trace: &mut Trace) {
+        if let Some(t) = self.trace {
+            trace.spans.extend(t.spans);
+        }
+    }
+}
+
 /// The most bytes one step needs on the device at once (a routed step: its `k` largest
 /// candidates).
 fn largest_step(ctx: &Ctx<'_>) -> u64 {
@@ -684,7 +736,7 @@ fn stream_sync(ctx: &mut Ctx<'_>) -> Result<Measured> {
     }
     let mut resident = vec![false; n];
     let mut tally = Tally::new(cfg.budget, n as u64);
-    let mut link = Link::new(cfg);
+    let mut link = PeerLink::new(cfg);
     let mut now = 0.0;
     let mut fill = 0;
     for &b in &order {
@@ -712,19 +764,7 @@ fn stream_sync(ctx: &mut Ctx<'_>) -> Result<Measured> {
                 let on_device = resident[b] && loaded[b];
                 tally.wait(on_device);
                 if !on_device {
-                    let (start, finish) = link.copy(now, Direction::HostToDevice, size);
-                    if ctx.tracing() {
-                        ctx.trace.push_copy(
-                            &format!("load {}", w.blocks[b].name),
-                            "demand",
-                            start,
-                            finish,
-                            size,
-                        );
-                    }
-                    tally.alloc(size);
-                    tally.load(size, true, finish - start);
-                    now = finish;
+                    now = link.load(&mut tally, now, &w.blocks[b].name, size, true);
                     loaded[b] = true;
                 }
             }
@@ -740,18 +780,7 @@ fn stream_sync(ctx: &mut Ctx<'_>) -> Result<Measured> {
                 }
                 let size = w.blocks[b].bytes;
                 if w.blocks[b].mutable {
-                    let (start, finish) = link.copy(now, Direction::DeviceToHost, size);
-                    if ctx.tracing() {
-                        ctx.trace.push_copy(
-                            &format!("write-back {}", w.blocks[b].name),
-                            "write-back",
-                            start,
-                            finish,
-                            size,
-                        );
-                    }
-                    tally.writeback(size, finish - start);
-                    now = finish;
+                    now = link.write_back(&mut tally, now, &w.blocks[b].name, size);
                 }
                 tally.free(size);
                 loaded[b] = false;
@@ -760,6 +789,7 @@ fn stream_sync(ctx: &mut Ctx<'_>) -> Result<Measured> {
         let stats = tally.stats.clone();
         ctx.pass_done(token, now, t_timed, &stats, &at_timed);
     }
+    link.finish(&mut ctx.trace);
     Ok(Measured {
         t_timed,
         t_end: now,
@@ -796,7 +826,7 @@ fn lookahead(ctx: &mut Ctx<'_>) -> Result<Measured> {
         .map(|s| s.choose.is_some())
         .collect();
     let mut tally = Tally::new(cfg.budget, n as u64);
-    let mut link = Link::new(cfg);
+    let mut link = PeerLink::new(cfg);
     // ready[b]: when the block's copy finishes, while it is on the device.
     let mut ready: Vec<Option<f64>> = vec![None; n];
     // The last global step that needs the block's current copy.
@@ -812,8 +842,7 @@ fn lookahead(ctx: &mut Ctx<'_>) -> Result<Measured> {
                  ready: &mut Vec<Option<f64>>,
                  keep_until: &mut Vec<usize>,
                  tally: &mut Tally,
-                 link: &mut Link,
-                 trace: &mut Option<&mut Trace>| {
+                 link: &mut PeerLink| {
         while next_job.0 < total_steps && next_job.0 <= g_now + k {
             let g = next_job.0;
             // A routed step's draw is known only when it runs.
@@ -831,25 +860,13 @@ fn lookahead(ctx: &mut Ctx<'_>) -> Result<Measured> {
                 if tally.used + size > cfg.budget {
                     break;
                 }
-                let (start, finish) = link.copy(now, Direction::HostToDevice, size);
-                if let Some(t) = trace.as_deref_mut() {
-                    t.push_copy(
-                        &format!("load {}", w.blocks[b].name),
-                        if g == g_now { "demand" } else { "prefetch" },
-                        start,
-                        finish,
-                        size,
-                    );
-                }
-                tally.alloc(size);
-                tally.load(size, g == g_now, finish - start);
+                let finish = link.load(tally, now, &w.blocks[b].name, size, g == g_now);
                 ready[b] = Some(finish);
                 keep_until[b] = g;
             }
             next_job.1 += 1;
         }
     };
-    let mut trace_buf = Trace::default();
     for token in 0..ctx.total() {
         if token == cfg.warmup_tokens {
             t_timed = now;
@@ -857,7 +874,6 @@ fn lookahead(ctx: &mut Ctx<'_>) -> Result<Measured> {
         }
         for s in 0..steps {
             let g = token as usize * steps + s;
-            let mut tr = ctx.tracing().then_some(&mut trace_buf);
             issue(
                 g,
                 now,
@@ -866,7 +882,6 @@ fn lookahead(ctx: &mut Ctx<'_>) -> Result<Measured> {
                 &mut keep_until,
                 &mut tally,
                 &mut link,
-                &mut tr,
             );
             let wait_start = now;
             for &b in &realized[g] {
@@ -887,22 +902,12 @@ fn lookahead(ctx: &mut Ctx<'_>) -> Result<Measured> {
                 }
                 let size = w.blocks[b].bytes;
                 if w.blocks[b].mutable {
-                    let (start, finish) = link.copy(now, Direction::DeviceToHost, size);
-                    if let Some(t) = ctx.tracing().then_some(&mut trace_buf) {
-                        t.push_copy(
-                            &format!("write-back {}", w.blocks[b].name),
-                            "write-back",
-                            start,
-                            finish,
-                            size,
-                        );
-                    }
-                    tally.writeback(size, finish - start);
+                    // Queued on the link; the step does not wait for it.
+                    link.write_back(&mut tally, now, &w.blocks[b].name, size);
                 }
                 tally.free(size);
                 ready[b] = None;
             }
-            let mut tr = ctx.tracing().then_some(&mut trace_buf);
             issue(
                 g,
                 now,
@@ -911,13 +916,12 @@ fn lookahead(ctx: &mut Ctx<'_>) -> Result<Measured> {
                 &mut keep_until,
                 &mut tally,
                 &mut link,
-                &mut tr,
             );
         }
         let stats = tally.stats.clone();
         ctx.pass_done(token, now, t_timed, &stats, &at_timed);
     }
-    ctx.trace.spans.extend(trace_buf.spans);
+    link.finish(&mut ctx.trace);
     Ok(Measured {
         t_timed,
         t_end: now,
