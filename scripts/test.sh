@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test: the Rust workspace (engine, CLI, simulator, C ABI and its C programs) and the
-# Python package (bindings and the PyTorch integration, on the sim backend) in a virtual
+# loom models of the engine's thread hand-off, and the Python package (bindings and the PyTorch integration, on the sim backend) in a virtual
 # environment it creates under target/ (first run: ~2 minutes to install torch and friends).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --release
+# The fast subset of the reliability suite is part of the above (state machine, 48 sequences;
+# fault injection); here the loom models of the waiter / transfer-thread hand-off, with one
+# preemption (scripts/reliability.sh runs two), in their own target dir since `--cfg loom` swaps
+# the engine's locks and threads for loom's.
+RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=1 cargo test --release -p synapswap --test loom \
+    --target-dir target/loom
 VENV=${SYNAPSWAP_VENV:-$PWD/target/pyenv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 # The build backend (maturin) runs as a program: the environment's bin/ goes first on PATH.

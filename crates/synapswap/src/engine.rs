@@ -3,11 +3,12 @@
 //! never spinning).
 
 use std::fmt;
-use std::time::Instant;
 
 use crate::backend::{Backend, BackendInfo, Direction, Fence, Memory, SimBackend, SimConfig};
 use crate::planner::{Acquire, Command, Planner, PlannerConfig};
-use crate::sync::{self, Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc as StdArc;
+
+use crate::sync::{self, Arc, Condvar, Instant, Mutex, MutexGuard};
 use crate::trace::Trace;
 use crate::transfer::{transfer_thread, TransferQueue};
 use crate::{BlockId, BlockSpec, Error, Residency, Result, Stats};
@@ -20,7 +21,7 @@ pub const DEFAULT_CHUNK_BYTES: u64 = 8 << 20;
 #[derive(Debug, Clone)]
 pub struct EngineBuilder {
     budget: Option<u64>,
-    backend: Option<Arc<dyn Backend>>,
+    backend: Option<StdArc<dyn Backend>>,
     chunk_bytes: u64,
     prefetch: bool,
     lookahead_s: Option<f64>,
@@ -35,7 +36,7 @@ impl EngineBuilder {
         self
     }
     /// The device backend. Default: a `sim` backend with [`SimConfig::default`].
-    pub fn backend(mut self, backend: Arc<dyn Backend>) -> Self {
+    pub fn backend(mut self, backend: StdArc<dyn Backend>) -> Self {
         self.backend = Some(backend);
         self
     }
@@ -82,9 +83,9 @@ impl EngineBuilder {
             cfg.lookahead_s = l;
         }
         let planner = Planner::new(cfg)?;
-        let backend: Arc<dyn Backend> = match self.backend {
+        let backend: StdArc<dyn Backend> = match self.backend {
             Some(b) => b,
-            None => Arc::new(SimBackend::new(SimConfig::default())?),
+            None => StdArc::new(SimBackend::new(SimConfig::default())?),
         };
         let arena = backend.alloc_device(planner.budget())?;
         let depth = self
@@ -112,9 +113,7 @@ impl EngineBuilder {
             epoch: Instant::now(),
         });
         let s = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("synapswap-transfer".into())
-            .spawn(move || transfer_thread(s))
+        let thread = sync::thread::spawn("synapswap-transfer", move || transfer_thread(s))
             .map_err(|e| Error::Backend(format!("cannot start the transfer thread: {e}")))?;
         Ok(Engine {
             shared,
@@ -130,7 +129,7 @@ pub(crate) struct Shared {
     pub ready: Condvar,
     /// Signalled when copy jobs are queued or the engine shuts down (transfer thread).
     pub work: Condvar,
-    pub backend: Arc<dyn Backend>,
+    pub backend: StdArc<dyn Backend>,
     /// The device pool. Never read through this field (the state keeps its base address); held
     /// here so it is freed only when the last reference goes, after every guard is gone.
     #[allow(dead_code)]
@@ -268,7 +267,7 @@ impl State {
 /// The engine. Every method takes `&self` and is safe to call from many threads at once.
 pub struct Engine {
     shared: Arc<Shared>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    thread: Mutex<Option<sync::thread::JoinHandle<()>>>,
 }
 
 impl fmt::Debug for Engine {

@@ -8,11 +8,10 @@
 //! on the backend (one on `sim`).
 
 use std::collections::VecDeque;
-use std::time::Instant;
 
 use crate::backend::{Direction, Ticket};
 use crate::engine::{Shared, State};
-use crate::sync::{self, Arc};
+use crate::sync::{self, Arc, Instant};
 use crate::BlockId;
 
 #[derive(Debug)]

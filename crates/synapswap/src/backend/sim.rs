@@ -8,10 +8,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{Backend, BackendInfo, DevicePtr, Direction, Memory, Ticket};
-use crate::sync::{self, Arc, Condvar, Mutex};
+use crate::sync::{self, Arc, Condvar, Instant, Mutex};
 use crate::{os, Error, Result};
 
 /// Sim backend settings.
@@ -121,7 +121,7 @@ struct Dma {
 pub struct SimBackend {
     cfg: SimConfig,
     dma: Arc<Dma>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    thread: Mutex<Option<sync::thread::JoinHandle<()>>>,
     live_host: Arc<AtomicU64>,
     live_device: Arc<AtomicU64>,
 }
@@ -159,9 +159,7 @@ impl SimBackend {
             done: Condvar::new(),
         });
         let d = dma.clone();
-        let thread = std::thread::Builder::new()
-            .name("synapswap-sim-dma".into())
-            .spawn(move || dma_thread(&d, cfg))
+        let thread = sync::thread::spawn("synapswap-sim-dma", move || dma_thread(&d, cfg))
             .map_err(|e| Error::Backend(format!("cannot start the sim DMA thread: {e}")))?;
         Ok(SimBackend {
             cfg,
@@ -211,7 +209,7 @@ fn dma_thread(dma: &Dma, cfg: SimConfig) {
         let copied = Instant::now();
         if let Some(bw) = bw {
             let finish = start + cfg.latency + Duration::from_secs_f64(req.len as f64 / bw);
-            os::sleep_until(finish);
+            sync::sleep_until(finish);
             // The modelled link is free at `finish` unless the real copy took longer; oversleeping
             // is the simulator's artefact, not the model's, so it does not delay the next copy.
             link_free = finish.max(copied);
