@@ -1,12 +1,16 @@
 //! Fault injection: a backend (compiled only in this test) that makes the next N device
-//! allocations, host allocations, copy submits or copy completions fail. Each failure must reach
-//! the caller as an error, waiters must return, nothing may leak, and the engine must stay usable.
+//! allocations, host allocations, host pins (registering a caller's buffer), copy submits, copy
+//! completions or stream-fence records fail. Each failure must reach the caller as an error,
+//! waiters must return, nothing may leak, and the engine must stay usable.
+//!
+//! Every test prints `failpoint <name>: <n> injected` for the failpoints it fired (run with
+//! `--nocapture`); `scripts/reliability.sh` adds them up and checks that each one fired.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use synapswap::backend::{
-    Backend, BackendInfo, DevicePtr, Direction, Memory, SimBackend, SimConfig, Ticket,
+    Backend, BackendInfo, DevicePtr, Direction, Fence, Memory, SimBackend, SimConfig, Ticket,
 };
 use synapswap::{BlockSpec, Engine, Error, Residency};
 
@@ -14,20 +18,56 @@ use synapswap::{BlockSpec, Engine, Error, Residency};
 struct Faults {
     device_allocs: AtomicU32,
     host_allocs: AtomicU32,
+    host_pins: AtomicU32,
     submits: AtomicU32,
     completions: AtomicU32,
+    fences: AtomicU32,
     injected: AtomicU64,
+    /// Injected failures by failpoint, in the order of [`Faults::NAMES`].
+    fired: [AtomicU64; 6],
 }
 
 impl Faults {
+    const NAMES: [&'static str; 6] = [
+        "device-alloc",
+        "host-alloc",
+        "host-pin",
+        "copy-submit",
+        "copy-completion",
+        "fence-record",
+    ];
+
     fn take(&self, n: &AtomicU32) -> bool {
         let hit = n
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
             .is_ok();
         if hit {
             self.injected.fetch_add(1, Ordering::SeqCst);
+            let which = [
+                &self.device_allocs,
+                &self.host_allocs,
+                &self.host_pins,
+                &self.submits,
+                &self.completions,
+                &self.fences,
+            ]
+            .iter()
+            .position(|c| std::ptr::eq(*c, n))
+            .expect("a failpoint of this struct");
+            self.fired[which].fetch_add(1, Ordering::SeqCst);
         }
         hit
+    }
+}
+
+impl Drop for Faults {
+    fn drop(&mut self) {
+        for (name, n) in Self::NAMES.iter().zip(&self.fired) {
+            let n = n.load(Ordering::SeqCst);
+            if n > 0 {
+                println!("failpoint {name}: {n} injected");
+            }
+        }
     }
 }
 
@@ -78,6 +118,26 @@ impl Backend for Faulty {
             return Err(Error::Backend("injected: copy failed".into()));
         }
         Ok(())
+    }
+    unsafe fn register_host(
+        &self,
+        ptr: *mut u8,
+        len: u64,
+        read_only: bool,
+    ) -> synapswap::Result<Box<dyn Memory>> {
+        if self.faults.take(&self.faults.host_pins) {
+            return Err(Error::Backend(
+                "injected: cannot pin the host buffer".into(),
+            ));
+        }
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { self.inner.register_host(ptr, len, read_only) }
+    }
+    fn record_fence(&self, stream: u64) -> synapswap::Result<Option<Fence>> {
+        if self.faults.take(&self.faults.fences) {
+            return Err(Error::Backend("injected: cannot record a fence".into()));
+        }
+        self.inner.record_fence(stream)
     }
     unsafe fn copy_now(
         &self,
@@ -231,4 +291,51 @@ fn a_failed_write_back_loses_nothing() {
     assert!(host.iter().all(|&x| x == 7), "device writes were lost");
     engine.shutdown();
     assert_eq!(backend.inner.live_host_bytes(), 0);
+}
+
+#[test]
+fn a_failed_host_pin_is_an_error_and_the_buffer_stays_the_callers() {
+    let (engine, faults, backend) = setup(1 << 20);
+    let mut buf = vec![5u8; 64 << 10];
+    faults.host_pins.store(1, Ordering::SeqCst);
+    // SAFETY: `buf` outlives the engine's use of it (freed below, before `buf` drops) and is not
+    // written meanwhile.
+    let r = unsafe { engine.alloc_external(BlockSpec::new(64 << 10), buf.as_mut_ptr(), true) };
+    assert!(
+        matches!(&r, Err(Error::Backend(m)) if m.contains("injected")),
+        "{r:?}"
+    );
+    assert_eq!(engine.stats().blocks, 0);
+    // SAFETY: as above.
+    let id =
+        unsafe { engine.alloc_external(BlockSpec::new(64 << 10), buf.as_mut_ptr(), true) }.unwrap();
+    check(&engine, id, 5);
+    engine.free(id).unwrap();
+    engine.shutdown();
+    assert!(buf.iter().all(|&b| b == 5), "the caller's buffer changed");
+    assert_eq!(backend.inner.live_host_bytes(), 0);
+}
+
+#[test]
+fn a_failed_fence_record_keeps_the_hold_with_the_caller() {
+    // Room for one block: while `a` is held, `b` cannot load.
+    let (engine, faults, _backend) = setup(256 << 10);
+    let a = filled(&engine, 200 << 10, 1);
+    let b = filled(&engine, 200 << 10, 2);
+    engine.acquire_on_stream(a, 7).unwrap();
+    faults.fences.store(1, Ordering::SeqCst);
+    let r = engine.unacquire_on_stream(a, 7);
+    assert!(
+        matches!(&r, Err(Error::Backend(m)) if m.contains("injected")),
+        "{r:?}"
+    );
+    // The hold is still the caller's: `b` has no room, and the retry succeeds.
+    assert!(matches!(
+        engine.wait(b).map(|g| g.len()),
+        Err(Error::OutOfDeviceMemory { .. })
+    ));
+    engine.unacquire_on_stream(a, 7).unwrap();
+    check(&engine, b, 2);
+    check(&engine, a, 1);
+    engine.shutdown();
 }

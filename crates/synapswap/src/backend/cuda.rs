@@ -54,8 +54,12 @@ fn check(r: sys::CUresult, what: &str) -> Result<()> {
 /// Whether CUDA can be used: the driver library loads, initialises, and reports at least one
 /// device. Returns the device count, or why not. Never panics.
 pub fn available() -> std::result::Result<usize, String> {
+    // Looking for the library walks the loader's search path (hundreds of failed opens when it is
+    // absent), so it is done once per process: engines created in a loop (the C ABI's
+    // `backend = AUTO`) pay for it once.
+    static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     // SAFETY: loading a shared library by name; cudarc's check has no other precondition.
-    if !unsafe { sys::is_culib_present() } {
+    if !*PRESENT.get_or_init(|| unsafe { sys::is_culib_present() }) {
         return Err("the CUDA driver library (libcuda.so) is not installed".into());
     }
     // SAFETY: the library is present, so cudarc's lazy loader succeeds.
