@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test: the Rust workspace (engine, CLI, simulator, C ABI and its C programs) and the
-# loom models of the engine's thread hand-off, and the Python package (bindings and the PyTorch integration, on the sim backend) in a virtual
-# environment it creates under target/ (first run: ~2 minutes to install torch and friends).
+# Runs every test: the Rust workspace (engine, CLI, simulator, C ABI and its C programs), the loom
+# models of the engine's thread hand-off, and the Python package (bindings and the PyTorch
+# integration, on the sim backend) in a virtual environment it creates under target/ (first run:
+# ~2 minutes to install torch and friends).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --release
