@@ -10,7 +10,7 @@ cargo test --workspace --release
 # fault injection); here the loom models of the waiter / transfer-thread hand-off, with one
 # preemption (scripts/reliability.sh runs two), in their own target dir since `--cfg loom` swaps
 # the engine's locks and threads for loom's.
-RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=1 cargo test --release -p synapswap --test loom \
+RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=1 cargo test --release -p synapswap --test engine_loom \
     --target-dir target/loom
 VENV=${SYNAPSWAP_VENV:-$PWD/target/pyenv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"

@@ -17,7 +17,7 @@ use synapswap::{BlockId, BlockSpec, Engine, Error, Policy, Residency};
 
 const BUDGET: u64 = 64 << 10;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 enum Op {
     Alloc {
         size: u64,
@@ -76,25 +76,30 @@ enum Op {
     Free {
         block: usize,
     },
+    /// Shutdown mid-sequence: every later operation must fail with `ShutDown`, statistics still
+    /// answer, and no host copy is left.
+    Shutdown,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let b = 0usize..12;
     prop_oneof![
-        3 => (1u64..24_000, any::<bool>(), 0u8..4, 0u8..11).prop_map(|(size, mutable, policy, priority)| Op::Alloc { size, mutable, policy, priority }),
-        2 => (b.clone(), 0u64..30_000, 1u64..4_000, any::<u8>()).prop_map(|(block, at, len, byte)| Op::Write { block, at, len, byte }),
-        2 => (0u64..8, b.clone()).prop_map(|(step, block)| Op::Declare { step, block }),
-        1 => (0u64..8, b.clone(), 1u8..100).prop_map(|(step, block, percent)| Op::Candidate { step, block, percent }),
-        1 => (1u64..16_000, any::<u8>()).prop_map(|(size, byte)| Op::External { size, byte }),
-        1 => Just(Op::ClearSchedule),
-        3 => (0u64..8).prop_map(|step| Op::Hint { step }),
-        6 => (b.clone(), 0u64..30_000, 1u64..2_000, any::<u8>()).prop_map(|(block, at, len, byte)| Op::Use { block, at, len, byte }),
-        2 => b.clone().prop_map(|block| Op::Read { block }),
-        1 => b.clone().prop_map(|block| Op::Acquire { block }),
-        1 => b.clone().prop_map(|block| Op::Unacquire { block }),
-        1 => b.clone().prop_map(|block| Op::UnacquireOnStream { block }),
-        1 => b.clone().prop_map(|block| Op::Release { block }),
-        2 => b.prop_map(|block| Op::Free { block }),
+        30 => (1u64..24_000, any::<bool>(), 0u8..4, 0u8..11).prop_map(|(size, mutable, policy, priority)| Op::Alloc { size, mutable, policy, priority }),
+        20 => (b.clone(), 0u64..30_000, 1u64..4_000, any::<u8>()).prop_map(|(block, at, len, byte)| Op::Write { block, at, len, byte }),
+        20 => (0u64..8, b.clone()).prop_map(|(step, block)| Op::Declare { step, block }),
+        10 => (0u64..8, b.clone(), 1u8..100).prop_map(|(step, block, percent)| Op::Candidate { step, block, percent }),
+        10 => (1u64..16_000, any::<u8>()).prop_map(|(size, byte)| Op::External { size, byte }),
+        10 => Just(Op::ClearSchedule),
+        30 => (0u64..8).prop_map(|step| Op::Hint { step }),
+        60 => (b.clone(), 0u64..30_000, 1u64..2_000, any::<u8>()).prop_map(|(block, at, len, byte)| Op::Use { block, at, len, byte }),
+        20 => b.clone().prop_map(|block| Op::Read { block }),
+        10 => b.clone().prop_map(|block| Op::Acquire { block }),
+        10 => b.clone().prop_map(|block| Op::Unacquire { block }),
+        10 => b.clone().prop_map(|block| Op::UnacquireOnStream { block }),
+        10 => b.clone().prop_map(|block| Op::Release { block }),
+        20 => b.prop_map(|block| Op::Free { block }),
+        // About one sequence in six shuts down before its end.
+        1 => Just(Op::Shutdown),
     ]
 }
 
@@ -106,6 +111,9 @@ struct Model {
 fn policy(p: u8) -> Policy {
     [Policy::Auto, Policy::Lru, Policy::Volatile, Policy::Pinned][p as usize % 4]
 }
+
+/// Sequences that shut the engine down before their end.
+static MID_SHUTDOWNS: AtomicU64 = AtomicU64::new(0);
 
 fn run(ops: &[Op], steps: &AtomicU64) -> Result<(), TestCaseError> {
     let backend = Arc::new(SimBackend::new(SimConfig::unpaced()).unwrap());
@@ -120,12 +128,37 @@ fn run(ops: &[Op], steps: &AtomicU64) -> Result<(), TestCaseError> {
         holds: BTreeMap::new(),
     };
     let mut external: Vec<Box<[u8]>> = Vec::new();
+    let mut shut = false;
     let live = |m: &Model, i: usize| -> Option<usize> {
         let n = m.blocks.len();
         (n > 0).then(|| i % n).filter(|&k| m.blocks[k].is_some())
     };
     for op in ops {
         steps.fetch_add(1, Ordering::Relaxed);
+        if shut {
+            // After shutdown: a clear error from every call, nothing changes, nothing leaks.
+            let any = m.blocks.iter().flatten().next().map(|b| b.0);
+            let r = match (*op, any) {
+                (Op::Alloc { size, .. }, _) => engine.alloc(BlockSpec::new(size)).map(|_| ()),
+                (Op::Hint { step }, _) => engine.hint(step),
+                (Op::Declare { step, .. }, Some(id)) => engine.declare(step, id),
+                (Op::Use { .. }, Some(id)) => engine.wait(id).map(|_| ()),
+                (Op::Read { .. }, Some(id)) => engine.read(id, 0, &mut [0u8; 1]),
+                (Op::Write { byte, .. }, Some(id)) => engine.write(id, 0, &[byte]),
+                (Op::Acquire { .. }, Some(id)) => engine.acquire(id).map(|_| ()),
+                (Op::Release { .. }, Some(id)) => engine.release(id),
+                (Op::Free { .. }, Some(id)) => engine.free(id),
+                _ => engine.clear_schedule(),
+            };
+            prop_assert!(matches!(r, Err(Error::ShutDown)), "after shutdown: {:?}", r);
+            prop_assert!(engine.is_shut_down());
+            prop_assert_eq!(
+                engine.stats().blocks,
+                m.blocks.iter().flatten().count() as u64
+            );
+            prop_assert_eq!(backend.live_host_bytes(), 0);
+            continue;
+        }
         match *op {
             Op::Alloc {
                 size,
@@ -271,6 +304,17 @@ fn run(ops: &[Op], steps: &AtomicU64) -> Result<(), TestCaseError> {
                 let Some(k) = live(&m, block) else { continue };
                 engine.release(m.blocks[k].as_ref().unwrap().0).unwrap();
             }
+            Op::Shutdown => {
+                engine.shutdown();
+                shut = true;
+                MID_SHUTDOWNS.fetch_add(1, Ordering::Relaxed);
+                prop_assert_eq!(
+                    backend.live_host_bytes(),
+                    0,
+                    "host copies outlived shutdown"
+                );
+                continue;
+            }
             Op::Free { block } => {
                 let Some(k) = live(&m, block) else { continue };
                 let id = m.blocks[k].as_ref().unwrap().0;
@@ -337,7 +381,7 @@ fn run(ops: &[Op], steps: &AtomicU64) -> Result<(), TestCaseError> {
         prop_assert!(backend.live_host_bytes() <= s.host_bytes);
         prop_assert!(backend.live_host_bytes() + external_bytes >= s.host_bytes);
     }
-    for (k, n) in m.holds {
+    for (k, n) in m.holds.into_iter().filter(|_| !shut) {
         if let Some((id, ..)) = &m.blocks[k] {
             for _ in 0..n {
                 engine.unacquire(*id).unwrap();
@@ -368,7 +412,8 @@ fn engine_matches_the_reference_model() {
         })
         .unwrap();
     eprintln!(
-        "model state machine: {cases} sequences, {} steps, 0 failures",
-        steps.load(Ordering::Relaxed)
+        "model state machine: {cases} sequences, {} steps, 0 failures ({} shut down mid-sequence)",
+        steps.load(Ordering::Relaxed),
+        MID_SHUTDOWNS.load(Ordering::Relaxed)
     );
 }

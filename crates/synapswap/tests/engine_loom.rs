@@ -18,20 +18,21 @@ use synapswap::{pattern, BlockId, BlockSpec, Engine, Error};
 const SIZE: u64 = 4096;
 
 fn explore(name: &str, f: impl Fn() + Sync + Send + 'static) {
-    static RUNS: AtomicUsize = AtomicUsize::new(0);
-    RUNS.store(0, Ordering::SeqCst);
+    // Tests run in parallel: each scenario counts its own runs.
+    let runs = std::sync::Arc::new(AtomicUsize::new(0));
     let mut b = loom::model::Builder::new();
     if b.preemption_bound.is_none() {
         b.preemption_bound = Some(2);
     }
     let bound = b.preemption_bound;
+    let counter = runs.clone();
     b.check(move || {
-        RUNS.fetch_add(1, Ordering::SeqCst);
+        counter.fetch_add(1, Ordering::SeqCst);
         f()
     });
     println!(
         "loom scenario {name}: {} interleavings explored (preemption bound {:?})",
-        RUNS.load(Ordering::SeqCst),
+        runs.load(Ordering::SeqCst),
         bound
     );
 }
