@@ -5,7 +5,7 @@
 #
 # Needs the nightly toolchain with the miri and rust-src components
 # (`rustup component add miri rust-src --toolchain nightly`); installs cargo-fuzz if it is missing.
-# About 35 minutes on 2 cores. Knobs: SYNAPSWAP_MODEL_CASES (state-machine sequences, default
+# About 30 minutes on 2 cores. Knobs: SYNAPSWAP_MODEL_CASES (state-machine sequences, default
 # 2000), FUZZ_RUNS (executions per fuzz job, two jobs, default 500000), LOOM_MAX_PREEMPTIONS
 # (default 2).
 set -uo pipefail
@@ -32,7 +32,7 @@ step state-machine env SYNAPSWAP_MODEL_CASES="$CASES" timeout 900 \
     cargo test --release -q -p synapswap --test model_state_machine -- --nocapture
 step faults timeout 300 cargo test --release -q -p synapswap --test engine_faults -- --nocapture
 step loom env RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS="$PREEMPTIONS" timeout 1200 \
-    cargo test --release -p synapswap --test loom --target-dir target/loom -- --nocapture
+    cargo test --release -p synapswap --test engine_loom --target-dir target/loom -- --nocapture
 fuzz() (
     # A subshell: the `cd` stays in here.
     if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -61,6 +61,7 @@ step miri env PROPTEST_CASES=4 MIRIFLAGS=-Zmiri-disable-isolation timeout 900 \
 
 sum() { awk '{ s += $1 } END { print s + 0 }'; }
 steps=$(grep -o "[0-9]* steps" "$log/state-machine.txt" | head -1)
+mid=$(grep -o "[0-9]* shut down mid-sequence" "$log/state-machine.txt" | head -1)
 fired=$(grep -o "failpoint [a-z-]*: [0-9]* injected" "$log/faults.txt" |
     awk '{ n[$2] += $3 } END { for (k in n) printf "%s %d, ", k, n[k] }' | sed 's/:,/,/g; s/: / /g; s/, $//')
 kinds=$(grep -o "failpoint [a-z-]*:" "$log/faults.txt" | sort -u | wc -l)
@@ -78,7 +79,7 @@ miri=$(grep -o "test result: ok. [0-9]* passed" "$log/miri.txt" | head -1)
 tsan=$(grep -c "WARNING: ThreadSanitizer" "$log/tsan.txt" 2>/dev/null)
 echo
 echo "reliability summary ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores):"
-echo "  state machine: $CASES sequences, ${steps:-0 steps} against the reference model"
+echo "  state machine: $CASES sequences (${mid:-0 shut down mid-sequence}), ${steps:-0 steps} against the reference model"
 echo "  loom: $scenarios scenarios, $interleavings interleavings explored (preemption bound $PREEMPTIONS)"
 echo "  fault injection: ${faults:-0 passed} tests; failpoints fired: ${fired:-none} ($kinds of 6 kinds)"
 echo "  fuzz (C ABI, AddressSanitizer): $execs executions, $fuzz_errors crashes/hangs"
