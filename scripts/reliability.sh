@@ -5,7 +5,7 @@
 #
 # Needs the nightly toolchain with the miri and rust-src components
 # (`rustup component add miri rust-src --toolchain nightly`); installs cargo-fuzz if it is missing.
-# About 30 minutes on 2 cores. Knobs: SYNAPSWAP_MODEL_CASES (state-machine sequences, default
+# About 35 minutes on 2 cores. Knobs: SYNAPSWAP_MODEL_CASES (state-machine sequences, default
 # 2000), FUZZ_RUNS (executions per fuzz job, two jobs, default 500000), LOOM_MAX_PREEMPTIONS
 # (default 2).
 set -uo pipefail
@@ -50,12 +50,12 @@ fuzz() (
     exit $rc
 )
 step fuzz fuzz
-step asan env RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS="detect_leaks=1" timeout 900 \
+step asan env SYNAPSWAP_MODEL_CASES=500 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS="detect_leaks=1" timeout 900 \
     cargo +nightly test -q --target x86_64-unknown-linux-gnu --target-dir target/asan -p synapswap --tests
-step tsan env RUSTFLAGS="-Zsanitizer=thread" timeout 900 \
+step tsan env SYNAPSWAP_MODEL_CASES=500 RUSTFLAGS="-Zsanitizer=thread" timeout 900 \
     cargo +nightly test -q -Zbuild-std --target x86_64-unknown-linux-gnu --target-dir target/tsan \
     -p synapswap --test engine_shutdown --test engine_stream --test engine_faults \
-    --test engine_errors --test model_state_machine
+    --test engine_errors --test engine_integrity --test model_state_machine
 step miri env PROPTEST_CASES=4 MIRIFLAGS=-Zmiri-disable-isolation timeout 900 \
     cargo +nightly miri test -p synapswap --lib --target-dir target/miri -- planner:: pool::
 
@@ -84,7 +84,7 @@ echo "  loom: $scenarios scenarios, $interleavings interleavings explored (preem
 echo "  fault injection: ${faults:-0 passed} tests; failpoints fired: ${fired:-none} ($kinds of 6 kinds)"
 echo "  fuzz (C ABI, AddressSanitizer): $execs executions, $fuzz_errors crashes/hangs"
 echo "  AddressSanitizer (engine suite, leak detection): ${asan:-0} reports"
-echo "  ThreadSanitizer (std rebuilt instrumented; threads, shutdown, streams, faults, state machine): ${tsan:-0} reports"
+echo "  ThreadSanitizer (std rebuilt instrumented; integrity, shutdown, streams, faults, errors, state machine): ${tsan:-0} reports"
 echo "  Miri (planner and pool unit tests): ${miri:-not run}"
 echo "  failures: $failures${failed:+ (${failed[*]})}"
 echo "  logs: $log"
