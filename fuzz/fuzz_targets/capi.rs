@@ -219,6 +219,11 @@ impl World {
             .find(|b| b.live && b.owner == owner && b.ptr == ptr)
     }
 
+    /// Whether `h` is a live engine and `p` one of its live blocks: what a call needs to succeed.
+    fn valid(&mut self, h: usize, p: usize) -> bool {
+        self.live_engine(h) && self.block(h, p).is_some()
+    }
+
     fn live_blocks(&self, owner: usize) -> usize {
         self.blocks
             .iter()
@@ -355,7 +360,7 @@ fn run(ops: Vec<Op>) {
             Op::Free(sel, ps) => {
                 let (h, p) = (w.engine(sel), w.pointer(ps));
                 let r = synapswap_engine_free(h as *mut ss_engine_t, p as *mut c_void);
-                let valid = w.live_engine(h) && w.block(h, p).is_some();
+                let valid = w.valid(h, p);
                 if !valid {
                     assert!(
                         r != SS_SUCCESS || p == 0,
@@ -378,7 +383,7 @@ fn run(ops: Vec<Op>) {
                     p as *mut c_void,
                     next as i32,
                 );
-                if !(w.live_engine(h) && w.block(h, p).is_some()) {
+                if !(w.valid(h, p)) {
                     assert_ne!(r, SS_SUCCESS, "register with a bad engine or pointer");
                 }
             }
@@ -392,14 +397,14 @@ fn run(ops: Vec<Op>) {
             Op::Wait(sel, ps) => {
                 let (h, p) = (w.engine(sel), w.pointer(ps));
                 let r = synapswap_engine_wait_for_data(h as *mut ss_engine_t, p as *mut c_void);
-                if !(w.live_engine(h) && w.block(h, p).is_some()) {
+                if !(w.valid(h, p)) {
                     assert_ne!(r, SS_SUCCESS, "wait with a bad engine or pointer");
                 }
             }
             Op::VramPtr { engine, ptr, write } => {
                 let (h, p) = (w.engine(engine), w.pointer(ptr));
                 let d = synapswap_engine_get_vram_ptr(h as *mut ss_engine_t, p as *mut c_void);
-                if w.live_engine(h) && w.block(h, p).is_some() {
+                if w.valid(h, p) {
                     if !d.is_null() {
                         w.device(h, p, d, write);
                     }
@@ -410,7 +415,7 @@ fn run(ops: Vec<Op>) {
             Op::Release(sel, ps) => {
                 let (h, p) = (w.engine(sel), w.pointer(ps));
                 let r = synapswap_engine_release(h as *mut ss_engine_t, p as *mut c_void);
-                if !(w.live_engine(h) && w.block(h, p).is_some()) {
+                if !(w.valid(h, p)) {
                     assert_ne!(r, SS_SUCCESS, "release with a bad engine or pointer");
                 }
             }
@@ -438,7 +443,7 @@ fn run(ops: Vec<Op>) {
                         out,
                     )
                 };
-                if !(w.live_engine(h) && w.block(h, p).is_some()) || null_out {
+                if !(w.valid(h, p)) || null_out {
                     assert_ne!(r, SS_SUCCESS, "acquire_on_stream with bad arguments");
                 } else if r == SS_SUCCESS {
                     w.device(h, p, dev, write);
@@ -455,7 +460,7 @@ fn run(ops: Vec<Op>) {
                     p as *mut c_void,
                     stream as usize as *mut c_void,
                 );
-                if !(w.live_engine(h) && w.block(h, p).is_some()) {
+                if !(w.valid(h, p)) {
                     assert_ne!(r, SS_SUCCESS, "release_on_stream with bad arguments");
                 }
             }

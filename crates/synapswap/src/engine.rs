@@ -3,11 +3,12 @@
 //! never spinning).
 
 use std::fmt;
+// The backend is shared with callers (a public type), so it is always std's `Arc`; the engine's
+// own state uses `crate::sync`, which loom replaces.
+use std::sync::Arc as StdArc;
 
 use crate::backend::{Backend, BackendInfo, Direction, Fence, Memory, SimBackend, SimConfig};
 use crate::planner::{Acquire, Command, Planner, PlannerConfig};
-use std::sync::Arc as StdArc;
-
 use crate::sync::{self, Arc, Condvar, Instant, Mutex, MutexGuard};
 use crate::trace::Trace;
 use crate::transfer::{transfer_thread, TransferQueue};
