@@ -197,6 +197,17 @@ fn default_engine() -> Res<Arc<Instance>> {
     })
 }
 
+/// Runs `f` on the engine behind the handle `engine`: a status call of the instance API (a dead
+/// or forged handle is `SS_ERR_INVALID_PTR`, a panic `SS_ERR_UNKNOWN`).
+fn on_engine(engine: *mut ss_engine_t, f: impl FnOnce(&Instance) -> Res<()>) -> ss_status_t {
+    with(
+        || lookup(engine),
+        SS_ERR_INVALID_PTR,
+        SS_ERR_UNKNOWN,
+        |i| status(i, f(i)),
+    )
+}
+
 /// Runs `f` on the instance `get` finds; failures and panics become `err`.
 fn with<T: Copy>(
     get: impl FnOnce() -> Res<Arc<Instance>>,
@@ -555,12 +566,7 @@ pub extern "C" fn synapswap_engine_free(engine: *mut ss_engine_t, ptr: *mut c_vo
     if ptr.is_null() {
         return SS_SUCCESS;
     }
-    with(
-        || lookup(engine),
-        SS_ERR_INVALID_PTR,
-        SS_ERR_UNKNOWN,
-        |i| status(i, i.free(ptr as usize)),
-    )
+    on_engine(engine, |i| i.free(ptr as usize))
 }
 
 /// `synapswap_register_dependency` on `engine`.
@@ -571,28 +577,15 @@ pub extern "C" fn synapswap_engine_register_dependency(
     data_ptr: *mut c_void,
     next_node_id: c_int,
 ) -> ss_status_t {
-    with(
-        || lookup(engine),
-        SS_ERR_INVALID_PTR,
-        SS_ERR_UNKNOWN,
-        |i| {
-            status(
-                i,
-                i.register_dependency(node_id, data_ptr as usize, next_node_id),
-            )
-        },
-    )
+    on_engine(engine, |i| {
+        i.register_dependency(node_id, data_ptr as usize, next_node_id)
+    })
 }
 
 /// `synapswap_precompute_hint` on `engine`; `SS_ERR_NOT_FOUND` for an unknown node.
 #[no_mangle]
 pub extern "C" fn synapswap_engine_hint(engine: *mut ss_engine_t, node_id: c_int) -> ss_status_t {
-    with(
-        || lookup(engine),
-        SS_ERR_INVALID_PTR,
-        SS_ERR_UNKNOWN,
-        |i| status(i, i.hint(node_id)),
-    )
+    on_engine(engine, |i| i.hint(node_id))
 }
 
 /// `synapswap_wait_for_data` on `engine`.
@@ -601,12 +594,7 @@ pub extern "C" fn synapswap_engine_wait_for_data(
     engine: *mut ss_engine_t,
     ptr: *mut c_void,
 ) -> ss_status_t {
-    with(
-        || lookup(engine),
-        SS_ERR_INVALID_PTR,
-        SS_ERR_UNKNOWN,
-        |i| status(i, i.device_ptr(ptr as usize).map(|_| ())),
-    )
+    on_engine(engine, |i| i.device_ptr(ptr as usize).map(|_| ()))
 }
 
 /// `synapswap_get_vram_ptr` on `engine`.
@@ -630,12 +618,7 @@ pub extern "C" fn synapswap_engine_release(
     engine: *mut ss_engine_t,
     ptr: *mut c_void,
 ) -> ss_status_t {
-    with(
-        || lookup(engine),
-        SS_ERR_INVALID_PTR,
-        SS_ERR_UNKNOWN,
-        |i| status(i, i.release(ptr as usize)),
-    )
+    on_engine(engine, |i| i.release(ptr as usize))
 }
 
 /// Stream-ordered acquire: makes the block's data available to work queued on `stream` (a
@@ -652,24 +635,15 @@ pub unsafe extern "C" fn synapswap_engine_acquire_on_stream(
     stream: *mut c_void,
     device_ptr: *mut *mut c_void,
 ) -> ss_status_t {
-    with(
-        || lookup(engine),
-        SS_ERR_INVALID_PTR,
-        SS_ERR_UNKNOWN,
-        |i| {
-            if device_ptr.is_null() {
-                return status(i, fail(SS_ERR_INVALID_PTR, "NULL device_ptr"));
-            }
-            match i.acquire_on_stream(ptr as usize, stream as u64) {
-                Ok(addr) => {
-                    // SAFETY: non-null and writable by the caller's contract.
-                    unsafe { device_ptr.write(addr as *mut c_void) };
-                    SS_SUCCESS
-                }
-                Err(f) => report(Some(i), &f),
-            }
-        },
-    )
+    on_engine(engine, |i| {
+        if device_ptr.is_null() {
+            return fail(SS_ERR_INVALID_PTR, "NULL device_ptr");
+        }
+        let addr = i.acquire_on_stream(ptr as usize, stream as u64)?;
+        // SAFETY: non-null and writable by the caller's contract.
+        unsafe { device_ptr.write(addr as *mut c_void) };
+        Ok(())
+    })
 }
 
 /// Stream-ordered release: the block's memory may be reused once the work queued on `stream`
@@ -680,12 +654,7 @@ pub extern "C" fn synapswap_engine_release_on_stream(
     ptr: *mut c_void,
     stream: *mut c_void,
 ) -> ss_status_t {
-    with(
-        || lookup(engine),
-        SS_ERR_INVALID_PTR,
-        SS_ERR_UNKNOWN,
-        |i| status(i, i.release_on_stream(ptr as usize, stream as u64)),
-    )
+    on_engine(engine, |i| i.release_on_stream(ptr as usize, stream as u64))
 }
 
 /// Fills `*stats` with `engine`'s statistics.
@@ -697,12 +666,7 @@ pub unsafe extern "C" fn synapswap_engine_get_stats(
     engine: *mut ss_engine_t,
     stats: *mut ss_stats_t,
 ) -> ss_status_t {
-    with(
-        || lookup(engine),
-        SS_ERR_INVALID_PTR,
-        SS_ERR_UNKNOWN,
-        |i| status(i, fill_stats(i, stats)),
-    )
+    on_engine(engine, |i| fill_stats(i, stats))
 }
 
 #[cfg(test)]

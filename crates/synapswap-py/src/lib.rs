@@ -56,6 +56,24 @@ fn policy_arg(policy: &str) -> PyResult<Policy> {
     policy.parse().map_err(err)
 }
 
+/// The spec `alloc` and `alloc_external` build from their keyword arguments.
+fn spec_arg(
+    size: &Bound<'_, PyAny>,
+    name: Option<String>,
+    priority: u8,
+    policy: &str,
+    mutable: bool,
+) -> PyResult<BlockSpec> {
+    let spec = BlockSpec::new(size_arg(size)?)
+        .priority(priority)
+        .policy(policy_arg(policy)?)
+        .mutable(mutable);
+    Ok(match name {
+        Some(n) => spec.name(n),
+        None => spec,
+    })
+}
+
 fn block_arg(raw: u64) -> BlockId {
     BlockId::from_raw(raw)
 }
@@ -319,13 +337,7 @@ impl PyEngine {
         policy: &str,
         mutable: bool,
     ) -> PyResult<u64> {
-        let mut spec = BlockSpec::new(size_arg(size)?)
-            .priority(priority)
-            .policy(policy_arg(policy)?)
-            .mutable(mutable);
-        if let Some(n) = name {
-            spec = spec.name(n);
-        }
+        let spec = spec_arg(size, name, priority, policy, mutable)?;
         Ok(self.inner.alloc(spec).map_err(err)?.to_raw())
     }
 
@@ -344,13 +356,7 @@ impl PyEngine {
         mutable: bool,
         read_only: bool,
     ) -> PyResult<u64> {
-        let mut spec = BlockSpec::new(size_arg(size)?)
-            .priority(priority)
-            .policy(policy_arg(policy)?)
-            .mutable(mutable);
-        if let Some(n) = name {
-            spec = spec.name(n);
-        }
+        let spec = spec_arg(size, name, priority, policy, mutable)?;
         // SAFETY: the caller's contract above, as documented for Python callers; the torch
         // integration keeps every tensor it registers alive until it frees the block.
         let id = unsafe { self.inner.alloc_external(spec, ptr as *mut u8, read_only) };
