@@ -121,6 +121,10 @@ struct State {
     node_holds: HashMap<BlockId, u64>,
     /// Holds taken by acquire_on_stream: block -> count.
     stream_holds: HashMap<BlockId, u32>,
+    /// Blocks allocated with SS_BLOCK_MUTABLE. The C API hands out raw device pointers and
+    /// cannot say whether a kernel wrote through one, so each hold of such a block marks it
+    /// written (dirty): it is written back before eviction, whether or not it changed.
+    mutable: std::collections::HashSet<BlockId>,
     current_node: Option<i32>,
 }
 
@@ -232,7 +236,11 @@ impl Instance {
                 return Err(e.into());
             }
         };
-        self.lock()?.blocks.insert(ptr, id);
+        let mut st = self.lock()?;
+        st.blocks.insert(ptr, id);
+        if mutable {
+            st.mutable.insert(id);
+        }
         Ok(ptr)
     }
 
@@ -250,6 +258,7 @@ impl Instance {
         self.engine.free(id)?;
         let mut st = self.lock()?;
         st.blocks.remove(&ptr);
+        st.mutable.remove(&id);
         for uses in st.graph.uses.values_mut() {
             uses.retain(|&b| b != id);
         }
@@ -323,6 +332,7 @@ impl Instance {
         drop(st);
         // Not under the instance lock: a wait can take as long as a copy.
         let addr = self.engine.acquire(id)?;
+        self.written(id)?;
         let mut st = self.lock()?;
         if st.node_holds.insert(id, addr).is_some() {
             // Another thread took the node hold meanwhile: keep one.
@@ -345,12 +355,21 @@ impl Instance {
         Ok(())
     }
 
+    /// A held mutable block may be written through its device pointer: mark it dirty.
+    fn written(&self, id: BlockId) -> Res<()> {
+        if self.lock()?.mutable.contains(&id) {
+            self.engine.mark_dirty(id)?;
+        }
+        Ok(())
+    }
+
     /// Stream-ordered acquire (see `Engine::acquire_on_stream`).
     pub fn acquire_on_stream(&self, ptr: usize, stream: u64) -> Res<usize> {
         let st = self.lock()?;
         let id = Self::block_of(&st, ptr)?;
         drop(st);
         let addr = self.engine.acquire_on_stream(id, stream)?;
+        self.written(id)?;
         *self.lock()?.stream_holds.entry(id).or_insert(0) += 1;
         Ok(addr as usize)
     }

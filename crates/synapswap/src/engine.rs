@@ -1,18 +1,37 @@
 //! The runtime and the Rust API: an [`Engine`] owns a planner, a device arena, the blocks' host
 //! copies and a transfer thread; callers block only in [`Engine::wait`] (on a condition variable,
 //! never spinning).
+//!
+//! Two rules hold everywhere here:
+//! - **Driver calls run outside the state lock.** The planner decides under the lock; copies,
+//!   fence records and fence queries are issued after it is dropped, with the block held (or in
+//!   transfer) so that nothing it decided can change underneath.
+//! - **Every use ends stream-ordered.** A guard's drop, [`Engine::unacquire`] and
+//!   [`Engine::unacquire_on_stream`] record a fence on the consumer's stream (the default stream
+//!   unless one is named); the block's memory is reused, and a mutable block written back, only
+//!   once the work queued there before the release has run.
+//!
+//! A [`crate::Error::DeviceLost`] from the backend is sticky: the engine fails every later call
+//! with it (stats and shutdown still work). Every other backend error fails only its own call or
+//! copy.
 
 use std::fmt;
 // The backend is shared with callers (a public type), so it is always std's `Arc`; the engine's
 // own state uses `crate::sync`, which loom replaces.
 use std::sync::Arc as StdArc;
 
-use crate::backend::{Backend, BackendInfo, Direction, Fence, Memory, SimBackend, SimConfig};
+use crate::backend::{
+    Backend, BackendInfo, Borrowed, Direction, Fence, Memory, SimBackend, SimConfig,
+};
 use crate::planner::{Acquire, Command, Planner, PlannerConfig};
 use crate::sync::{self, Arc, Condvar, Instant, Mutex, MutexGuard};
 use crate::trace::Trace;
 use crate::transfer::{transfer_thread, TransferQueue};
 use crate::{BlockId, BlockSpec, Error, Residency, Result, Stats};
+
+/// The consumer stream that [`Engine::wait`], [`Engine::acquire`] and [`Engine::unacquire`] order
+/// releases after: the default (legacy) stream, `0`.
+pub const DEFAULT_STREAM: u64 = 0;
 
 /// Default copy chunk: large enough to run PCIe near its peak (16 MiB reached 55 GB/s on an H200,
 /// 4 MiB 53), small enough that a demand load never waits long behind a prefetch.
@@ -103,7 +122,10 @@ impl EngineBuilder {
                 trace: self.trace.then(Trace::default),
                 manual_holds: Vec::new(),
                 deferred: Vec::new(),
+                lost: None,
+                external: Vec::new(),
             }),
+            io: Mutex::new(()),
             ready: Condvar::new(),
             work: Condvar::new(),
             host_addressable: backend.host_addressable(),
@@ -131,6 +153,9 @@ pub(crate) struct Shared {
     /// Signalled when copy jobs are queued or the engine shuts down (transfer thread).
     pub work: Condvar,
     pub backend: StdArc<dyn Backend>,
+    /// Serialises the synchronous copies of `write`, `read` and a guard's device reads and
+    /// writes, which run outside the state lock.
+    io: Mutex<()>,
     /// The device pool. Never read through this field (the state keeps its base address); held
     /// here so it is freed only when the last reference goes, after every guard is gone.
     #[allow(dead_code)]
@@ -154,6 +179,10 @@ pub(crate) struct State {
     manual_holds: Vec<u32>,
     /// Stream-ordered releases waiting for their fence: the hold is dropped once it completed.
     pub deferred: Vec<(BlockId, Fence)>,
+    /// The sticky device error that ended the engine, if any.
+    pub lost: Option<Error>,
+    /// Whether the block's host copy is a caller's buffer (by block index).
+    external: Vec<bool>,
 }
 
 impl State {
@@ -204,36 +233,36 @@ impl State {
         }
     }
 
-    /// Drops the holds of stream-ordered releases whose fence has completed. Returns whether
-    /// any is still pending.
-    pub fn poll_deferred(&mut self, shared: &Shared) -> bool {
-        if self.deferred.is_empty() {
-            return false;
-        }
-        let mut i = 0;
+    /// The fences of pending stream-ordered releases, to query outside the lock.
+    pub fn deferred_fences(&self) -> Vec<u64> {
+        self.deferred.iter().map(|(_, f)| f.0).collect()
+    }
+
+    /// Drops the holds of the stream-ordered releases whose fence (by id) completed.
+    pub fn release_fenced(&mut self, shared: &Shared, done: &[u64]) {
         let mut released = false;
-        while i < self.deferred.len() {
-            // A fence that cannot be queried (the driver failed) counts as done: holding the
-            // block forever would not make its memory any safer to reuse.
-            if shared
-                .backend
-                .fence_done(&self.deferred[i].1)
-                .unwrap_or(true)
-            {
+        for &fence in done {
+            if let Some(i) = self.deferred.iter().position(|(_, f)| f.0 == fence) {
                 let (id, fence) = self.deferred.swap_remove(i);
                 shared.backend.drop_fence(fence);
                 self.planner.defer_release(false);
                 self.planner.unhold(id);
                 released = true;
-            } else {
-                i += 1;
             }
         }
         if released {
             self.apply_commands(shared);
             shared.ready.notify_all();
         }
-        !self.deferred.is_empty()
+    }
+
+    /// The engine lost its device: every copy not yet submitted fails, waiters are woken (they
+    /// return the error), and no copy is submitted again.
+    pub fn fail_device(&mut self, shared: &Shared, e: Error) {
+        if self.lost.is_none() {
+            self.lost = Some(e);
+        }
+        shared.ready.notify_all();
     }
 
     /// Takes back one hold counted by [`Engine::acquire`] (the planner's hold is the caller's to
@@ -309,6 +338,9 @@ impl Engine {
         if st.shutdown {
             return Err(Error::ShutDown);
         }
+        if let Some(e) = &st.lost {
+            return Err(e.clone());
+        }
         Ok(st)
     }
 
@@ -327,16 +359,30 @@ impl Engine {
         }
     }
 
-    /// Waits (on the condition variable) until no copy of `id` is queued or running.
+    /// Waits (on the condition variable) until no copy of `id` is queued or running and no
+    /// stream-ordered release of it is still waiting for its fence: a consumer's kernel queued
+    /// before such a release may still read or write the block's device bytes.
     fn settle<'a>(
         &'a self,
         mut st: MutexGuard<'a, State>,
         id: BlockId,
     ) -> Result<MutexGuard<'a, State>> {
         loop {
+            if st.deferred.iter().any(|(b, _)| *b == id) {
+                // The transfer thread polls fences and signals `ready` when one completes.
+                st =
+                    sync::wait_timeout(&self.shared.ready, st, std::time::Duration::from_millis(1));
+                if st.shutdown {
+                    return Err(Error::ShutDown);
+                }
+                continue;
+            }
             st.planner.spec(id)?;
             if st.shutdown {
                 return Err(Error::ShutDown);
+            }
+            if let Some(e) = &st.lost {
+                return Err(e.clone());
             }
             let moving = matches!(
                 st.planner.residency(id)?,
@@ -367,18 +413,20 @@ impl Engine {
         }
         // Allocate (and zero) the host copy outside the lock: it can be gigabytes.
         let host = self.shared.backend.alloc_host(spec.size)?;
-        self.add_block(spec, host)
+        self.add_block(spec, host, false)
     }
 
-    /// Registers a block whose host copy is `host`.
-    fn add_block(&self, spec: BlockSpec, host: Box<dyn Memory>) -> Result<BlockId> {
+    /// Registers a block whose host copy is `host` (a caller's buffer if `external`).
+    fn add_block(&self, spec: BlockSpec, host: Box<dyn Memory>, external: bool) -> Result<BlockId> {
         let mut st = self.lock_live()?;
         let id = st.planner.add_block(spec)?;
         let i = id.index as usize;
         if st.hosts.len() <= i {
             st.hosts.resize_with(i + 1, || None);
+            st.external.resize(i + 1, false);
         }
         st.hosts[i] = Some(host);
+        st.external[i] = external;
         Ok(id)
     }
 
@@ -410,32 +458,21 @@ impl Engine {
             st.planner.validate(&spec)?;
         }
         // SAFETY: forwarded from this function's contract.
-        let host = unsafe {
-            self.shared
-                .backend
-                .register_host(ptr, spec.size, read_only)?
+        let host = match unsafe { self.shared.backend.register_host(ptr, spec.size, read_only) } {
+            Ok(h) => h,
+            // The buffer shares a page with one registered before (separate tensors packed in
+            // one allocation): CUDA refuses to register it twice, so it is used as it is,
+            // pageable. Copies from it are correct, only slower (staged by the driver).
+            Err(Error::AlreadyRegistered { .. }) => Box::new(Borrowed::new(ptr as u64, spec.size)),
+            Err(e) => return Err(e),
         };
-        self.add_block(spec, host)
+        self.add_block(spec, host, true)
     }
 
     /// Frees a block: its host copy and any device space. Waits for its copies in flight; fails
     /// with [`Error::BlockInUse`] while a guard holds it.
     pub fn free(&self, id: BlockId) -> Result<()> {
-        let mut st = self.lock_live()?;
-        // A stream-ordered release still running on its stream: its memory is in use until then.
-        while st.deferred.iter().any(|(b, _)| *b == id) {
-            if !st.poll_deferred(&self.shared) {
-                break;
-            }
-            st = sync::wait_timeout(
-                &self.shared.ready,
-                st,
-                std::time::Duration::from_micros(200),
-            );
-            if st.shutdown {
-                return Err(Error::ShutDown);
-            }
-        }
+        let st = self.lock_live()?;
         let mut st = self.settle(st, id)?;
         st.planner.remove_block(id)?;
         if let Some(n) = st.manual_holds.get_mut(id.index as usize) {
@@ -452,8 +489,9 @@ impl Engine {
     /// device copy is updated too, so both stay coherent. Waits for the block's copies in flight;
     /// fails with [`Error::BlockInUse`] while a guard holds it.
     pub fn write(&self, id: BlockId, offset: u64, data: &[u8]) -> Result<()> {
+        let _io = sync::lock(&self.shared.io);
         let st = self.lock_live()?;
-        let st = self.settle(st, id)?;
+        let mut st = self.settle(st, id)?;
         st.check_range(id, offset, data.len() as u64)?;
         if st.planner.is_busy(id)? {
             return Err(Error::BlockInUse(id));
@@ -465,41 +503,64 @@ impl Engine {
         unsafe {
             std::ptr::copy_nonoverlapping(data.as_ptr(), host as usize as *mut u8, data.len());
         }
-        if let Some(dev) = st.planner.device_offset(id)? {
-            let device = st.arena_base + dev + offset;
-            // SAFETY: the device range lies in the block's resident region; no guard holds the
-            // block (checked) and no copy is in flight, so nobody else touches it.
-            unsafe {
-                self.shared.backend.copy_now(
-                    Direction::HostToDevice,
-                    host as usize as *mut u8,
-                    device,
-                    data.len(),
-                )?;
-            }
+        let Some(dev) = st.planner.device_offset(id)? else {
+            return Ok(());
+        };
+        let device = st.arena_base + dev + offset;
+        // Held (not a use) while the device copy runs outside the lock, so it stays where it is.
+        st.planner.hold(id)?;
+        drop(st);
+        // SAFETY: the device range lies in the block's resident region, which the hold keeps
+        // allocated; no guard held the block (checked) and `io` serialises the other synchronous
+        // copies, so nobody else touches it.
+        let r = unsafe {
+            self.shared.backend.copy_now(
+                Direction::HostToDevice,
+                host as usize as *mut u8,
+                device,
+                data.len(),
+            )
+        };
+        self.after_driver_call(&r);
+        self.unhold(id);
+        r
+    }
+
+    /// Notes a sticky device error from a driver call made outside the lock.
+    fn after_driver_call<T>(&self, r: &Result<T>) {
+        if let Err(e @ Error::DeviceLost(_)) = r {
+            let mut st = self.lock();
+            st.fail_device(&self.shared, e.clone());
+            drop(st);
+            self.shared.work.notify_all();
         }
-        Ok(())
     }
 
     /// Reads the block's current bytes at `offset`: from the device if a mutable block was changed
     /// there, else from the host copy.
     pub fn read(&self, id: BlockId, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let _io = sync::lock(&self.shared.io);
         let st = self.lock_live()?;
-        let st = self.settle(st, id)?;
+        let mut st = self.settle(st, id)?;
         st.check_range(id, offset, buf.len() as u64)?;
         match (st.planner.is_dirty(id)?, st.planner.device_offset(id)?) {
             (true, Some(dev)) => {
                 let device = st.arena_base + dev + offset;
-                // SAFETY: the range lies in the block's resident region; the lock is held, so no
-                // guard writes through `write_device` concurrently.
-                unsafe {
+                st.planner.hold(id)?;
+                drop(st);
+                // SAFETY: the range lies in the block's resident region, which the hold keeps
+                // allocated; `io` keeps a guard's `write_device` out meanwhile.
+                let r = unsafe {
                     self.shared.backend.copy_now(
                         Direction::DeviceToHost,
                         buf.as_mut_ptr(),
                         device,
                         buf.len(),
-                    )?;
-                }
+                    )
+                };
+                self.after_driver_call(&r);
+                self.unhold(id);
+                r?;
             }
             _ => {
                 let host = st.host_addr(id) + offset;
@@ -554,15 +615,39 @@ impl Engine {
     }
 
     /// Returns once `block` is on the device, holding it there until the guard is dropped. A block
-    /// the schedule did not predict is loaded on demand, ahead of every prefetch.
+    /// the schedule did not predict is loaded on demand, ahead of every prefetch. The guard's
+    /// drop is ordered after the work queued on the default stream (stream 0) by then; use
+    /// [`Engine::wait_on_stream`] for work on another stream.
     pub fn wait(&self, id: BlockId) -> Result<Guard<'_>> {
+        self.wait_on_stream(id, DEFAULT_STREAM)
+    }
+
+    /// [`Engine::wait`] for a consumer whose work on the block runs on `stream` (a `CUstream` as
+    /// an integer; on sim, a stream of [`SimBackend::create_stream`]): when the guard drops, the
+    /// block's memory is reused only after the work queued on `stream` by then has run.
+    pub fn wait_on_stream(&self, id: BlockId, stream: u64) -> Result<Guard<'_>> {
+        let offset = self.take_hold(id)?;
+        let st = self.lock();
+        let spec = st.planner.spec(id)?;
+        Ok(Guard {
+            engine: self,
+            id,
+            addr: st.arena_base + offset,
+            len: spec.size,
+            mutable: spec.mutable,
+            stream,
+        })
+    }
+
+    /// Waits until `block` is on the device and takes a hold on it; returns its arena offset.
+    fn take_hold(&self, id: BlockId) -> Result<u64> {
         let mut st = self.lock_live()?;
-        let offset = match st.planner.acquire(id)? {
+        match st.planner.acquire(id)? {
             Acquire::Ready(offset) => {
                 // A hit can still let prefetches (and the evictions they need) through: hand
                 // them to the transfer thread now, not at some later call.
                 st.apply_commands(&self.shared);
-                offset
+                Ok(offset)
             }
             Acquire::Pending => {
                 st.apply_commands(&self.shared);
@@ -572,23 +657,19 @@ impl Engine {
                         st.planner.cancel_wait(id);
                         return Err(Error::ShutDown);
                     }
+                    if let Some(e) = st.lost.clone() {
+                        st.planner.cancel_wait(id);
+                        return Err(e);
+                    }
                     if let Some(r) = st.planner.poll_waiter(id) {
                         st.planner.add_stall(t0.elapsed().as_secs_f64());
                         st.apply_commands(&self.shared);
-                        break r?;
+                        return r;
                     }
                     st = sync::wait(&self.shared.ready, st);
                 }
             }
-        };
-        let spec = st.planner.spec(id)?;
-        Ok(Guard {
-            engine: self,
-            id,
-            addr: st.arena_base + offset,
-            len: spec.size,
-            mutable: spec.mutable,
-        })
+        }
     }
 
     /// Waits for `block` like [`Engine::wait`] and keeps it held until [`Engine::unacquire`]: the
@@ -596,60 +677,88 @@ impl Engine {
     /// Returns the device address of the block's first byte (a host address on `sim`). Holds
     /// nest: each `acquire` needs its own `unacquire`.
     pub fn acquire(&self, id: BlockId) -> Result<u64> {
-        let guard = self.wait(id)?;
-        let addr = guard.device_ptr();
+        let offset = self.take_hold(id)?;
         let mut st = self.lock();
         let i = id.index as usize;
         if st.manual_holds.len() <= i {
             st.manual_holds.resize(i + 1, 0);
         }
         st.manual_holds[i] += 1;
-        drop(st);
-        // The guard's hold now belongs to the manual count; `unacquire` drops it.
-        std::mem::forget(guard);
-        Ok(addr)
+        Ok(st.arena_base + offset)
     }
 
-    /// Drops one hold taken by [`Engine::acquire`]. Fails with [`Error::NotHeld`] if `block` has
-    /// none (a guard's hold can only be dropped by dropping the guard).
+    /// Drops one hold taken by [`Engine::acquire`], ordered after the work queued on the
+    /// default stream (stream 0) so far. Fails with [`Error::NotHeld`] if `block` has none (a
+    /// guard's hold can only be dropped by dropping the guard).
     pub fn unacquire(&self, id: BlockId) -> Result<()> {
-        let mut st = self.lock();
-        st.take_manual_hold(id)?;
-        drop(st);
-        self.unhold(id);
-        Ok(())
+        self.unacquire_on_stream(id, DEFAULT_STREAM)
     }
 
     /// Stream-ordered acquire: [`Engine::acquire`] for work queued on `stream` (a `CUstream` as an
     /// integer, 0 for the default stream). The block's copy has completed when this returns, so
     /// anything later queued on any stream sees its bytes. The host waits only if the block is not
-    /// on the device yet (a stall the prefetcher failed to hide); the stream is never made to wait
-    /// on a copy still in flight.
+    /// on the device yet (a stall the prefetcher failed to hide).
     pub fn acquire_on_stream(&self, id: BlockId, stream: u64) -> Result<u64> {
         let _ = stream;
         self.acquire(id)
     }
 
     /// Stream-ordered release of a hold taken by [`Engine::acquire`] / `acquire_on_stream`: the
-    /// block's memory is not reused before the work queued on `stream` so far has completed (a
-    /// fence recorded there; on sim, at once).
+    /// block's memory is not reused (nor a mutable block written back) before the work queued on
+    /// `stream` so far has run: a fence recorded there. If the fence cannot be recorded, the hold
+    /// stays with the caller, who may retry.
     pub fn unacquire_on_stream(&self, id: BlockId, stream: u64) -> Result<()> {
-        let mut st = self.lock_live()?;
-        st.take_manual_hold(id)?;
-        match self.shared.backend.record_fence(stream) {
-            Ok(Some(fence)) => {
-                st.planner.defer_release(true);
-                st.deferred.push((id, fence));
-                self.shared.work.notify_one();
-            }
-            Ok(None) => {
-                drop(st);
-                self.unhold(id);
-            }
-            Err(e) => {
+        self.lock_live()?.take_manual_hold(id)?;
+        if let Err(e) = self.end_use(id, stream) {
+            if !matches!(e, Error::DeviceLost(_)) {
                 // Undo: the hold stays with the caller, who may retry or unacquire.
-                st.manual_holds[id.index as usize] += 1;
+                let mut st = self.lock();
+                if let Some(n) = st.manual_holds.get_mut(id.index as usize) {
+                    *n += 1;
+                }
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Records that the caller wrote the device bytes of a mutable block it holds (through its
+    /// device pointer, in a kernel): the block is written back before it leaves the device. Only
+    /// written blocks are written back; [`Guard::write_device`] marks its block itself.
+    pub fn mark_dirty(&self, id: BlockId) -> Result<()> {
+        self.lock_live()?.planner.mark_dirty(id)
+    }
+
+    /// Ends one hold of `id` after the work queued on `stream` so far: a fence recorded there
+    /// (outside the lock) defers the release until it completes. A fence already complete (or
+    /// none needed) releases at once. `Err`: nothing was released (except on a lost device,
+    /// where nothing will run any more and the hold is dropped).
+    fn end_use(&self, id: BlockId, stream: u64) -> Result<()> {
+        let backend = &self.shared.backend;
+        let fence = match backend.record_fence(stream) {
+            Ok(Some(f)) => match backend.fence_done(&f) {
+                Ok(false) => Some(f),
+                Ok(true) | Err(_) => {
+                    backend.drop_fence(f);
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e @ Error::DeviceLost(_)) => {
+                self.after_driver_call::<()>(&Err(e.clone()));
+                self.unhold(id);
                 return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        match fence {
+            None => self.unhold(id),
+            Some(f) => {
+                let mut st = self.lock();
+                st.planner.defer_release(true);
+                st.deferred.push((id, f));
+                drop(st);
+                self.shared.work.notify_one();
             }
         }
         Ok(())
@@ -716,6 +825,64 @@ impl Engine {
             // still consistent (every unlock point is), so shutdown goes on.
             let _ = t.join();
         }
+        // Stream-ordered releases still running: their kernels may write the blocks that are
+        // written back below, and read memory freed with the engine. Wait for their fences
+        // (nothing runs any more on a lost device).
+        loop {
+            let fences = self.lock().deferred_fences();
+            if fences.is_empty() {
+                break;
+            }
+            let done: Vec<u64> = fences
+                .into_iter()
+                .filter(|&f| self.shared.backend.fence_done(&Fence(f)).unwrap_or(true))
+                .collect();
+            let mut st = self.lock();
+            st.release_fenced(&self.shared, &done);
+            if !st.deferred.is_empty() {
+                drop(st);
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        }
+        // A caller-owned mutable block keeps the engine's only copy of what was written on the
+        // device: copy it into the caller's buffer before the device memory goes.
+        let (dirty, lost) = {
+            let st = self.lock();
+            let dirty: Vec<(u64, u64, u64)> = st
+                .planner
+                .dirty_resident()
+                .into_iter()
+                .filter_map(|(id, offset, size)| {
+                    let i = id.index as usize;
+                    let host = st.hosts.get(i)?.as_ref()?.addr();
+                    (st.external.get(i) == Some(&true)).then_some((
+                        host,
+                        st.arena_base + offset,
+                        size,
+                    ))
+                })
+                .collect();
+            (dirty, st.lost.is_some())
+        };
+        if !lost {
+            for (host, device, size) in dirty {
+                // SAFETY: the host range is the block's caller-owned host copy (alive until the
+                // caller's `free`, past this engine's shutdown, by `alloc_external`'s contract);
+                // the device range is its resident region; the transfer thread has exited and
+                // every release's fence completed, so nothing else touches either.
+                let r = unsafe {
+                    self.shared.backend.copy_now(
+                        Direction::DeviceToHost,
+                        host as usize as *mut u8,
+                        device,
+                        size as usize,
+                    )
+                };
+                if r.is_err() {
+                    break;
+                }
+            }
+        }
         let (hosts, deferred) = {
             let mut st = self.lock();
             (
@@ -743,6 +910,8 @@ pub struct Guard<'a> {
     addr: u64,
     len: u64,
     mutable: bool,
+    /// The consumer's stream: the release is ordered after the work queued there.
+    stream: u64,
 }
 
 impl fmt::Debug for Guard<'_> {
@@ -790,18 +959,20 @@ impl Guard<'_> {
 
     /// Copies device bytes at `offset` into `buf`.
     pub fn read_device(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let _st = self.engine.lock();
         self.check(offset, buf.len())?;
+        let _io = sync::lock(&self.engine.shared.io);
         // SAFETY: the range lies inside the block's resident region (checked), which this guard
-        // keeps allocated; the engine lock serialises it with `write_device`.
-        unsafe {
+        // keeps allocated; `io` serialises it with `write_device` and the engine's own copies.
+        let r = unsafe {
             self.engine.shared.backend.copy_now(
                 Direction::DeviceToHost,
                 buf.as_mut_ptr(),
                 self.addr + offset,
                 buf.len(),
             )
-        }
+        };
+        self.engine.after_driver_call(&r);
+        r
     }
 
     /// Writes `data` into the device copy at `offset` (mutable blocks only). The change reaches the
@@ -810,18 +981,21 @@ impl Guard<'_> {
         if !self.mutable {
             return Err(Error::NotMutable(self.id));
         }
-        let _st = self.engine.lock();
         self.check(offset, data.len())?;
+        self.engine.lock_live()?.planner.mark_dirty(self.id)?;
+        let _io = sync::lock(&self.engine.shared.io);
         // SAFETY: as in `read_device`; `as_slice` is never handed out for mutable blocks, so no
         // shared borrow of these bytes exists.
-        unsafe {
+        let r = unsafe {
             self.engine.shared.backend.copy_now(
                 Direction::HostToDevice,
                 data.as_ptr() as *mut u8,
                 self.addr + offset,
                 data.len(),
             )
-        }
+        };
+        self.engine.after_driver_call(&r);
+        r
     }
 
     fn check(&self, offset: u64, len: usize) -> Result<()> {
@@ -838,7 +1012,11 @@ impl Guard<'_> {
 }
 
 impl Drop for Guard<'_> {
+    /// Ends the use after the work queued on the guard's stream so far. If no fence can be
+    /// recorded there (a transient driver error), the hold is kept: the block stays resident
+    /// until it is freed or the engine shuts down, since reusing memory a kernel may still read
+    /// would be worse than losing its room.
     fn drop(&mut self) {
-        self.engine.unhold(self.id);
+        let _ = self.engine.end_use(self.id, self.stream);
     }
 }

@@ -58,6 +58,14 @@ pub enum Error {
     /// The device backend reported an error.
     #[error("backend error: {0}")]
     Backend(String),
+    /// The device context is lost (a sticky error: an illegal address, a dead driver, an ECC
+    /// error). Every later call fails with it; shut the engine down.
+    #[error("the device is lost (sticky error; shut the engine down): {0}")]
+    DeviceLost(String),
+    /// The host range shares a page with a range already registered with the device (CUDA
+    /// refuses overlapping `cuMemHostRegister` ranges).
+    #[error("host range {addr:#x}+{len} overlaps a range already registered with the device")]
+    AlreadyRegistered { addr: u64, len: u64 },
     /// The requested backend is not available on this machine.
     #[error("backend '{name}' is unavailable: {reason}")]
     BackendUnavailable { name: String, reason: String },

@@ -41,6 +41,6 @@ mod transfer;
 pub mod workload;
 
 pub use block::{BlockId, BlockSpec, Policy, Residency, DEFAULT_PRIORITY, MAX_PRIORITY};
-pub use engine::{Engine, EngineBuilder, Guard, DEFAULT_CHUNK_BYTES};
+pub use engine::{Engine, EngineBuilder, Guard, DEFAULT_CHUNK_BYTES, DEFAULT_STREAM};
 pub use error::{Error, Result};
 pub use stats::{PrefetchStats, Stats};

@@ -139,6 +139,9 @@ struct Block {
     /// Its last write-back failed: not a victim again until it is used (so a failing link makes
     /// the placement that needed the room fail, instead of retrying the write-back forever).
     writeback_failed: bool,
+    /// Its last load failed: not prefetched again until it is used (a link that keeps failing
+    /// must not make prefetch place and fail the same block forever).
+    load_failed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -499,6 +502,7 @@ impl Planner {
             last_use_epoch: u64::MAX,
             error: None,
             writeback_failed: false,
+            load_failed: false,
         };
         let index = if let Some(i) = self.free_slots.pop() {
             let slot = &mut self.slots[i as usize];
@@ -552,6 +556,42 @@ impl Planner {
     pub fn is_busy(&self, id: BlockId) -> Result<bool> {
         let b = self.block(id)?;
         Ok(b.holds > 0 || b.waiters > 0)
+    }
+
+    /// Records that a held mutable block's device bytes were written (a kernel or
+    /// [`crate::Guard::write_device`]): it is written back before it leaves the device. Only a
+    /// written block is dirty; a use alone is not.
+    pub fn mark_dirty(&mut self, id: BlockId) -> Result<()> {
+        let b = self.block_mut(id)?;
+        if !b.spec.mutable {
+            return Err(Error::NotMutable(id));
+        }
+        if !matches!(b.state, State::Resident { .. }) || b.holds == 0 {
+            return Err(Error::NotHeld(id));
+        }
+        b.dirty = true;
+        Ok(())
+    }
+
+    /// Takes a hold that is not a use (the runtime copying bytes of a resident block outside its
+    /// lock): the block cannot be evicted until [`Planner::unhold`].
+    pub fn hold(&mut self, id: BlockId) -> Result<()> {
+        self.block_mut(id)?.holds += 1;
+        Ok(())
+    }
+
+    /// Resident blocks whose device bytes are newer than their host copy: (block, arena offset,
+    /// size). Shutdown writes them back into caller-owned buffers.
+    pub fn dirty_resident(&self) -> Vec<(BlockId, u64, u64)> {
+        let mut v = Vec::new();
+        for (i, slot) in self.slots.iter().enumerate() {
+            if let Some(b) = &slot.block {
+                if let (true, State::Resident { alloc }) = (b.dirty, b.state) {
+                    v.push((self.id_of(i as u32), alloc.offset, b.spec.size));
+                }
+            }
+        }
+        v
     }
 
     /// Removes a block. It must not be held, waited for, or in transfer.
@@ -728,9 +768,7 @@ impl Planner {
         b.last_use_epoch = epoch;
         b.used_since_load = true;
         b.writeback_failed = false;
-        if b.spec.mutable {
-            b.dirty = true;
-        }
+        b.load_failed = false;
         if std::mem::take(&mut b.prefetched_unused) {
             let size = b.spec.size;
             self.pipeline_bytes -= size;
@@ -750,7 +788,11 @@ impl Planner {
             && self.schedule.next_use(id.index, pos, false) == Some(0)
             && self.schedule.len() > 0;
         let b = self.block_mut(id)?;
-        b.error = None;
+        // A failed load's error belongs to the waiters registered for it; only with none left is
+        // it stale.
+        if b.waiters == 0 {
+            b.error = None;
+        }
         let state = b.state;
         self.n.waits += 1;
         self.tick += 1;
@@ -881,6 +923,7 @@ impl Planner {
             self.pool.free(alloc.region);
             let b = self.b_mut(id.index);
             b.state = State::Host;
+            b.load_failed = true;
             if std::mem::take(&mut b.prefetched_unused) {
                 self.pipeline_bytes -= size;
             }
@@ -1577,6 +1620,7 @@ impl Planner {
                     || b.state != State::Host
                     || b.spec.policy == Policy::Lru
                     || b.error.is_some()
+                    || b.load_failed
                     || (k == 0 && self.hinted && b.last_use_epoch == self.epoch)
                 {
                     continue;
@@ -1923,7 +1967,13 @@ mod tests {
         let kv = p.add_block(BlockSpec::new(MIB).mutable(true)).unwrap();
         let w1 = p.add_block(BlockSpec::new(MIB)).unwrap();
         let w2 = p.add_block(BlockSpec::new(MIB)).unwrap();
+        // A use alone does not make the block dirty; a device write does.
         use_block(&mut p, kv);
+        assert!(!p.is_dirty(kv).unwrap());
+        assert!(matches!(p.mark_dirty(kv), Err(Error::NotHeld(_))));
+        assert_eq!(p.acquire(kv).unwrap(), Acquire::Ready(0));
+        p.mark_dirty(kv).unwrap();
+        p.unhold(kv);
         assert!(p.is_dirty(kv).unwrap());
         use_block(&mut p, w1);
         p.acquire(w2).unwrap();
@@ -1937,5 +1987,70 @@ mod tests {
         p.writeback_done(kv, true, 0.0);
         assert_eq!(p.residency(kv).unwrap(), Residency::Host);
         assert_eq!(p.stats().bytes_d2h, MIB);
+    }
+
+    #[test]
+    fn a_used_but_unwritten_mutable_block_is_not_written_back() {
+        let mut cfg = PlannerConfig::new(MIB);
+        cfg.prefetch = false;
+        let mut p = Planner::new(cfg).unwrap();
+        let kv = p.add_block(BlockSpec::new(MIB).mutable(true)).unwrap();
+        let w = p.add_block(BlockSpec::new(MIB)).unwrap();
+        use_block(&mut p, kv);
+        p.acquire(w).unwrap();
+        let cmds: Vec<_> = std::iter::from_fn(|| p.poll_command()).collect();
+        assert!(
+            cmds.iter().all(|c| !matches!(c, Command::WriteBack { .. })),
+            "{cmds:?}"
+        );
+        assert_eq!(p.residency(kv).unwrap(), Residency::Host);
+    }
+
+    #[test]
+    fn a_second_acquire_does_not_hide_a_failed_load_from_the_first_waiter() {
+        let mut cfg = PlannerConfig::new(MIB);
+        cfg.prefetch = false;
+        let mut p = Planner::new(cfg).unwrap();
+        let a = p.add_block(BlockSpec::new(MIB)).unwrap();
+        assert_eq!(p.acquire(a).unwrap(), Acquire::Pending);
+        let Some(Command::Load { block, .. }) = p.poll_command() else {
+            panic!("a demand load")
+        };
+        p.transfer_done(block, false, "link down", 0.0);
+        // Another caller asks for the block before the first waiter looked.
+        assert_eq!(p.acquire(a).unwrap(), Acquire::Pending);
+        assert!(
+            matches!(p.poll_waiter(a), Some(Err(Error::Transfer { .. }))),
+            "the first waiter must see its load's failure"
+        );
+    }
+
+    #[test]
+    fn a_failed_prefetch_is_not_retried_until_the_block_is_used() {
+        let mut p = Planner::new(PlannerConfig::new(4 * MIB)).unwrap();
+        let a = p.add_block(BlockSpec::new(MIB)).unwrap();
+        let b = p.add_block(BlockSpec::new(MIB)).unwrap();
+        p.declare(0, a).unwrap();
+        p.declare(1, b).unwrap();
+        p.hint(0, 0.0);
+        let mut failed = 0;
+        for _ in 0..100 {
+            let Some(c) = p.poll_command() else { break };
+            if let Command::Load { block, .. } = c {
+                failed += 1;
+                p.transfer_done(block, false, "link down", 0.0);
+            }
+        }
+        assert!(
+            p.poll_command().is_none(),
+            "prefetch keeps retrying failed loads"
+        );
+        assert!(failed <= 2, "{failed} loads issued for 2 blocks");
+        // A use retries it (as a demand load).
+        assert_eq!(p.acquire(a).unwrap(), Acquire::Pending);
+        assert!(matches!(
+            p.poll_command(),
+            Some(Command::Load { demand: true, .. })
+        ));
     }
 }

@@ -182,6 +182,7 @@ mod tests {
             h2d_bytes_per_s: Some(2e9),
             d2h_bytes_per_s: None,
             latency: std::time::Duration::ZERO,
+            ..SimConfig::unpaced()
         })
         .unwrap();
         let r = probe(&b, 32 << 20).unwrap();

@@ -9,10 +9,10 @@
 
 use std::collections::VecDeque;
 
-use crate::backend::{Direction, Ticket};
+use crate::backend::{Direction, Fence, Ticket};
 use crate::engine::{Shared, State};
 use crate::sync::{self, Arc, Instant};
-use crate::BlockId;
+use crate::{BlockId, Error};
 
 #[derive(Debug)]
 pub(crate) struct Job {
@@ -127,6 +127,19 @@ impl TransferQueue {
         }
     }
 
+    /// Fails every job (the device is lost): no chunk of them is submitted again. Returns the
+    /// jobs that are now over (nothing of them in flight); the rest end with their last chunk.
+    pub fn fail_all(&mut self, reason: &str) -> Vec<Job> {
+        for j in &mut self.jobs {
+            j.failed.get_or_insert_with(|| reason.to_string());
+        }
+        let (over, rest) = std::mem::take(&mut self.jobs)
+            .into_iter()
+            .partition(|j| j.in_flight == 0);
+        self.jobs = rest;
+        over
+    }
+
     /// Records a finished chunk; returns the job if it is now over (completed or failed).
     pub fn chunk_done(
         &mut self,
@@ -162,6 +175,10 @@ impl Job {
 /// The transfer thread: keeps up to `pipeline_depth` chunks on the backend's copy queue and reports
 /// completions to the planner. Exits on shutdown once every submitted copy has completed, so no
 /// copy outlives the memory it touches.
+///
+/// Every driver call (submit, wait, fence query) runs with the state lock dropped: chunks are
+/// carved under the lock (their job keeps the block `Loading` or `WritingBack`, so the planner
+/// moves nothing they touch), submitted after it, and their tickets recorded under it again.
 pub(crate) fn transfer_thread(shared: Arc<Shared>) {
     let backend = shared.backend.clone();
     let mut in_flight: VecDeque<(Chunk, Ticket, Instant)> = VecDeque::new();
@@ -172,34 +189,95 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
     loop {
         // Completed stream fences first: the holds they drop can let queued placements through,
         // whose copies the fill below then submits.
-        let fences = st.poll_deferred(&shared);
-        while in_flight.len() < shared.pipeline_depth && !st.shutdown {
+        let fences = st.deferred_fences();
+        if !fences.is_empty() {
+            drop(st);
+            let mut lost = None;
+            let done: Vec<u64> = fences
+                .into_iter()
+                .filter(|&f| match backend.fence_done(&Fence(f)) {
+                    Ok(done) => done,
+                    // A fence that cannot be queried counts as done: on a lost device nothing
+                    // runs any more, and holding the block forever would not make it safer.
+                    Err(e) => {
+                        if matches!(e, Error::DeviceLost(_)) {
+                            lost = Some(e);
+                        }
+                        true
+                    }
+                })
+                .collect();
+            st = sync::lock(&shared.state);
+            if let Some(e) = lost {
+                st.fail_device(&shared, e);
+            }
+            st.release_fenced(&shared, &done);
+        }
+        if let Some(e) = &st.lost {
+            // Failing a job can let the planner issue others (each block fails once: a failed
+            // load is not retried until the block is used, and no use succeeds any more).
+            let reason = e.to_string();
+            loop {
+                let over = st.queue.fail_all(&reason);
+                if over.is_empty() {
+                    break;
+                }
+                for job in over {
+                    finish_job(&shared, &mut st, &job);
+                }
+            }
+        }
+        let mut batch = Vec::new();
+        while in_flight.len() + batch.len() < shared.pipeline_depth
+            && !st.shutdown
+            && st.lost.is_none()
+        {
             let Some(c) = st.queue.next_chunk(shared.chunk_bytes) else {
                 break;
             };
-            let t0 = Instant::now();
-            // SAFETY: the chunk lies inside the block's host buffer and its device region. The
-            // planner keeps the region allocated, and the engine keeps the host buffer alive and
-            // untouched by callers (`write`, `read` and `free` wait for the block's jobs), until
-            // this job is reported done, which happens only after `wait` on every chunk's ticket.
-            let submitted = unsafe {
-                backend.submit(c.dir, c.host as usize as *mut u8, c.device, c.len as usize)
-            };
-            match submitted {
-                Ok(ticket) => in_flight.push_back((c, ticket, t0)),
-                Err(e) => {
-                    if let Some(job) = st.queue.chunk_done(c.seq, c.len, Err(e.to_string()), 0.0) {
-                        finish_job(&shared, &mut st, &job);
+            batch.push(c);
+        }
+        if !batch.is_empty() {
+            drop(st);
+            let submitted: Vec<_> = batch
+                .into_iter()
+                .map(|c| {
+                    let t0 = Instant::now();
+                    // SAFETY: the chunk lies inside the block's host buffer and its device
+                    // region. The planner keeps the region allocated, and the engine keeps the
+                    // host buffer alive and untouched by callers (`write`, `read` and `free` wait
+                    // for the block's jobs), until this job is reported done, which happens only
+                    // after `wait` on every chunk's ticket.
+                    let r = unsafe {
+                        backend.submit(c.dir, c.host as usize as *mut u8, c.device, c.len as usize)
+                    };
+                    (c, r, t0)
+                })
+                .collect();
+            st = sync::lock(&shared.state);
+            for (c, r, t0) in submitted {
+                match r {
+                    Ok(ticket) => in_flight.push_back((c, ticket, t0)),
+                    Err(e) => {
+                        if matches!(e, Error::DeviceLost(_)) {
+                            st.fail_device(&shared, e.clone());
+                        }
+                        if let Some(job) =
+                            st.queue.chunk_done(c.seq, c.len, Err(e.to_string()), 0.0)
+                        {
+                            finish_job(&shared, &mut st, &job);
+                        }
                     }
                 }
             }
+            continue;
         }
         let Some((c, ticket, t0)) = in_flight.pop_front() else {
             if st.shutdown {
                 break;
             }
             let idle = Instant::now();
-            st = if fences {
+            st = if !st.deferred.is_empty() {
                 // Stream-ordered releases are pending: look at their fences again soon.
                 sync::wait_timeout(&shared.work, st, std::time::Duration::from_micros(100))
             } else {
@@ -209,12 +287,15 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
             continue;
         };
         drop(st);
-        let result = backend.wait(ticket).map_err(|e| e.to_string());
+        let result = backend.wait(ticket);
         let done = Instant::now();
         let start = t0.max(last_done);
         last_done = done;
         let busy = (done - start).as_secs_f64();
         st = sync::lock(&shared.state);
+        if let Err(e @ Error::DeviceLost(_)) = &result {
+            st.fail_device(&shared, e.clone());
+        }
         if st.trace.is_some() {
             let (name, cat) = st.queue.describe(c.seq, &st.planner);
             let (a, b) = (
@@ -225,6 +306,7 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
                 t.push_copy(&name, cat, a, b, c.len);
             }
         }
+        let result = result.map_err(|e| e.to_string());
         if let Some(job) = st.queue.chunk_done(c.seq, c.len, result, busy) {
             finish_job(&shared, &mut st, &job);
         }

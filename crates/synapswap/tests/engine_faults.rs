@@ -139,6 +139,12 @@ impl Backend for Faulty {
         }
         self.inner.record_fence(stream)
     }
+    fn fence_done(&self, fence: &Fence) -> synapswap::Result<bool> {
+        self.inner.fence_done(fence)
+    }
+    fn drop_fence(&self, fence: Fence) {
+        self.inner.drop_fence(fence)
+    }
     unsafe fn copy_now(
         &self,
         dir: Direction,
@@ -319,12 +325,13 @@ fn a_failed_host_pin_is_an_error_and_the_buffer_stays_the_callers() {
 #[test]
 fn a_failed_fence_record_keeps_the_hold_with_the_caller() {
     // Room for one block: while `a` is held, `b` cannot load.
-    let (engine, faults, _backend) = setup(256 << 10);
+    let (engine, faults, backend) = setup(256 << 10);
+    let stream = backend.inner.create_stream().unwrap();
     let a = filled(&engine, 200 << 10, 1);
     let b = filled(&engine, 200 << 10, 2);
-    engine.acquire_on_stream(a, 7).unwrap();
+    engine.acquire_on_stream(a, stream).unwrap();
     faults.fences.store(1, Ordering::SeqCst);
-    let r = engine.unacquire_on_stream(a, 7);
+    let r = engine.unacquire_on_stream(a, stream);
     assert!(
         matches!(&r, Err(Error::Backend(m)) if m.contains("injected")),
         "{r:?}"
@@ -334,7 +341,7 @@ fn a_failed_fence_record_keeps_the_hold_with_the_caller() {
         engine.wait(b).map(|g| g.len()),
         Err(Error::OutOfDeviceMemory { .. })
     ));
-    engine.unacquire_on_stream(a, 7).unwrap();
+    engine.unacquire_on_stream(a, stream).unwrap();
     check(&engine, b, 2);
     check(&engine, a, 1);
     engine.shutdown();

@@ -123,6 +123,7 @@ fn run(ops: &[Op], steps: &AtomicU64) -> Result<(), TestCaseError> {
         .chunk_bytes(4096)
         .build()
         .unwrap();
+    let stream = backend.create_stream().unwrap();
     let mut m = Model {
         blocks: Vec::new(),
         holds: BTreeMap::new(),
@@ -291,7 +292,7 @@ fn run(ops: &[Op], steps: &AtomicU64) -> Result<(), TestCaseError> {
             }
             Op::UnacquireOnStream { block } => {
                 let Some(k) = live(&m, block) else { continue };
-                let r = engine.unacquire_on_stream(m.blocks[k].as_ref().unwrap().0, 7);
+                let r = engine.unacquire_on_stream(m.blocks[k].as_ref().unwrap().0, stream);
                 match m.holds.get_mut(&k) {
                     Some(n) if *n > 0 => {
                         r.unwrap();

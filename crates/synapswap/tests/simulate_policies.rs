@@ -152,6 +152,7 @@ fn prediction_matches_the_runtime_in_bytes() {
             h2d_bytes_per_s: Some(bw),
             d2h_bytes_per_s: None,
             latency: std::time::Duration::from_secs_f64(simulate::DEFAULT_LATENCY_S),
+            ..SimConfig::unpaced()
         })
         .unwrap(),
     );

@@ -1,8 +1,12 @@
 //! Device backends: where the device pool lives and how bytes get there.
 //!
 //! The runtime talks to every backend through [`Backend`]: one arena allocated once, host buffers
-//! for the blocks' host copies, and an in-order copy queue with tickets (the shape of a CUDA copy
-//! stream with events). `sim` is the embedded default on machines with no GPU.
+//! for the blocks' host copies, copy streams with tickets (events), and fences on consumers'
+//! streams (the shape of CUDA streams and events). `sim` is the embedded default on machines with
+//! no GPU, and as strict as CUDA about ordering (see [`sim`]).
+//!
+//! Errors: [`crate::Error::DeviceLost`] is sticky (the context is gone; the engine fails every
+//! later call); every other error is transient, for that call only.
 
 use std::fmt;
 
@@ -12,7 +16,7 @@ pub mod cuda;
 pub mod sim;
 
 pub use cuda::CudaBackend;
-pub use sim::{SimBackend, SimConfig};
+pub use sim::{DeviceAccess, Kernel, SimBackend, SimConfig};
 
 /// A device address (on `sim`, a host address).
 pub type DevicePtr = u64;
@@ -38,15 +42,22 @@ pub enum Direction {
     DeviceToHost,
 }
 
-/// Identifies a queued copy. Copies complete in submission order.
+/// Identifies a queued copy (an event recorded after it on its copy stream). Copies in one
+/// direction complete in submission order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Ticket(pub u64);
 
 /// A caller's buffer used in place (never freed by the engine).
 #[derive(Debug)]
-struct Borrowed {
+pub(crate) struct Borrowed {
     addr: u64,
     len: u64,
+}
+
+impl Borrowed {
+    pub(crate) fn new(addr: u64, len: u64) -> Borrowed {
+        Borrowed { addr, len }
+    }
 }
 
 impl Memory for Borrowed {
@@ -103,7 +114,8 @@ pub trait Backend: Send + Sync + fmt::Debug {
         device: DevicePtr,
         len: usize,
     ) -> Result<Ticket>;
-    /// Blocks until the copy with this ticket (and every earlier one) completed; reports its error.
+    /// Blocks until the copy with this ticket (and every earlier one in its direction) completed;
+    /// reports its error.
     fn wait(&self, ticket: Ticket) -> Result<()>;
     /// Copies synchronously, outside the queue (small reads and writes of a resident block).
     ///
@@ -135,9 +147,16 @@ pub trait Backend: Send + Sync + fmt::Debug {
             len,
         }))
     }
+    /// Makes the consumer's `stream` wait (on the device, not the host) until the copy with
+    /// `ticket` has completed, so work queued there later sees its bytes. The default has no
+    /// streams and waits on the host.
+    fn stream_wait(&self, stream: u64, ticket: Ticket) -> Result<()> {
+        let _ = stream;
+        self.wait(ticket)
+    }
     /// Records a fence on the caller's `stream` (a `CUstream` as an integer; 0 = default
-    /// stream) for a stream-ordered release. `None`: the backend has no streams, and work the
-    /// caller queued is already done (sim).
+    /// stream) for a stream-ordered release. `None`: nothing queued there is still to run (or the
+    /// backend has no streams), so the memory may be reused at once.
     fn record_fence(&self, stream: u64) -> Result<Option<Fence>> {
         let _ = stream;
         Ok(None)

@@ -1,16 +1,38 @@
-//! The simulated device: device memory is a host arena, copies are real `memcpy` on a DMA thread,
-//! optionally paced to a modelled bandwidth and per-copy latency.
+//! The simulated device, as strict as CUDA about ordering: device memory is a host arena, and
+//! everything that touches it runs on *streams*, in-order queues each run by its own thread.
+//!
+//! - Copies go on two copy streams (host-to-device, and device-to-host for write-backs, so they
+//!   overlap like a GPU's two copy engines). Each copy is a real `memcpy`, optionally paced to a
+//!   modelled bandwidth and per-copy latency, and completes an event (its [`Ticket`]).
+//! - Consumers' work goes on consumer streams: the default stream `0` (always there) and streams
+//!   from [`SimBackend::create_stream`]. A *kernel* ([`SimBackend::launch`]) is a closure that
+//!   reads or writes device memory through [`DeviceAccess`]; it runs later, in stream order, not
+//!   when it is launched, exactly like a GPU kernel. A stream can wait for an event
+//!   ([`Backend::stream_wait`]); a fence ([`Backend::record_fence`]) completes once the work
+//!   queued before it has run.
+//! - Optional random delays ([`SimConfig::jitter`]) before each stream operation make races show.
+//! - Device memory is checked like a GPU's MMU would: a copy or kernel that touches bytes outside
+//!   every live device allocation loses the context ("illegal address").
+//! - Errors are sticky or transient as on CUDA: after [`SimBackend::lose_context`] (or an illegal
+//!   address) every call fails with [`Error::DeviceLost`]; an allocation that cannot be met is an
+//!   error for that call only.
+//! - Registering a host range that shares a page with one already registered fails with
+//!   [`Error::AlreadyRegistered`], as `cuMemHostRegister` does.
+//!
+//! Device memory is accessed by one operation at a time (a copy, a kernel's read or write, a
+//! synchronous copy), so no access is a data race in Rust's sense; *when* each runs is decided only
+//! by streams and events, so reusing memory before a consumer's fence shows as wrong bytes.
 //!
 //! Pacing models a DMA engine with a queue: a copy starts when it was submitted or when the
-//! previous copy finished, whichever is later, and takes `latency + len / bandwidth`. The bytes are
-//! copied at once (real work, verified by callers) and the DMA thread then sleeps until the modelled
-//! finish, so a paced sim never reports a copy faster than the model, and never faster than memcpy.
+//! previous copy on its stream finished, whichever is later, and takes `latency + len / bandwidth`.
+//! The bytes are copied at once and the stream then sleeps until the modelled finish, so a paced
+//! sim never reports a copy faster than the model, and never faster than memcpy.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{Backend, BackendInfo, DevicePtr, Direction, Memory, Ticket};
+use super::{Backend, BackendInfo, DevicePtr, Direction, Fence, Memory, Ticket};
 use crate::sync::{self, Arc, Condvar, Instant, Mutex};
 use crate::{os, Error, Result};
 
@@ -23,12 +45,17 @@ pub struct SimConfig {
     pub d2h_bytes_per_s: Option<f64>,
     /// Modelled fixed cost per copy.
     pub latency: Duration,
+    /// Each stream operation (copy, kernel, event) starts after a random delay of up to this much
+    /// (zero: none), so that work ordered only by luck comes out in other orders.
+    pub jitter: Duration,
+    /// Seed of the delays.
+    pub seed: u64,
 }
 
 /// The default modelled bandwidth: 2 GB/s. A single-threaded memcpy on the 2-core build machines
-/// measured 8.4-9.0 GB/s, but `synapswap run` copies on one core while the other verifies every
-/// byte it uses, and both share the memory bus: at 2 GB/s the modelled link stayed 98% busy, at
-/// 4 GB/s it fell behind its own model.
+/// measured 8.4-9.0 GB/s (BENCHMARKS.md, "Engine micro-benchmarks": memcpy), but `synapswap run`
+/// copies on one core while the other verifies every byte it uses, and both share the memory bus:
+/// at 2 GB/s the modelled link stayed 98% busy, at 4 GB/s it fell behind its own model.
 pub const DEFAULT_SIM_H2D: f64 = 2e9;
 
 impl Default for SimConfig {
@@ -37,6 +64,8 @@ impl Default for SimConfig {
             h2d_bytes_per_s: Some(DEFAULT_SIM_H2D),
             d2h_bytes_per_s: None,
             latency: Duration::from_micros(10),
+            jitter: Duration::ZERO,
+            seed: 0,
         }
     }
 }
@@ -48,7 +77,16 @@ impl SimConfig {
             h2d_bytes_per_s: None,
             d2h_bytes_per_s: None,
             latency: Duration::ZERO,
+            jitter: Duration::ZERO,
+            seed: 0,
         }
+    }
+
+    /// The same, with random delays of up to `max` before each stream operation.
+    pub fn with_jitter(mut self, max: Duration, seed: u64) -> SimConfig {
+        self.jitter = max;
+        self.seed = seed;
+        self
     }
 }
 
@@ -57,19 +95,26 @@ impl SimConfig {
 struct Counted {
     pages: os::Pages,
     live: Arc<AtomicU64>,
+    /// Device memory is listed in the device map while it lives.
+    device: Option<Arc<Core>>,
 }
 
 impl Counted {
-    fn new(bytes: u64, live: &Arc<AtomicU64>) -> Result<Counted> {
+    fn new(bytes: u64, live: &Arc<AtomicU64>, device: Option<&Arc<Core>>) -> Result<Counted> {
         let len = usize::try_from(bytes.max(1))
             .map_err(|_| Error::Backend(format!("{bytes} bytes do not fit in memory")))?;
+        let what = if device.is_some() { "device" } else { "host" };
         let pages = os::Pages::new(len).ok_or_else(|| {
-            Error::Backend(format!("out of host memory allocating {bytes} bytes"))
+            Error::Backend(format!("out of {what} memory allocating {bytes} bytes"))
         })?;
         live.fetch_add(len as u64, Ordering::Relaxed);
+        if let Some(core) = device {
+            sync::lock(&core.device).insert(pages.as_ptr() as u64, len as u64);
+        }
         Ok(Counted {
             pages,
             live: live.clone(),
+            device: device.cloned(),
         })
     }
 }
@@ -85,43 +130,230 @@ impl Memory for Counted {
 
 impl Drop for Counted {
     fn drop(&mut self) {
+        if let Some(core) = &self.device {
+            // Taking the device map's lock also waits for any operation touching these bytes.
+            sync::lock(&core.device).remove(&(self.pages.as_ptr() as u64));
+        }
         self.live
             .fetch_sub(self.pages.len() as u64, Ordering::Relaxed);
     }
 }
 
+/// A caller's buffer registered in place: unregistered on drop.
 #[derive(Debug)]
-struct Request {
-    ticket: u64,
-    dir: Direction,
-    host: usize,
-    device: usize,
-    len: usize,
-    submitted: Instant,
+struct Registered {
+    addr: u64,
+    len: u64,
+    page_start: u64,
+    core: Arc<Core>,
 }
 
-#[derive(Debug, Default)]
-struct DmaState {
-    queue: VecDeque<Request>,
-    next_ticket: u64,
-    completed: u64,
-    errors: BTreeMap<u64, String>,
+impl Memory for Registered {
+    fn addr(&self) -> u64 {
+        self.addr
+    }
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        sync::lock(&self.core.registered).remove(&self.page_start);
+    }
+}
+
+/// Work a consumer queues on a stream: reads and writes device memory when the stream gets to it.
+pub type Kernel = Box<dyn FnOnce(&DeviceAccess) -> Result<()> + Send>;
+
+enum Op {
+    Copy {
+        dir: Direction,
+        host: usize,
+        device: u64,
+        len: usize,
+        submitted: Instant,
+        event: u64,
+    },
+    Kernel(Kernel),
+    Record(u64),
+    Wait(u64),
+}
+
+#[derive(Default)]
+struct StreamQueue {
+    ops: VecDeque<Op>,
+    busy: bool,
     stop: bool,
 }
 
-#[derive(Debug)]
-struct Dma {
-    state: Mutex<DmaState>,
+/// One in-order stream; its thread starts with its first operation.
+struct Stream {
+    q: Mutex<StreamQueue>,
     work: Condvar,
+    idle: Condvar,
+    thread: Mutex<Option<sync::thread::JoinHandle<()>>>,
+    name: &'static str,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream").field("name", &self.name).finish()
+    }
+}
+
+impl Stream {
+    fn new(name: &'static str) -> Arc<Stream> {
+        Arc::new(Stream {
+            q: Mutex::new(StreamQueue::default()),
+            work: Condvar::new(),
+            idle: Condvar::new(),
+            thread: Mutex::new(None),
+            name,
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Events {
+    next: u64,
+    /// Recorded and not yet reached by their stream.
+    pending: BTreeSet<u64>,
+    /// Completed with an error (a failed copy), until a wait reports it.
+    failed: BTreeMap<u64, Error>,
+    /// The context is lost: why.
+    lost: Option<String>,
+}
+
+/// What the streams share: events, the live device allocations and the registered host ranges.
+#[derive(Debug)]
+struct Core {
+    cfg: SimConfig,
+    events: Mutex<Events>,
     done: Condvar,
+    /// Live device allocations, address -> length. Every access to device memory holds this lock.
+    device: Mutex<BTreeMap<u64, u64>>,
+    /// Registered host ranges, page-rounded: start -> end.
+    registered: Mutex<BTreeMap<u64, u64>>,
+}
+
+impl Core {
+    fn lost(&self) -> Option<Error> {
+        sync::lock(&self.events).lost.clone().map(Error::DeviceLost)
+    }
+
+    fn lose(&self, why: String) {
+        let mut ev = sync::lock(&self.events);
+        if ev.lost.is_none() {
+            ev.lost = Some(why);
+        }
+        self.done.notify_all();
+    }
+
+    fn new_event(&self) -> Result<u64> {
+        let mut ev = sync::lock(&self.events);
+        if let Some(why) = &ev.lost {
+            return Err(Error::DeviceLost(why.clone()));
+        }
+        ev.next += 1;
+        let e = ev.next;
+        ev.pending.insert(e);
+        Ok(e)
+    }
+
+    fn complete(&self, event: u64, error: Option<Error>) {
+        let mut ev = sync::lock(&self.events);
+        ev.pending.remove(&event);
+        if let Some(e) = error {
+            ev.failed.insert(event, e);
+        }
+        self.done.notify_all();
+    }
+
+    /// Blocks until `event` completed (or the context is lost).
+    fn wait_event(&self, event: u64) -> Result<()> {
+        let mut ev = sync::lock(&self.events);
+        while ev.pending.contains(&event) && ev.lost.is_none() {
+            ev = sync::wait(&self.done, ev);
+        }
+        if let Some(e) = ev.failed.remove(&event) {
+            return Err(e);
+        }
+        match &ev.lost {
+            Some(why) => Err(Error::DeviceLost(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `f` on the device bytes `addr..addr+len`, if they lie inside one live allocation;
+    /// otherwise the context is lost, as on a GPU touching an unmapped address.
+    fn with_device<T>(&self, addr: u64, len: u64, f: impl FnOnce() -> T) -> Result<T> {
+        let map = sync::lock(&self.device);
+        let inside = map
+            .range(..=addr)
+            .next_back()
+            .is_some_and(|(&a, &l)| addr.checked_add(len).is_some_and(|end| end <= a + l));
+        if !inside {
+            drop(map);
+            let why = format!("illegal address: device bytes {addr:#x}+{len} are not allocated");
+            self.lose(why.clone());
+            return Err(Error::DeviceLost(why));
+        }
+        let r = f();
+        drop(map);
+        Ok(r)
+    }
+}
+
+/// A kernel's view of device memory: bounds-checked reads and writes.
+pub struct DeviceAccess<'a> {
+    core: &'a Core,
+}
+
+impl std::fmt::Debug for DeviceAccess<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceAccess").finish_non_exhaustive()
+    }
+}
+
+impl DeviceAccess<'_> {
+    /// Reads device bytes at `addr` into `buf`. Bytes outside every live allocation lose the
+    /// context.
+    pub fn read(&self, addr: DevicePtr, buf: &mut [u8]) -> Result<()> {
+        self.core.with_device(addr, buf.len() as u64, || {
+            // SAFETY: the range lies inside a live device allocation (checked under the device
+            // map's lock, which also keeps every other access to device memory out meanwhile);
+            // `buf` is a distinct host buffer.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    addr as usize as *const u8,
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                )
+            }
+        })
+    }
+
+    /// Writes `data` to device bytes at `addr`.
+    pub fn write(&self, addr: DevicePtr, data: &[u8]) -> Result<()> {
+        self.core.with_device(addr, data.len() as u64, || {
+            // SAFETY: as in `read`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(data.as_ptr(), addr as usize as *mut u8, data.len())
+            }
+        })
+    }
 }
 
 /// The simulated device backend.
 #[derive(Debug)]
 pub struct SimBackend {
-    cfg: SimConfig,
-    dma: Arc<Dma>,
-    thread: Mutex<Option<sync::thread::JoinHandle<()>>>,
+    core: Arc<Core>,
+    h2d: Arc<Stream>,
+    d2h: Arc<Stream>,
+    /// Consumer streams by handle; `0` is the default stream.
+    streams: Mutex<HashMap<u64, Arc<Stream>>>,
+    next_stream: AtomicU64,
     live_host: Arc<AtomicU64>,
     live_device: Arc<AtomicU64>,
 }
@@ -139,8 +371,106 @@ unsafe fn raw_copy(dir: Direction, host: usize, device: usize, len: usize) {
     unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) };
 }
 
+/// A small deterministic generator for the delays (xorshift64*).
+struct Jitter {
+    max_ns: u64,
+    state: u64,
+}
+
+impl Jitter {
+    fn new(cfg: &SimConfig, salt: u64) -> Jitter {
+        Jitter {
+            max_ns: cfg.jitter.as_nanos().min(u128::from(u64::MAX)) as u64,
+            state: (cfg.seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1,
+        }
+    }
+
+    fn pause(&mut self) {
+        if self.max_ns == 0 {
+            return;
+        }
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        let r = self.state.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        let ns = r % (self.max_ns + 1);
+        sync::sleep_until(Instant::now() + Duration::from_nanos(ns));
+    }
+}
+
+fn stream_thread(stream: &Stream, core: &Core, salt: u64) {
+    let cfg = core.cfg;
+    let mut jitter = Jitter::new(&cfg, salt);
+    let mut link_free = Instant::now();
+    let mut q = sync::lock(&stream.q);
+    loop {
+        let Some(op) = q.ops.pop_front() else {
+            q.busy = false;
+            stream.idle.notify_all();
+            if q.stop {
+                break;
+            }
+            q = sync::wait(&stream.work, q);
+            continue;
+        };
+        q.busy = true;
+        drop(q);
+        jitter.pause();
+        match op {
+            Op::Copy {
+                dir,
+                host,
+                device,
+                len,
+                submitted,
+                event,
+            } => {
+                let result = match core.lost() {
+                    Some(e) => Err(e),
+                    // SAFETY: `submit`'s contract keeps the host range valid and unshared until
+                    // this event completes; the device range was found inside a live device
+                    // allocation, and the device map's lock keeps other accesses out.
+                    None => core.with_device(device, len as u64, || unsafe {
+                        raw_copy(dir, host, device as usize, len)
+                    }),
+                };
+                let copied = Instant::now();
+                let bw = match dir {
+                    Direction::HostToDevice => cfg.h2d_bytes_per_s,
+                    Direction::DeviceToHost => cfg.d2h_bytes_per_s.or(cfg.h2d_bytes_per_s),
+                };
+                if let Some(bw) = bw {
+                    let start = submitted.max(link_free);
+                    let finish = start + cfg.latency + Duration::from_secs_f64(len as f64 / bw);
+                    sync::sleep_until(finish);
+                    // The modelled link is free at `finish` unless the real copy took longer;
+                    // oversleeping is the simulator's artefact, not the model's.
+                    link_free = finish.max(copied);
+                } else {
+                    link_free = copied;
+                }
+                core.complete(event, result.err());
+            }
+            Op::Kernel(k) => {
+                if core.lost().is_none() {
+                    if let Err(e) = k(&DeviceAccess { core }) {
+                        // A kernel that faults takes the context with it, as on a GPU.
+                        core.lose(format!("a kernel failed: {e}"));
+                    }
+                }
+            }
+            Op::Record(event) => core.complete(event, None),
+            Op::Wait(event) => {
+                // An error of the awaited copy is its waiter's to report; the stream goes on.
+                let _ = core.wait_event(event);
+            }
+        }
+        q = sync::lock(&stream.q);
+    }
+}
+
 impl SimBackend {
-    /// Starts a sim backend and its DMA thread.
+    /// A sim backend. Its streams start their threads on first use.
     pub fn new(cfg: SimConfig) -> Result<SimBackend> {
         for bw in [cfg.h2d_bytes_per_s, cfg.d2h_bytes_per_s]
             .into_iter()
@@ -150,21 +480,21 @@ impl SimBackend {
                 return Err(Error::Backend(format!("invalid sim bandwidth {bw}")));
             }
         }
-        let dma = Arc::new(Dma {
-            state: Mutex::new(DmaState {
-                next_ticket: 1,
-                ..Default::default()
-            }),
-            work: Condvar::new(),
-            done: Condvar::new(),
-        });
-        let d = dma.clone();
-        let thread = sync::thread::spawn("synapswap-sim-dma", move || dma_thread(&d, cfg))
-            .map_err(|e| Error::Backend(format!("cannot start the sim DMA thread: {e}")))?;
-        Ok(SimBackend {
+        let core = Arc::new(Core {
             cfg,
-            dma,
-            thread: Mutex::new(Some(thread)),
+            events: Mutex::new(Events::default()),
+            done: Condvar::new(),
+            device: Mutex::new(BTreeMap::new()),
+            registered: Mutex::new(BTreeMap::new()),
+        });
+        let mut streams = HashMap::new();
+        streams.insert(0, Stream::new("synapswap-sim-stream"));
+        Ok(SimBackend {
+            core,
+            h2d: Stream::new("synapswap-sim-h2d"),
+            d2h: Stream::new("synapswap-sim-d2h"),
+            streams: Mutex::new(streams),
+            next_stream: AtomicU64::new(1),
             live_host: Arc::new(AtomicU64::new(0)),
             live_device: Arc::new(AtomicU64::new(0)),
         })
@@ -172,7 +502,7 @@ impl SimBackend {
 
     /// The configuration.
     pub fn config(&self) -> SimConfig {
-        self.cfg
+        self.core.cfg
     }
 
     /// Host bytes allocated through this backend and not yet freed.
@@ -184,78 +514,131 @@ impl SimBackend {
     pub fn live_device_bytes(&self) -> u64 {
         self.live_device.load(Ordering::Relaxed)
     }
-}
 
-fn dma_thread(dma: &Dma, cfg: SimConfig) {
-    let mut link_free = Instant::now();
-    let mut st = sync::lock(&dma.state);
-    loop {
-        let Some(req) = st.queue.pop_front() else {
-            if st.stop {
-                break;
-            }
-            st = sync::wait(&dma.work, st);
-            continue;
-        };
-        drop(st);
-        let bw = match req.dir {
-            Direction::HostToDevice => cfg.h2d_bytes_per_s,
-            Direction::DeviceToHost => cfg.d2h_bytes_per_s.or(cfg.h2d_bytes_per_s),
-        };
-        let start = req.submitted.max(link_free);
-        // SAFETY: `submit`'s contract keeps both ranges valid and unshared until this ticket is
-        // reported complete below.
-        unsafe { raw_copy(req.dir, req.host, req.device, req.len) };
-        let copied = Instant::now();
-        if let Some(bw) = bw {
-            let finish = start + cfg.latency + Duration::from_secs_f64(req.len as f64 / bw);
-            sync::sleep_until(finish);
-            // The modelled link is free at `finish` unless the real copy took longer; oversleeping
-            // is the simulator's artefact, not the model's, so it does not delay the next copy.
-            link_free = finish.max(copied);
-        } else {
-            link_free = copied;
+    /// A new consumer stream (like `cuStreamCreate` with `CU_STREAM_NON_BLOCKING`): work on it
+    /// is ordered only with itself and the events it waits for.
+    pub fn create_stream(&self) -> Result<u64> {
+        if let Some(e) = self.core.lost() {
+            return Err(e);
         }
-        st = sync::lock(&dma.state);
-        st.completed = req.ticket;
-        dma.done.notify_all();
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        sync::lock(&self.streams).insert(id, Stream::new("synapswap-sim-stream"));
+        Ok(id)
+    }
+
+    /// Queues `kernel` on `stream`: it runs after everything queued there before it, on the
+    /// stream's thread, and reaches device memory only through its [`DeviceAccess`]. A kernel
+    /// that returns an error (or touches unallocated bytes) loses the context.
+    pub fn launch(
+        &self,
+        stream: u64,
+        kernel: impl FnOnce(&DeviceAccess) -> Result<()> + Send + 'static,
+    ) -> Result<()> {
+        let s = self.stream(stream)?;
+        self.enqueue(&s, Op::Kernel(Box::new(kernel)), stream + 3)
+    }
+
+    /// Blocks until everything queued on `stream` has run (`cuStreamSynchronize`).
+    pub fn synchronize(&self, stream: u64) -> Result<()> {
+        let s = self.stream(stream)?;
+        let mut q = sync::lock(&s.q);
+        while q.busy || !q.ops.is_empty() {
+            q = sync::wait(&s.idle, q);
+        }
+        drop(q);
+        match self.core.lost() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Loses the context, as a GPU does after an illegal access or an ECC error: every later
+    /// call fails with [`Error::DeviceLost`] (fault injection for tests).
+    pub fn lose_context(&self, why: &str) {
+        self.core.lose(why.to_string());
+    }
+
+    fn stream(&self, id: u64) -> Result<Arc<Stream>> {
+        sync::lock(&self.streams)
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Error::Backend(format!("stream {id:#x} is not a stream of this device")))
+    }
+
+    fn enqueue(&self, s: &Arc<Stream>, op: Op, salt: u64) -> Result<()> {
+        let mut q = sync::lock(&s.q);
+        if q.stop {
+            return Err(Error::Backend("the sim device has stopped".into()));
+        }
+        let mut thread = sync::lock(&s.thread);
+        if thread.is_none() {
+            let (stream, core) = (s.clone(), self.core.clone());
+            let t = sync::thread::spawn(s.name, move || stream_thread(&stream, &core, salt))
+                .map_err(|e| Error::Backend(format!("cannot start a sim stream thread: {e}")))?;
+            *thread = Some(t);
+        }
+        drop(thread);
+        q.ops.push_back(op);
+        s.work.notify_one();
+        Ok(())
+    }
+
+    fn all_streams(&self) -> Vec<Arc<Stream>> {
+        let mut v: Vec<Arc<Stream>> = sync::lock(&self.streams).values().cloned().collect();
+        v.push(self.h2d.clone());
+        v.push(self.d2h.clone());
+        v
     }
 }
 
 impl Drop for SimBackend {
     fn drop(&mut self) {
-        sync::lock(&self.dma.state).stop = true;
-        self.dma.work.notify_all();
-        if let Some(t) = sync::lock(&self.thread).take() {
-            // The DMA thread never panics on its own; if it did, there is nothing left to clean.
-            let _ = t.join();
+        // Every stream runs what it has queued, then stops.
+        for s in self.all_streams() {
+            sync::lock(&s.q).stop = true;
+            s.work.notify_all();
+            if let Some(t) = sync::lock(&s.thread).take() {
+                // Stream threads never panic on their own; if one did, there is nothing to clean.
+                let _ = t.join();
+            }
         }
     }
 }
 
 impl Backend for SimBackend {
     fn info(&self) -> BackendInfo {
-        let description = match self.cfg.h2d_bytes_per_s {
+        let cfg = self.core.cfg;
+        let description = match cfg.h2d_bytes_per_s {
             Some(bw) => format!(
                 "simulated device (host arena), copies paced to {:.2} GB/s + {} us",
                 bw / 1e9,
-                self.cfg.latency.as_micros()
+                cfg.latency.as_micros()
             ),
             None => "simulated device (host arena), unpaced memcpy".to_string(),
         };
         BackendInfo {
             name: "sim",
             description,
-            modelled_h2d_bytes_per_s: self.cfg.h2d_bytes_per_s,
+            modelled_h2d_bytes_per_s: cfg.h2d_bytes_per_s,
         }
     }
 
     fn alloc_device(&self, bytes: u64) -> Result<Box<dyn Memory>> {
-        Ok(Box::new(Counted::new(bytes, &self.live_device)?))
+        if let Some(e) = self.core.lost() {
+            return Err(e);
+        }
+        Ok(Box::new(Counted::new(
+            bytes,
+            &self.live_device,
+            Some(&self.core),
+        )?))
     }
 
     fn alloc_host(&self, bytes: u64) -> Result<Box<dyn Memory>> {
-        Ok(Box::new(Counted::new(bytes, &self.live_host)?))
+        if let Some(e) = self.core.lost() {
+            return Err(e);
+        }
+        Ok(Box::new(Counted::new(bytes, &self.live_host, None)?))
     }
 
     fn host_addressable(&self) -> bool {
@@ -275,41 +658,28 @@ impl Backend for SimBackend {
         device: DevicePtr,
         len: usize,
     ) -> Result<Ticket> {
-        let mut st = sync::lock(&self.dma.state);
-        if st.stop {
-            return Err(Error::Backend("the sim DMA thread has stopped".into()));
-        }
-        let ticket = st.next_ticket;
-        st.next_ticket += 1;
-        st.queue.push_back(Request {
-            ticket,
+        let event = self.core.new_event()?;
+        let (stream, salt) = match dir {
+            Direction::HostToDevice => (&self.h2d, 1),
+            Direction::DeviceToHost => (&self.d2h, 2),
+        };
+        let op = Op::Copy {
             dir,
             host: host as usize,
-            device: device as usize,
+            device,
             len,
             submitted: Instant::now(),
-        });
-        self.dma.work.notify_one();
-        Ok(Ticket(ticket))
+            event,
+        };
+        if let Err(e) = self.enqueue(stream, op, salt) {
+            self.core.complete(event, None);
+            return Err(e);
+        }
+        Ok(Ticket(event))
     }
 
     fn wait(&self, ticket: Ticket) -> Result<()> {
-        let mut st = sync::lock(&self.dma.state);
-        while st.completed < ticket.0 {
-            if st.stop && st.queue.is_empty() {
-                break;
-            }
-            st = sync::wait(&self.dma.done, st);
-        }
-        if let Some(e) = st.errors.remove(&ticket.0) {
-            return Err(Error::Backend(e));
-        }
-        if st.completed < ticket.0 {
-            return Err(Error::Backend(
-                "the sim DMA thread stopped before the copy".into(),
-            ));
-        }
-        Ok(())
+        self.core.wait_event(ticket.0)
     }
 
     unsafe fn copy_now(
@@ -319,8 +689,86 @@ impl Backend for SimBackend {
         device: DevicePtr,
         len: usize,
     ) -> Result<()> {
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { raw_copy(dir, host as usize, device as usize, len) };
-        Ok(())
+        if let Some(e) = self.core.lost() {
+            return Err(e);
+        }
+        self.core.with_device(device, len as u64, || {
+            // SAFETY: the host range is the caller's to guarantee; the device range lies inside
+            // a live allocation and the device map's lock keeps other accesses out.
+            unsafe { raw_copy(dir, host as usize, device as usize, len) }
+        })
+    }
+
+    unsafe fn register_host(
+        &self,
+        ptr: *mut u8,
+        len: u64,
+        read_only: bool,
+    ) -> Result<Box<dyn Memory>> {
+        let _ = read_only;
+        if let Some(e) = self.core.lost() {
+            return Err(e);
+        }
+        let page = os::page_size() as u64;
+        let addr = ptr as u64;
+        let start = addr / page * page;
+        let end = addr
+            .checked_add(len.max(1))
+            .map(|e| e.div_ceil(page) * page)
+            .ok_or_else(|| Error::Backend(format!("host range {addr:#x}+{len} overflows")))?;
+        let mut reg = sync::lock(&self.core.registered);
+        let overlaps = reg
+            .range(..end)
+            .next_back()
+            .is_some_and(|(_, &e)| e > start);
+        if overlaps {
+            return Err(Error::AlreadyRegistered { addr, len });
+        }
+        reg.insert(start, end);
+        Ok(Box::new(Registered {
+            addr,
+            len,
+            page_start: start,
+            core: self.core.clone(),
+        }))
+    }
+
+    fn stream_wait(&self, stream: u64, ticket: Ticket) -> Result<()> {
+        let s = self.stream(stream)?;
+        self.enqueue(&s, Op::Wait(ticket.0), stream + 3)
+    }
+
+    fn record_fence(&self, stream: u64) -> Result<Option<Fence>> {
+        let s = self.stream(stream)?;
+        if let Some(e) = self.core.lost() {
+            return Err(e);
+        }
+        {
+            let q = sync::lock(&s.q);
+            if !q.busy && q.ops.is_empty() {
+                // Nothing queued: the fence would complete at once.
+                return Ok(None);
+            }
+        }
+        let event = self.core.new_event()?;
+        if let Err(e) = self.enqueue(&s, Op::Record(event), stream + 3) {
+            self.core.complete(event, None);
+            return Err(e);
+        }
+        Ok(Some(Fence(event)))
+    }
+
+    fn fence_done(&self, fence: &Fence) -> Result<bool> {
+        let ev = sync::lock(&self.core.events);
+        if let Some(why) = &ev.lost {
+            return Err(Error::DeviceLost(why.clone()));
+        }
+        Ok(!ev.pending.contains(&fence.0))
+    }
+
+    fn drop_fence(&self, fence: Fence) {
+        let mut ev = sync::lock(&self.core.events);
+        ev.pending.remove(&fence.0);
+        ev.failed.remove(&fence.0);
     }
 }

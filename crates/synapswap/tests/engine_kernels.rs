@@ -1,0 +1,433 @@
+//! Consumers' kernels on strict sim streams. A kernel queued on a stream runs later, on the
+//! stream's own thread, like a GPU kernel; each test releases the block (guard drop, unacquire,
+//! a stream-ordered release, free) while the kernel has not run yet, then makes the engine want
+//! the block's memory, and checks every byte the kernel saw and wrote. An engine that reuses the
+//! memory (or writes a mutable block back) before the consumer's fence fails these.
+//!
+//! Also here: a device whose copies keep failing (sticky and transient errors) must make calls
+//! fail, never hang; shutdown writes dirty caller-owned blocks back; overlapping registrations.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use common::{KIB, MIB};
+use synapswap::backend::{
+    Backend, BackendInfo, DevicePtr, Direction, Fence, Memory, SimBackend, SimConfig, Ticket,
+};
+use synapswap::{pattern, BlockId, BlockSpec, Engine, Error, Residency};
+
+/// How long each kernel waits before it touches memory: far longer than a 1 MiB copy.
+const KERNEL_DELAY: Duration = Duration::from_millis(60);
+
+fn setup(budget: u64) -> (Engine, Arc<SimBackend>) {
+    let backend = Arc::new(SimBackend::new(SimConfig::unpaced()).unwrap());
+    let engine = Engine::builder()
+        .budget(budget)
+        .backend(backend.clone())
+        .chunk_bytes(64 * KIB)
+        .build()
+        .unwrap();
+    (engine, backend)
+}
+
+fn block(engine: &Engine, size: u64, mutable: bool, seed: u64) -> BlockId {
+    let id = engine.alloc(BlockSpec::new(size).mutable(mutable)).unwrap();
+    let mut buf = vec![0u8; size as usize];
+    pattern::fill(pattern::seed(seed), 0, &mut buf);
+    engine.write(id, 0, &buf).unwrap();
+    id
+}
+
+/// What a kernel found: whether every byte matched `seed`'s pattern.
+#[derive(Clone, Default)]
+struct Seen(Arc<(AtomicBool, AtomicBool)>);
+
+impl Seen {
+    fn ran_and_matched(&self) -> (bool, bool) {
+        (
+            self.0 .0.load(Ordering::SeqCst),
+            self.0 .1.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// Queues a kernel on `stream` that sleeps, then checks `len` device bytes at `addr` against
+/// `seed`'s pattern and, if `write` is given, overwrites them with that seed's pattern.
+fn launch_check(
+    sim: &SimBackend,
+    stream: u64,
+    addr: DevicePtr,
+    len: u64,
+    seed: u64,
+    write: Option<u64>,
+) -> Seen {
+    let seen = Seen::default();
+    let s = seen.clone();
+    sim.launch(stream, move |dev| {
+        std::thread::sleep(KERNEL_DELAY);
+        let mut buf = vec![0u8; len as usize];
+        dev.read(addr, &mut buf)?;
+        s.0 .1.store(
+            pattern::verify(pattern::seed(seed), 0, &buf),
+            Ordering::SeqCst,
+        );
+        if let Some(w) = write {
+            pattern::fill(pattern::seed(w), 0, &mut buf);
+            dev.write(addr, &buf)?;
+        }
+        s.0 .0.store(true, Ordering::SeqCst);
+        Ok(())
+    })
+    .unwrap();
+    seen
+}
+
+/// Room for one block: using `b` needs `a`'s memory.
+fn assert_b_waits_for_the_kernel(
+    engine: &Engine,
+    sim: &SimBackend,
+    stream: u64,
+    b: BlockId,
+    seen: &Seen,
+) {
+    let g = engine.wait(b).unwrap();
+    assert!(
+        seen.ran_and_matched().0,
+        "b was placed while the kernel using a had not run"
+    );
+    drop(g);
+    sim.synchronize(stream).unwrap();
+    assert_eq!(
+        seen.ran_and_matched(),
+        (true, true),
+        "the kernel saw wrong bytes"
+    );
+}
+
+#[test]
+fn a_guard_drop_is_ordered_after_the_kernel_on_its_stream() {
+    let (engine, sim) = setup(MIB);
+    let s = sim.create_stream().unwrap();
+    let a = block(&engine, MIB, false, 1);
+    let b = block(&engine, MIB, false, 2);
+    let g = engine.wait_on_stream(a, s).unwrap();
+    let seen = launch_check(&sim, s, g.device_ptr(), MIB, 1, None);
+    drop(g);
+    assert_b_waits_for_the_kernel(&engine, &sim, s, b, &seen);
+    engine.shutdown();
+}
+
+#[test]
+fn a_plain_guard_and_unacquire_are_ordered_after_the_default_stream() {
+    let (engine, sim) = setup(MIB);
+    let a = block(&engine, MIB, false, 1);
+    let b = block(&engine, MIB, false, 2);
+    let g = engine.wait(a).unwrap();
+    let seen = launch_check(&sim, 0, g.device_ptr(), MIB, 1, None);
+    drop(g);
+    assert_b_waits_for_the_kernel(&engine, &sim, 0, b, &seen);
+    let addr = engine.acquire(a).unwrap();
+    let seen = launch_check(&sim, 0, addr, MIB, 1, None);
+    engine.unacquire(a).unwrap();
+    assert_b_waits_for_the_kernel(&engine, &sim, 0, b, &seen);
+    engine.shutdown();
+}
+
+#[test]
+fn a_stream_ordered_release_waits_for_the_kernel() {
+    let (engine, sim) = setup(MIB);
+    let s = sim.create_stream().unwrap();
+    let a = block(&engine, MIB, false, 1);
+    let b = block(&engine, MIB, false, 2);
+    let addr = engine.acquire_on_stream(a, s).unwrap();
+    let seen = launch_check(&sim, s, addr, MIB, 1, None);
+    engine.unacquire_on_stream(a, s).unwrap();
+    assert_b_waits_for_the_kernel(&engine, &sim, s, b, &seen);
+    engine.shutdown();
+}
+
+#[test]
+fn a_mutable_block_is_written_back_after_the_kernel_wrote_it() {
+    let (engine, sim) = setup(MIB);
+    let s = sim.create_stream().unwrap();
+    let kv = block(&engine, MIB, true, 1);
+    let w = block(&engine, MIB, false, 2);
+    let g = engine.wait_on_stream(kv, s).unwrap();
+    let seen = launch_check(&sim, s, g.device_ptr(), MIB, 1, Some(9));
+    engine.mark_dirty(kv).unwrap();
+    drop(g);
+    // Evicts kv: its write-back must copy what the kernel wrote.
+    assert_b_waits_for_the_kernel(&engine, &sim, s, w, &seen);
+    assert_eq!(engine.residency(kv).unwrap(), Residency::Host);
+    let mut buf = vec![0u8; MIB as usize];
+    engine.read(kv, 0, &mut buf).unwrap();
+    assert!(
+        pattern::verify(pattern::seed(9), 0, &buf),
+        "the write-back lost what the kernel wrote"
+    );
+    engine.shutdown();
+}
+
+#[test]
+fn free_waits_for_the_kernel_before_the_memory_is_reused() {
+    let (engine, sim) = setup(MIB);
+    let s = sim.create_stream().unwrap();
+    let a = block(&engine, MIB, false, 1);
+    let b = block(&engine, MIB, false, 2);
+    let g = engine.wait_on_stream(a, s).unwrap();
+    let seen = launch_check(&sim, s, g.device_ptr(), MIB, 1, None);
+    drop(g);
+    engine.free(a).unwrap();
+    assert_b_waits_for_the_kernel(&engine, &sim, s, b, &seen);
+    engine.shutdown();
+}
+
+#[test]
+fn read_and_write_wait_for_the_kernel_that_writes_the_block() {
+    let (engine, sim) = setup(2 * MIB);
+    let s = sim.create_stream().unwrap();
+    let kv = block(&engine, MIB, true, 1);
+    let g = engine.wait_on_stream(kv, s).unwrap();
+    let seen = launch_check(&sim, s, g.device_ptr(), MIB, 1, Some(4));
+    engine.mark_dirty(kv).unwrap();
+    drop(g);
+    let mut buf = vec![0u8; MIB as usize];
+    engine.read(kv, 0, &mut buf).unwrap();
+    assert!(seen.ran_and_matched().0, "read ran before the kernel");
+    assert!(pattern::verify(pattern::seed(4), 0, &buf));
+    engine.shutdown();
+}
+
+#[test]
+fn shutdown_writes_dirty_caller_owned_blocks_back() {
+    let (engine, _sim) = setup(MIB);
+    let mut buf = vec![1u8; 64 * KIB as usize];
+    // SAFETY: `buf` outlives the engine (shut down below) and is not touched meanwhile.
+    let kv = unsafe {
+        engine.alloc_external(
+            BlockSpec::new(64 * KIB).mutable(true),
+            buf.as_mut_ptr(),
+            false,
+        )
+    }
+    .unwrap();
+    let g = engine.wait(kv).unwrap();
+    g.write_device(0, &[7u8; 1000]).unwrap();
+    drop(g);
+    assert!(engine.is_dirty(kv).unwrap());
+    engine.shutdown();
+    assert!(
+        buf[..1000].iter().all(|&x| x == 7),
+        "shutdown dropped device bytes"
+    );
+    assert!(buf[1000..].iter().all(|&x| x == 1));
+}
+
+#[test]
+fn buffers_sharing_a_page_are_refused_by_the_device_and_still_work() {
+    let (engine, sim) = setup(MIB);
+    let mut buf = vec![0u8; 8192];
+    buf[..100].fill(3);
+    buf[100..200].fill(4);
+    let p = buf.as_mut_ptr();
+    // SAFETY: two disjoint ranges of `buf`, which outlives both registrations.
+    let (r1, r2) = unsafe {
+        (
+            sim.register_host(p, 100, true).unwrap(),
+            sim.register_host(p.add(100), 100, true),
+        )
+    };
+    assert!(matches!(r2, Err(Error::AlreadyRegistered { .. })), "{r2:?}");
+    drop(r1);
+    // The engine uses the second buffer as it is (pageable) and serves its bytes.
+    // SAFETY: as above; the engine is shut down before `buf` drops.
+    let (x, y) = unsafe {
+        (
+            engine.alloc_external(BlockSpec::new(100), p, true).unwrap(),
+            engine
+                .alloc_external(BlockSpec::new(100), p.add(100), true)
+                .unwrap(),
+        )
+    };
+    assert_eq!(engine.wait(x).unwrap().as_slice().unwrap(), &[3u8; 100][..]);
+    assert_eq!(engine.wait(y).unwrap().as_slice().unwrap(), &[4u8; 100][..]);
+    engine.shutdown();
+}
+
+/// A sim device whose copy submits fail, from some point on, with a sticky or transient error.
+#[derive(Debug)]
+struct FailingLink {
+    inner: SimBackend,
+    failing: AtomicBool,
+    sticky: bool,
+    submits: AtomicU64,
+}
+
+impl Backend for FailingLink {
+    fn info(&self) -> BackendInfo {
+        self.inner.info()
+    }
+    fn alloc_device(&self, bytes: u64) -> synapswap::Result<Box<dyn Memory>> {
+        self.inner.alloc_device(bytes)
+    }
+    fn alloc_host(&self, bytes: u64) -> synapswap::Result<Box<dyn Memory>> {
+        self.inner.alloc_host(bytes)
+    }
+    fn host_addressable(&self) -> bool {
+        true
+    }
+    unsafe fn submit(
+        &self,
+        dir: Direction,
+        host: *mut u8,
+        device: DevicePtr,
+        len: usize,
+    ) -> synapswap::Result<Ticket> {
+        self.submits.fetch_add(1, Ordering::SeqCst);
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(if self.sticky {
+                Error::DeviceLost("injected: the context is lost".into())
+            } else {
+                Error::Backend("injected: copy submit failed".into())
+            });
+        }
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { self.inner.submit(dir, host, device, len) }
+    }
+    fn wait(&self, ticket: Ticket) -> synapswap::Result<()> {
+        self.inner.wait(ticket)
+    }
+    unsafe fn copy_now(
+        &self,
+        dir: Direction,
+        host: *mut u8,
+        device: DevicePtr,
+        len: usize,
+    ) -> synapswap::Result<()> {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { self.inner.copy_now(dir, host, device, len) }
+    }
+    fn record_fence(&self, stream: u64) -> synapswap::Result<Option<Fence>> {
+        self.inner.record_fence(stream)
+    }
+    fn fence_done(&self, fence: &Fence) -> synapswap::Result<bool> {
+        self.inner.fence_done(fence)
+    }
+    fn drop_fence(&self, fence: Fence) {
+        self.inner.drop_fence(fence)
+    }
+}
+
+/// Runs `f` on a thread; fails the test if it has not returned within 10 s (a hang).
+fn within_10s<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("{what} hung for more than 10 s"))
+}
+
+fn failing_engine(sticky: bool) -> (Arc<Engine>, Arc<FailingLink>, Vec<BlockId>) {
+    let link = Arc::new(FailingLink {
+        inner: SimBackend::new(SimConfig::unpaced()).unwrap(),
+        failing: AtomicBool::new(false),
+        sticky,
+        submits: AtomicU64::new(0),
+    });
+    let engine = Arc::new(
+        Engine::builder()
+            .budget(2 * MIB)
+            .backend(link.clone())
+            .chunk_bytes(64 * KIB)
+            .build()
+            .unwrap(),
+    );
+    let ids: Vec<BlockId> = (0..4).map(|i| block(&engine, MIB, false, i)).collect();
+    for (step, &id) in ids.iter().enumerate() {
+        engine.declare(step as u64, id).unwrap();
+    }
+    // One good pass, so prefetch is running.
+    for (step, &id) in ids.iter().enumerate() {
+        engine.hint(step as u64).unwrap();
+        drop(engine.wait(id).unwrap());
+    }
+    (engine, link, ids)
+}
+
+#[test]
+fn a_lost_device_fails_every_call_and_never_hangs() {
+    let (engine, link, ids) = failing_engine(true);
+    link.failing.store(true, Ordering::SeqCst);
+    let e = engine.clone();
+    let results = within_10s("hint + wait on a lost device", move || {
+        let mut errors = Vec::new();
+        for (step, &id) in ids.iter().enumerate() {
+            let h = e.hint(step as u64);
+            let w = e.wait(id).map(|_| ());
+            errors.push((h, w));
+        }
+        errors
+    });
+    assert!(
+        results
+            .iter()
+            .any(|(_, w)| matches!(w, Err(Error::DeviceLost(_)))),
+        "{results:?}"
+    );
+    // Sticky: every later call fails with it; stats, shutdown and drop still work.
+    assert!(matches!(engine.hint(0), Err(Error::DeviceLost(_))));
+    assert!(matches!(
+        engine.alloc(BlockSpec::new(10)),
+        Err(Error::DeviceLost(_))
+    ));
+    let _ = engine.stats();
+    let e = engine.clone();
+    within_10s("shutdown of a lost engine", move || e.shutdown());
+    drop(engine);
+}
+
+#[test]
+fn a_link_that_keeps_failing_fails_the_waits_and_the_engine_lives_on() {
+    let (engine, link, ids) = failing_engine(false);
+    link.failing.store(true, Ordering::SeqCst);
+    let e = engine.clone();
+    let ids2 = ids.clone();
+    let results = within_10s("hint + wait on a failing link", move || {
+        let mut results = Vec::new();
+        for (step, &id) in ids2.iter().enumerate() {
+            e.hint(step as u64).unwrap();
+            results.push(e.wait(id).map(|_| ()));
+        }
+        results
+    });
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(r, Err(Error::Transfer { .. }))),
+        "{results:?}"
+    );
+    // Transient: no prefetch storm (each block failed at most once per use), and once the link
+    // works again so does the engine.
+    let before = link.submits.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        link.submits.load(Ordering::SeqCst),
+        before,
+        "the engine retries on its own"
+    );
+    link.failing.store(false, Ordering::SeqCst);
+    for (step, &id) in ids.iter().enumerate() {
+        engine.hint(step as u64).unwrap();
+        let g = engine.wait(id).unwrap();
+        assert!(pattern::verify(
+            pattern::seed(step as u64),
+            0,
+            g.as_slice().unwrap()
+        ));
+    }
+    engine.shutdown();
+}
