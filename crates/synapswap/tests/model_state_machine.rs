@@ -3,6 +3,13 @@
 //! block's bytes in a map. After every step: device bytes never exceed the budget, every byte read
 //! equals the reference, and the published statistics equal a recount from the block table.
 //!
+//! Consumers run through strict sim streams: a `Kernel` step waits for a block on one of three
+//! streams (the default one and two others), queues a kernel there that checks every byte and,
+//! for a mutable block, overwrites some, and releases the block at once (guard drop or a
+//! stream-ordered release), so the kernel races the engine's reuse of the memory. The sim's
+//! random delays (jitter) shuffle when kernels and copies run. Every kernel must see the
+//! reference bytes.
+//!
 //! Cases: `SYNAPSWAP_MODEL_CASES` (default 48, about 3,000 steps: the fast subset in the normal
 //! test command; the reliability run sets more). The number of steps run is printed.
 
@@ -79,6 +86,16 @@ enum Op {
     /// Shutdown mid-sequence: every later operation must fail with `ShutDown`, statistics still
     /// answer, and no host copy is left.
     Shutdown,
+    /// A consumer kernel on stream `stream % 3` reads the block (a mutable one: then writes
+    /// `len` bytes at `at`), released at once through a guard or `unacquire_on_stream`.
+    Kernel {
+        block: usize,
+        at: u64,
+        len: u64,
+        byte: u8,
+        stream: u8,
+        manual: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -97,7 +114,8 @@ fn op() -> impl Strategy<Value = Op> {
         10 => b.clone().prop_map(|block| Op::Unacquire { block }),
         10 => b.clone().prop_map(|block| Op::UnacquireOnStream { block }),
         10 => b.clone().prop_map(|block| Op::Release { block }),
-        20 => b.prop_map(|block| Op::Free { block }),
+        20 => b.clone().prop_map(|block| Op::Free { block }),
+        40 => (b, 0u64..30_000, 1u64..2_000, any::<u8>(), 0u8..3, any::<bool>()).prop_map(|(block, at, len, byte, stream, manual)| Op::Kernel { block, at, len, byte, stream, manual }),
         // About one sequence in six shuts down before its end.
         1 => Just(Op::Shutdown),
     ]
@@ -106,6 +124,16 @@ fn op() -> impl Strategy<Value = Op> {
 struct Model {
     blocks: Vec<Option<(BlockId, Vec<u8>, bool)>>, // id, bytes, mutable
     holds: BTreeMap<usize, u32>,
+    /// Streams with kernels queued on a block (by model index) that the host has not waited for.
+    kernels: BTreeMap<usize, Vec<u64>>,
+}
+
+/// A host-side read of a block's device bytes is ordered after its kernels only once their
+/// streams are synchronised (as on CUDA); the engine orders its own reuse by fences.
+fn sync_kernels(m: &mut Model, k: usize, backend: &SimBackend) {
+    for s in m.kernels.remove(&k).unwrap_or_default() {
+        backend.synchronize(s).unwrap();
+    }
 }
 
 fn policy(p: u8) -> Policy {
@@ -114,9 +142,17 @@ fn policy(p: u8) -> Policy {
 
 /// Sequences that shut the engine down before their end.
 static MID_SHUTDOWNS: AtomicU64 = AtomicU64::new(0);
+/// Kernel steps drawn (some are skipped: no live block, no room).
+static KERNELS: AtomicU64 = AtomicU64::new(0);
 
 fn run(ops: &[Op], steps: &AtomicU64) -> Result<(), TestCaseError> {
-    let backend = Arc::new(SimBackend::new(SimConfig::unpaced()).unwrap());
+    let seed = ops.len() as u64 * 7919 + steps.load(Ordering::Relaxed);
+    let backend = Arc::new(
+        SimBackend::new(
+            SimConfig::unpaced().with_jitter(std::time::Duration::from_micros(40), seed),
+        )
+        .unwrap(),
+    );
     let engine = Engine::builder()
         .budget(BUDGET)
         .backend(backend.clone())
@@ -124,9 +160,12 @@ fn run(ops: &[Op], steps: &AtomicU64) -> Result<(), TestCaseError> {
         .build()
         .unwrap();
     let stream = backend.create_stream().unwrap();
+    let streams = [0, stream, backend.create_stream().unwrap()];
+    let kernel_failures = Arc::new(AtomicU64::new(0));
     let mut m = Model {
         blocks: Vec::new(),
         holds: BTreeMap::new(),
+        kernels: BTreeMap::new(),
     };
     let mut external: Vec<Box<[u8]>> = Vec::new();
     let mut shut = false;
@@ -236,6 +275,7 @@ fn run(ops: &[Op], steps: &AtomicU64) -> Result<(), TestCaseError> {
                 byte,
             } => {
                 let Some(k) = live(&m, block) else { continue };
+                sync_kernels(&mut m, k, &backend);
                 let (id, bytes, mutable) = m.blocks[k].as_mut().unwrap();
                 let g = match engine.wait(*id) {
                     Ok(g) => g,
@@ -316,6 +356,64 @@ fn run(ops: &[Op], steps: &AtomicU64) -> Result<(), TestCaseError> {
                 );
                 continue;
             }
+            Op::Kernel {
+                block,
+                at,
+                len,
+                byte,
+                stream,
+                manual,
+            } => {
+                let Some(k) = live(&m, block) else { continue };
+                // Kernels on other streams are ordered with this one only by the host.
+                sync_kernels(&mut m, k, &backend);
+                let s = streams[stream as usize % 3];
+                let (id, bytes, mutable) = m.blocks[k].as_mut().unwrap();
+                let id = *id;
+                let (addr, guard) = if manual {
+                    match engine.acquire_on_stream(id, s) {
+                        Ok(a) => (a, None),
+                        Err(Error::OutOfDeviceMemory { .. }) => continue,
+                        Err(e) => return Err(TestCaseError::fail(format!("acquire: {e}"))),
+                    }
+                } else {
+                    match engine.wait_on_stream(id, s) {
+                        Ok(g) => (g.device_ptr(), Some(g)),
+                        Err(Error::OutOfDeviceMemory { .. }) => continue,
+                        Err(e) => return Err(TestCaseError::fail(format!("wait: {e}"))),
+                    }
+                };
+                let expect = bytes.clone();
+                let write = mutable.then(|| {
+                    let at = at.min(bytes.len() as u64 - 1);
+                    let len = len.min(bytes.len() as u64 - at);
+                    bytes[at as usize..(at + len) as usize].fill(byte);
+                    (at, vec![byte; len as usize])
+                });
+                if write.is_some() {
+                    engine.mark_dirty(id).unwrap();
+                }
+                let failures = kernel_failures.clone();
+                backend
+                    .launch(s, move |dev| {
+                        let mut seen = vec![0u8; expect.len()];
+                        dev.read(addr, &mut seen)?;
+                        if seen != expect {
+                            failures.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if let Some((at, data)) = write {
+                            dev.write(addr + at, &data)?;
+                        }
+                        Ok(())
+                    })
+                    .unwrap();
+                // The release races the kernel.
+                match guard {
+                    Some(g) => drop(g),
+                    None => engine.unacquire_on_stream(id, s).unwrap(),
+                }
+                m.kernels.entry(k).or_default().push(s);
+            }
             Op::Free { block } => {
                 let Some(k) = live(&m, block) else { continue };
                 let id = m.blocks[k].as_ref().unwrap().0;
@@ -391,6 +489,20 @@ fn run(ops: &[Op], steps: &AtomicU64) -> Result<(), TestCaseError> {
     }
     engine.shutdown();
     prop_assert_eq!(backend.live_host_bytes(), 0, "host copies leaked");
+    for s in streams {
+        backend.synchronize(s).unwrap();
+    }
+    prop_assert_eq!(
+        kernel_failures.load(Ordering::SeqCst),
+        0,
+        "a kernel saw bytes that were not the block's"
+    );
+    KERNELS.fetch_add(
+        ops.iter()
+            .filter(|o| matches!(o, Op::Kernel { .. }))
+            .count() as u64,
+        Ordering::Relaxed,
+    );
     drop(external);
     Ok(())
 }
@@ -413,8 +525,9 @@ fn engine_matches_the_reference_model() {
         })
         .unwrap();
     eprintln!(
-        "model state machine: {cases} sequences, {} steps, 0 failures ({} shut down mid-sequence)",
+        "model state machine: {cases} sequences, {} steps, 0 failures ({} shut down mid-sequence, {} kernel steps on strict sim streams)",
         steps.load(Ordering::Relaxed),
-        MID_SHUTDOWNS.load(Ordering::Relaxed)
+        MID_SHUTDOWNS.load(Ordering::Relaxed),
+        KERNELS.load(Ordering::Relaxed)
     );
 }
