@@ -9,8 +9,13 @@
 //!   the CPU reads it too (verification, write-backs); or a caller's buffer registered in place
 //!   with `cuMemHostRegister` ([`Backend::register_host`]), so it is not copied twice. Pinned
 //!   and registered bytes are counted exactly.
-//! - Copies go on one dedicated non-blocking stream; each submitted copy records an event, and
-//!   [`Backend::wait`] synchronises on that event only (no stream or device sync per copy).
+//! - Copies go on two dedicated non-blocking streams (loads, and write-backs so that D2H overlaps
+//!   H2D); each submitted copy records an event (`BLOCKING_SYNC`: a waiting thread sleeps instead
+//!   of spinning), and [`Backend::wait`] synchronises on that event only.
+//! - Every call pushes the device's primary context for its duration and pops it after, so a
+//!   caller's own current context is never replaced.
+//! - Sticky driver errors (illegal address, launch failure, ECC, ...) become
+//!   [`Error::DeviceLost`]; the rest (out of memory, bad arguments) are transient.
 //! - Stream-ordered release: [`Backend::record_fence`] records an event on the consumer's stream;
 //!   the engine keeps the block's memory until that event has completed.
 //! - Teardown tolerates a driver that is already shutting down: errors in drop are ignored.
@@ -40,15 +45,38 @@ fn describe(r: sys::CUresult) -> String {
     }
 }
 
+/// Errors after which the context is unusable (CUDA's "sticky" errors: every later call in the
+/// context fails with them).
+fn is_sticky(r: sys::CUresult) -> bool {
+    use sys::CUresult as R;
+    matches!(
+        r,
+        R::CUDA_ERROR_DEINITIALIZED
+            | R::CUDA_ERROR_ECC_UNCORRECTABLE
+            | R::CUDA_ERROR_ILLEGAL_ADDRESS
+            | R::CUDA_ERROR_LAUNCH_TIMEOUT
+            | R::CUDA_ERROR_CONTEXT_IS_DESTROYED
+            | R::CUDA_ERROR_ASSERT
+            | R::CUDA_ERROR_HARDWARE_STACK_ERROR
+            | R::CUDA_ERROR_ILLEGAL_INSTRUCTION
+            | R::CUDA_ERROR_MISALIGNED_ADDRESS
+            | R::CUDA_ERROR_INVALID_ADDRESS_SPACE
+            | R::CUDA_ERROR_INVALID_PC
+            | R::CUDA_ERROR_LAUNCH_FAILED
+            | R::CUDA_ERROR_UNKNOWN
+    )
+}
+
 fn check(r: sys::CUresult, what: &str) -> Result<()> {
     if r == sys::CUresult::CUDA_SUCCESS {
-        Ok(())
-    } else {
-        Err(Error::Backend(format!(
-            "CUDA {what} failed: {}",
-            describe(r)
-        )))
+        return Ok(());
     }
+    let msg = format!("CUDA {what} failed: {}", describe(r));
+    Err(if is_sticky(r) {
+        Error::DeviceLost(msg)
+    } else {
+        Error::Backend(msg)
+    })
 }
 
 /// Whether CUDA can be used: the driver library loads, initialises, and reports at least one
@@ -94,9 +122,25 @@ unsafe impl Send for Context {}
 unsafe impl Sync for Context {}
 
 impl Context {
-    fn bind(&self) -> Result<()> {
-        // SAFETY: a retained primary context; binding is per calling thread.
-        check(unsafe { sys::cuCtxSetCurrent(self.ctx) }, "cuCtxSetCurrent")
+    /// Makes the context current on this thread until the returned value drops, which restores
+    /// whatever context the caller had current (a caller's own context survives every call).
+    fn bind(&self) -> Result<Bound> {
+        // SAFETY: a retained primary context; pushing is per calling thread and undone by the
+        // pop in `Bound::drop`.
+        let r = unsafe { sys::cuCtxPushCurrent_v2(self.ctx) };
+        check(r, "cuCtxPushCurrent")?;
+        Ok(Bound(std::marker::PhantomData))
+    }
+}
+
+/// The context pushed by [`Context::bind`] on this thread (not `Send`: it must pop there).
+struct Bound(std::marker::PhantomData<*const ()>);
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        let mut ctx = std::ptr::null_mut();
+        // SAFETY: pops the context `bind` pushed on this same thread (`Bound` is not `Send`).
+        let _ = unsafe { sys::cuCtxPopCurrent_v2(&mut ctx) };
     }
 }
 
@@ -127,7 +171,7 @@ impl Memory for DeviceMem {
 
 impl Drop for DeviceMem {
     fn drop(&mut self) {
-        if self.ctx.bind().is_ok() {
+        if let Ok(_ctx) = self.ctx.bind() {
             // SAFETY: allocated by cuMemAlloc in this context and freed once; nothing uses it
             // after the engine dropped it. Errors at teardown are ignored.
             let _ = unsafe { sys::cuMemFree_v2(self.ptr) };
@@ -163,9 +207,9 @@ impl Memory for HostMem {
 impl Drop for HostMem {
     fn drop(&mut self) {
         self.counter.fetch_sub(self.len, Ordering::Relaxed);
-        if self.ctx.bind().is_err() {
+        let Ok(_ctx) = self.ctx.bind() else {
             return;
-        }
+        };
         // SAFETY: the pointer came from cuMemHostAlloc / cuMemHostRegister in this context and
         // is released once; errors at teardown are ignored.
         let _ = unsafe {
@@ -183,7 +227,6 @@ struct Queue {
     /// Submitted copies not yet known complete: (ticket, event).
     pending: VecDeque<(u64, usize)>,
     next: u64,
-    done: u64,
     spare: Vec<usize>,
     /// A failure makes the stream unusable: every later wait reports it.
     failed: Option<String>,
@@ -195,7 +238,10 @@ pub struct CudaBackend {
     ctx: Arc<Context>,
     ordinal: usize,
     name: String,
+    /// Host-to-device copies.
     stream: usize,
+    /// Device-to-host copies (write-backs), so they overlap loads on the other copy engine.
+    wb_stream: usize,
     queue: Mutex<Queue>,
     pinned: Arc<AtomicU64>,
     registered: Arc<AtomicU64>,
@@ -223,7 +269,7 @@ impl CudaBackend {
         let r = unsafe { sys::cuDevicePrimaryCtxRetain(&mut ctx, dev) };
         check(r, "cuDevicePrimaryCtxRetain")?;
         let ctx = Arc::new(Context { ctx, dev });
-        ctx.bind()?;
+        let _bound = ctx.bind()?;
         let mut name = [0 as std::ffi::c_char; 256];
         // SAFETY: a 256-byte buffer and its length.
         let r = unsafe { sys::cuDeviceGetName(name.as_mut_ptr(), 256, dev) };
@@ -242,11 +288,22 @@ impl CudaBackend {
             )
         };
         check(r, "cuStreamCreate")?;
+        let mut wb_stream = std::ptr::null_mut();
+        // SAFETY: as above.
+        let r = unsafe {
+            sys::cuStreamCreate(
+                &mut wb_stream,
+                sys::CUstream_flags_enum::CU_STREAM_NON_BLOCKING as u32,
+            )
+        };
+        check(r, "cuStreamCreate")?;
+        drop(_bound);
         Ok(CudaBackend {
             ctx,
             ordinal,
             name,
             stream: stream as usize,
+            wb_stream: wb_stream as usize,
             queue: Mutex::new(Queue {
                 next: 1,
                 ..Queue::default()
@@ -263,7 +320,7 @@ impl CudaBackend {
 
     /// Free and total device memory in bytes.
     pub fn mem_info(&self) -> Result<(u64, u64)> {
-        self.ctx.bind()?;
+        let _ctx = self.ctx.bind()?;
         let (mut free, mut total) = (0usize, 0usize);
         // SAFETY: the context is current; valid out pointers.
         let r = unsafe { sys::cuMemGetInfo_v2(&mut free, &mut total) };
@@ -294,13 +351,19 @@ impl CudaBackend {
         len: u64,
         read_only: bool,
     ) -> Result<Box<dyn Memory>> {
-        self.ctx.bind()?;
+        let _ctx = self.ctx.bind()?;
         let mut flags = sys::CU_MEMHOSTREGISTER_PORTABLE;
         if read_only {
             flags |= sys::CU_MEMHOSTREGISTER_READ_ONLY;
         }
         // SAFETY: guaranteed by the caller.
         let r = unsafe { sys::cuMemHostRegister_v2(ptr.cast(), len as usize, flags) };
+        if r == sys::CUresult::CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED {
+            return Err(Error::AlreadyRegistered {
+                addr: ptr as u64,
+                len,
+            });
+        }
         check(r, "cuMemHostRegister")?;
         self.registered.fetch_add(len, Ordering::Relaxed);
         Ok(Box::new(HostMem {
@@ -317,11 +380,13 @@ impl CudaBackend {
             return Ok(e);
         }
         let mut e = std::ptr::null_mut();
-        // SAFETY: the context is current (callers bind first); valid out pointer.
+        // SAFETY: the context is current (callers bind first); valid out pointer. Blocking
+        // sync: the transfer thread sleeps in `cuEventSynchronize` instead of spinning a core.
         let r = unsafe {
             sys::cuEventCreate(
                 &mut e,
-                sys::CUevent_flags_enum::CU_EVENT_DISABLE_TIMING as u32,
+                sys::CUevent_flags_enum::CU_EVENT_DISABLE_TIMING as u32
+                    | sys::CUevent_flags_enum::CU_EVENT_BLOCKING_SYNC as u32,
             )
         };
         check(r, "cuEventCreate")?;
@@ -331,18 +396,20 @@ impl CudaBackend {
 
 impl Drop for CudaBackend {
     fn drop(&mut self) {
-        if self.ctx.bind().is_err() {
+        let Ok(_ctx) = self.ctx.bind() else {
             return;
-        }
+        };
         let q = std::mem::take(&mut *sync::lock(&self.queue));
         // SAFETY: our own stream and events, destroyed once; errors (a driver shutting down)
         // are ignored.
         unsafe {
             let _ = sys::cuStreamSynchronize(self.stream as sys::CUstream);
+            let _ = sys::cuStreamSynchronize(self.wb_stream as sys::CUstream);
             for e in q.pending.iter().map(|p| p.1).chain(q.spare) {
                 let _ = sys::cuEventDestroy_v2(e as sys::CUevent);
             }
             let _ = sys::cuStreamDestroy_v2(self.stream as sys::CUstream);
+            let _ = sys::cuStreamDestroy_v2(self.wb_stream as sys::CUstream);
         }
     }
 }
@@ -360,7 +427,7 @@ impl Backend for CudaBackend {
     }
 
     fn alloc_device(&self, bytes: u64) -> Result<Box<dyn Memory>> {
-        self.ctx.bind()?;
+        let _ctx = self.ctx.bind()?;
         let mut ptr = 0;
         // SAFETY: the context is current; valid out pointer.
         let r = unsafe { sys::cuMemAlloc_v2(&mut ptr, bytes.max(1) as usize) };
@@ -379,7 +446,7 @@ impl Backend for CudaBackend {
     }
 
     fn alloc_host(&self, bytes: u64) -> Result<Box<dyn Memory>> {
-        self.ctx.bind()?;
+        let _ctx = self.ctx.bind()?;
         let mut ptr = std::ptr::null_mut();
         // SAFETY: the context is current; valid out pointer. PORTABLE without WRITECOMBINED:
         // the CPU reads these bytes too.
@@ -424,12 +491,15 @@ impl Backend for CudaBackend {
         device: DevicePtr,
         len: usize,
     ) -> Result<Ticket> {
-        self.ctx.bind()?;
+        let _ctx = self.ctx.bind()?;
         let mut q = sync::lock(&self.queue);
         if let Some(e) = &q.failed {
-            return Err(Error::Backend(e.clone()));
+            return Err(Error::DeviceLost(e.clone()));
         }
-        let stream = self.stream as sys::CUstream;
+        let stream = match dir {
+            Direction::HostToDevice => self.stream,
+            Direction::DeviceToHost => self.wb_stream,
+        } as sys::CUstream;
         // SAFETY: the caller guarantees both ranges stay valid and unshared until `wait`
         // returns for this ticket; the host range is page-locked (or pageable: still correct,
         // only slower).
@@ -460,28 +530,30 @@ impl Backend for CudaBackend {
             if let Some(e) = &q.failed {
                 return Err(Error::Backend(e.clone()));
             }
-            if ticket.0 <= q.done {
-                return Ok(());
+            if ticket.0 >= q.next {
+                return Err(Error::Backend(format!("unknown copy ticket {}", ticket.0)));
             }
             match q.pending.iter().find(|p| p.0 == ticket.0) {
                 Some(&(_, e)) => e,
-                None => return Err(Error::Backend(format!("unknown copy ticket {}", ticket.0))),
+                // Issued and no longer pending: it completed.
+                None => return Ok(()),
             }
         };
-        self.ctx.bind()?;
+        let _ctx = self.ctx.bind()?;
         // SAFETY: an event recorded on our stream; not destroyed while pending (only `wait`
         // recycles it, below, after the synchronisation).
         let r = unsafe { sys::cuEventSynchronize(event as sys::CUevent) };
         let mut q = sync::lock(&self.queue);
         if let Err(e) = check(r, "copy") {
+            // A copy that failed on the stream leaves it (and the context) unusable.
             q.failed = Some(e.to_string());
-            return Err(e);
+            return Err(Error::DeviceLost(e.to_string()));
         }
-        while q.pending.front().is_some_and(|p| p.0 <= ticket.0) {
-            let (_, e) = q.pending.pop_front().expect("checked non-empty");
+        // Only this ticket is known complete: the two copy streams finish in their own orders.
+        if let Some(i) = q.pending.iter().position(|p| p.0 == ticket.0) {
+            let (_, e) = q.pending.remove(i).expect("found above");
             q.spare.push(e);
         }
-        q.done = q.done.max(ticket.0);
         Ok(())
     }
 
@@ -492,7 +564,7 @@ impl Backend for CudaBackend {
         device: DevicePtr,
         len: usize,
     ) -> Result<()> {
-        self.ctx.bind()?;
+        let _ctx = self.ctx.bind()?;
         // SAFETY: forwarded from the caller's contract; the synchronous copies return once done.
         let r = unsafe {
             match dir {
@@ -515,8 +587,22 @@ impl Backend for CudaBackend {
         unsafe { self.register_in_place(ptr, len, read_only) }
     }
 
+    fn stream_wait(&self, stream: u64, ticket: Ticket) -> Result<()> {
+        let _ctx = self.ctx.bind()?;
+        // Under the queue's lock, so `wait` cannot recycle the event meanwhile.
+        let q = sync::lock(&self.queue);
+        let Some(&(_, event)) = q.pending.iter().find(|p| p.0 == ticket.0) else {
+            return Ok(());
+        };
+        // SAFETY: a pending event recorded on our copy stream; `stream` is the caller's CUstream
+        // in this context (0: the legacy default stream).
+        let r =
+            unsafe { sys::cuStreamWaitEvent(stream as sys::CUstream, event as sys::CUevent, 0) };
+        check(r, "cuStreamWaitEvent")
+    }
+
     fn record_fence(&self, stream: u64) -> Result<Option<Fence>> {
-        self.ctx.bind()?;
+        let _ctx = self.ctx.bind()?;
         let event = {
             let mut q = sync::lock(&self.queue);
             self.event(&mut q)?
@@ -529,7 +615,7 @@ impl Backend for CudaBackend {
     }
 
     fn fence_done(&self, fence: &Fence) -> Result<bool> {
-        self.ctx.bind()?;
+        let _ctx = self.ctx.bind()?;
         // SAFETY: an event from `record_fence`, not yet returned.
         let r = unsafe { sys::cuEventQuery(fence.0 as sys::CUevent) };
         match r {
@@ -578,7 +664,7 @@ impl CudaBackend {
     }
 
     fn overlap(&self, total: u64) -> Result<crate::probe::Overlap> {
-        self.ctx.bind()?;
+        let _ctx = self.ctx.bind()?;
         let mut module = std::ptr::null_mut();
         // SAFETY: a NUL-terminated PTX image; valid out pointer; the context is current.
         let r = unsafe { sys::cuModuleLoadData(&mut module, SPIN_PTX.as_ptr().cast()) };
