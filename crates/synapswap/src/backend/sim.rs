@@ -4,7 +4,8 @@
 //! - Copies go on two copy streams (host-to-device, and device-to-host for write-backs, so they
 //!   overlap like a GPU's two copy engines). Each copy is a real `memcpy`, optionally paced to a
 //!   modelled bandwidth and per-copy latency, and completes an event (its [`Ticket`]).
-//! - Consumers' work goes on consumer streams: the default stream `0` (always there) and streams
+//! - Consumers' work goes on consumer streams: the default stream `0` (always there; `1` and `2`,
+//!   CUDA's legacy and per-thread handles, name it too) and streams
 //!   from [`SimBackend::create_stream`]. A *kernel* ([`SimBackend::launch`]) is a closure that
 //!   reads or writes device memory through [`DeviceAccess`]; it runs later, in stream order, not
 //!   when it is launched, exactly like a GPU kernel. A stream can wait for an event
@@ -494,7 +495,8 @@ impl SimBackend {
             h2d: Stream::new("synapswap-sim-h2d"),
             d2h: Stream::new("synapswap-sim-d2h"),
             streams: Mutex::new(streams),
-            next_stream: AtomicU64::new(1),
+            // Above CUDA's special handles (1: legacy, 2: per-thread default).
+            next_stream: AtomicU64::new(16),
             live_host: Arc::new(AtomicU64::new(0)),
             live_device: Arc::new(AtomicU64::new(0)),
         })
@@ -559,6 +561,9 @@ impl SimBackend {
     }
 
     fn stream(&self, id: u64) -> Result<Arc<Stream>> {
+        // CUDA's CU_STREAM_LEGACY (1) and CU_STREAM_PER_THREAD (2), which DLPack consumers pass,
+        // name the default stream here.
+        let id = if id <= 2 { 0 } else { id };
         sync::lock(&self.streams)
             .get(&id)
             .cloned()
