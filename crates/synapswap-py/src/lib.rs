@@ -23,7 +23,9 @@ fn err(e: Error) -> PyErr {
     match e {
         Error::BlockTooLarge { .. }
         | Error::PinnedOverBudget { .. }
-        | Error::OutOfDeviceMemory { .. } => PyMemoryError::new_err(msg),
+        | Error::OutOfDeviceMemory { .. }
+        | Error::HostMemory { .. }
+        | Error::OutOfHostMemory(_) => PyMemoryError::new_err(msg),
         Error::UnknownBlock(_)
         | Error::StaleBlock(_)
         | Error::NotHeld(_)
@@ -36,7 +38,10 @@ fn err(e: Error) -> PyErr {
         | Error::BlockInUse(_)
         | Error::Parse { .. }
         | Error::Workload(_) => PyValueError::new_err(msg),
-        _ => PyRuntimeError::new_err(msg),
+        Error::Transfer { .. }
+        | Error::Backend(_)
+        | Error::BackendUnavailable { .. }
+        | Error::ShutDown => PyRuntimeError::new_err(msg),
     }
 }
 
@@ -402,7 +407,10 @@ impl PyEngine {
                 size: total,
             }));
         }
-        let mut buf = vec![0u8; n as usize];
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(n as usize)
+            .map_err(|_| err(Error::OutOfHostMemory(n)))?;
+        buf.resize(n as usize, 0);
         self.inner.read(id, offset, &mut buf).map_err(err)?;
         Ok(PyBytes::new(py, &buf))
     }

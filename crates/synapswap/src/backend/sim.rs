@@ -61,11 +61,8 @@ struct Counted {
 
 impl Counted {
     fn new(bytes: u64, live: &Arc<AtomicU64>) -> Result<Counted> {
-        let len = usize::try_from(bytes.max(1))
-            .map_err(|_| Error::Backend(format!("{bytes} bytes do not fit in memory")))?;
-        let pages = os::Pages::new(len).ok_or_else(|| {
-            Error::Backend(format!("out of host memory allocating {bytes} bytes"))
-        })?;
+        let len = usize::try_from(bytes.max(1)).map_err(|_| Error::OutOfHostMemory(bytes))?;
+        let pages = os::Pages::new(len).ok_or(Error::OutOfHostMemory(bytes))?;
         live.fetch_add(len as u64, Ordering::Relaxed);
         Ok(Counted {
             pages,
