@@ -60,7 +60,7 @@ pub enum Error {
     /// memory cgroup's headroom and `RLIMIT_AS` (see [`crate::os::available_memory`]); `limit`
     /// names that one. Memory-mapped files do not count: they page.
     #[error(
-        "not enough host memory: {needed} bytes ({}) of host copies and arena needed, {available} bytes ({}) available ({limit})",
+        "not enough host memory: {needed} bytes ({}) needed, {available} bytes ({}) available ({limit})",
         format_bytes(*.needed),
         format_bytes(*.available)
     )]
