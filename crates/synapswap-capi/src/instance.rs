@@ -34,21 +34,36 @@ pub fn fail<T>(status: i32, message: impl Into<String>) -> Res<T> {
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
-        let status = match &e {
-            Error::UnknownBlock(_) | Error::StaleBlock(_) | Error::NotHeld(_) => ERR_INVALID_PTR,
-            Error::BlockTooLarge { .. }
-            | Error::PinnedOverBudget { .. }
-            | Error::OutOfDeviceMemory { .. }
-            | Error::InvalidBudget(_) => ERR_OUT_OF_VRAM,
-            Error::Backend(m) if m.contains("host memory") => ERR_OUT_OF_RAM,
-            Error::BackendUnavailable { .. } => ERR_CUDA,
-            Error::ShutDown => ERR_INITIALIZATION,
-            _ => ERR_UNKNOWN,
-        };
         Failure {
-            status,
+            status: status_of(&e),
             message: e.to_string(),
         }
+    }
+}
+
+/// The status code of an engine error, chosen by its variant (never by its message). The match
+/// is exhaustive, so a new variant does not build until it has a code.
+pub fn status_of(e: &Error) -> i32 {
+    match e {
+        Error::UnknownBlock(_) | Error::StaleBlock(_) | Error::NotHeld(_) => ERR_INVALID_PTR,
+        Error::BlockTooLarge { .. }
+        | Error::PinnedOverBudget { .. }
+        | Error::OutOfDeviceMemory { .. }
+        | Error::InvalidBudget(_) => ERR_OUT_OF_VRAM,
+        Error::HostMemory { .. } | Error::OutOfHostMemory(_) => ERR_OUT_OF_RAM,
+        Error::BackendUnavailable { .. } | Error::DeviceLost(_) => ERR_CUDA,
+        Error::ShutDown => ERR_INITIALIZATION,
+        Error::ZeroSize
+        | Error::InvalidPriority(_)
+        | Error::InvalidProbability(_)
+        | Error::OutOfBounds { .. }
+        | Error::BlockInUse(_)
+        | Error::NotMutable(_)
+        | Error::Transfer { .. }
+        | Error::Backend(_)
+        | Error::AlreadyRegistered { .. }
+        | Error::Parse { .. }
+        | Error::Workload(_) => ERR_UNKNOWN,
     }
 }
 

@@ -68,3 +68,45 @@ fn the_global_api_round_trip() {
     assert_eq!(synapswap_init(1 << 20, false), SS_SUCCESS);
     synapswap_shutdown();
 }
+
+#[test]
+fn status_codes_follow_the_error_variant_not_its_message() {
+    use engine::{BlockId, Error};
+    let code = |e: Error| instance::Failure::from(e).status;
+    let id = BlockId::from_raw(7);
+    // Host memory: its own code, whatever the message says.
+    assert_eq!(code(Error::OutOfHostMemory(1 << 40)), SS_ERR_OUT_OF_RAM);
+    let short = Error::HostMemory {
+        needed: 2 << 30,
+        available: 1 << 30,
+        limit: "MemAvailable",
+    };
+    assert_eq!(code(short), SS_ERR_OUT_OF_RAM);
+    // Messages that merely mention host memory are not out of it.
+    assert_eq!(
+        code(Error::Backend(
+            "cannot register host memory: the range overlaps one registered".into()
+        )),
+        SS_ERR_UNKNOWN
+    );
+    let transfer = Error::Transfer {
+        block: id,
+        reason: "copy from host memory failed".into(),
+    };
+    assert_eq!(code(transfer), SS_ERR_UNKNOWN);
+    assert_eq!(code(Error::StaleBlock(id)), SS_ERR_INVALID_PTR);
+    assert_eq!(code(Error::NotHeld(id)), SS_ERR_INVALID_PTR);
+    let oom = Error::OutOfDeviceMemory {
+        needed: 1,
+        budget: 1,
+        held: 1,
+        pinned: 0,
+    };
+    assert_eq!(code(oom), SS_ERR_OUT_OF_VRAM);
+    let unavailable = Error::BackendUnavailable {
+        name: "cuda".into(),
+        reason: "no driver".into(),
+    };
+    assert_eq!(code(unavailable), SS_ERR_CUDA);
+    assert_eq!(code(Error::ShutDown), SS_ERR_INITIALIZATION);
+}

@@ -13,7 +13,7 @@ use synapswap::backend::{self as backends, BackendKind, CudaBackend, SimConfig};
 use synapswap::run::{self, Progress, RunConfig, RunReport, Verify};
 use synapswap::simulate::{self, BenchRow, SimPolicy, SimulateConfig};
 use synapswap::size::{format_bandwidth, format_bytes, parse_bandwidth, parse_size};
-use synapswap::workload::{self, DeviceModel, LlamaShape, Workload};
+use synapswap::workload::{self, Workload};
 use synapswap::Engine;
 
 #[derive(Parser, Debug)]
@@ -234,17 +234,13 @@ fn cmd_run(args: RunArgs) -> Result<(), (u8, String)> {
             synapswap::Error::BlockTooLarge { .. }
             | synapswap::Error::InvalidBudget(_)
             | synapswap::Error::PinnedOverBudget { .. }
+            | synapswap::Error::HostMemory { .. }
             | synapswap::Error::Parse { .. } => 2u8,
             _ => 1,
         };
         (code, e.to_string())
     };
-    let shape = LlamaShape {
-        layers: args.layers,
-        ..LlamaShape::LLAMA_8L
-    };
-    let name = format!("llama-7b-shaped-{}l-bf16-decode", args.layers);
-    let wl = workload::llama(&name, shape, DeviceModel::CONSUMER);
+    let wl = workload::run_model(args.layers);
     let model_bytes = wl.model_bytes();
     let budget = args.vram.unwrap_or(model_bytes / 2 / (1 << 20) * (1 << 20));
     if budget > 0 && budget >= model_bytes && !args.json {
@@ -267,6 +263,9 @@ fn cmd_run(args: RunArgs) -> Result<(), (u8, String)> {
     if let (Some(why), false) = (&fell_back, args.json) {
         eprintln!("note: --backend auto chose sim ({why})");
     }
+    // Before anything big is allocated: a model the machine cannot hold is refused (exit 2),
+    // not killed by the kernel halfway through filling it.
+    run::check_host_memory(&wl, budget, backend.host_addressable()).map_err(fail)?;
     let (bound_bw, source) = if backend.info().name == "cuda" {
         if args.h2d.is_some() && !args.json {
             eprintln!("note: --h2d models the sim backend's link; on CUDA the bound is measured");

@@ -123,3 +123,77 @@ fn probe_measures_the_sim_link() {
     assert!(v["pageable_h2d_bytes_per_s"].as_f64().unwrap() > 1e8);
     assert!(v["d2h_bytes_per_s"].as_f64().unwrap() > 1e8);
 }
+
+/// `synapswap run --backend sim` under `ulimit -v KIB` (the shell sets `RLIMIT_AS`).
+#[cfg(target_os = "linux")]
+fn synapswap_limited(address_space_kib: u64, args: &[&str]) -> std::process::Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v {address_space_kib} && exec \"$0\" \"$@\""
+        ))
+        .arg(env!("CARGO_BIN_EXE_synapswap"))
+        .args(args)
+        .output()
+        .expect("run the synapswap binary under sh")
+}
+
+/// Checks a refusal for lack of host memory: exit 2, both figures, the limit named, nothing
+/// printed on stdout. Returns the available figure.
+fn assert_refused(out: &std::process::Output, needed: u64, limit: &str) -> u64 {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(out.stdout.is_empty());
+    assert!(err.contains("not enough host memory"), "{err}");
+    assert!(err.contains(&format!("{needed} bytes")), "{needed}: {err}");
+    assert!(err.contains(limit), "{limit}: {err}");
+    let available: u64 = err
+        .split("needed, ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no available figure in: {err}"));
+    assert!(available < needed, "{err}");
+    available
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_model_over_the_address_space_limit_is_refused_before_it_is_allocated() {
+    // The default model (3.29 GiB of host copies) and a 1 GiB sim arena in 1 GiB of address
+    // space: refused up front, exit 2, instead of failing (or being killed) while allocating.
+    let needed =
+        synapswap::run::host_bytes_needed(&synapswap::workload::run_model(8), 1 << 30, true);
+    let out = synapswap_limited(
+        1 << 20,
+        &["run", "--backend", "sim", "--vram", "1GiB", "--json"],
+    );
+    let available = assert_refused(&out, needed, "RLIMIT_AS");
+    assert!(available > 0 && available < 1 << 30, "{available}");
+}
+
+#[test]
+fn a_model_larger_than_this_machine_is_refused_before_it_is_allocated() {
+    // 256 layers: 105 GiB of host copies and a 50 GiB sim arena.
+    let needed =
+        synapswap::run::host_bytes_needed(&synapswap::workload::run_model(256), 50 << 30, true);
+    let Some(avail) = synapswap::os::available_memory() else {
+        eprintln!("available memory is unknown on this platform: nothing to check");
+        return;
+    };
+    if avail.bytes >= needed {
+        eprintln!("this machine has {} bytes available: skipped", avail.bytes);
+        return;
+    }
+    let out = synapswap(&[
+        "run",
+        "--backend",
+        "sim",
+        "--layers",
+        "256",
+        "--vram",
+        "50GiB",
+        "--json",
+    ]);
+    assert_refused(&out, needed, avail.limit);
+}

@@ -2,7 +2,8 @@
 //!
 //! A view ([`DeviceView`]) holds its block on the device until `release()` (or garbage
 //! collection). Each DLPack export (`torch.from_dlpack(view)`, `numpy.from_dlpack(view)` on the
-//! sim backend) takes a hold of its own, owned by the exported tensor: the block stays resident
+//! sim backend) takes a hold of its own (sharing the view's use: a wait counts once however often
+//! its view is exported), owned by the exported tensor: the block stays resident
 //! while the tensor lives, and when the tensor dies the hold is released on the stream the
 //! consumer named in `__dlpack__(stream=...)`, so on CUDA the memory is reused only after the
 //! work queued there has finished.
@@ -22,7 +23,9 @@ fn err(e: Error) -> PyErr {
     match e {
         Error::BlockTooLarge { .. }
         | Error::PinnedOverBudget { .. }
-        | Error::OutOfDeviceMemory { .. } => PyMemoryError::new_err(msg),
+        | Error::OutOfDeviceMemory { .. }
+        | Error::HostMemory { .. }
+        | Error::OutOfHostMemory(_) => PyMemoryError::new_err(msg),
         Error::UnknownBlock(_)
         | Error::StaleBlock(_)
         | Error::NotHeld(_)
@@ -35,7 +38,12 @@ fn err(e: Error) -> PyErr {
         | Error::BlockInUse(_)
         | Error::Parse { .. }
         | Error::Workload(_) => PyValueError::new_err(msg),
-        _ => PyRuntimeError::new_err(msg),
+        Error::Transfer { .. }
+        | Error::Backend(_)
+        | Error::DeviceLost(_)
+        | Error::AlreadyRegistered { .. }
+        | Error::BackendUnavailable { .. }
+        | Error::ShutDown => PyRuntimeError::new_err(msg),
     }
 }
 
@@ -227,7 +235,10 @@ impl DeviceView {
         }
         let engine = self.engine.clone();
         let block = self.block;
-        let ptr = py.allow_threads(|| engine.acquire(block)).map_err(err)?;
+        // The view's hold is on the device already: the export shares its use (no second wait).
+        let ptr = py
+            .allow_threads(|| engine.acquire_held(block))
+            .map_err(err)?;
         let stream = match stream {
             Some(s) if s > 0 => s as u64,
             _ => 0,
@@ -389,7 +400,19 @@ impl PyEngine {
         let id = block_arg(block);
         let total = self.inner.spec(id).map_err(err)?.size;
         let n = size.unwrap_or(total.saturating_sub(offset));
-        let mut buf = vec![0u8; n as usize];
+        // The range is checked before anything is allocated: a huge `size` is an error, not a
+        // MemoryError or an abort.
+        if offset.checked_add(n).is_none_or(|end| end > total) {
+            return Err(err(Error::OutOfBounds {
+                offset,
+                len: n,
+                size: total,
+            }));
+        }
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(n as usize)
+            .map_err(|_| err(Error::OutOfHostMemory(n)))?;
+        buf.resize(n as usize, 0);
         self.inner.read(id, offset, &mut buf).map_err(err)?;
         Ok(PyBytes::new(py, &buf))
     }

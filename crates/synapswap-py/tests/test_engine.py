@@ -43,6 +43,39 @@ def test_blocks_stream_through_a_small_pool_byte_exact():
     e.shutdown()
 
 
+def test_each_use_is_one_wait_however_often_it_is_exported():
+    e = synapswap.Engine("1MiB", backend="sim")
+    blocks = [e.alloc("256KiB", name=f"w{i}") for i in range(6)]
+    for i, b in enumerate(blocks):
+        e.declare(i, b)
+    uses = 0
+    for _ in range(3):
+        for i, b in enumerate(blocks):
+            e.hint(i)
+            with e.wait(b) as view:
+                # Exports share the view's use: they are not waits of their own.
+                a, c = np.from_dlpack(view), np.from_dlpack(view)
+                del a, c
+            uses += 1
+    s = e.stats()
+    assert s["waits"] == uses
+    assert s["hits"] <= uses and s["hit_rate"] == s["hits"] / uses
+    e.shutdown()
+
+
+def test_read_checks_the_range_before_allocating():
+    e = synapswap.Engine("64KiB", backend="sim")
+    b = e.alloc(100)
+    e.write(b, bytes(range(100)))
+    for size, offset in [(1 << 62, 0), (1 << 40, 0), ((1 << 64) - 1, 1), (101, 0), (1, 100)]:
+        with pytest.raises(ValueError, match="outside the block of 100 bytes"):
+            e.read(b, size=size, offset=offset)
+    assert e.read(b, size=0, offset=100) == b""
+    assert e.read(b, size=3, offset=97) == bytes([97, 98, 99])
+    assert e.read(b) == bytes(range(100))
+    e.shutdown()
+
+
 def test_exported_arrays_keep_their_block_resident():
     e = synapswap.Engine("256KiB", backend="sim")
     a, b = e.alloc("256KiB"), e.alloc("256KiB")

@@ -687,6 +687,22 @@ impl Engine {
         Ok(st.arena_base + offset)
     }
 
+    /// Another hold on a block that [`Engine::acquire`] holds already, released like any other
+    /// with [`Engine::unacquire`] (or `unacquire_on_stream`): for a second owner of the same use
+    /// (Python's DLPack export of a held view). It never waits and is not a use: `waits` and
+    /// `hits` do not count it. Fails with [`Error::NotHeld`] if no `acquire` holds `block`.
+    pub fn acquire_held(&self, id: BlockId) -> Result<u64> {
+        let mut st = self.lock_live()?;
+        let i = id.index as usize;
+        st.planner.spec(id)?;
+        if st.manual_holds.get(i).is_none_or(|&n| n == 0) {
+            return Err(Error::NotHeld(id));
+        }
+        let offset = st.planner.hold_again(id)?;
+        st.manual_holds[i] += 1;
+        Ok(st.arena_base + offset)
+    }
+
     /// Drops one hold taken by [`Engine::acquire`], ordered after the work queued on the
     /// default stream (stream 0) so far. Fails with [`Error::NotHeld`] if `block` has none (a
     /// guard's hold can only be dropped by dropping the guard).

@@ -1,11 +1,14 @@
 //! The one error type of the engine. Every fallible call returns [`Result`].
 
+use crate::size::format_bytes;
 use crate::BlockId;
 
 /// Everything that can go wrong in SynapSwap. Each cause has its own variant so that the C ABI and
 /// Python can map it to a distinct code or exception.
+///
+/// Not `#[non_exhaustive]`: the C ABI and Python match it exhaustively, so a new variant does not
+/// build until each surface has decided what it means there.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[non_exhaustive]
 #[allow(missing_docs)] // variant fields are named for what they hold
 pub enum Error {
     /// The handle was never issued by this engine.
@@ -52,6 +55,24 @@ pub enum Error {
         held: u64,
         pinned: u64,
     },
+    /// Host memory that would be allocated (anonymous and page-locked: host copies, the sim
+    /// backend's arena) exceeds what this process can get: the smallest of `MemAvailable`, the
+    /// memory cgroup's headroom and `RLIMIT_AS` (see [`crate::os::available_memory`]); `limit`
+    /// names that one. Memory-mapped files do not count: they page.
+    #[error(
+        "not enough host memory: {needed} bytes ({}) needed, {available} bytes ({}) available ({limit})",
+        format_bytes(*.needed),
+        format_bytes(*.available)
+    )]
+    HostMemory {
+        needed: u64,
+        available: u64,
+        limit: &'static str,
+    },
+    /// An allocation of host memory (a host copy, page-locked memory, the sim backend's arena)
+    /// failed.
+    #[error("out of host memory: cannot allocate {bytes} bytes ({})", format_bytes(*.0), bytes = .0)]
+    OutOfHostMemory(u64),
     /// A copy between host and device failed.
     #[error("transfer of block {block} failed: {reason}")]
     Transfer { block: BlockId, reason: String },

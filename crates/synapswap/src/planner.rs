@@ -877,6 +877,20 @@ impl Planner {
         }
     }
 
+    /// One more hold on a block that is held already (a second owner of the same use, such as
+    /// a DLPack export of a held view): not a wait, so no statistic counts it. Returns the
+    /// block's device offset; [`Error::NotHeld`] if nothing holds it.
+    pub fn hold_again(&mut self, id: BlockId) -> Result<u64> {
+        let b = self.block_mut(id)?;
+        match b.state {
+            State::Resident { alloc } if b.holds > 0 => {
+                b.holds += 1;
+                Ok(alloc.offset)
+            }
+            _ => Err(Error::NotHeld(id)),
+        }
+    }
+
     /// Drops one hold taken by `acquire`/`poll_waiter`. A released hold can only matter to a
     /// placement that was refused for lack of room, so only then is the schedule walked again.
     pub fn unhold(&mut self, id: BlockId) {

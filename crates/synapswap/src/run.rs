@@ -179,6 +179,50 @@ pub fn bound_tokens_per_s(workload: &Workload, budget: u64, bytes_per_s: f64) ->
     Ok(1.0 / compute.max(copy).max(f64::MIN_POSITIVE))
 }
 
+/// The buffer `run` fills blocks through.
+const FILL_BYTES: u64 = 4 << 20;
+
+/// Host memory (anonymous or page-locked) that [`run`] allocates for `workload`: every block's
+/// host copy, a scratch buffer of the largest block (verification reads a block into it) and the
+/// fill buffer, plus the device arena when the backend's device memory is host memory
+/// (`arena_on_host`: the sim backend). Memory-mapped files would not count: they page.
+pub fn host_bytes_needed(workload: &Workload, budget: u64, arena_on_host: bool) -> u64 {
+    let largest = workload.blocks.iter().map(|b| b.bytes).max().unwrap_or(0);
+    let arena = if arena_on_host { budget } else { 0 };
+    workload.model_bytes() + largest + FILL_BYTES + arena
+}
+
+/// Refuses, before anything is allocated, a run that needs more host memory than this process
+/// can get ([`os::available_memory`]): [`Error::HostMemory`] with both figures. Where that is
+/// unknown the run goes ahead; an allocation that then fails is still an error.
+pub fn check_host_memory(workload: &Workload, budget: u64, arena_on_host: bool) -> Result<()> {
+    check_needed(
+        host_bytes_needed(workload, budget, arena_on_host),
+        os::available_memory(),
+    )
+}
+
+fn check_needed(needed: u64, available: Option<os::AvailableMemory>) -> Result<()> {
+    match available {
+        Some(a) if needed > a.bytes => Err(Error::HostMemory {
+            needed,
+            available: a.bytes,
+            limit: a.limit,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Grows `buf` to `len` bytes: a failed allocation is an error, not an abort.
+fn grow(buf: &mut Vec<u8>, len: usize) -> Result<()> {
+    if len > buf.len() {
+        buf.try_reserve_exact(len - buf.len())
+            .map_err(|_| Error::OutOfHostMemory(len as u64))?;
+    }
+    buf.resize(len, 0);
+    Ok(())
+}
+
 struct KvState {
     rows: u64,
     row_bytes: u64,
@@ -254,7 +298,8 @@ fn run_inner(
     let bound = bound_tokens_per_s(workload, engine.budget(), cfg.bound_bytes_per_s)?;
     let mut seeds = Vec::new();
     let mut kv: Vec<Option<KvState>> = Vec::new();
-    let mut buf = vec![0u8; 4 << 20];
+    let mut buf = Vec::new();
+    grow(&mut buf, FILL_BYTES as usize)?;
     for (i, b) in workload.blocks.iter().enumerate() {
         let spec = BlockSpec::new(b.bytes)
             .name(b.name.clone())
@@ -330,7 +375,7 @@ fn run_inner(
                     None => match (guard.as_slice(), cfg.verify) {
                         (Some(bytes), Verify::Full) => pattern::verify(seeds[*b], 0, bytes),
                         (None, Verify::Full) => {
-                            scratch.resize(guard.len() as usize, 0);
+                            grow(&mut scratch, guard.len() as usize)?;
                             guard.read_device(0, &mut scratch)?;
                             pattern::verify(seeds[*b], 0, &scratch)
                         }
@@ -340,7 +385,7 @@ fn run_inner(
                             let mut ok = true;
                             checked = 0;
                             for (off, len) in sample_ranges(guard.len(), nonce) {
-                                scratch.resize(len as usize, 0);
+                                grow(&mut scratch, len as usize)?;
                                 guard.read_device(off, &mut scratch)?;
                                 ok &= pattern::verify(seeds[*b], off, &scratch);
                                 checked += len;
@@ -349,7 +394,7 @@ fn run_inner(
                         }
                     },
                     Some(state) => {
-                        scratch.resize(guard.len() as usize, 0);
+                        grow(&mut scratch, guard.len() as usize)?;
                         guard.read_device(0, &mut scratch)?;
                         let ok = verify_kv(seeds[*b], state, &scratch);
                         // Append this token's row.
@@ -409,7 +454,7 @@ fn run_inner(
     for (b, state) in kv.iter().enumerate() {
         if let Some(state) = state {
             let size = workload.blocks[b].bytes;
-            scratch.resize(size as usize, 0);
+            grow(&mut scratch, size as usize)?;
             engine.read(ids[b], 0, &mut scratch)?;
             integrity.verified_blocks += 1;
             integrity.verified_bytes += size;
@@ -471,4 +516,50 @@ fn verify_kv(seed: u64, state: &KvState, bytes: &[u8]) -> bool {
         )
     });
     rows_ok && pattern::verify(seed, rows_end, &bytes[rows_end as usize..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::{llama, DeviceModel, LlamaShape};
+
+    #[test]
+    fn a_run_over_the_available_memory_is_refused_with_both_figures() {
+        let w = llama("tiny", LlamaShape::TINY, DeviceModel::CONSUMER);
+        let largest = w.blocks.iter().map(|b| b.bytes).max().unwrap();
+        let model = w.model_bytes();
+        assert_eq!(
+            host_bytes_needed(&w, 1000, false),
+            model + largest + FILL_BYTES
+        );
+        assert_eq!(
+            host_bytes_needed(&w, 1000, true),
+            model + largest + FILL_BYTES + 1000
+        );
+        let short = os::AvailableMemory {
+            bytes: 5 << 30,
+            limit: "cgroup memory.max",
+        };
+        let e = check_needed(6 << 30, Some(short)).unwrap_err();
+        assert_eq!(
+            e,
+            Error::HostMemory {
+                needed: 6 << 30,
+                available: 5 << 30,
+                limit: "cgroup memory.max"
+            }
+        );
+        let msg = e.to_string();
+        for part in [
+            "6442450944",
+            "6.00 GiB",
+            "5368709120",
+            "5.00 GiB",
+            "cgroup memory.max",
+        ] {
+            assert!(msg.contains(part), "{part}: {msg}");
+        }
+        assert_eq!(check_needed(5 << 30, Some(short)), Ok(()));
+        assert_eq!(check_needed(u64::MAX, None), Ok(()), "unknown: go ahead");
+    }
 }

@@ -513,6 +513,16 @@ pub fn llama_batch(name: &str, shape: LlamaShape, device: DeviceModel, tokens: u
     }
 }
 
+/// The model `synapswap run` decodes: [`LlamaShape::LLAMA_8L`] with `layers` layers.
+pub fn run_model(layers: u64) -> Workload {
+    let shape = LlamaShape {
+        layers,
+        ..LlamaShape::LLAMA_8L
+    };
+    let name = format!("llama-7b-shaped-{layers}l-bf16-decode");
+    llama(&name, shape, DeviceModel::CONSUMER)
+}
+
 /// A diffusion UNet shaped like SDXL's (its layer shapes approximated: 2.1 B parameters against
 /// SDXL's 2.6 B, fp16, 128x128 latents, batch 2 for
 /// classifier-free guidance): per-level resnet and transformer weights on the way down, a middle
@@ -713,7 +723,7 @@ pub fn preset(name: &str) -> Option<Workload> {
         ),
         "unet-sdxl" => with(unet(name, dev), 2 * GIB, CONSUMER_PCIE_H2D, 10),
         "run" => {
-            let w = llama("llama-7b-shaped-8l-bf16-decode", LlamaShape::LLAMA_8L, dev);
+            let w = run_model(LlamaShape::LLAMA_8L.layers);
             let half = w.model_bytes() / 2 / (1 << 20) * (1 << 20);
             with(w, half, crate::backend::sim::DEFAULT_SIM_H2D, 8)
         }

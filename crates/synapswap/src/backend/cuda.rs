@@ -458,9 +458,7 @@ impl Backend for CudaBackend {
             )
         };
         if r == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
-            return Err(Error::Backend(format!(
-                "out of host memory: cannot page-lock {bytes} bytes"
-            )));
+            return Err(Error::OutOfHostMemory(bytes));
         }
         check(r, "cuMemHostAlloc")?;
         // SAFETY: a fresh allocation of at least `bytes` bytes; host copies start zeroed.

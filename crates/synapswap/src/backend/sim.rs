@@ -102,12 +102,9 @@ struct Counted {
 
 impl Counted {
     fn new(bytes: u64, live: &Arc<AtomicU64>, device: Option<&Arc<Core>>) -> Result<Counted> {
-        let len = usize::try_from(bytes.max(1))
-            .map_err(|_| Error::Backend(format!("{bytes} bytes do not fit in memory")))?;
-        let what = if device.is_some() { "device" } else { "host" };
-        let pages = os::Pages::new(len).ok_or_else(|| {
-            Error::Backend(format!("out of {what} memory allocating {bytes} bytes"))
-        })?;
+        // The sim's device memory is host memory too: either way the machine ran out of it.
+        let len = usize::try_from(bytes.max(1)).map_err(|_| Error::OutOfHostMemory(bytes))?;
+        let pages = os::Pages::new(len).ok_or(Error::OutOfHostMemory(bytes))?;
         live.fetch_add(len as u64, Ordering::Relaxed);
         if let Some(core) = device {
             sync::lock(&core.device).insert(pages.as_ptr() as u64, len as u64);
