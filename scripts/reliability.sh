@@ -31,6 +31,14 @@ step() {
 step state-machine env SYNAPSWAP_MODEL_CASES="$CASES" timeout 900 \
     cargo test --release -q -p synapswap --test model_state_machine -- --nocapture
 step faults timeout 300 cargo test --release -q -p synapswap --test engine_faults -- --nocapture
+# Consumer kernels on strict sim streams racing every release path, and links whose copies keep
+# failing (sticky and transient) with prefetch on, repeated to vary the threads' timing.
+kernels() {
+    for i in $(seq 1 "${KERNEL_ROUNDS:-20}"); do
+        timeout 120 cargo test --release -q -p synapswap --test engine_kernels || return 1
+    done
+}
+step kernels kernels
 step loom env RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS="$PREEMPTIONS" timeout 1200 \
     cargo test --release -p synapswap --test engine_loom --target-dir target/loom -- --nocapture
 fuzz() (
@@ -54,7 +62,7 @@ step asan env SYNAPSWAP_MODEL_CASES=500 RUSTFLAGS="-Zsanitizer=address" ASAN_OPT
     cargo +nightly test -q --target x86_64-unknown-linux-gnu --target-dir target/asan -p synapswap --tests
 step tsan env SYNAPSWAP_MODEL_CASES=500 RUSTFLAGS="-Zsanitizer=thread" timeout 900 \
     cargo +nightly test -q -Zbuild-std --target x86_64-unknown-linux-gnu --target-dir target/tsan \
-    -p synapswap --test engine_shutdown --test engine_stream --test engine_faults \
+    -p synapswap --test engine_shutdown --test engine_stream --test engine_faults --test engine_kernels \
     --test engine_errors --test engine_integrity --test model_state_machine
 step miri env PROPTEST_CASES=4 MIRIFLAGS=-Zmiri-disable-isolation timeout 900 \
     cargo +nightly miri test -p synapswap --lib --target-dir target/miri -- planner:: pool::
@@ -62,6 +70,8 @@ step miri env PROPTEST_CASES=4 MIRIFLAGS=-Zmiri-disable-isolation timeout 900 \
 sum() { awk '{ s += $1 } END { print s + 0 }'; }
 steps=$(grep -o "[0-9]* steps" "$log/state-machine.txt" | head -1)
 mid=$(grep -o "[0-9]* shut down mid-sequence" "$log/state-machine.txt" | head -1)
+kernel_steps=$(grep -o "[0-9]* kernel steps" "$log/state-machine.txt" | head -1)
+kernel_tests=$(grep -o "test result: ok. [0-9]* passed" "$log/kernels.txt" | grep -o "[0-9]* passed" | awk '{ print $1 }' | sum)
 fired=$(grep -o "failpoint [a-z-]*: [0-9]* injected" "$log/faults.txt" |
     awk '{ n[$2] += $3 } END { for (k in n) printf "%s %d, ", k, n[k] }' | sed 's/:,/,/g; s/: / /g; s/, $//')
 kinds=$(grep -o "failpoint [a-z-]*:" "$log/faults.txt" | sort -u | wc -l)
@@ -79,7 +89,8 @@ miri=$(grep -o "test result: ok. [0-9]* passed" "$log/miri.txt" | head -1)
 tsan=$(grep -c "WARNING: ThreadSanitizer" "$log/tsan.txt" 2>/dev/null)
 echo
 echo "reliability summary ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores):"
-echo "  state machine: $CASES sequences (${mid:-0 shut down mid-sequence}), ${steps:-0 steps} against the reference model"
+echo "  state machine: $CASES sequences (${mid:-0 shut down mid-sequence}), ${steps:-0 steps} against the reference model, ${kernel_steps:-0 kernel steps} on strict sim streams"
+echo "  kernels racing releases, failing links: ${kernel_tests:-0} test runs passed (${KERNEL_ROUNDS:-20} rounds)"
 echo "  loom: $scenarios scenarios, $interleavings interleavings explored (preemption bound $PREEMPTIONS)"
 echo "  fault injection: ${faults:-0 passed} tests; failpoints fired: ${fired:-none} ($kinds of 6 kinds)"
 echo "  fuzz (C ABI, AddressSanitizer): $execs executions, $fuzz_errors crashes/hangs"
