@@ -444,7 +444,13 @@ impl PyEngine {
         let e = self.inner.clone();
         let id = block_arg(block);
         let ptr = py.allow_threads(|| e.acquire(id)).map_err(err)?;
-        let nbytes = self.inner.spec(id).map_err(err)?.size;
+        let spec = self.inner.spec(id).map_err(err)?;
+        let nbytes = spec.size;
+        if spec.mutable {
+            // A view hands out raw device memory that any torch op may write: a held mutable
+            // block counts as written, so it is written back before eviction.
+            self.inner.mark_dirty(id).map_err(err)?;
+        }
         Ok(DeviceView {
             engine: self.inner.clone(),
             block: id,
@@ -464,8 +470,15 @@ impl PyEngine {
     #[pyo3(signature = (block, stream=0))]
     fn acquire(&self, py: Python<'_>, block: u64, stream: u64) -> PyResult<u64> {
         let e = self.inner.clone();
-        py.allow_threads(|| e.acquire_on_stream(block_arg(block), stream))
-            .map_err(err)
+        let id = block_arg(block);
+        let ptr = py
+            .allow_threads(|| e.acquire_on_stream(id, stream))
+            .map_err(err)?;
+        // As in `wait`: the caller may write a mutable block through the address.
+        if self.inner.spec(id).map_err(err)?.mutable {
+            self.inner.mark_dirty(id).map_err(err)?;
+        }
+        Ok(ptr)
     }
 
     /// Releases a hold of `acquire` once the work queued on `stream` has completed.
