@@ -319,6 +319,7 @@ impl Ctx<'_> {
             min_bytes_h2d: min_bytes_h2d(w, cfg.budget, cfg.tokens)?,
             warmup_bytes_h2d: a.bytes_h2d,
             bytes_d2h: e.bytes_d2h - a.bytes_d2h,
+            writebacks: e.writebacks - a.writebacks,
             hit_rate: e.hit_rate_since(a),
             stall_s: e.stall_s - a.stall_s,
             prefetch: e.prefetch.since(&a.prefetch),

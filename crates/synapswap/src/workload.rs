@@ -513,14 +513,23 @@ pub fn llama_batch(name: &str, shape: LlamaShape, device: DeviceModel, tokens: u
     }
 }
 
-/// The model `synapswap run` decodes: [`LlamaShape::LLAMA_8L`] with `layers` layers.
+/// The model `synapswap run` decodes: [`LlamaShape::LLAMA_8L`] with `layers` layers, the last
+/// layer's KV cache with [`Policy::Lru`]. The keep plan keeps the other caches resident (as in
+/// [`llama`], where nothing is ever written back); this one it neither keeps nor prefetches, so
+/// it is loaded on demand at its use and evicted when the ring needs room: every token writes its
+/// device-written rows back and reloads them, and the run checks them after the reload. The cost
+/// is one 4 MiB demand load and one 4 MiB write-back per token.
 pub fn run_model(layers: u64) -> Workload {
     let shape = LlamaShape {
         layers,
         ..LlamaShape::LLAMA_8L
     };
     let name = format!("llama-7b-shaped-{layers}l-bf16-decode");
-    llama(&name, shape, DeviceModel::CONSUMER)
+    let mut w = llama(&name, shape, DeviceModel::CONSUMER);
+    if let Some(kv) = w.blocks.iter_mut().rev().find(|b| b.mutable) {
+        kv.policy = Policy::Lru;
+    }
+    w
 }
 
 /// A diffusion UNet shaped like SDXL's (its layer shapes approximated: 2.1 B parameters against
