@@ -22,7 +22,8 @@ pub fn page_size() -> usize {
 }
 
 /// Sleeps until `deadline`. On Unix `nanosleep` is precise to tens of microseconds; on Windows the
-/// default timer tick is ~15 ms, so the last stretch is yielded away instead of slept.
+/// default timer tick is ~15 ms, so the last stretch is yielded away instead of slept (both
+/// assumed: typical figures, not measured here).
 pub fn sleep_until(deadline: Instant) {
     #[cfg(not(windows))]
     {
@@ -51,7 +52,8 @@ pub fn sleep_until(deadline: Instant) {
 
 /// Zero-filled, page-aligned memory straight from the OS, for host copies and the simulated
 /// arena. On Linux it is an anonymous mapping advised to use transparent huge pages: faulting in
-/// 4 KiB pages costs ~0.7 s per GiB on the build machines, 2 MiB pages ~0.15 s.
+/// 4 KiB pages costs ~0.7 s per GiB on the build machines, 2 MiB pages ~0.15 s (assumed: a trial
+/// there, not recorded in BENCHMARKS.md).
 #[derive(Debug)]
 pub struct Pages {
     ptr: std::ptr::NonNull<u8>,

@@ -34,8 +34,9 @@ use crate::transfer::{Chunk, TransferQueue};
 use crate::workload::{Resolved, Workload};
 use crate::{BlockId, BlockSpec, Error, Policy, Result, Stats, DEFAULT_CHUNK_BYTES};
 
-/// Fixed cost per copy on the simulated link: ~2 us, what the H200 measurements in DESIGN.md
-/// imply (1 MiB chunks at 49 GB/s against 55 GB/s for 16 MiB).
+/// Fixed cost per copy on the simulated link: ~2 us, what the H200 figures in DESIGN.md ("Facts
+/// that shape the design": 1 MiB chunks at 49 GB/s against 55 GB/s for 16 MiB, a cudarc probe)
+/// imply; not yet measured by this repository's `synapswap probe`.
 pub const DEFAULT_LATENCY_S: f64 = 2e-6;
 
 /// A strategy to simulate.

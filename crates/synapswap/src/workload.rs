@@ -294,7 +294,8 @@ pub struct DeviceModel {
 }
 
 impl DeviceModel {
-    /// A consumer-class GPU: 1 TB/s of memory bandwidth, 100 TFLOP/s of bf16 math.
+    /// A consumer-class GPU: 1 TB/s of memory bandwidth, 100 TFLOP/s of bf16 math (assumed round
+    /// figures, not measured).
     pub const CONSUMER: DeviceModel = DeviceModel {
         flops: 100e12,
         mem_bytes_per_s: 1e12,
@@ -674,7 +675,8 @@ pub fn unet(name: &str, device: DeviceModel) -> Workload {
     }
 }
 
-/// PCIe 4.0 x16 pinned host-to-device bandwidth of a consumer GPU (the presets' default link).
+/// PCIe 4.0 x16 pinned host-to-device bandwidth of a consumer GPU (the presets' default link):
+/// 25 GB/s, assumed (the figure DESIGN.md quotes for PCIe 4; not measured here).
 pub const CONSUMER_PCIE_H2D: f64 = 25e9;
 
 /// Built-in workloads: name and one-line description.
