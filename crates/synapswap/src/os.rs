@@ -179,7 +179,9 @@ fn rlimit_as() -> Option<u64> {
     };
     // SAFETY: getrlimit writes the limit into the struct we own; it has no other effect.
     let ok = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut r) } == 0;
-    (ok && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur as u64)
+    #[allow(clippy::unnecessary_cast)] // `rlim_t` is 32 bits wide on some 32-bit targets
+    let cur = r.rlim_cur as u64;
+    (ok && r.rlim_cur != libc::RLIM_INFINITY).then_some(cur)
 }
 
 /// [`available_memory`] over a file reader (`/proc` and `/sys` paths to contents), so that the
