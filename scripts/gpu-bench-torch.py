@@ -8,7 +8,8 @@
    resident speed if that is lower.
 
 Prints a Markdown table (and JSON with --json). Needs torch, transformers and accelerate, and the
-synapswap wheel (scripts/gpu-prepare.sh builds it into gpu-bin/). Runs in about 3 minutes.
+synapswap wheel (scripts/gpu-prepare.sh builds it into gpu-bin/). Runs in about 3 minutes
+(assumed: it has not run on a GPU yet).
 """
 
 import argparse

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check of issue 5, run on the GPU machine with binaries built elsewhere
-# (scripts/gpu-prepare.sh puts them in gpu-bin/): it builds nothing and takes 2-3 minutes.
+# (scripts/gpu-prepare.sh puts them in gpu-bin/): it builds nothing and takes 2-3 minutes
+# (assumed: it has not run on a GPU yet).
 #   1. probe: device, memory, pinned/pageable H2D by chunk size, D2H, copy under a kernel;
 #   2. integrity: every byte of every block use checked (--verify full) after real async copies,
 #      over thousands of evictions;

@@ -5,9 +5,9 @@
 #
 # Needs the nightly toolchain with the miri and rust-src components
 # (`rustup component add miri rust-src --toolchain nightly`); installs cargo-fuzz if it is missing.
-# About 35 minutes on 2 cores. Knobs: SYNAPSWAP_MODEL_CASES (state-machine sequences, default
-# 2000), FUZZ_RUNS (executions per fuzz job, two jobs, default 500000), LOOM_MAX_PREEMPTIONS
-# (default 2).
+# About 35 minutes on 2 cores (RELIABILITY.md has the last run's times). Knobs:
+# SYNAPSWAP_MODEL_CASES (state-machine sequences, default 2000), FUZZ_RUNS (executions per fuzz
+# job, two jobs, default 500000), LOOM_MAX_PREEMPTIONS (default 2).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CASES=${SYNAPSWAP_MODEL_CASES:-2000}

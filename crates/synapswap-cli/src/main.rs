@@ -578,6 +578,11 @@ fn print_summary(r: &RunReport) {
         r.prefetch.used,
         r.prefetch.wasted
     );
+    println!(
+        "  {} write-backs of mutable blocks ({} device to host)",
+        r.writebacks,
+        format_bytes(r.bytes_d2h)
+    );
     if simulated {
         println!(
             "  peak device use {} of {}; virtual clock (no bytes moved)",
@@ -586,11 +591,12 @@ fn print_summary(r: &RunReport) {
         );
     } else {
         println!(
-            "  peak device use {} of {}; integrity: {} block uses verified ({}), {} mismatches",
+            "  peak device use {} of {}; integrity: {} block uses verified ({}), {} of them after a write-back, {} mismatches",
             format_bytes(r.peak_device_bytes),
             format_bytes(r.vram_budget_bytes),
             r.integrity.verified_blocks,
             format_bytes(r.integrity.verified_bytes),
+            r.integrity.reloaded_after_writeback,
             r.integrity.mismatches
         );
     }

@@ -38,6 +38,8 @@ fn run_json_reports_every_key_and_holds_its_invariants() {
         "prefetch",
         "peak_device_bytes",
         "integrity",
+        "writebacks",
+        "bytes_d2h",
     ] {
         assert!(v.get(key).is_some(), "missing key {key}");
     }
@@ -56,6 +58,31 @@ fn run_json_reports_every_key_and_holds_its_invariants() {
     let eff = v["efficiency"].as_f64().unwrap();
     let ratio = v["tokens_per_s"].as_f64().unwrap() / v["bound_tokens_per_s"].as_f64().unwrap();
     assert!((eff - ratio).abs() < 1e-9);
+}
+
+#[test]
+fn the_default_run_writes_kv_caches_back_and_verifies_them_after_reload() {
+    // The default model and budget (unpaced, one timed token): the last layer's KV cache (policy
+    // lru) is evicted with its device-written rows, written back, reloaded and checked.
+    let out = synapswap(&["run", "--json", "--h2d", "max", "--tokens", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let writebacks = v["writebacks"].as_u64().expect("writebacks");
+    assert!(writebacks > 0, "{v}");
+    assert!(
+        v["bytes_d2h"].as_u64().unwrap() >= writebacks * (4 << 20),
+        "{v}"
+    );
+    let integrity = &v["integrity"];
+    assert!(
+        integrity["reloaded_after_writeback"].as_u64().unwrap() > 0,
+        "{v}"
+    );
+    assert_eq!(integrity["mismatches"], 0, "{v}");
 }
 
 #[test]

@@ -34,7 +34,8 @@ use crate::{BlockId, BlockSpec, Error, Residency, Result, Stats};
 pub const DEFAULT_STREAM: u64 = 0;
 
 /// Default copy chunk: large enough to run PCIe near its peak (16 MiB reached 55 GB/s on an H200,
-/// 4 MiB 53), small enough that a demand load never waits long behind a prefetch.
+/// 4 MiB 53: DESIGN.md, "Facts that shape the design", a cudarc probe, not yet this repository's
+/// `synapswap probe`), small enough that a demand load never waits long behind a prefetch.
 pub const DEFAULT_CHUNK_BYTES: u64 = 8 << 20;
 
 /// Builds an [`Engine`].

@@ -22,7 +22,8 @@ pub fn page_size() -> usize {
 }
 
 /// Sleeps until `deadline`. On Unix `nanosleep` is precise to tens of microseconds; on Windows the
-/// default timer tick is ~15 ms, so the last stretch is yielded away instead of slept.
+/// default timer tick is ~15 ms, so the last stretch is yielded away instead of slept (both
+/// assumed: typical figures, not measured here).
 pub fn sleep_until(deadline: Instant) {
     #[cfg(not(windows))]
     {
@@ -51,7 +52,8 @@ pub fn sleep_until(deadline: Instant) {
 
 /// Zero-filled, page-aligned memory straight from the OS, for host copies and the simulated
 /// arena. On Linux it is an anonymous mapping advised to use transparent huge pages: faulting in
-/// 4 KiB pages costs ~0.7 s per GiB on the build machines, 2 MiB pages ~0.15 s.
+/// 4 KiB pages costs ~0.7 s per GiB on the build machines, 2 MiB pages ~0.15 s (assumed: a trial
+/// there, not recorded in BENCHMARKS.md).
 #[derive(Debug)]
 pub struct Pages {
     ptr: std::ptr::NonNull<u8>,
@@ -177,7 +179,9 @@ fn rlimit_as() -> Option<u64> {
     };
     // SAFETY: getrlimit writes the limit into the struct we own; it has no other effect.
     let ok = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut r) } == 0;
-    (ok && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur as u64)
+    #[allow(clippy::unnecessary_cast)] // `rlim_t` is 32 bits wide on some 32-bit targets
+    let cur = r.rlim_cur as u64;
+    (ok && r.rlim_cur != libc::RLIM_INFINITY).then_some(cur)
 }
 
 /// [`available_memory`] over a file reader (`/proc` and `/sys` paths to contents), so that the

@@ -1154,10 +1154,10 @@ impl Planner {
     /// cycle per byte are highest and streams the rest through what is left. Belady's rule finds
     /// that set only when blocks are interchangeable bytes; in a contiguous pool, streamed blocks
     /// evict their kept neighbours to make runs big enough and the "stable" set erodes (measured:
-    /// 15-19% more bytes than the minimum). So the plan is explicit: a greedy knapsack in
-    /// (priority, uses per byte, size) order up to the budget minus a streaming reserve. The
-    /// reserve is the most bytes two consecutive steps stream (the step running and the one
-    /// loading), routed candidates weighted by their probability.
+    /// 15-19% more bytes than the minimum, BENCHMARKS.md, "`synapswap run`"). So the plan is
+    /// explicit: a greedy knapsack in (priority, uses per byte, size) order up to the budget
+    /// minus a streaming reserve. The reserve is the most bytes two consecutive steps stream (the
+    /// step running and the one loading), routed candidates weighted by their probability.
     ///
     /// The plan only ranks: kept blocks go after every streamed block as victims (after priority
     /// and `Volatile`), and prefetching never evicts one; a demand load still can, so an access

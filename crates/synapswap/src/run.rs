@@ -1,8 +1,10 @@
 //! Decoding a workload through the real engine with real bytes: what `synapswap run` does.
 //!
 //! Every block is filled with a pattern derived from its id ([`crate::pattern`]) and verified on
-//! the device at every use. Mutable blocks (KV caches) get one row rewritten per token and are
-//! verified row by row, so a lost write-back shows as a mismatch. Each step's compute is modelled:
+//! the device at every use. Mutable blocks (KV caches) get one row rewritten on the device per
+//! token and are verified row by row, so a lost write-back shows as a mismatch once an evicted
+//! cache is reloaded (`Integrity::reloaded_after_writeback` counts those uses; the default model,
+//! [`crate::workload::run_model`], has one that streams). Each step's compute is modelled:
 //! once all its blocks are on the device the step lasts at least its `compute_s` (the caller's
 //! thread sleeps out what verification did not use). Routed steps (`choose`) declare their
 //! candidates with probability `k / n` and wait only for the blocks drawn this pass.
@@ -68,6 +70,10 @@ pub struct Integrity {
     pub verified_bytes: u64,
     /// Checks that failed.
     pub mismatches: u64,
+    /// Uses of a mutable block (a KV cache) whose device-written rows had been written back to
+    /// the host since its previous use, and so were checked after the write-back and reload: a
+    /// lost or stale write-back fails one of these.
+    pub reloaded_after_writeback: u64,
 }
 
 /// What a run measured. Serialised as `synapswap run --json`.
@@ -112,6 +118,8 @@ pub struct RunReport {
     pub warmup_bytes_h2d: u64,
     /// Device-to-host bytes (write-backs) during the timed tokens.
     pub bytes_d2h: u64,
+    /// Write-backs of mutable blocks (KV caches) during the timed tokens.
+    pub writebacks: u64,
     /// Waits that did not block, timed tokens.
     pub hit_rate: f64,
     /// Seconds blocked in wait, timed tokens.
@@ -227,6 +235,10 @@ struct KvState {
     rows: u64,
     row_bytes: u64,
     versions: Vec<u64>,
+    /// Whether rows were written on the device (then the block is dirty until written back).
+    written: bool,
+    /// Whether this step's use follows a write-back (set just before the wait).
+    reloaded: bool,
 }
 
 fn version_seed(block_seed: u64, version: u64) -> u64 {
@@ -323,6 +335,8 @@ fn run_inner(
                 rows,
                 row_bytes: b.bytes / rows,
                 versions: vec![0; rows as usize],
+                written: false,
+                reloaded: false,
             }
         }));
     }
@@ -350,6 +364,13 @@ fn run_inner(
             resolved.realize(token, s, &mut blocks);
             engine.hint(s as u64)?;
             let wait_start = engine.now_s();
+            // A cache written on the device is dirty until it is written back; clean before its
+            // wait (which marks it used), it went to the host and comes back from there.
+            for &b in &blocks {
+                if let Some(state) = kv[b].as_mut().filter(|k| k.written) {
+                    state.reloaded = !engine.is_dirty(ids[b])?;
+                }
+            }
             let mut guards = Vec::with_capacity(blocks.len());
             for &b in &blocks {
                 guards.push((b, engine.wait(ids[b])?));
@@ -405,6 +426,10 @@ fn run_inner(
                         pattern::fill(version_seed(seeds[*b], version), off, bytes);
                         guard.write_device(off, bytes)?;
                         state.versions[row as usize] = version;
+                        state.written = true;
+                        if std::mem::take(&mut state.reloaded) {
+                            integrity.reloaded_after_writeback += 1;
+                        }
                         ok
                     }
                 };
@@ -489,6 +514,7 @@ fn run_inner(
         min_bytes_h2d: min_bytes_h2d(workload, budget, cfg.tokens)?,
         warmup_bytes_h2d: at_timed.bytes_h2d,
         bytes_d2h: end.bytes_d2h - at_timed.bytes_d2h,
+        writebacks: end.writebacks - at_timed.writebacks,
         hit_rate: end.hit_rate_since(&at_timed),
         stall_s: end.stall_s - at_timed.stall_s,
         prefetch: end.prefetch.since(&at_timed.prefetch),

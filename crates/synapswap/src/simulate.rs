@@ -34,8 +34,9 @@ use crate::transfer::{Chunk, TransferQueue};
 use crate::workload::{Resolved, Workload};
 use crate::{BlockId, BlockSpec, Error, Policy, Result, Stats, DEFAULT_CHUNK_BYTES};
 
-/// Fixed cost per copy on the simulated link: ~2 us, what the H200 measurements in DESIGN.md
-/// imply (1 MiB chunks at 49 GB/s against 55 GB/s for 16 MiB).
+/// Fixed cost per copy on the simulated link: ~2 us, what the H200 figures in DESIGN.md ("Facts
+/// that shape the design": 1 MiB chunks at 49 GB/s against 55 GB/s for 16 MiB, a cudarc probe)
+/// imply; not yet measured by this repository's `synapswap probe`.
 pub const DEFAULT_LATENCY_S: f64 = 2e-6;
 
 /// A strategy to simulate.
@@ -319,6 +320,7 @@ impl Ctx<'_> {
             min_bytes_h2d: min_bytes_h2d(w, cfg.budget, cfg.tokens)?,
             warmup_bytes_h2d: a.bytes_h2d,
             bytes_d2h: e.bytes_d2h - a.bytes_d2h,
+            writebacks: e.writebacks - a.writebacks,
             hit_rate: e.hit_rate_since(a),
             stall_s: e.stall_s - a.stall_s,
             prefetch: e.prefetch.since(&a.prefetch),

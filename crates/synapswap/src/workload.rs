@@ -294,7 +294,8 @@ pub struct DeviceModel {
 }
 
 impl DeviceModel {
-    /// A consumer-class GPU: 1 TB/s of memory bandwidth, 100 TFLOP/s of bf16 math.
+    /// A consumer-class GPU: 1 TB/s of memory bandwidth, 100 TFLOP/s of bf16 math (assumed round
+    /// figures, not measured).
     pub const CONSUMER: DeviceModel = DeviceModel {
         flops: 100e12,
         mem_bytes_per_s: 1e12,
@@ -513,14 +514,23 @@ pub fn llama_batch(name: &str, shape: LlamaShape, device: DeviceModel, tokens: u
     }
 }
 
-/// The model `synapswap run` decodes: [`LlamaShape::LLAMA_8L`] with `layers` layers.
+/// The model `synapswap run` decodes: [`LlamaShape::LLAMA_8L`] with `layers` layers, the last
+/// layer's KV cache with [`Policy::Lru`]. The keep plan keeps the other caches resident (as in
+/// [`llama`], where nothing is ever written back); this one it neither keeps nor prefetches, so
+/// it is loaded on demand at its use and evicted when the ring needs room: every token writes its
+/// device-written rows back and reloads them, and the run checks them after the reload. The cost
+/// is one 4 MiB demand load and one 4 MiB write-back per token.
 pub fn run_model(layers: u64) -> Workload {
     let shape = LlamaShape {
         layers,
         ..LlamaShape::LLAMA_8L
     };
     let name = format!("llama-7b-shaped-{layers}l-bf16-decode");
-    llama(&name, shape, DeviceModel::CONSUMER)
+    let mut w = llama(&name, shape, DeviceModel::CONSUMER);
+    if let Some(kv) = w.blocks.iter_mut().rev().find(|b| b.mutable) {
+        kv.policy = Policy::Lru;
+    }
+    w
 }
 
 /// A diffusion UNet shaped like SDXL's (its layer shapes approximated: 2.1 B parameters against
@@ -665,7 +675,8 @@ pub fn unet(name: &str, device: DeviceModel) -> Workload {
     }
 }
 
-/// PCIe 4.0 x16 pinned host-to-device bandwidth of a consumer GPU (the presets' default link).
+/// PCIe 4.0 x16 pinned host-to-device bandwidth of a consumer GPU (the presets' default link):
+/// 25 GB/s, assumed (the figure DESIGN.md quotes for PCIe 4; not measured here).
 pub const CONSUMER_PCIE_H2D: f64 = 25e9;
 
 /// Built-in workloads: name and one-line description.

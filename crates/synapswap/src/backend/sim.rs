@@ -54,9 +54,10 @@ pub struct SimConfig {
 }
 
 /// The default modelled bandwidth: 2 GB/s. A single-threaded memcpy on the 2-core build machines
-/// measured 8.4-9.0 GB/s (BENCHMARKS.md, "Engine micro-benchmarks": memcpy), but `synapswap run`
-/// copies on one core while the other verifies every byte it uses, and both share the memory bus:
-/// at 2 GB/s the modelled link stayed 98% busy, at 4 GB/s it fell behind its own model.
+/// runs at 9-10 GB/s (BENCHMARKS.md, "Engine": the memcpy baseline), but `synapswap run` copies
+/// on one core while the other verifies every byte it uses, and both share the memory bus: at
+/// 2 GB/s the modelled link stays about 98% busy (BENCHMARKS.md, "`synapswap run`": copy idle
+/// against wall time); that 4 GB/s falls behind its own model is assumed (a trial, not recorded).
 pub const DEFAULT_SIM_H2D: f64 = 2e9;
 
 impl Default for SimConfig {
@@ -648,7 +649,8 @@ impl Backend for SimBackend {
     }
 
     /// Two: the next chunk is queued while one is copied, so the modelled link never waits for
-    /// the transfer thread to wake up (measured: +6% link utilisation over one).
+    /// the transfer thread to wake up (assumed: a trial run gave +6% link utilisation over one;
+    /// not recorded in BENCHMARKS.md).
     fn pipeline_depth(&self) -> usize {
         2
     }
