@@ -266,6 +266,15 @@ impl State {
         shared.ready.notify_all();
     }
 
+    /// Counts a hold the caller now owns (taken by [`Engine::acquire`] or `acquire_on_stream`).
+    fn add_manual_hold(&mut self, id: BlockId) {
+        let i = id.index as usize;
+        if self.manual_holds.len() <= i {
+            self.manual_holds.resize(i + 1, 0);
+        }
+        self.manual_holds[i] += 1;
+    }
+
     /// Takes back one hold counted by [`Engine::acquire`] (the planner's hold is the caller's to
     /// drop next).
     fn take_manual_hold(&mut self, id: BlockId) -> Result<()> {
@@ -680,11 +689,7 @@ impl Engine {
     pub fn acquire(&self, id: BlockId) -> Result<u64> {
         let offset = self.take_hold(id)?;
         let mut st = self.lock();
-        let i = id.index as usize;
-        if st.manual_holds.len() <= i {
-            st.manual_holds.resize(i + 1, 0);
-        }
-        st.manual_holds[i] += 1;
+        st.add_manual_hold(id);
         Ok(st.arena_base + offset)
     }
 
@@ -712,12 +717,48 @@ impl Engine {
     }
 
     /// Stream-ordered acquire: [`Engine::acquire`] for work queued on `stream` (a `CUstream` as an
-    /// integer, 0 for the default stream). The block's copy has completed when this returns, so
-    /// anything later queued on any stream sees its bytes. The host waits only if the block is not
-    /// on the device yet (a stall the prefetcher failed to hide).
+    /// integer, 0 for the default stream). Work queued on `stream` after this returns sees the
+    /// block's bytes. A block whose copy is still in flight is not waited for on the host: its
+    /// copy is moved ahead of the other prefetches and, once it is on the copy queue, `stream` is
+    /// made to wait on its event, so the caller can run ahead of the copy engine. (A load that
+    /// then fails cannot be undone for the work queued behind it: the engine fails with
+    /// [`Error::DeviceLost`].) A block not on its way is loaded and waited for on the host, as
+    /// by `acquire`.
     pub fn acquire_on_stream(&self, id: BlockId, stream: u64) -> Result<u64> {
-        let _ = stream;
-        self.acquire(id)
+        let mut st = self.lock_live()?;
+        let Some(offset) = st.planner.acquire_in_flight(id)? else {
+            drop(st);
+            return self.acquire(id);
+        };
+        st.apply_commands(&self.shared);
+        // The hold is taken; from here every exit either hands it to the caller or drops it.
+        let ticket = loop {
+            if st.shutdown || st.lost.is_some() {
+                let e = st.lost.clone().unwrap_or(Error::ShutDown);
+                drop(st);
+                self.unhold(id);
+                return Err(e);
+            }
+            match st.queue.load_ticket(id) {
+                Some(Some(t)) => break Some(t),
+                Some(None) => st = sync::wait(&self.shared.ready, st),
+                // The copy finished (or failed, and the engine is lost: checked above next turn).
+                None if st.planner.residency(id)? == Residency::Resident => break None,
+                None => st = sync::wait(&self.shared.ready, st),
+            }
+        };
+        let addr = st.arena_base + offset;
+        drop(st);
+        if let Some(t) = ticket {
+            let r = self.shared.backend.stream_wait(stream, t);
+            self.after_driver_call(&r);
+            if let Err(e) = r {
+                self.unhold(id);
+                return Err(e);
+            }
+        }
+        self.lock().add_manual_hold(id);
+        Ok(addr)
     }
 
     /// Stream-ordered release of a hold taken by [`Engine::acquire`] / `acquire_on_stream`: the

@@ -566,7 +566,8 @@ impl Planner {
         if !b.spec.mutable {
             return Err(Error::NotMutable(id));
         }
-        if !matches!(b.state, State::Resident { .. }) || b.holds == 0 {
+        // Loading: held by a consumer whose stream waits on the copy (`acquire_in_flight`).
+        if !matches!(b.state, State::Resident { .. } | State::Loading { .. }) || b.holds == 0 {
             return Err(Error::NotHeld(id));
         }
         b.dirty = true;
@@ -782,24 +783,7 @@ impl Planner {
     /// [`Planner::unhold`] when done. On `Pending` the caller is registered as a waiter: call
     /// [`Planner::poll_waiter`] after each completion, or [`Planner::cancel_wait`].
     pub fn acquire(&mut self, id: BlockId) -> Result<Acquire> {
-        self.sync_schedule();
-        let (pos, hinted) = (self.pos, self.hinted);
-        let predicted = hinted
-            && self.schedule.next_use(id.index, pos, false) == Some(0)
-            && self.schedule.len() > 0;
-        let b = self.block_mut(id)?;
-        // A failed load's error belongs to the waiters registered for it; only with none left is
-        // it stale.
-        if b.waiters == 0 {
-            b.error = None;
-        }
-        let state = b.state;
-        self.n.waits += 1;
-        self.tick += 1;
-        if !predicted {
-            self.n.unpredicted += 1;
-        }
-        match state {
+        match self.count_wait(id)? {
             State::Resident { alloc } => {
                 self.n.hits += 1;
                 // The hit path: only walk the schedule when the use freed pipeline room.
@@ -829,6 +813,59 @@ impl Planner {
                 Ok(Acquire::Pending)
             }
         }
+    }
+
+    /// Counts a wait for `id` (and whether the schedule predicted it); returns the block's state.
+    fn count_wait(&mut self, id: BlockId) -> Result<State> {
+        self.sync_schedule();
+        let (pos, hinted) = (self.pos, self.hinted);
+        let predicted = hinted
+            && self.schedule.next_use(id.index, pos, false) == Some(0)
+            && self.schedule.len() > 0;
+        let b = self.block_mut(id)?;
+        // A failed load's error belongs to the waiters registered for it; only with none left is
+        // it stale.
+        if b.waiters == 0 {
+            b.error = None;
+        }
+        let state = b.state;
+        self.n.waits += 1;
+        self.tick += 1;
+        if !predicted {
+            self.n.unpredicted += 1;
+        }
+        Ok(state)
+    }
+
+    /// A use whose consumer waits on the device (a stream waiting on the copy's event), not on
+    /// the host: if the block is being loaded, it is held now, its copy is moved ahead of the
+    /// other prefetches, and its arena offset is returned; the runtime then orders the consumer
+    /// after the copy. The host did not block, so it counts as a hit. `None` (nothing counted):
+    /// the block is not loading; use [`Planner::acquire`].
+    pub fn acquire_in_flight(&mut self, id: BlockId) -> Result<Option<u64>> {
+        // Checked first: `count_wait` counts the wait, which only a loading block may get here.
+        if !matches!(self.block(id)?.state, State::Loading { .. }) {
+            return Ok(None);
+        }
+        let State::Loading { alloc, demand } = self.count_wait(id)? else {
+            return Ok(None);
+        };
+        self.n.hits += 1;
+        if !demand {
+            if let State::Loading { demand, .. } = &mut self.b_mut(id.index).state {
+                *demand = true;
+            }
+            self.commands.push_back(Command::Expedite { block: id });
+        }
+        if self.mark_used(id.index) {
+            self.pump();
+        }
+        Ok(Some(alloc.offset))
+    }
+
+    /// Whether the block is held (by a guard, `acquire`, or a consumer waiting on its copy).
+    pub fn is_held(&self, id: BlockId) -> bool {
+        self.block(id).is_ok_and(|b| b.holds > 0)
     }
 
     /// For a registered waiter: `Some(Ok(offset))` once the block is on the device (it is then
@@ -919,8 +956,8 @@ impl Planner {
         self.in_flight -= 1;
         if ok {
             let b = self.b_mut(id.index);
+            // Not clean here: a consumer waiting on the copy may already have marked it written.
             b.state = State::Resident { alloc };
-            b.dirty = false;
             b.used_since_load = false;
             self.resident_blocks += 1;
             self.n.bytes_h2d += size;
@@ -1381,6 +1418,8 @@ impl Planner {
         let id = self.id_of(index);
         let b = self.b_mut(index);
         b.state = State::Loading { alloc, demand };
+        // A fresh copy of the host bytes: nothing newer on the device until it is written.
+        b.dirty = false;
         b.prefetched_unused = !demand;
         let size = b.spec.size;
         self.in_flight += 1;

@@ -28,6 +28,10 @@ pub(crate) struct Job {
     in_flight: u32,
     busy_s: f64,
     failed: Option<String>,
+    /// Bytes whose copy is on the backend's queue (tickets known), and the last such ticket:
+    /// chunks of a job go to one copy stream in order, so it completes after all of them.
+    queued: u64,
+    last_ticket: Option<Ticket>,
 }
 
 /// Pending copy jobs.
@@ -70,6 +74,8 @@ impl TransferQueue {
             in_flight: 0,
             busy_s: 0.0,
             failed: None,
+            queued: 0,
+            last_ticket: None,
         });
     }
 
@@ -125,6 +131,29 @@ impl TransferQueue {
             (Direction::HostToDevice, true) => (format!("load {name}"), "demand"),
             (Direction::HostToDevice, false) => (format!("load {name}"), "prefetch"),
         }
+    }
+
+    /// A chunk of job `seq` is on the backend's queue with `ticket`.
+    pub fn record_ticket(&mut self, seq: u64, len: u64, ticket: Ticket) {
+        if let Some(j) = self.jobs.iter_mut().find(|j| j.seq == seq) {
+            j.queued += len;
+            j.last_ticket = Some(ticket);
+        }
+    }
+
+    /// The ticket after which `block`'s load is complete, once every chunk of it is on the
+    /// backend's queue: `Some(None)` while some chunk is still to be submitted, `None` when no
+    /// load of it is queued (it completed, or failed).
+    pub fn load_ticket(&self, block: BlockId) -> Option<Option<Ticket>> {
+        let j = self
+            .jobs
+            .iter()
+            .find(|j| j.block == block && j.dir == Direction::HostToDevice)?;
+        Some(if j.queued == j.len && j.failed.is_none() {
+            j.last_ticket
+        } else {
+            None
+        })
     }
 
     /// Fails every job (the device is lost): no chunk of them is submitted again. Returns the
@@ -257,7 +286,10 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
             st = sync::lock(&shared.state);
             for (c, r, t0) in submitted {
                 match r {
-                    Ok(ticket) => in_flight.push_back((c, ticket, t0)),
+                    Ok(ticket) => {
+                        st.queue.record_ticket(c.seq, c.len, ticket);
+                        in_flight.push_back((c, ticket, t0));
+                    }
                     Err(e) => {
                         if matches!(e, Error::DeviceLost(_)) {
                             st.fail_device(&shared, e.clone());
@@ -270,6 +302,8 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
                     }
                 }
             }
+            // A stream-ordered acquire may be waiting for its load's last ticket.
+            shared.ready.notify_all();
             continue;
         }
         let Some((c, ticket, t0)) = in_flight.pop_front() else {
@@ -315,6 +349,18 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
 
 fn finish_job(shared: &Shared, st: &mut State, job: &Job) {
     let (ok, reason, busy) = job.outcome();
+    if !ok && job.dir == Direction::HostToDevice && st.planner.is_held(job.block) {
+        // A consumer queued work on a stream that waits for this copy (`acquire_on_stream` of a
+        // block in flight): that work runs on bytes that never arrived, and its memory is in use
+        // until the consumer's fence. Nothing can undo it, so the device counts as lost.
+        st.fail_device(
+            shared,
+            Error::DeviceLost(format!(
+                "the load of block {} failed while a stream waited on it: {reason}",
+                job.block
+            )),
+        );
+    }
     match job.dir {
         Direction::HostToDevice => st.planner.transfer_done(job.block, ok, reason, busy),
         Direction::DeviceToHost => st.planner.writeback_done(job.block, ok, busy),

@@ -264,6 +264,8 @@ struct FailingLink {
     failing: AtomicBool,
     sticky: bool,
     submits: AtomicU64,
+    /// Copies complete with a (transient) error.
+    failing_copies: AtomicBool,
 }
 
 impl Backend for FailingLink {
@@ -298,7 +300,14 @@ impl Backend for FailingLink {
         unsafe { self.inner.submit(dir, host, device, len) }
     }
     fn wait(&self, ticket: Ticket) -> synapswap::Result<()> {
-        self.inner.wait(ticket)
+        self.inner.wait(ticket)?;
+        if self.failing_copies.load(Ordering::SeqCst) {
+            return Err(Error::Backend("injected: copy failed".into()));
+        }
+        Ok(())
+    }
+    fn stream_wait(&self, stream: u64, ticket: Ticket) -> synapswap::Result<()> {
+        self.inner.stream_wait(stream, ticket)
     }
     unsafe fn copy_now(
         &self,
@@ -337,6 +346,7 @@ fn failing_engine(sticky: bool) -> (Arc<Engine>, Arc<FailingLink>, Vec<BlockId>)
         failing: AtomicBool::new(false),
         sticky,
         submits: AtomicU64::new(0),
+        failing_copies: AtomicBool::new(false),
     });
     let engine = Arc::new(
         Engine::builder()
@@ -430,4 +440,108 @@ fn a_link_that_keeps_failing_fails_the_waits_and_the_engine_lives_on() {
         ));
     }
     engine.shutdown();
+}
+
+#[test]
+fn acquire_on_stream_of_a_block_in_flight_does_not_wait_on_the_host() {
+    // 50 MB/s: a 4 MiB copy takes ~80 ms, so the host can be seen running ahead of it.
+    let sim = Arc::new(
+        SimBackend::new(SimConfig {
+            h2d_bytes_per_s: Some(50e6),
+            ..SimConfig::unpaced()
+        })
+        .unwrap(),
+    );
+    let engine = Engine::builder()
+        .budget(16 * MIB)
+        .backend(sim.clone())
+        .build()
+        .unwrap();
+    let s = sim.create_stream().unwrap();
+    let a = block(&engine, 4 * MIB, false, 1);
+    let b = block(&engine, 4 * MIB, false, 2);
+    engine.declare(0, a).unwrap();
+    engine.declare(1, b).unwrap();
+    // The hint at step 0 prefetches a, then b: both copies are in flight.
+    engine.hint(0).unwrap();
+    let addr = engine.acquire_on_stream(b, s).unwrap();
+    assert_eq!(
+        engine.residency(b).unwrap(),
+        Residency::Loading,
+        "acquire_on_stream waited on the host for a copy in flight"
+    );
+    // The kernel queued now runs only once the copy is done: it sees b's bytes.
+    let seen = Seen::default();
+    let s2 = seen.clone();
+    sim.launch(s, move |dev| {
+        let mut buf = vec![0u8; (4 * MIB) as usize];
+        dev.read(addr, &mut buf)?;
+        s2.0 .1
+            .store(pattern::verify(pattern::seed(2), 0, &buf), Ordering::SeqCst);
+        s2.0 .0.store(true, Ordering::SeqCst);
+        Ok(())
+    })
+    .unwrap();
+    engine.unacquire_on_stream(b, s).unwrap();
+    sim.synchronize(s).unwrap();
+    assert_eq!(
+        seen.ran_and_matched(),
+        (true, true),
+        "the kernel ran before the copy"
+    );
+    let st = engine.stats();
+    assert_eq!(
+        (st.waits, st.hits),
+        (1, 1),
+        "a use the host did not wait for is a hit"
+    );
+    drop(engine.wait(a).unwrap());
+    engine.shutdown();
+}
+
+#[test]
+fn a_failed_load_that_a_stream_waits_on_loses_the_device() {
+    let link = Arc::new(FailingLink {
+        inner: SimBackend::new(SimConfig {
+            h2d_bytes_per_s: Some(50e6),
+            ..SimConfig::unpaced()
+        })
+        .unwrap(),
+        failing: AtomicBool::new(false),
+        sticky: false,
+        submits: AtomicU64::new(0),
+        failing_copies: AtomicBool::new(false),
+    });
+    let engine = Engine::builder()
+        .budget(16 * MIB)
+        .backend(link.clone())
+        .build()
+        .unwrap();
+    let s = link.inner.create_stream().unwrap();
+    let a = block(&engine, 4 * MIB, false, 1);
+    let b = block(&engine, 4 * MIB, false, 2);
+    engine.declare(0, a).unwrap();
+    engine.declare(1, b).unwrap();
+    engine.hint(0).unwrap();
+    link.failing_copies.store(true, Ordering::SeqCst);
+    engine.acquire_on_stream(b, s).unwrap();
+    assert_eq!(engine.residency(b).unwrap(), Residency::Loading);
+    // The copy fails after work on `s` was ordered behind it: nothing can undo that work.
+    let e = engine_lost_within_10s(&engine);
+    assert!(
+        matches!(e, Error::DeviceLost(ref m) if m.contains("stream")),
+        "{e:?}"
+    );
+    engine.shutdown();
+}
+
+fn engine_lost_within_10s(engine: &Engine) -> Error {
+    let t = std::time::Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        if let Err(e) = engine.hint(0) {
+            return e;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("the engine did not fail within 10 s");
 }
