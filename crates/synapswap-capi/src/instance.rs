@@ -39,6 +39,7 @@ impl From<Error> for Failure {
             Error::BlockTooLarge { .. }
             | Error::PinnedOverBudget { .. }
             | Error::OutOfDeviceMemory { .. }
+            | Error::BudgetTooSmall { .. }
             | Error::InvalidBudget(_) => ERR_OUT_OF_VRAM,
             Error::Backend(m) if m.contains("host memory") => ERR_OUT_OF_RAM,
             Error::BackendUnavailable { .. } => ERR_CUDA,

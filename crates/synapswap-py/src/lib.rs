@@ -22,7 +22,8 @@ fn err(e: Error) -> PyErr {
     match e {
         Error::BlockTooLarge { .. }
         | Error::PinnedOverBudget { .. }
-        | Error::OutOfDeviceMemory { .. } => PyMemoryError::new_err(msg),
+        | Error::OutOfDeviceMemory { .. }
+        | Error::BudgetTooSmall { .. } => PyMemoryError::new_err(msg),
         Error::UnknownBlock(_)
         | Error::StaleBlock(_)
         | Error::NotHeld(_)
