@@ -299,6 +299,41 @@ fn cases_that_failed_before() {
     }
 }
 
+/// A budget under the minimum fails up front with that minimum (the lm_head step of the `run`
+/// preset, 250 MiB + 8 KiB), not with the first block that does not fit; pinned blocks count.
+#[test]
+fn a_budget_too_small_names_the_real_minimum() {
+    let w = synapswap::workload::preset("run").unwrap();
+    let minimum = 262_144_000 + 8192;
+    assert_eq!(w.min_budget().unwrap(), (minimum, 64));
+    for budget in [100 * MIB, 250 * MIB, minimum - GRANULE] {
+        let cfg = SimulateConfig {
+            budget,
+            ..SimulateConfig::for_workload(&w)
+        };
+        let e = simulate::simulate(&w, &cfg, &mut |_| {}).unwrap_err();
+        assert_eq!(
+            e,
+            Error::BudgetTooSmall {
+                budget,
+                minimum,
+                step: 64
+            }
+        );
+    }
+    let cfg = SimulateConfig {
+        budget: minimum,
+        tokens: 1,
+        ..SimulateConfig::for_workload(&w)
+    };
+    simulate::simulate(&w, &cfg, &mut |_| {}).unwrap();
+    let mut pinned = w.clone();
+    pinned.blocks[0].policy = Policy::Pinned;
+    let extra = rounded(pinned.blocks[0].bytes);
+    assert_eq!(pinned.min_budget().unwrap(), (minimum + extra, 64));
+    assert_eq!(min_budget(&pinned), minimum + extra);
+}
+
 /// Counts failures over `SYNAPSWAP_PLACEMENT_CASES` random workloads without stopping or
 /// shrinking, and prints the worst ones: `cargo test --release --test planner_placement --
 /// --ignored census --nocapture`.
