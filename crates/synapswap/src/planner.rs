@@ -1723,6 +1723,7 @@ impl Planner {
                     && matches!(b.state, State::Resident { .. })
                     && self.is_settled(i))
         };
+        let home = |i: u32| self.home.get(i as usize).copied().flatten();
         let spans: Vec<Span<Keep>> = self
             .pool
             .regions()
@@ -1741,6 +1742,16 @@ impl Planner {
                         _ => Kind::Barrier,
                     },
                     Some(j) => match self.b(j).state {
+                        // A copy in flight is waited for if its block can be evicted once it
+                        // lands: not if someone waits for it (they will hold it) or it is a
+                        // pinned block loading at its home.
+                        State::Loading { alloc, .. }
+                            if self.b(j).waiters > 0
+                                || (self.b(j).spec.policy == Policy::Pinned
+                                    && home(j).is_none_or(|h| h == alloc.offset)) =>
+                        {
+                            Kind::Barrier
+                        }
                         State::Loading { .. } | State::WritingBack { .. } => Kind::Clear {
                             cost: IN_TRANSFER,
                             owner: None,
@@ -1764,7 +1775,6 @@ impl Planner {
             .collect();
         // The step's streamed blocks that need a load take consecutive ring slots, wrapping
         // before the first if they do not all fit above the ring.
-        let home = |i: u32| self.home.get(i as usize).copied().flatten();
         let size = |i: u32| granules(self.b(i).spec.size) * GRANULE;
         let loads = |i: u32| matches!(self.b(i).state, State::Host | State::WritingBack { .. });
         let streamed: Vec<u32> = step
@@ -2390,6 +2400,32 @@ mod tests {
             run_steps(&mut p, &[vec![x], vec![s, big]], 3).unwrap();
             assert!(p.stats().peak_device_bytes <= 10 * MIB);
         }
+    }
+
+    #[test]
+    fn room_behind_a_fence_is_waited_for_never_refused() {
+        // Step 1's block needs the room step 0's block holds until the consumer's fence
+        // completes (a stream-ordered release). The joint placement and the demand load wait
+        // (the caller's stall); once the fence is done the hold goes and the load proceeds.
+        let mut p = Planner::new(PlannerConfig::new(4 * MIB)).unwrap();
+        let a = p.add_block(BlockSpec::new(3 * MIB)).unwrap();
+        let b = p.add_block(BlockSpec::new(3 * MIB)).unwrap();
+        p.declare(0, a).unwrap();
+        p.declare(1, b).unwrap();
+        p.hint(0, 0.0);
+        complete_all(&mut p);
+        assert!(matches!(p.acquire(a).unwrap(), Acquire::Ready(_)));
+        p.defer_release(true);
+        p.hint(1, 0.0);
+        complete_all(&mut p);
+        assert_eq!(p.acquire(b).unwrap(), Acquire::Pending);
+        complete_all(&mut p);
+        assert_eq!(p.poll_waiter(b), None, "waits for the fence");
+        p.defer_release(false);
+        p.unhold(a);
+        complete_all(&mut p);
+        assert!(p.poll_waiter(b).unwrap().is_ok());
+        assert_eq!(p.residency(a).unwrap(), Residency::Host);
     }
 
     #[test]

@@ -61,6 +61,9 @@ struct Case {
     /// Every block `auto`, equal priorities, nothing mutable.
     plain: bool,
     compute_us: u32,
+    /// The link: 0 the simulator's default (copy-bound), 1 25 GB/s, 2 1 TB/s (compute-bound,
+    /// prefetch runs far ahead).
+    link: u8,
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -81,9 +84,10 @@ fn case() -> impl Strategy<Value = Case> {
                 0u32..=1000,
                 proptest::bool::weighted(0.3),
                 1u32..2000,
+                0u8..3,
             )
         })
-        .prop_map(|(blocks, steps, at, plain, compute_us)| Case {
+        .prop_map(|(blocks, steps, at, plain, compute_us, link)| Case {
             blocks: blocks
                 .into_iter()
                 .map(|(exp, frac, pol, prio, m)| {
@@ -97,6 +101,7 @@ fn case() -> impl Strategy<Value = Case> {
             at,
             plain,
             compute_us,
+            link,
         })
 }
 
@@ -168,12 +173,16 @@ fn budget(c: &Case, w: &Workload) -> u64 {
 fn check(c: &Case) -> Result<(), TestCaseError> {
     let w = workload(c);
     let budget = budget(c, &w);
+    let base = SimulateConfig::for_workload(&w);
+    let bw = [base.h2d_bytes_per_s, 25e9, 1e12][usize::from(c.link % 3)];
     let cfg = SimulateConfig {
         budget,
         tokens: 3,
         warmup_tokens: 1,
         policy: SimPolicy::Synapswap,
-        ..SimulateConfig::for_workload(&w)
+        h2d_bytes_per_s: bw,
+        d2h_bytes_per_s: bw,
+        ..base
     };
     match simulate::simulate(&w, &cfg, &mut |_| {}) {
         Ok(sim) => {
@@ -225,8 +234,8 @@ fn run_preset_runs_at_every_budget_above_its_largest_step() {
 }
 
 /// Random cases that failed before the joint step placement (`OutOfDeviceMemory ... held by
-/// blocks in use`), smallest first; the last two with every block `auto`, equal priorities and
-/// nothing mutable.
+/// blocks in use`), smallest first; the fourth and fifth with every block `auto`, equal
+/// priorities and nothing mutable.
 #[test]
 fn cases_that_failed_before() {
     let cases = [
@@ -240,6 +249,7 @@ fn cases_that_failed_before() {
             at: 801,
             plain: false,
             compute_us: 1002,
+            link: 0,
         },
         Case {
             blocks: vec![
@@ -251,6 +261,7 @@ fn cases_that_failed_before() {
             at: 873,
             plain: false,
             compute_us: 585,
+            link: 0,
         },
         Case {
             blocks: vec![
@@ -263,6 +274,7 @@ fn cases_that_failed_before() {
             at: 199,
             plain: false,
             compute_us: 1970,
+            link: 0,
         },
         Case {
             blocks: vec![
@@ -275,6 +287,7 @@ fn cases_that_failed_before() {
             at: 524,
             plain: true,
             compute_us: 400,
+            link: 0,
         },
         Case {
             blocks: vec![
@@ -290,6 +303,30 @@ fn cases_that_failed_before() {
             at: 380,
             plain: true,
             compute_us: 580,
+            link: 0,
+        },
+        // Found at 100,000 census cases by a first version of the joint placement, which laid
+        // the 121 MB block over a pinned one still loading at its home, to evict it once landed.
+        Case {
+            blocks: vec![
+                (12754, 7, 5, false),
+                (121198608, 7, 7, false),
+                (1897922, 2, 4, false),
+                (4763, 2, 1, false),
+                (53888417, 6, 8, true),
+                (503840, 7, 0, true),
+            ],
+            steps: vec![
+                vec![0, 1],
+                vec![5, 2, 1, 3],
+                vec![2, 0, 1],
+                vec![2],
+                vec![3, 1],
+            ],
+            at: 967,
+            plain: false,
+            compute_us: 826,
+            link: 0,
         },
     ];
     for c in &cases {
