@@ -1718,6 +1718,7 @@ impl Planner {
             let b = self.b(i);
             relocate
                 && b.holds == 0
+                && !b.writeback_failed
                 && matches!(b.state, State::Resident { .. } | State::Loading { .. })
                 && !(b.spec.policy == Policy::Pinned
                     && matches!(b.state, State::Resident { .. })
@@ -1851,7 +1852,9 @@ impl Planner {
                     k += 1;
                     continue;
                 }
-                State::Resident { .. } if self.b(i).holds > 0 => return Reserved::Conflict,
+                State::Resident { .. } if self.b(i).holds > 0 || self.b(i).writeback_failed => {
+                    return Reserved::Conflict
+                }
                 State::Resident { .. } => {
                     // It moves: a waiter goes on waiting for it at its new offset.
                     self.evict(i);
@@ -2258,8 +2261,8 @@ mod tests {
 
     #[test]
     fn a_block_placed_before_the_plan_does_not_stall_prefetch() {
-        // A pinned block loaded before any schedule lands where the general rule put it, which
-        // may be another block's home under the plan made later. Prefetch must go on around it.
+        // A pinned block loaded before any schedule (at its home: pinned blocks have homes with
+        // or without a plan) must not stall prefetch under the plan made later.
         let mut p = Planner::new(PlannerConfig::new(16 * MIB)).unwrap();
         let pin = p
             .add_block(BlockSpec::new(2 * MIB).policy(Policy::Pinned))
