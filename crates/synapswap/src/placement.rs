@@ -14,9 +14,10 @@
 //! set that packs by first-fit decreasing is always placed, whatever the preferences; in
 //! particular a set whose total fits the largest gap always is.
 //!
-//! Cost: with `r` spans, `n` blocks and `g` gaps, `O(n * r * (w + n * g))` where `w` is the
-//! number of spans a window covers: it runs only for blocks not yet on the device at their
-//! step's hint.
+//! Cost, with `r` spans, `n` blocks, `g` gaps and windows of `w` spans: listing a block's
+//! candidates is `O(r * w)` (as the single-block window search) plus a sort; each candidate tried
+//! costs `O(r + n * g)`. Usually the first passes; in the worst case every one is tried, `O(n *
+//! r * (r + n * g))`. It runs only for blocks not on the device at their step's hint.
 
 use std::cmp::Reverse;
 

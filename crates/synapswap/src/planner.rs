@@ -20,7 +20,7 @@
 //! The chosen window is the one whose most valuable victim is least valuable; ties go to the window
 //! that evicts fewer bytes, then to the lower address.
 //!
-//! # Joint step placement (in [`Planner::place_step`]; the layout in [`crate::placement`])
+//! # Joint step placement (in `Planner::place_step`; the layout in `placement.rs`)
 //! The rule it holds: whenever every step's blocks fit in the budget together (their
 //! granule-rounded sizes plus every pinned block: [`Planner::min_budget`]), the schedule runs at
 //! every such budget with no `OutOfDeviceMemory`. Fragmentation is the planner's problem, not the
@@ -54,8 +54,10 @@
 //! footprint, and first-fit decreasing packs the step into it.
 //!
 //! Cost: O(step blocks) per hint when the step is already on the device or loading (prefetch
-//! kept up); otherwise about one [`Planner::find_window`] per block to place, times a packing
-//! check of the step's blocks over the gaps (few: the barriers are pinned and held blocks).
+//! kept up). Otherwise, per block to place, a window search over the pool's regions (as
+//! `find_window`) and, per candidate tried, a packing check in O(regions + step blocks x gaps);
+//! usually the first candidate passes (bounds in `placement.rs`). A move costs the block's bytes
+//! over the link again.
 //!
 //! # Prefetch admission
 //! Prefetch walks the schedule forward from the current step, in deadline order. A block is admitted
