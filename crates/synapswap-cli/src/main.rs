@@ -232,6 +232,7 @@ fn cmd_run(args: RunArgs) -> Result<(), (u8, String)> {
     let fail = |e: synapswap::Error| {
         let code = match e {
             synapswap::Error::BlockTooLarge { .. }
+            | synapswap::Error::BudgetTooSmall { .. }
             | synapswap::Error::InvalidBudget(_)
             | synapswap::Error::PinnedOverBudget { .. }
             | synapswap::Error::HostMemory { .. }
@@ -342,6 +343,7 @@ fn cmd_run(args: RunArgs) -> Result<(), (u8, String)> {
 fn input_fail(e: synapswap::Error) -> (u8, String) {
     let code = match e {
         synapswap::Error::BlockTooLarge { .. }
+        | synapswap::Error::BudgetTooSmall { .. }
         | synapswap::Error::InvalidBudget(_)
         | synapswap::Error::PinnedOverBudget { .. }
         | synapswap::Error::InvalidPriority(_)

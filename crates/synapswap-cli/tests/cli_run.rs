@@ -105,10 +105,36 @@ fn malformed_sizes_are_clear_errors_with_exit_code_2() {
 }
 
 #[test]
-fn a_budget_smaller_than_a_tensor_is_an_argument_error() {
-    let out = synapswap(&["run", "--layers", "1", "--vram", "64MiB", "--h2d", "max"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("larger than the device budget"));
+fn a_budget_smaller_than_a_step_is_an_argument_error_naming_the_minimum() {
+    // The largest step is the lm_head (250 MiB) with the final norm (8 KiB): 262,152,192 bytes.
+    // The error names that, not the first block that does not fit (the lm_head alone at 64 MiB,
+    // "out of device memory" at 250 MiB).
+    for vram in ["64MiB", "250MiB"] {
+        let out = synapswap(&["run", "--layers", "1", "--vram", vram, "--h2d", "max"]);
+        assert_eq!(out.status.code(), Some(2), "{vram}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("too small"), "{vram}: {err}");
+        assert!(
+            err.contains("262152192 bytes (250.01 MiB)"),
+            "{vram}: {err}"
+        );
+    }
+}
+
+#[test]
+fn budgets_just_above_the_largest_step_run() {
+    // 256-276 MiB failed with "out of device memory ... (held 8192 bytes)" while 252 and 280
+    // MiB worked: the final norm landed where the lm_head's room was. (With 1 layer it did not
+    // show; with 4 it did at 256 and 266 MiB, with the default 8 at all three.)
+    for (layers, vram) in [("4", "256MiB"), ("4", "266MiB"), ("8", "276MiB")] {
+        let out = synapswap(&[
+            "run", "--json", "--layers", layers, "--vram", vram, "--h2d", "max", "--tokens", "1",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{vram}: {err}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["integrity"]["mismatches"], 0, "{vram}");
+    }
 }
 
 #[test]

@@ -114,7 +114,7 @@ fn workload_files_are_checked() {
     assert_eq!(out.status.code(), Some(2));
     let out = synapswap(&["simulate", "--workload", "llama-7b", "--vram", "1MiB"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("larger than the device budget"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("too small"));
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -196,4 +196,27 @@ fn traces_open_as_chrome_trace_events() {
         assert!(on(2) > 10, "{}: copy spans", path.display());
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn the_run_preset_simulates_at_every_budget_above_its_largest_step() {
+    // 256-276 MiB failed with "out of device memory ... (held 8192 bytes)"; 252 and 280 worked.
+    for vram in [
+        "252MiB", "256MiB", "260MiB", "264MiB", "268MiB", "272MiB", "276MiB", "280MiB",
+    ] {
+        let out = synapswap(&["simulate", "--workload", "run", "--vram", vram, "--json"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{vram}: {err}");
+        assert!(json(&out)["peak_device_bytes"].as_u64().unwrap() <= 280 << 20);
+    }
+    // Below it, the error names the real minimum: the lm_head step, granule-rounded.
+    for vram in ["100MiB", "250MiB"] {
+        let out = synapswap(&["simulate", "--workload", "run", "--vram", vram]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{vram}: {err}");
+        assert!(
+            err.contains("step 64 needs 262152192 bytes"),
+            "{vram}: {err}"
+        );
+    }
 }

@@ -24,6 +24,7 @@ fn err(e: Error) -> PyErr {
         Error::BlockTooLarge { .. }
         | Error::PinnedOverBudget { .. }
         | Error::OutOfDeviceMemory { .. }
+        | Error::BudgetTooSmall { .. }
         | Error::HostMemory { .. }
         | Error::OutOfHostMemory(_) => PyMemoryError::new_err(msg),
         Error::UnknownBlock(_)

@@ -73,6 +73,14 @@ pub enum Error {
     /// failed.
     #[error("out of host memory: cannot allocate {bytes} bytes ({})", format_bytes(*.0), bytes = .0)]
     OutOfHostMemory(u64),
+    /// The budget cannot hold one step's blocks at once together with the pinned blocks. Every
+    /// budget of at least `minimum` runs the schedule (see the planner's joint step placement).
+    #[error("device budget of {budget} bytes is too small: step {step} needs {minimum} bytes ({}) on the device at once (its blocks and every pinned block, granule-rounded); the budget must be at least that", crate::size::format_bytes(*minimum))]
+    BudgetTooSmall {
+        budget: u64,
+        minimum: u64,
+        step: u64,
+    },
     /// A copy between host and device failed.
     #[error("transfer of block {block} failed: {reason}")]
     Transfer { block: BlockId, reason: String },

@@ -28,6 +28,7 @@ mod engine;
 mod error;
 pub mod os;
 pub mod pattern;
+mod placement;
 pub mod planner;
 pub mod pool;
 pub mod probe;

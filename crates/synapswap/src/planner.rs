@@ -20,6 +20,45 @@
 //! The chosen window is the one whose most valuable victim is least valuable; ties go to the window
 //! that evicts fewer bytes, then to the lower address.
 //!
+//! # Joint step placement (in `Planner::place_step`; the layout in `placement.rs`)
+//! The rule it holds: whenever every step's blocks fit in the budget together (their
+//! granule-rounded sizes plus every pinned block: [`Planner::min_budget`]), the schedule runs at
+//! every such budget with no `OutOfDeviceMemory`. Fragmentation is the planner's problem, not the
+//! caller's. Placing a step's blocks one at a time, as they are waited for, cannot hold it: the
+//! first ones are held by the time the last is placed, and wherever they went may split the room
+//! it needs (an 8 KiB norm in the middle of the pool, beside a 250 MiB `lm_head`).
+//!
+//! So at `hint(step)`, and at every event after it until it is done, the blocks the hint protects
+//! that are not on the device are placed together, before any of them is held:
+//! 1. The pool is mapped into free space, blocks that can be cleared (what a demand load may
+//!    evict, kept or pinned blocks away from their homes, and blocks in transfer, which are waited
+//!    for), and barriers (held, pinned at home, failed write-backs, the step's placed blocks).
+//! 2. The blocks are laid out largest first. Each takes its home or ring slot under the keep plan
+//!    (a step's streamed blocks take consecutive ring slots), else free space, else the window
+//!    the eviction rule ranks best, unless that leaves the rest without room (checked by
+//!    first-fit decreasing into the gaps between barriers); then the next best that does not.
+//! 3. If no layout exists with the step's placed blocks where they are, those not held may move
+//!    (each prefers its current offset). A move is an eviction and a reload: its bytes cross the
+//!    link again. There is no device-to-device copy.
+//! 4. The offsets are reserved; each block loads (a prefetch until someone waits for it) as soon
+//!    as its range is clear, after the write-backs and copies in flight there. Until the step is
+//!    placed, prefetching waits, and so do demand loads of the step's blocks.
+//!
+//! If no layout exists, the planner waits while copies or fenced (stream-ordered) releases are
+//! pending: that time is the caller's stall, never an error. Otherwise the waiter's demand load
+//! fails: with `BudgetTooSmall` (naming [`Planner::min_budget`]) when the step cannot fit the
+//! budget at all, else with `OutOfDeviceMemory` (blocks the caller holds take the room).
+//!
+//! Why it holds: once the caller has released the previous step, the only barriers are pinned
+//! blocks, packed at their homes from offset 0, so the gap above them is at least the step's
+//! footprint, and first-fit decreasing packs the step into it.
+//!
+//! Cost: O(step blocks) per hint when the step is already on the device or loading (prefetch
+//! kept up). Otherwise, per block to place, a window search over the pool's regions (as
+//! `find_window`) and, per candidate tried, a packing check in O(regions + step blocks x gaps);
+//! usually the first candidate passes (bounds in `placement.rs`). A move costs the block's bytes
+//! over the link again.
+//!
 //! # Prefetch admission
 //! Prefetch walks the schedule forward from the current step, in deadline order. A block is admitted
 //! only if it fits in free space or in a window whose every victim is next needed *later* than the
@@ -37,6 +76,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::block::{BlockId, BlockSpec, Policy, Residency, MAX_PRIORITY};
+use crate::placement::{self, Item, Kind, Span};
 use crate::pool::{granules, Allocation, Pool, GRANULE};
 use crate::stats::{PrefetchStats, Stats};
 use crate::{Error, Result};
@@ -260,6 +300,18 @@ enum Placement {
     Impossible,
 }
 
+/// A joint step placement: (block, offset) to reserve, and the ring's next offset if the step's
+/// streamed blocks took their ring slots.
+type StepLayout = (Vec<(u32, u64)>, Option<u64>);
+
+/// How far [`Planner::place_reserved`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reserved {
+    Done,
+    Wait,
+    Conflict,
+}
+
 /// The keep-key of a victim: lower is evicted first (see the module docs).
 type Keep = (u8, u8, u8, u64);
 
@@ -321,6 +373,12 @@ pub struct Planner {
     loading_bytes: u64,
     /// The last prefetch walk stopped because a block found no room.
     space_blocked: bool,
+    /// Some block the current hint protects is not on the device yet: the joint step placement
+    /// runs at every pump until it is (see the module docs).
+    step_pending: bool,
+    /// Offsets the joint step placement chose for blocks it could not load yet (room still being
+    /// written back or loaded). Non-empty only while `step_pending`.
+    reserved: Vec<(u32, u64)>,
     pinned_bytes: u64,
     host_bytes: u64,
     live_blocks: u64,
@@ -374,6 +432,8 @@ impl Planner {
             pipeline_bytes: 0,
             loading_bytes: 0,
             space_blocked: false,
+            step_pending: false,
+            reserved: Vec::new(),
             pinned_bytes: 0,
             host_bytes: 0,
             live_blocks: 0,
@@ -620,6 +680,7 @@ impl Planner {
         self.live_blocks -= 1;
         self.free_slots.push(id.index);
         self.protected.retain(|&i| i != id.index);
+        self.reserved.retain(|&(i, _)| i != id.index);
         self.pending_demands.retain(|&i| i != id.index);
         let mut changed = false;
         for blocks in self.schedule.declared.values_mut() {
@@ -747,6 +808,9 @@ impl Planner {
                 }
             }
         }
+        // The step's blocks are placed together, before any of them is held.
+        self.reserved.clear();
+        self.step_pending = !self.protected.is_empty();
         self.pump();
     }
 
@@ -755,6 +819,7 @@ impl Planner {
         let b = self.block_mut(id)?;
         b.protected = false;
         self.protected.retain(|&i| i != id.index);
+        self.reserved.retain(|&(i, _)| i != id.index);
         self.pump();
         Ok(())
     }
@@ -934,7 +999,7 @@ impl Planner {
         if let Ok(b) = self.block_mut(id) {
             b.holds = b.holds.saturating_sub(1);
         }
-        if self.space_blocked || !self.pending_demands.is_empty() {
+        if self.space_blocked || self.step_pending || !self.pending_demands.is_empty() {
             self.pump();
         }
     }
@@ -972,6 +1037,11 @@ impl Planner {
             }
         } else {
             self.pool.free(alloc.region);
+            if self.b(id.index).protected {
+                // No retry by the joint step placement: a failing link would make it loop.
+                self.step_pending = false;
+                self.reserved.clear();
+            }
             let b = self.b_mut(id.index);
             b.state = State::Host;
             b.load_failed = true;
@@ -1205,16 +1275,27 @@ impl Planner {
         let n = self.slots.len();
         self.keep = vec![false; n];
         self.home = vec![None; n];
-        self.zone_start = 0;
-        self.ring = 0;
         self.planned = false;
+        let rounded = |size: u64| granules(size) * GRANULE;
+        // Pinned blocks never leave, so they get homes packed from offset 0 with or without a
+        // plan: pinned blocks scattered over the arena would split the room every step needs.
+        let mut at = 0;
+        for i in 0..n {
+            if let Some(b) = &self.slots[i].block {
+                if b.spec.policy == Policy::Pinned {
+                    self.home[i] = Some(at);
+                    at += rounded(b.spec.size);
+                }
+            }
+        }
+        self.zone_start = at;
+        self.ring = at;
         let len = self.schedule.len() as usize;
         // Without prefetching there is no pipeline to lay out: demand paging by farthest next
         // use (MIN) is the whole policy.
         if len == 0 || !self.cfg.prefetch {
             return;
         }
-        let rounded = |size: u64| granules(size) * GRANULE;
         // (index, expected uses per cycle, rounded size, priority)
         let mut cands: Vec<(u32, f64, u64, u8)> = Vec::new();
         for (i, slot) in self.slots.iter().enumerate() {
@@ -1328,18 +1409,14 @@ impl Planner {
         }
         let keep = best.map(|(_, k)| k).unwrap_or_else(|| vec![false; n]);
         self.keep = keep;
-        // Homes: pinned blocks, then kept ones in plan order, packed from offset 0. Plan order
-        // keeps homes stable when a larger reserve drops the tail of the kept list.
-        let mut homed: Vec<usize> = (0..n)
-            .filter(|&i| {
-                self.slots[i]
-                    .block
-                    .as_ref()
-                    .is_some_and(|b| b.spec.policy == Policy::Pinned)
-            })
+        // Homes: pinned blocks (above), then kept ones in plan order, packed from offset 0. Plan
+        // order keeps homes stable when a larger reserve drops the tail of the kept list.
+        let mut at = self.zone_start;
+        let homed: Vec<usize> = cands
+            .iter()
+            .map(|c| c.0 as usize)
+            .filter(|&i| self.keep[i])
             .collect();
-        homed.extend(cands.iter().map(|c| c.0 as usize).filter(|&i| self.keep[i]));
-        let mut at = 0;
         for i in homed {
             self.home[i] = Some(at);
             at += rounded(self.b(i as u32).spec.size);
@@ -1477,19 +1554,22 @@ impl Planner {
         Ok(victims)
     }
 
-    /// A kept block resident away from its home (placed before the current plan) may be
-    /// evicted by a planned placement, under the same conditions as any other block; it comes
-    /// back at its home. Without this the layout would never heal after a replan.
+    /// A kept or pinned block resident away from its home (placed before the current plan, or
+    /// where its home was held) may be evicted by a planned placement, under the same conditions
+    /// as any other block; it comes back at its home. Without this the layout would never heal
+    /// after a replan.
     fn misplaced_evictable(&self, index: u32, mode: Mode) -> bool {
         let b = self.b(index);
         let State::Resident { alloc } = b.state else {
             return false;
         };
-        let home = self.home.get(index as usize).copied().flatten();
-        if !self.kept(index) || home == Some(alloc.offset) {
+        let Some(home) = self.home.get(index as usize).copied().flatten() else {
+            return false;
+        };
+        if home == alloc.offset || (!self.kept(index) && b.spec.policy != Policy::Pinned) {
             return false;
         }
-        if b.holds > 0 || b.waiters > 0 || b.protected || b.spec.policy == Policy::Pinned {
+        if b.holds > 0 || b.waiters > 0 || b.protected || b.writeback_failed {
             return false;
         }
         match mode {
@@ -1505,9 +1585,10 @@ impl Planner {
         let State::Resident { alloc } = b.state else {
             return false;
         };
-        b.spec.policy == Policy::Pinned
-            || (self.kept(index)
-                && self.home.get(index as usize).copied().flatten() == Some(alloc.offset))
+        let home = self.home.get(index as usize).copied().flatten();
+        let at_home = home == Some(alloc.offset);
+        (b.spec.policy == Policy::Pinned && (at_home || home.is_none()))
+            || (self.kept(index) && at_home)
     }
 
     /// Whether the keep plan places this block (a home, or the ring is big enough for it).
@@ -1519,15 +1600,24 @@ impl Planner {
     /// Placement under the keep plan: a kept or pinned block at its home, a streamed one at the
     /// ring's next offset in the streaming zone (wrapping to the zone's start), evicting what is
     /// there. Streamed blocks are placed in deadline order, so the ring always overwrites the
-    /// oldest placement: the block used longest ago. `None`: fall back to the general rule.
-    fn place_planned(&mut self, index: u32, mode: Mode) -> Option<Placement> {
+    /// oldest placement: the block used longest ago. `group` is the bytes of the streamed blocks
+    /// of the block's step from this one on: the ring wraps before the first of them when they
+    /// would not all fit above it, so a step's streamed blocks lie end to end and never straddle
+    /// the wrap. Pinned blocks have homes with or without a plan. `None`: fall back to the
+    /// general rule.
+    fn place_planned(&mut self, index: u32, mode: Mode, group: u64) -> Option<Placement> {
         let size = granules(self.b(index).spec.size) * GRANULE;
         let cap = self.budget();
         let home = self.home.get(index as usize).copied().flatten();
+        let run = if self.zone_start + group <= cap {
+            group.max(size)
+        } else {
+            size
+        };
         let at = match home {
             Some(h) => h,
-            None if self.zone_start + size > cap => return None,
-            None if self.ring >= self.zone_start && self.ring + size <= cap => self.ring,
+            None if !self.planned || self.zone_start + size > cap => return None,
+            None if self.ring >= self.zone_start && self.ring + run <= cap => self.ring,
             None => self.zone_start,
         };
         let victims = match self.clear_range(at, size, mode) {
@@ -1543,7 +1633,11 @@ impl Planner {
         for v in victims {
             self.evict(v);
         }
-        let alloc = self.pool.alloc_at(at, size, index)?;
+        // Room still being written back: wait for it here. Falling back to the general rule
+        // after evicting would scatter the block (and the step) across the arena.
+        let Some(alloc) = self.pool.alloc_at(at, size, index) else {
+            return Some(Placement::Wait);
+        };
         if home.is_none() {
             self.ring = at + size;
         }
@@ -1551,9 +1645,9 @@ impl Planner {
         Some(Placement::Placed)
     }
 
-    fn place(&mut self, index: u32, mode: Mode) -> Placement {
-        if self.planned {
-            if let Some(p) = self.place_planned(index, mode) {
+    fn place(&mut self, index: u32, mode: Mode, group: u64) -> Placement {
+        if self.planned || self.home.get(index as usize).copied().flatten().is_some() {
+            if let Some(p) = self.place_planned(index, mode, group) {
                 return p;
             }
         }
@@ -1584,6 +1678,23 @@ impl Planner {
     }
 
     fn out_of_memory(&self, index: u32) -> Error {
+        // A step whose blocks cannot fit together, whatever is evicted: the budget is at fault.
+        if self.b(index).protected {
+            let step: u64 = self
+                .protected
+                .iter()
+                .filter(|&&i| self.b(i).spec.policy != Policy::Pinned)
+                .map(|&i| granules(self.b(i).spec.size) * GRANULE)
+                .sum();
+            if step + self.pinned_bytes > self.budget() {
+                let (minimum, step) = self.step_minimum();
+                return Error::BudgetTooSmall {
+                    budget: self.budget(),
+                    minimum,
+                    step,
+                };
+            }
+        }
         let mut held = 0;
         for slot in &self.slots {
             if let Some(b) = &slot.block {
@@ -1602,10 +1713,342 @@ impl Planner {
         }
     }
 
+    /// The least budget that runs the declared schedule, and the step that needs it: the most
+    /// bytes one step's certain blocks take, plus every pinned block, each granule-rounded (a
+    /// pinned block of the step counted once). Any budget of at least this runs the schedule
+    /// (see the module docs, "Joint step placement"). O(declared uses).
+    pub fn min_budget(&mut self) -> (u64, u64) {
+        self.sync_schedule();
+        self.step_minimum()
+    }
+
+    /// [`Planner::min_budget`] of the schedule as last indexed.
+    fn step_minimum(&self) -> (u64, u64) {
+        let s = &self.schedule;
+        let (bytes, step) = (0..s.steps.len())
+            .map(|p| {
+                let bytes: u64 = (0..s.uses[p].len())
+                    .filter(|&j| s.is_certain(p, j))
+                    .map(|j| self.b(s.uses[p][j]))
+                    .filter(|b| b.spec.policy != Policy::Pinned)
+                    .map(|b| granules(b.spec.size) * GRANULE)
+                    .sum();
+                (bytes, s.steps[p])
+            })
+            .max_by_key(|&(bytes, step)| (bytes, std::cmp::Reverse(step)))
+            .unwrap_or((0, 0));
+        (bytes + self.pinned_bytes, step)
+    }
+
+    /// Bytes of the streamed blocks of step position `p` from its `j`-th use on that still need
+    /// a load: the run they take in the ring (0 without a keep plan).
+    fn streamed_from(&self, p: usize, j: usize) -> u64 {
+        if !self.planned {
+            return 0;
+        }
+        (j..self.schedule.uses[p].len())
+            .filter(|&k| self.schedule.is_certain(p, k))
+            .map(|k| self.schedule.uses[p][k])
+            .filter(|&i| {
+                self.b(i).state == State::Host
+                    && self.home.get(i as usize).copied().flatten().is_none()
+            })
+            .map(|i| granules(self.b(i).spec.size) * GRANULE)
+            .sum()
+    }
+
+    /// The joint step placement (see the module docs): places every block the current hint
+    /// protects that is not on the device yet, all at once, before any of them is held.
+    fn place_step(&mut self) -> Placement {
+        if !self.reserved.is_empty() {
+            match self.place_reserved() {
+                Reserved::Done => {}
+                Reserved::Wait => return Placement::Wait,
+                Reserved::Conflict => self.reserved.clear(),
+            }
+        }
+        let unplaced = self
+            .protected
+            .iter()
+            .any(|&i| matches!(self.b(i).state, State::Host | State::WritingBack { .. }));
+        if !unplaced {
+            return Placement::Placed;
+        }
+        let Some((layout, ring)) = self.step_layout(false).or_else(|| self.step_layout(true))
+        else {
+            return self.wait_or_impossible();
+        };
+        self.reserved = layout;
+        if let Some(ring) = ring {
+            self.ring = ring;
+        }
+        match self.place_reserved() {
+            Reserved::Done => Placement::Placed,
+            Reserved::Wait => Placement::Wait,
+            Reserved::Conflict => {
+                self.reserved.clear();
+                self.wait_or_impossible()
+            }
+        }
+    }
+
+    /// No room now: wait if transfers or fenced releases will free some, else give up.
+    fn wait_or_impossible(&self) -> Placement {
+        if self.in_flight > 0 || self.deferred_releases > 0 {
+            Placement::Wait
+        } else {
+            Placement::Impossible
+        }
+    }
+
+    /// A layout for the current step's blocks that are not on the device (see
+    /// [`crate::placement`]): offsets to reserve, and the ring's next offset if the step's
+    /// streamed blocks took their ring slots. With `relocate`, the step's blocks already on the
+    /// device (or loading) and not held may move too; they prefer to stay.
+    fn step_layout(&self, relocate: bool) -> Option<StepLayout> {
+        // Cost classes above every keep-key: blocks still in transfer (the placement waits for
+        // them), then the step's own blocks (moving one costs its copy again).
+        const IN_TRANSFER: Keep = (2, 0, 0, 0);
+        const MOVE: Keep = (3, 0, 0, 0);
+        let step = &self.protected;
+        let cap = self.budget();
+        let movable = |i: u32| {
+            let b = self.b(i);
+            relocate
+                && b.holds == 0
+                && !b.writeback_failed
+                && matches!(b.state, State::Resident { .. } | State::Loading { .. })
+                && !(b.spec.policy == Policy::Pinned
+                    && matches!(b.state, State::Resident { .. })
+                    && self.is_settled(i))
+        };
+        let home = |i: u32| self.home.get(i as usize).copied().flatten();
+        let spans: Vec<Span<Keep>> = self
+            .pool
+            .regions()
+            .map(|r| {
+                let kind = match r.tag {
+                    None => Kind::Free,
+                    Some(j) if step.contains(&j) => match self.b(j).state {
+                        State::WritingBack { .. } => Kind::Clear {
+                            cost: IN_TRANSFER,
+                            owner: Some(j),
+                        },
+                        _ if movable(j) => Kind::Clear {
+                            cost: MOVE,
+                            owner: Some(j),
+                        },
+                        _ => Kind::Barrier,
+                    },
+                    Some(j) => match self.b(j).state {
+                        // A copy in flight is waited for if its block can be evicted once it
+                        // lands: not if someone waits for it (they will hold it) or it is a
+                        // pinned block loading at its home.
+                        State::Loading { alloc, .. }
+                            if self.b(j).waiters > 0
+                                || (self.b(j).spec.policy == Policy::Pinned
+                                    && home(j).is_none_or(|h| h == alloc.offset)) =>
+                        {
+                            Kind::Barrier
+                        }
+                        State::Loading { .. } | State::WritingBack { .. } => Kind::Clear {
+                            cost: IN_TRANSFER,
+                            owner: None,
+                        },
+                        _ => match self.evictable(j, Mode::Demand) {
+                            Some(cost) => Kind::Clear { cost, owner: None },
+                            None if self.misplaced_evictable(j, Mode::Demand) => Kind::Clear {
+                                cost: self.keep_key(j),
+                                owner: None,
+                            },
+                            None => Kind::Barrier,
+                        },
+                    },
+                };
+                Span {
+                    offset: r.offset,
+                    size: r.size,
+                    kind,
+                }
+            })
+            .collect();
+        // The step's streamed blocks that need a load take consecutive ring slots, wrapping
+        // before the first if they do not all fit above the ring.
+        let size = |i: u32| granules(self.b(i).spec.size) * GRANULE;
+        let loads = |i: u32| matches!(self.b(i).state, State::Host | State::WritingBack { .. });
+        let streamed: Vec<u32> = step
+            .iter()
+            .copied()
+            .filter(|&i| self.planned && home(i).is_none() && loads(i))
+            .collect();
+        let run: u64 = streamed.iter().map(|&i| size(i)).sum();
+        let mut slots: Vec<(u32, u64)> = Vec::new();
+        if !streamed.is_empty() && self.zone_start + run <= cap {
+            let mut at = if self.ring >= self.zone_start && self.ring + run <= cap {
+                self.ring
+            } else {
+                self.zone_start
+            };
+            for &i in &streamed {
+                slots.push((i, at));
+                at += size(i);
+            }
+        }
+        let mut items = Vec::new();
+        for &i in step {
+            let b = self.b(i);
+            let current = match b.state {
+                State::Resident { alloc } | State::Loading { alloc, .. } if movable(i) => {
+                    Some(alloc.offset)
+                }
+                State::Host | State::WritingBack { .. } => None,
+                _ => continue,
+            };
+            let planned = home(i).or_else(|| slots.iter().find(|s| s.0 == i).map(|s| s.1));
+            items.push(Item {
+                block: i,
+                size: size(i),
+                preferred: current.into_iter().chain(planned).collect(),
+                high: if self.planned {
+                    home(i).is_none()
+                } else {
+                    home(i).is_none() && b.spec.size <= cap / 64
+                },
+            });
+        }
+        let layout = placement::layout(&spans, &items)?;
+        let ring = slots
+            .last()
+            .filter(|last| layout.contains(last))
+            .map(|&(i, at)| at + size(i));
+        let layout = layout
+            .into_iter()
+            .filter(|&(i, at)| match self.b(i).state {
+                State::Resident { alloc } | State::Loading { alloc, .. } => alloc.offset != at,
+                _ => true,
+            })
+            .collect();
+        Some((layout, ring))
+    }
+
+    /// Loads the reserved blocks whose room is clear, evicting what is there (a step block that
+    /// moves included). `Wait`: some room is still in transfer. `Conflict`: something that stays
+    /// took a reserved range (the layout must be made again).
+    fn place_reserved(&mut self) -> Reserved {
+        let mut wait = false;
+        let mut k = 0;
+        while k < self.reserved.len() {
+            let (i, at) = self.reserved[k];
+            let size = granules(self.b(i).spec.size) * GRANULE;
+            match self.b(i).state {
+                State::Resident { alloc } | State::Loading { alloc, .. } if alloc.offset == at => {
+                    self.reserved.remove(k);
+                    continue;
+                }
+                State::Loading { .. } | State::WritingBack { .. } => {
+                    wait = true;
+                    k += 1;
+                    continue;
+                }
+                State::Resident { .. } if self.b(i).holds > 0 || self.b(i).writeback_failed => {
+                    return Reserved::Conflict
+                }
+                State::Resident { .. } => {
+                    // It moves: a waiter goes on waiting for it at its new offset.
+                    self.evict(i);
+                    if self.b(i).state != State::Host {
+                        wait = true;
+                        k += 1;
+                        continue;
+                    }
+                }
+                State::Host => {}
+            }
+            match self.clear_for_step(at, size, i) {
+                Ok(victims) => {
+                    for v in victims {
+                        self.evict(v);
+                    }
+                    match self.pool.alloc_at(at, size, i) {
+                        Some(alloc) => {
+                            // A demand load once someone waits; until then the step's most
+                            // urgent prefetch (a wait expedites it).
+                            let demand = self.b(i).waiters > 0;
+                            self.start_load(i, alloc, demand);
+                            self.reserved.remove(k);
+                        }
+                        None => {
+                            wait = true;
+                            k += 1;
+                        }
+                    }
+                }
+                Err(true) => {
+                    wait = true;
+                    k += 1;
+                }
+                Err(false) => return Reserved::Conflict,
+            }
+        }
+        if wait {
+            Reserved::Wait
+        } else {
+            Reserved::Done
+        }
+    }
+
+    /// The blocks to evict so that `[at, at + size)` can take `index`: `Err(true)` if a block
+    /// there is in transfer (wait for it), `Err(false)` if one stays.
+    fn clear_for_step(
+        &self,
+        at: u64,
+        size: u64,
+        index: u32,
+    ) -> std::result::Result<Vec<u32>, bool> {
+        let mut victims = Vec::new();
+        for r in self.pool.regions() {
+            if r.offset + r.size <= at {
+                continue;
+            }
+            if r.offset >= at + size {
+                break;
+            }
+            let Some(j) = r.tag else { continue };
+            let b = self.b(j);
+            if matches!(b.state, State::Loading { .. } | State::WritingBack { .. }) {
+                return Err(true);
+            }
+            let moving = b.protected
+                && b.holds == 0
+                && self.reserved.iter().any(|&(r, to)| r == j && to != at);
+            if j != index
+                && (moving
+                    || self.evictable(j, Mode::Demand).is_some()
+                    || self.misplaced_evictable(j, Mode::Demand))
+            {
+                victims.push(j);
+            } else {
+                return Err(false);
+            }
+        }
+        Ok(victims)
+    }
+
     /// Issues whatever can be issued now: pending demand loads first, then prefetches.
     fn pump(&mut self) {
         self.sync_schedule();
         self.ensure_plan();
+        if self.step_pending {
+            match self.place_step() {
+                Placement::Placed => self.step_pending = false,
+                Placement::Wait => {}
+                // The demand path reports the error to whoever waits.
+                Placement::Impossible => {
+                    self.step_pending = false;
+                    self.reserved.clear();
+                }
+            }
+        }
         let mut still = VecDeque::new();
         while let Some(i) = self.pending_demands.pop_front() {
             let b = self.b(i);
@@ -1614,6 +2057,11 @@ impl Planner {
                 continue;
             }
             match b.state {
+                // The joint step placement has it in hand.
+                State::Host if self.step_pending && b.protected => {
+                    still.push_back(i);
+                    continue;
+                }
                 State::Host => {}
                 State::WritingBack { .. } => {
                     still.push_back(i);
@@ -1624,7 +2072,7 @@ impl Planner {
                     continue;
                 }
             }
-            match self.place(i, Mode::Demand) {
+            match self.place(i, Mode::Demand, 0) {
                 Placement::Placed => self.b_mut(i).pending_demand = false,
                 Placement::Wait => still.push_back(i),
                 Placement::Impossible => {
@@ -1636,7 +2084,7 @@ impl Planner {
             }
         }
         self.pending_demands = still;
-        if self.cfg.prefetch && self.pending_demands.is_empty() {
+        if self.cfg.prefetch && self.pending_demands.is_empty() && !self.step_pending {
             self.prefetch();
         }
     }
@@ -1689,7 +2137,8 @@ impl Planner {
                         return;
                     }
                 }
-                match self.place(i, Mode::Prefetch { dist: k as u64 }) {
+                let group = self.streamed_from(p, j);
+                match self.place(i, Mode::Prefetch { dist: k as u64 }, group) {
                     Placement::Placed => {}
                     Placement::Wait | Placement::Impossible => {
                         self.space_blocked = true;
@@ -1911,8 +2360,8 @@ mod tests {
 
     #[test]
     fn a_block_placed_before_the_plan_does_not_stall_prefetch() {
-        // A pinned block loaded before any schedule lands where the general rule put it, which
-        // may be another block's home under the plan made later. Prefetch must go on around it.
+        // A pinned block loaded before any schedule (at its home: pinned blocks have homes with
+        // or without a plan) must not stall prefetch under the plan made later.
         let mut p = Planner::new(PlannerConfig::new(16 * MIB)).unwrap();
         let pin = p
             .add_block(BlockSpec::new(2 * MIB).policy(Policy::Pinned))
@@ -2010,6 +2459,103 @@ mod tests {
         p.poll_waiter(c).unwrap().unwrap();
         assert_eq!(p.residency(held).unwrap(), Residency::Host);
         assert_eq!(p.residency(pin).unwrap(), Residency::Resident);
+    }
+
+    /// Runs `steps` (block lists) for `passes` passes like a caller: hint, wait for every block
+    /// of the step in order (holding each), then release them all.
+    fn run_steps(p: &mut Planner, steps: &[Vec<BlockId>], passes: usize) -> Result<()> {
+        for _ in 0..passes {
+            for (s, blocks) in steps.iter().enumerate() {
+                p.hint(s as u64, 0.0);
+                complete_all(p);
+                for &id in blocks {
+                    if p.acquire(id)? == Acquire::Pending {
+                        complete_all(p);
+                        p.poll_waiter(id).expect("placed once copies are done")?;
+                    }
+                    complete_all(p);
+                }
+                for &id in blocks {
+                    p.unhold(id);
+                }
+                complete_all(p);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_step_is_placed_together() {
+        // 10 MiB; step 1 uses a 200 KiB block and a 9 MiB one. Placed one at a time, the small
+        // one lands right after step 0's 5 MiB block and, held, splits the pool: neither side
+        // has 9 MiB. Placed together at the hint, the big one goes first.
+        for prefetch in [false, true] {
+            let mut cfg = PlannerConfig::new(10 * MIB);
+            cfg.prefetch = prefetch;
+            let mut p = Planner::new(cfg).unwrap();
+            let x = p.add_block(BlockSpec::new(5 * MIB)).unwrap();
+            let s = p.add_block(BlockSpec::new(200 << 10)).unwrap();
+            let big = p.add_block(BlockSpec::new(9 * MIB)).unwrap();
+            p.declare(0, x).unwrap();
+            p.declare(1, s).unwrap();
+            p.declare(1, big).unwrap();
+            run_steps(&mut p, &[vec![x], vec![s, big]], 3).unwrap();
+            assert!(p.stats().peak_device_bytes <= 10 * MIB);
+        }
+    }
+
+    #[test]
+    fn room_behind_a_fence_is_waited_for_never_refused() {
+        // Step 1's block needs the room step 0's block holds until the consumer's fence
+        // completes (a stream-ordered release). The joint placement and the demand load wait
+        // (the caller's stall); once the fence is done the hold goes and the load proceeds.
+        let mut p = Planner::new(PlannerConfig::new(4 * MIB)).unwrap();
+        let a = p.add_block(BlockSpec::new(3 * MIB)).unwrap();
+        let b = p.add_block(BlockSpec::new(3 * MIB)).unwrap();
+        p.declare(0, a).unwrap();
+        p.declare(1, b).unwrap();
+        p.hint(0, 0.0);
+        complete_all(&mut p);
+        assert!(matches!(p.acquire(a).unwrap(), Acquire::Ready(_)));
+        p.defer_release(true);
+        p.hint(1, 0.0);
+        complete_all(&mut p);
+        assert_eq!(p.acquire(b).unwrap(), Acquire::Pending);
+        complete_all(&mut p);
+        assert_eq!(p.poll_waiter(b), None, "waits for the fence");
+        p.defer_release(false);
+        p.unhold(a);
+        complete_all(&mut p);
+        assert!(p.poll_waiter(b).unwrap().is_ok());
+        assert_eq!(p.residency(a).unwrap(), Residency::Host);
+    }
+
+    #[test]
+    fn a_step_larger_than_the_budget_names_the_minimum() {
+        let mut p = Planner::new(PlannerConfig::new(4 * MIB)).unwrap();
+        let pin = p
+            .add_block(BlockSpec::new(1000).policy(Policy::Pinned))
+            .unwrap();
+        let ids: Vec<_> = (0..3)
+            .map(|_| p.add_block(BlockSpec::new(3 * MIB / 2)).unwrap())
+            .collect();
+        p.declare(0, pin).unwrap();
+        p.declare(1, ids[0]).unwrap();
+        for &id in &ids {
+            p.declare(2, id).unwrap();
+        }
+        let minimum = 3 * (3 * MIB / 2) + 1024;
+        assert_eq!(p.min_budget(), (minimum, 2));
+        let e = run_steps(&mut p, &[vec![pin], vec![ids[0]], ids.clone()], 1).unwrap_err();
+        assert_eq!(
+            e,
+            Error::BudgetTooSmall {
+                budget: 4 * MIB,
+                minimum,
+                step: 2
+            }
+        );
+        assert!(e.to_string().contains("4719616 bytes (4.50 MiB)"), "{e}");
     }
 
     #[test]

@@ -289,6 +289,8 @@ fn run_impl(
         ));
     }
     let resolved = workload.resolve_seeded(cfg.seed)?;
+    // The real minimum (a step's blocks and the pinned ones), before any block is allocated.
+    workload.check_budget(engine.budget())?;
     let mut ids: Vec<BlockId> = Vec::with_capacity(workload.blocks.len());
     let result = run_inner(engine, workload, &resolved, cfg, progress, &mut ids, trace);
     for id in ids {

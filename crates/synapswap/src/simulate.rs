@@ -186,6 +186,8 @@ pub fn simulate(
 ) -> Result<Simulation> {
     cfg.check()?;
     let resolved = workload.resolve_seeded(cfg.seed)?;
+    // The real minimum (a step's blocks and the pinned ones), before any block is named.
+    workload.check_budget(cfg.budget)?;
     let largest = workload.blocks.iter().map(|b| b.bytes).max().unwrap_or(0);
     if crate::pool::granules(largest) * crate::pool::GRANULE > cfg.budget {
         return Err(Error::BlockTooLarge {

@@ -246,6 +246,56 @@ impl Workload {
         self.resolve_seeded(0)
     }
 
+    /// The least device budget that runs this workload, and the step that sets it: the most
+    /// bytes one step has on the device at once (its fixed uses and, for a routed step, its `k`
+    /// largest candidates), plus every pinned block, each granule-rounded and a pinned block of
+    /// the step counted once. The planner runs any budget of at least this (its joint step
+    /// placement); a smaller one fails up front with [`Error::BudgetTooSmall`].
+    pub fn min_budget(&self) -> Result<(u64, u64)> {
+        let r = self.resolve()?;
+        let rounded = |b: usize| crate::pool::granules(self.blocks[b].bytes) * crate::pool::GRANULE;
+        let pinned = |b: &usize| self.blocks[*b].policy == Policy::Pinned;
+        let pinned_bytes: u64 = (0..self.blocks.len()).filter(pinned).map(rounded).sum();
+        let (bytes, step) = r
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(s, st)| {
+                let fixed: u64 = st
+                    .uses
+                    .iter()
+                    .filter(|b| !pinned(b))
+                    .map(|&b| rounded(b))
+                    .sum();
+                let routed: u64 = st.choose.as_ref().map_or(0, |(k, from)| {
+                    let mut sizes: Vec<u64> = from
+                        .iter()
+                        .filter(|b| !pinned(b) && !st.uses.contains(b))
+                        .map(|&b| rounded(b))
+                        .collect();
+                    sizes.sort_unstable_by(|a, b| b.cmp(a));
+                    sizes.iter().take(*k).sum()
+                });
+                (fixed + routed, s as u64)
+            })
+            .max_by_key(|&(bytes, s)| (bytes, std::cmp::Reverse(s)))
+            .unwrap_or((0, 0));
+        Ok((bytes + pinned_bytes, step))
+    }
+
+    /// Fails with [`Error::BudgetTooSmall`] if `budget` is under [`Workload::min_budget`].
+    pub fn check_budget(&self, budget: u64) -> Result<()> {
+        let (minimum, step) = self.min_budget()?;
+        if budget < minimum {
+            return Err(Error::BudgetTooSmall {
+                budget,
+                minimum,
+                step,
+            });
+        }
+        Ok(())
+    }
+
     /// Bytes of all blocks.
     pub fn model_bytes(&self) -> u64 {
         self.blocks.iter().map(|b| b.bytes).sum()

@@ -279,8 +279,9 @@ fn run(ops: &[Op], steps: &AtomicU64) -> Result<(), TestCaseError> {
                 let (id, bytes, mutable) = m.blocks[k].as_mut().unwrap();
                 let g = match engine.wait(*id) {
                     Ok(g) => g,
-                    // Everything else held: a clear error, never a wrong byte.
-                    Err(Error::OutOfDeviceMemory { .. }) => continue,
+                    // Everything else held (or the hinted step cannot fit the budget at all): a
+                    // clear error, never a wrong byte.
+                    Err(Error::OutOfDeviceMemory { .. } | Error::BudgetTooSmall { .. }) => continue,
                     Err(e) => return Err(TestCaseError::fail(format!("wait: {e}"))),
                 };
                 let mut seen = vec![0u8; bytes.len()];
@@ -315,7 +316,7 @@ fn run(ops: &[Op], steps: &AtomicU64) -> Result<(), TestCaseError> {
                 }
                 match engine.acquire(m.blocks[k].as_ref().unwrap().0) {
                     Ok(_) => *m.holds.entry(k).or_insert(0) += 1,
-                    Err(Error::OutOfDeviceMemory { .. }) => {}
+                    Err(Error::OutOfDeviceMemory { .. } | Error::BudgetTooSmall { .. }) => {}
                     Err(e) => return Err(TestCaseError::fail(format!("acquire: {e}"))),
                 }
             }

@@ -201,7 +201,7 @@ fn bad_configurations_are_errors() {
             budget: 1 << 20,
             ..base.clone()
         }),
-        synapswap::Error::BlockTooLarge { .. }
+        synapswap::Error::BudgetTooSmall { .. }
     ));
     err(SimulateConfig {
         h2d_bytes_per_s: 0.0,
