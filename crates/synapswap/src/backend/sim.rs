@@ -229,6 +229,8 @@ struct Events {
 struct Core {
     cfg: SimConfig,
     events: Mutex<Events>,
+    /// Whether `events.lost` is set.
+    is_lost: std::sync::atomic::AtomicBool,
     done: Condvar,
     /// Live device allocations, address -> length. Every access to device memory holds this lock.
     device: Mutex<BTreeMap<u64, u64>>,
@@ -238,6 +240,10 @@ struct Core {
 
 impl Core {
     fn lost(&self) -> Option<Error> {
+        // The flag keeps the lock off every call's path while the context is fine.
+        if !self.is_lost.load(Ordering::Acquire) {
+            return None;
+        }
         sync::lock(&self.events).lost.clone().map(Error::DeviceLost)
     }
 
@@ -246,6 +252,7 @@ impl Core {
         if ev.lost.is_none() {
             ev.lost = Some(why);
         }
+        self.is_lost.store(true, Ordering::Release);
         self.done.notify_all();
     }
 
@@ -352,6 +359,8 @@ pub struct SimBackend {
     d2h: Arc<Stream>,
     /// Consumer streams by handle; `0` is the default stream.
     streams: Mutex<HashMap<u64, Arc<Stream>>>,
+    /// The default stream (also in `streams`), reached without the map's lock.
+    default: Arc<Stream>,
     next_stream: AtomicU64,
     live_host: Arc<AtomicU64>,
     live_device: Arc<AtomicU64>,
@@ -482,17 +491,20 @@ impl SimBackend {
         let core = Arc::new(Core {
             cfg,
             events: Mutex::new(Events::default()),
+            is_lost: std::sync::atomic::AtomicBool::new(false),
             done: Condvar::new(),
             device: Mutex::new(BTreeMap::new()),
             registered: Mutex::new(BTreeMap::new()),
         });
+        let default = Stream::new("synapswap-sim-stream");
         let mut streams = HashMap::new();
-        streams.insert(0, Stream::new("synapswap-sim-stream"));
+        streams.insert(0, default.clone());
         Ok(SimBackend {
             core,
             h2d: Stream::new("synapswap-sim-h2d"),
             d2h: Stream::new("synapswap-sim-d2h"),
             streams: Mutex::new(streams),
+            default,
             // Above CUDA's special handles (1: legacy, 2: per-thread default).
             next_stream: AtomicU64::new(16),
             live_host: Arc::new(AtomicU64::new(0)),
@@ -561,7 +573,9 @@ impl SimBackend {
     fn stream(&self, id: u64) -> Result<Arc<Stream>> {
         // CUDA's CU_STREAM_LEGACY (1) and CU_STREAM_PER_THREAD (2), which DLPack consumers pass,
         // name the default stream here.
-        let id = if id <= 2 { 0 } else { id };
+        if id <= 2 {
+            return Ok(self.default.clone());
+        }
         sync::lock(&self.streams)
             .get(&id)
             .cloned()
@@ -743,7 +757,15 @@ impl Backend for SimBackend {
     }
 
     fn record_fence(&self, stream: u64) -> Result<Option<Fence>> {
-        let s = self.stream(stream)?;
+        // The default stream without the map's lock or a reference count: this is every
+        // guard drop's path.
+        let named;
+        let s: &Arc<Stream> = if stream <= 2 {
+            &self.default
+        } else {
+            named = self.stream(stream)?;
+            &named
+        };
         if let Some(e) = self.core.lost() {
             return Err(e);
         }
@@ -755,7 +777,7 @@ impl Backend for SimBackend {
             }
         }
         let event = self.core.new_event()?;
-        if let Err(e) = self.enqueue(&s, Op::Record(event), stream + 3) {
+        if let Err(e) = self.enqueue(s, Op::Record(event), stream + 3) {
             self.core.complete(event, None);
             return Err(e);
         }
