@@ -6,8 +6,9 @@
 # Needs the nightly toolchain with the miri and rust-src components
 # (`rustup component add miri rust-src --toolchain nightly`); installs cargo-fuzz if it is missing.
 # About 35 minutes on 2 cores (RELIABILITY.md has the last run's times). Knobs:
-# SYNAPSWAP_MODEL_CASES (state-machine sequences, default 2000), FUZZ_RUNS (executions per fuzz
-# job, two jobs, default 500000), LOOM_MAX_PREEMPTIONS (default 2).
+# SYNAPSWAP_MODEL_CASES (state-machine sequences, default 2000), PLACEMENT_CASES (random placement
+# workloads, default 20000), KERNEL_ROUNDS (engine_kernels.rs repetitions, default 20), FUZZ_RUNS
+# (executions per fuzz job, two jobs, default 500000), LOOM_MAX_PREEMPTIONS (default 2).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CASES=${SYNAPSWAP_MODEL_CASES:-2000}
@@ -39,6 +40,10 @@ kernels() {
     done
 }
 step kernels kernels
+# Joint step placement: random workloads at budgets from the largest step's footprint up; every
+# one must run with no OutOfDeviceMemory.
+step placement env SYNAPSWAP_PLACEMENT_CASES="${PLACEMENT_CASES:-20000}" timeout 900 \
+    cargo test --release -q -p synapswap --test planner_placement -- --nocapture
 step loom env RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS="$PREEMPTIONS" timeout 1200 \
     cargo test --release -p synapswap --test engine_loom --target-dir target/loom -- --nocapture
 fuzz() (
@@ -71,6 +76,7 @@ sum() { awk '{ s += $1 } END { print s + 0 }'; }
 steps=$(grep -o "[0-9]* steps" "$log/state-machine.txt" | head -1)
 mid=$(grep -o "[0-9]* shut down mid-sequence" "$log/state-machine.txt" | head -1)
 kernel_steps=$(grep -o "[0-9]* kernel steps" "$log/state-machine.txt" | head -1)
+placed=$(grep -o "placement: [0-9]* random workloads, [0-9]* failures" "$log/placement.txt" | head -1)
 kernel_tests=$(grep -o "test result: ok. [0-9]* passed" "$log/kernels.txt" | grep -o "[0-9]* passed" | awk '{ print $1 }' | sum)
 fired=$(grep -o "failpoint [a-z-]*: [0-9]* injected" "$log/faults.txt" |
     awk '{ n[$2] += $3 } END { for (k in n) printf "%s %d, ", k, n[k] }' | sed 's/:,/,/g; s/: / /g; s/, $//')
@@ -90,6 +96,7 @@ tsan=$(grep -c "WARNING: ThreadSanitizer" "$log/tsan.txt" 2>/dev/null)
 echo
 echo "reliability summary ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores):"
 echo "  state machine: $CASES sequences (${mid:-0 shut down mid-sequence}), ${steps:-0 steps} against the reference model, ${kernel_steps:-0 kernel steps} on strict sim streams"
+echo "  ${placed:-placement: not run}"
 echo "  kernels racing releases, failing links: ${kernel_tests:-0} test runs passed (${KERNEL_ROUNDS:-20} rounds)"
 echo "  loom: $scenarios scenarios, $interleavings interleavings explored (preemption bound $PREEMPTIONS)"
 echo "  fault injection: ${faults:-0 passed} tests; failpoints fired: ${fired:-none} ($kinds of 6 kinds)"
