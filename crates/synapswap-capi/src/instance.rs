@@ -452,4 +452,69 @@ mod tests {
         g.uses.insert(3, Vec::new());
         assert_eq!(g.order(), vec![3, 10, 5, 7]);
     }
+
+    /// How a test ends the C API's hold on block `a` while a kernel reading it is still queued.
+    #[derive(Clone, Copy, Debug)]
+    enum End {
+        HintPast,
+        Release,
+        Free,
+    }
+
+    /// Room for one 1 MiB block. A kernel on the default stream reads `a` 60 ms after it is
+    /// queued; the hold ends (`end`); then `b` needs `a`'s memory. Returns whether the kernel
+    /// saw `a`'s bytes.
+    fn kernel_survives(end: End) -> bool {
+        use engine::backend::{SimBackend, SimConfig};
+        use engine::pattern;
+        use std::sync::Arc;
+        const MIB: usize = 1 << 20;
+        let sim = Arc::new(SimBackend::new(SimConfig::unpaced()).unwrap());
+        let e = Engine::builder()
+            .budget(MIB as u64)
+            .backend(sim.clone())
+            .build()
+            .unwrap();
+        let inst = Instance::new(e, false);
+        let a = inst.malloc(MIB, 5, 0, None, false).unwrap();
+        let b = inst.malloc(MIB, 5, 0, None, false).unwrap();
+        for (p, seed) in [(a, 1), (b, 2)] {
+            // SAFETY: malloc handed out MIB writable host bytes at p, not yet loaded.
+            let host = unsafe { std::slice::from_raw_parts_mut(p as *mut u8, MIB) };
+            pattern::fill(pattern::seed(seed), 0, host);
+        }
+        inst.register_dependency(0, a, 1).unwrap();
+        inst.register_dependency(1, b, -1).unwrap();
+        inst.hint(0).unwrap();
+        let dev = inst.device_ptr(a).unwrap() as u64;
+        let ok = Arc::new(AtomicBool::new(false));
+        let seen = ok.clone();
+        sim.launch(0, move |d| {
+            std::thread::sleep(std::time::Duration::from_millis(60));
+            let mut buf = vec![0u8; MIB];
+            d.read(dev, &mut buf)?;
+            seen.store(pattern::verify(pattern::seed(1), 0, &buf), Ordering::SeqCst);
+            Ok(())
+        })
+        .unwrap();
+        match end {
+            End::HintPast => inst.hint(1).unwrap(),
+            End::Release => inst.release(a).unwrap(),
+            End::Free => inst.free(a).unwrap(),
+        }
+        inst.device_ptr(b).unwrap();
+        sim.synchronize(0).unwrap();
+        inst.shutdown();
+        ok.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn hint_release_and_free_are_ordered_after_the_default_stream() {
+        for end in [End::HintPast, End::Release, End::Free] {
+            assert!(
+                kernel_survives(end),
+                "{end:?}: the block's memory was reused before the kernel reading it ran"
+            );
+        }
+    }
 }
