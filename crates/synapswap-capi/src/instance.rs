@@ -135,8 +135,9 @@ struct State {
     /// Holds taken by wait_for_data / get_vram_ptr since the current node began: block ->
     /// device address.
     node_holds: HashMap<BlockId, u64>,
-    /// Holds taken by acquire_on_stream: block -> count.
-    stream_holds: HashMap<BlockId, u32>,
+    /// Holds taken by acquire_on_stream: block -> the stream of each (a `free` ends each after
+    /// the work on its own stream).
+    stream_holds: HashMap<BlockId, Vec<u64>>,
     /// Blocks allocated with SS_BLOCK_MUTABLE. The C API hands out raw device pointers and
     /// cannot say whether a kernel wrote through one, so each hold of such a block marks it
     /// written (dirty): it is written back before eviction, whether or not it changed.
@@ -265,11 +266,15 @@ impl Instance {
     pub fn free(&self, ptr: usize) -> Res<()> {
         let mut st = self.lock()?;
         let id = Self::block_of(&st, ptr)?;
-        let mut holds = u32::from(st.node_holds.remove(&id).is_some());
-        holds += st.stream_holds.remove(&id).unwrap_or(0);
+        // Each hold ends after the work on its stream: the node hold on the default stream,
+        // acquire_on_stream holds on theirs.
+        let mut streams = st.stream_holds.remove(&id).unwrap_or_default();
+        if st.node_holds.remove(&id).is_some() {
+            streams.push(engine::DEFAULT_STREAM);
+        }
         drop(st);
-        for _ in 0..holds {
-            let _ = self.engine.unacquire(id);
+        for s in streams {
+            let _ = self.engine.unacquire_on_stream(id, s);
         }
         self.engine.free(id)?;
         let mut st = self.lock()?;
@@ -348,7 +353,10 @@ impl Instance {
         drop(st);
         // Not under the instance lock: a wait can take as long as a copy.
         let addr = self.engine.acquire(id)?;
-        self.written(id)?;
+        if let Err(e) = self.written(id) {
+            let _ = self.engine.unacquire(id);
+            return Err(e);
+        }
         let mut st = self.lock()?;
         if st.node_holds.insert(id, addr).is_some() {
             // Another thread took the node hold meanwhile: keep one.
@@ -362,10 +370,14 @@ impl Instance {
     pub fn release(&self, ptr: usize) -> Res<()> {
         let mut st = self.lock()?;
         let id = Self::block_of(&st, ptr)?;
-        let held = st.node_holds.remove(&id).is_some();
+        let held = st.node_holds.remove(&id);
         drop(st);
-        if held {
-            self.engine.unacquire(id)?;
+        if let Some(addr) = held {
+            if let Err(e) = self.engine.unacquire(id) {
+                // Not released: the node hold stays.
+                self.lock()?.node_holds.insert(id, addr);
+                return Err(e.into());
+            }
         }
         self.engine.release(id)?;
         Ok(())
@@ -385,8 +397,15 @@ impl Instance {
         let id = Self::block_of(&st, ptr)?;
         drop(st);
         let addr = self.engine.acquire_on_stream(id, stream)?;
-        self.written(id)?;
-        *self.lock()?.stream_holds.entry(id).or_insert(0) += 1;
+        if let Err(e) = self.written(id) {
+            let _ = self.engine.unacquire_on_stream(id, stream);
+            return Err(e);
+        }
+        self.lock()?
+            .stream_holds
+            .entry(id)
+            .or_default()
+            .push(stream);
         Ok(addr as usize)
     }
 
@@ -395,12 +414,16 @@ impl Instance {
     pub fn release_on_stream(&self, ptr: usize, stream: u64) -> Res<()> {
         let mut st = self.lock()?;
         let id = Self::block_of(&st, ptr)?;
-        match st.stream_holds.get_mut(&id) {
-            Some(n) if *n > 0 => {
-                *n -= 1;
-                if *n == 0 {
+        // Which acquire this release ends does not matter (the fence goes on `stream`); prefer
+        // one taken on the same stream.
+        let acquired_on = match st.stream_holds.get_mut(&id) {
+            Some(v) if !v.is_empty() => {
+                let i = v.iter().rposition(|&x| x == stream).unwrap_or(v.len() - 1);
+                let s = v.remove(i);
+                if v.is_empty() {
                     st.stream_holds.remove(&id);
                 }
+                s
             }
             _ => {
                 return fail(
@@ -408,10 +431,14 @@ impl Instance {
                     "release_on_stream without a matching acquire_on_stream",
                 )
             }
-        }
+        };
         drop(st);
         if let Err(e) = self.engine.unacquire_on_stream(id, stream) {
-            *self.lock()?.stream_holds.entry(id).or_insert(0) += 1;
+            self.lock()?
+                .stream_holds
+                .entry(id)
+                .or_default()
+                .push(acquired_on);
             return Err(e.into());
         }
         Ok(())
@@ -459,6 +486,8 @@ mod tests {
         HintPast,
         Release,
         Free,
+        /// `acquire_on_stream` on a stream of its own, kernel there, then `free`.
+        FreeStreamHold,
     }
 
     /// Room for one 1 MiB block. A kernel on the default stream reads `a` 60 ms after it is
@@ -486,10 +515,17 @@ mod tests {
         inst.register_dependency(0, a, 1).unwrap();
         inst.register_dependency(1, b, -1).unwrap();
         inst.hint(0).unwrap();
-        let dev = inst.device_ptr(a).unwrap() as u64;
+        let stream = match end {
+            End::FreeStreamHold => sim.create_stream().unwrap(),
+            _ => 0,
+        };
+        let dev = match end {
+            End::FreeStreamHold => inst.acquire_on_stream(a, stream).unwrap(),
+            _ => inst.device_ptr(a).unwrap(),
+        } as u64;
         let ok = Arc::new(AtomicBool::new(false));
         let seen = ok.clone();
-        sim.launch(0, move |d| {
+        sim.launch(stream, move |d| {
             std::thread::sleep(std::time::Duration::from_millis(60));
             let mut buf = vec![0u8; MIB];
             d.read(dev, &mut buf)?;
@@ -500,17 +536,17 @@ mod tests {
         match end {
             End::HintPast => inst.hint(1).unwrap(),
             End::Release => inst.release(a).unwrap(),
-            End::Free => inst.free(a).unwrap(),
+            End::Free | End::FreeStreamHold => inst.free(a).unwrap(),
         }
         inst.device_ptr(b).unwrap();
-        sim.synchronize(0).unwrap();
+        sim.synchronize(stream).unwrap();
         inst.shutdown();
         ok.load(Ordering::SeqCst)
     }
 
     #[test]
     fn hint_release_and_free_are_ordered_after_the_default_stream() {
-        for end in [End::HintPast, End::Release, End::Free] {
+        for end in [End::HintPast, End::Release, End::Free, End::FreeStreamHold] {
             assert!(
                 kernel_survives(end),
                 "{end:?}: the block's memory was reused before the kernel reading it ran"

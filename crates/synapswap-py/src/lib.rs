@@ -444,13 +444,16 @@ impl PyEngine {
     fn wait(&self, py: Python<'_>, block: u64) -> PyResult<DeviceView> {
         let e = self.inner.clone();
         let id = block_arg(block);
-        let ptr = py.allow_threads(|| e.acquire(id)).map_err(err)?;
         let spec = self.inner.spec(id).map_err(err)?;
         let nbytes = spec.size;
+        let ptr = py.allow_threads(|| e.acquire(id)).map_err(err)?;
         if spec.mutable {
             // A view hands out raw device memory that any torch op may write: a held mutable
             // block counts as written, so it is written back before eviction.
-            self.inner.mark_dirty(id).map_err(err)?;
+            if let Err(x) = self.inner.mark_dirty(id) {
+                let _ = self.inner.unacquire(id);
+                return Err(err(x));
+            }
         }
         Ok(DeviceView {
             engine: self.inner.clone(),
@@ -472,12 +475,16 @@ impl PyEngine {
     fn acquire(&self, py: Python<'_>, block: u64, stream: u64) -> PyResult<u64> {
         let e = self.inner.clone();
         let id = block_arg(block);
+        let mutable = self.inner.spec(id).map_err(err)?.mutable;
         let ptr = py
             .allow_threads(|| e.acquire_on_stream(id, stream))
             .map_err(err)?;
         // As in `wait`: the caller may write a mutable block through the address.
-        if self.inner.spec(id).map_err(err)?.mutable {
-            self.inner.mark_dirty(id).map_err(err)?;
+        if mutable {
+            if let Err(x) = self.inner.mark_dirty(id) {
+                let _ = self.inner.unacquire_on_stream(id, stream);
+                return Err(err(x));
+            }
         }
         Ok(ptr)
     }

@@ -26,7 +26,7 @@ use crate::backend::{
 use crate::planner::{Acquire, Command, Planner, PlannerConfig};
 use crate::sync::{self, Arc, Condvar, Instant, Mutex, MutexGuard};
 use crate::trace::Trace;
-use crate::transfer::{transfer_thread, TransferQueue};
+use crate::transfer::{transfer_thread, LoadTicket, TransferQueue};
 use crate::{BlockId, BlockSpec, Error, Residency, Result, Stats};
 
 /// The consumer stream that [`Engine::wait`], [`Engine::acquire`] and [`Engine::unacquire`] order
@@ -125,6 +125,7 @@ impl EngineBuilder {
                 deferred: Vec::new(),
                 lost: None,
                 external: Vec::new(),
+                stream_waits: Vec::new(),
             }),
             io: Mutex::new(()),
             ready: Condvar::new(),
@@ -184,6 +185,9 @@ pub(crate) struct State {
     pub lost: Option<Error>,
     /// Whether the block's host copy is a caller's buffer (by block index).
     external: Vec<bool>,
+    /// Blocks whose load a consumer's stream waits on (`acquire_on_stream` of a block in
+    /// flight): if that load fails, the work queued behind it ran on bytes that never came.
+    pub stream_waits: Vec<BlockId>,
 }
 
 impl State {
@@ -731,20 +735,39 @@ impl Engine {
             return self.acquire(id);
         };
         st.apply_commands(&self.shared);
+        st.queue.make_eager(id);
+        self.shared.work.notify_one();
         // The hold is taken; from here every exit either hands it to the caller or drops it.
+        let failed = |st: MutexGuard<'_, State>, e: Error| {
+            drop(st);
+            self.unhold(id);
+            Err(e)
+        };
         let ticket = loop {
-            if st.shutdown || st.lost.is_some() {
-                let e = st.lost.clone().unwrap_or(Error::ShutDown);
-                drop(st);
-                self.unhold(id);
-                return Err(e);
+            if st.shutdown {
+                return failed(st, Error::ShutDown);
+            }
+            if let Some(e) = st.lost.clone() {
+                return failed(st, e);
             }
             match st.queue.load_ticket(id) {
-                Some(Some(t)) => break Some(t),
-                Some(None) => st = sync::wait(&self.shared.ready, st),
-                // The copy finished (or failed, and the engine is lost: checked above next turn).
-                None if st.planner.residency(id)? == Residency::Resident => break None,
-                None => st = sync::wait(&self.shared.ready, st),
+                LoadTicket::Queued(t) => {
+                    // From here a failure of this load cannot be undone: the transfer thread
+                    // then fails the engine.
+                    st.stream_waits.push(id);
+                    break Some(t);
+                }
+                LoadTicket::Submitting => st = sync::wait(&self.shared.ready, st),
+                LoadTicket::Gone if st.planner.residency(id) == Ok(Residency::Resident) => {
+                    break None
+                }
+                LoadTicket::Gone | LoadTicket::Failed => {
+                    let e = Error::Transfer {
+                        block: id,
+                        reason: "its load failed".into(),
+                    };
+                    return failed(st, e);
+                }
             }
         };
         let addr = st.arena_base + offset;
@@ -757,7 +780,13 @@ impl Engine {
                 return Err(e);
             }
         }
-        self.lock().add_manual_hold(id);
+        let mut st = self.lock();
+        if let Some(e) = st.lost.clone() {
+            drop(st);
+            self.unhold(id);
+            return Err(e);
+        }
+        st.add_manual_hold(id);
         Ok(addr)
     }
 
@@ -795,7 +824,8 @@ impl Engine {
         let backend = &self.shared.backend;
         let fence = match backend.record_fence(stream) {
             Ok(Some(f)) => match backend.fence_done(&f) {
-                Ok(false) => Some(f),
+                // Not done, or not known yet: the transfer thread asks again.
+                Ok(false) | Err(Error::Backend(_)) => Some(f),
                 Ok(true) | Err(_) => {
                     backend.drop_fence(f);
                     None

@@ -641,13 +641,16 @@ impl Planner {
         Ok(())
     }
 
-    /// Resident blocks whose device bytes are newer than their host copy: (block, arena offset,
-    /// size). Shutdown writes them back into caller-owned buffers.
+    /// Blocks on the device whose bytes are newer than their host copy (resident, or with a
+    /// write-back not finished): (block, arena offset, size). Shutdown writes them back into
+    /// caller-owned buffers.
     pub fn dirty_resident(&self) -> Vec<(BlockId, u64, u64)> {
         let mut v = Vec::new();
         for (i, slot) in self.slots.iter().enumerate() {
             if let Some(b) = &slot.block {
-                if let (true, State::Resident { alloc }) = (b.dirty, b.state) {
+                if let (true, State::Resident { alloc } | State::WritingBack { alloc }) =
+                    (b.dirty, b.state)
+                {
                     v.push((self.id_of(i as u32), alloc.offset, b.spec.size));
                 }
             }
@@ -922,15 +925,16 @@ impl Planner {
             }
             self.commands.push_back(Command::Expedite { block: id });
         }
+        // Used before its copy finished: `transfer_done` will not see it as an unused
+        // prefetch, so its bytes leave the loading count here.
+        let b = self.b(id.index);
+        if b.prefetched_unused {
+            self.loading_bytes -= b.spec.size;
+        }
         if self.mark_used(id.index) {
             self.pump();
         }
         Ok(Some(alloc.offset))
-    }
-
-    /// Whether the block is held (by a guard, `acquire`, or a consumer waiting on its copy).
-    pub fn is_held(&self, id: BlockId) -> bool {
-        self.block(id).is_ok_and(|b| b.holds > 0)
     }
 
     /// For a registered waiter: `Some(Ok(offset))` once the block is on the device (it is then
@@ -2651,5 +2655,31 @@ mod tests {
             p.poll_command(),
             Some(Command::Load { demand: true, .. })
         ));
+    }
+
+    #[test]
+    fn a_prefetch_used_before_its_copy_finished_leaves_the_loading_count() {
+        let mut p = Planner::new(PlannerConfig::new(4 * MIB)).unwrap();
+        let a = p.add_block(BlockSpec::new(MIB)).unwrap();
+        let b = p.add_block(BlockSpec::new(MIB)).unwrap();
+        p.declare(0, a).unwrap();
+        p.declare(1, b).unwrap();
+        p.hint(0, 0.0);
+        let loads: Vec<BlockId> = std::iter::from_fn(|| p.poll_command())
+            .filter_map(|c| match c {
+                Command::Load { block, .. } => Some(block),
+                _ => None,
+            })
+            .collect();
+        assert!(loads.contains(&b), "{loads:?}");
+        assert!(p.loading_bytes > 0);
+        p.acquire_in_flight(b).unwrap().unwrap();
+        for id in loads {
+            p.transfer_done(id, true, "", 0.001);
+        }
+        assert_eq!(
+            p.loading_bytes, 0,
+            "a used prefetch stayed counted as loading"
+        );
     }
 }

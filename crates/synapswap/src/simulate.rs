@@ -30,7 +30,7 @@ use crate::backend::Direction;
 use crate::planner::{Acquire, Command, Planner, PlannerConfig};
 use crate::run::{bound_tokens_per_s, min_bytes_h2d, Integrity, Progress, RunReport};
 use crate::trace::{Trace, Track};
-use crate::transfer::{Chunk, TransferQueue};
+use crate::transfer::{Chunk, Pick, TransferQueue};
 use crate::workload::{Resolved, Workload};
 use crate::{BlockId, BlockSpec, Error, Policy, Result, Stats, DEFAULT_CHUNK_BYTES};
 
@@ -414,7 +414,7 @@ impl VirtualRuntime {
 
     fn fill(&mut self, now: f64) {
         while self.in_flight.len() < self.depth {
-            let Some(chunk) = self.queue.next_chunk(self.chunk_bytes) else {
+            let Some(chunk) = self.queue.next_chunk(self.chunk_bytes, Pick::Any) else {
                 break;
             };
             if let Some(t0) = self.idle_since.take() {

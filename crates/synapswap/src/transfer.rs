@@ -32,6 +32,33 @@ pub(crate) struct Job {
     /// chunks of a job go to one copy stream in order, so it completes after all of them.
     queued: u64,
     last_ticket: Option<Ticket>,
+    /// A consumer's stream will wait on this load: submit all of it at once, past the
+    /// pipeline's depth, so its last ticket is known soon.
+    eager: bool,
+}
+
+/// Which jobs [`TransferQueue::next_chunk`] may take a chunk from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pick {
+    /// The most urgent job.
+    Any,
+    /// Write-backs only (at shutdown: device bytes that exist nowhere else).
+    WriteBacks,
+    /// Loads a consumer's stream will wait on.
+    Eager,
+}
+
+/// Where a block's load stands, for a stream-ordered acquire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LoadTicket {
+    /// Every chunk is on the copy queue; the load completes with this ticket.
+    Queued(Ticket),
+    /// Some chunk is still to be submitted.
+    Submitting,
+    /// The load failed.
+    Failed,
+    /// No load of the block is queued (it completed, or never was).
+    Gone,
 }
 
 /// Pending copy jobs.
@@ -76,6 +103,7 @@ impl TransferQueue {
             failed: None,
             queued: 0,
             last_ticket: None,
+            eager: false,
         });
     }
 
@@ -98,11 +126,16 @@ impl TransferQueue {
     }
 
     /// Carves the next chunk to copy, from the most urgent job with bytes left to submit.
-    pub fn next_chunk(&mut self, chunk_bytes: u64) -> Option<Chunk> {
+    pub fn next_chunk(&mut self, chunk_bytes: u64, pick: Pick) -> Option<Chunk> {
         let job = self
             .jobs
             .iter_mut()
             .filter(|j| j.submitted < j.len && j.failed.is_none())
+            .filter(|j| match pick {
+                Pick::Any => true,
+                Pick::WriteBacks => j.dir == Direction::DeviceToHost,
+                Pick::Eager => j.eager,
+            })
             .min_by_key(|j| Self::rank(j))?;
         let len = (job.len - job.submitted).min(chunk_bytes);
         let c = Chunk {
@@ -141,19 +174,37 @@ impl TransferQueue {
         }
     }
 
-    /// The ticket after which `block`'s load is complete, once every chunk of it is on the
-    /// backend's queue: `Some(None)` while some chunk is still to be submitted, `None` when no
-    /// load of it is queued (it completed, or failed).
-    pub fn load_ticket(&self, block: BlockId) -> Option<Option<Ticket>> {
-        let j = self
+    /// Where `block`'s load stands.
+    pub fn load_ticket(&self, block: BlockId) -> LoadTicket {
+        let Some(j) = self
             .jobs
             .iter()
-            .find(|j| j.block == block && j.dir == Direction::HostToDevice)?;
-        Some(if j.queued == j.len && j.failed.is_none() {
-            j.last_ticket
-        } else {
-            None
-        })
+            .find(|j| j.block == block && j.dir == Direction::HostToDevice)
+        else {
+            return LoadTicket::Gone;
+        };
+        match (&j.failed, j.last_ticket) {
+            (Some(_), _) => LoadTicket::Failed,
+            (None, Some(t)) if j.queued == j.len => LoadTicket::Queued(t),
+            _ => LoadTicket::Submitting,
+        }
+    }
+
+    /// A consumer's stream will wait on `block`'s load: copy it first, and all of it at once.
+    pub fn make_eager(&mut self, block: BlockId) {
+        for j in &mut self.jobs {
+            if j.block == block && j.dir == Direction::HostToDevice {
+                j.eager = true;
+                j.demand = true;
+            }
+        }
+    }
+
+    /// Whether a write-back still has bytes to submit.
+    pub fn has_writebacks(&self) -> bool {
+        self.jobs
+            .iter()
+            .any(|j| j.dir == Direction::DeviceToHost && j.submitted < j.len && j.failed.is_none())
     }
 
     /// Fails every job (the device is lost): no chunk of them is submitted again. Returns the
@@ -226,14 +277,13 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
                 .into_iter()
                 .filter(|&f| match backend.fence_done(&Fence(f)) {
                     Ok(done) => done,
-                    // A fence that cannot be queried counts as done: on a lost device nothing
-                    // runs any more, and holding the block forever would not make it safer.
-                    Err(e) => {
-                        if matches!(e, Error::DeviceLost(_)) {
-                            lost = Some(e);
-                        }
+                    // On a lost device nothing runs any more: the fence counts as done.
+                    Err(e @ Error::DeviceLost(_)) => {
+                        lost = Some(e);
                         true
                     }
+                    // A query that failed for now: ask again next time, never reuse early.
+                    Err(_) => false,
                 })
                 .collect();
             st = sync::lock(&shared.state);
@@ -257,14 +307,27 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
             }
         }
         let mut batch = Vec::new();
-        while in_flight.len() + batch.len() < shared.pipeline_depth
-            && !st.shutdown
-            && st.lost.is_none()
-        {
-            let Some(c) = st.queue.next_chunk(shared.chunk_bytes) else {
-                break;
+        if st.lost.is_none() {
+            // At shutdown only write-backs go on: they carry the only copy of what was written
+            // on the device (a caller-owned buffer must get it).
+            let pick = if st.shutdown {
+                Pick::WriteBacks
+            } else {
+                Pick::Any
             };
-            batch.push(c);
+            while in_flight.len() + batch.len() < shared.pipeline_depth {
+                let Some(c) = st.queue.next_chunk(shared.chunk_bytes, pick) else {
+                    break;
+                };
+                batch.push(c);
+            }
+            // A load a consumer's stream is about to wait on goes on whole.
+            while !st.shutdown {
+                let Some(c) = st.queue.next_chunk(shared.chunk_bytes, Pick::Eager) else {
+                    break;
+                };
+                batch.push(c);
+            }
         }
         if !batch.is_empty() {
             drop(st);
@@ -307,7 +370,7 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
             continue;
         }
         let Some((c, ticket, t0)) = in_flight.pop_front() else {
-            if st.shutdown {
+            if st.shutdown && (st.lost.is_some() || !st.queue.has_writebacks()) {
                 break;
             }
             let idle = Instant::now();
@@ -349,7 +412,14 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
 
 fn finish_job(shared: &Shared, st: &mut State, job: &Job) {
     let (ok, reason, busy) = job.outcome();
-    if !ok && job.dir == Direction::HostToDevice && st.planner.is_held(job.block) {
+    let stream_waited = match st.stream_waits.iter().position(|&b| b == job.block) {
+        Some(i) if job.dir == Direction::HostToDevice => {
+            st.stream_waits.swap_remove(i);
+            true
+        }
+        _ => false,
+    };
+    if !ok && stream_waited {
         // A consumer queued work on a stream that waits for this copy (`acquire_on_stream` of a
         // block in flight): that work runs on bytes that never arrived, and its memory is in use
         // until the consumer's fence. Nothing can undo it, so the device counts as lost.

@@ -545,3 +545,51 @@ fn engine_lost_within_10s(engine: &Engine) -> Error {
     }
     panic!("the engine did not fail within 10 s");
 }
+
+#[test]
+fn shutdown_finishes_a_write_back_in_progress() {
+    // 50 MB/s in 64 KiB chunks: a 4 MiB write-back takes ~80 ms, 64 chunks.
+    let sim = Arc::new(
+        SimBackend::new(SimConfig {
+            h2d_bytes_per_s: Some(50e6),
+            ..SimConfig::unpaced()
+        })
+        .unwrap(),
+    );
+    let engine = Arc::new(
+        Engine::builder()
+            .budget(4 * MIB)
+            .backend(sim.clone())
+            .chunk_bytes(64 * KIB)
+            .build()
+            .unwrap(),
+    );
+    let mut buf = vec![1u8; (4 * MIB) as usize];
+    // SAFETY: `buf` outlives the engine's use of it (shut down below) and is not touched
+    // meanwhile.
+    let kv = unsafe {
+        engine.alloc_external(
+            BlockSpec::new(4 * MIB).mutable(true),
+            buf.as_mut_ptr(),
+            false,
+        )
+    }
+    .unwrap();
+    let other = block(&engine, 4 * MIB, false, 3);
+    let g = engine.wait(kv).unwrap();
+    g.write_device(0, &vec![7u8; (4 * MIB) as usize]).unwrap();
+    drop(g);
+    // Using `other` evicts kv: its write-back starts; shut down in the middle of it.
+    let e = engine.clone();
+    let waiter = std::thread::spawn(move || e.wait(other).map(|_| ()));
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(engine.residency(kv).unwrap(), Residency::WritingBack);
+    engine.shutdown();
+    assert!(matches!(waiter.join().unwrap(), Err(Error::ShutDown)));
+    assert!(
+        buf.iter().all(|&x| x == 7),
+        "shutdown abandoned a write-back: {} of {} bytes are stale",
+        buf.iter().filter(|&&x| x != 7).count(),
+        buf.len()
+    );
+}

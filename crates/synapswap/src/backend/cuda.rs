@@ -225,7 +225,7 @@ impl Drop for HostMem {
 #[derive(Debug, Default)]
 struct Queue {
     /// Submitted copies not yet known complete: (ticket, event).
-    pending: VecDeque<(u64, usize)>,
+    pending: VecDeque<(u64, usize, Direction)>,
     next: u64,
     spare: Vec<usize>,
     /// A failure makes the stream unusable: every later wait reports it.
@@ -242,6 +242,8 @@ pub struct CudaBackend {
     stream: usize,
     /// Device-to-host copies (write-backs), so they overlap loads on the other copy engine.
     wb_stream: usize,
+    /// Synchronous copies (`copy_now`): issued and waited for here.
+    sync_stream: usize,
     queue: Mutex<Queue>,
     pinned: Arc<AtomicU64>,
     registered: Arc<AtomicU64>,
@@ -297,6 +299,15 @@ impl CudaBackend {
             )
         };
         check(r, "cuStreamCreate")?;
+        let mut sync_stream = std::ptr::null_mut();
+        // SAFETY: as above.
+        let r = unsafe {
+            sys::cuStreamCreate(
+                &mut sync_stream,
+                sys::CUstream_flags_enum::CU_STREAM_NON_BLOCKING as u32,
+            )
+        };
+        check(r, "cuStreamCreate")?;
         drop(_bound);
         Ok(CudaBackend {
             ctx,
@@ -304,6 +315,7 @@ impl CudaBackend {
             name,
             stream: stream as usize,
             wb_stream: wb_stream as usize,
+            sync_stream: sync_stream as usize,
             queue: Mutex::new(Queue {
                 next: 1,
                 ..Queue::default()
@@ -410,6 +422,7 @@ impl Drop for CudaBackend {
             }
             let _ = sys::cuStreamDestroy_v2(self.stream as sys::CUstream);
             let _ = sys::cuStreamDestroy_v2(self.wb_stream as sys::CUstream);
+            let _ = sys::cuStreamDestroy_v2(self.sync_stream as sys::CUstream);
         }
     }
 }
@@ -515,10 +528,13 @@ impl Backend for CudaBackend {
         let event = self.event(&mut q)?;
         // SAFETY: our event and stream, in the current context.
         let r = unsafe { sys::cuEventRecord(event as sys::CUevent, stream) };
-        check(r, "cuEventRecord")?;
+        if let Err(e) = check(r, "cuEventRecord") {
+            q.spare.push(event);
+            return Err(e);
+        }
         let ticket = q.next;
         q.next += 1;
-        q.pending.push_back((ticket, event));
+        q.pending.push_back((ticket, event, dir));
         Ok(Ticket(ticket))
     }
 
@@ -526,17 +542,18 @@ impl Backend for CudaBackend {
         let event = {
             let q = sync::lock(&self.queue);
             if let Some(e) = &q.failed {
-                return Err(Error::Backend(e.clone()));
+                return Err(Error::DeviceLost(e.clone()));
             }
             if ticket.0 >= q.next {
                 return Err(Error::Backend(format!("unknown copy ticket {}", ticket.0)));
             }
             match q.pending.iter().find(|p| p.0 == ticket.0) {
-                Some(&(_, e)) => e,
+                Some(&(_, e, dir)) => (e, dir),
                 // Issued and no longer pending: it completed.
                 None => return Ok(()),
             }
         };
+        let (event, dir) = event;
         let _ctx = self.ctx.bind()?;
         // SAFETY: an event recorded on our stream; not destroyed while pending (only `wait`
         // recycles it, below, after the synchronisation).
@@ -547,11 +564,17 @@ impl Backend for CudaBackend {
             q.failed = Some(e.to_string());
             return Err(Error::DeviceLost(e.to_string()));
         }
-        // Only this ticket is known complete: the two copy streams finish in their own orders.
-        if let Some(i) = q.pending.iter().position(|p| p.0 == ticket.0) {
-            let (_, e) = q.pending.remove(i).expect("found above");
-            q.spare.push(e);
+        // Complete: this copy and every earlier one on its stream (each direction has its own
+        // in-order stream; the other direction's copies finish in their own order).
+        let mut kept = VecDeque::with_capacity(q.pending.len());
+        for p in std::mem::take(&mut q.pending) {
+            if p.2 == dir && p.0 <= ticket.0 {
+                q.spare.push(p.1);
+            } else {
+                kept.push_back(p);
+            }
         }
+        q.pending = kept;
         Ok(())
     }
 
@@ -563,15 +586,25 @@ impl Backend for CudaBackend {
         len: usize,
     ) -> Result<()> {
         let _ctx = self.ctx.bind()?;
-        // SAFETY: forwarded from the caller's contract; the synchronous copies return once done.
+        // Not `cuMemcpyHtoD`: from pageable memory it returns once the bytes are staged, before
+        // they land, and the DMA is ordered only with the legacy stream. An async copy on our
+        // own stream and a synchronisation of that stream return once the bytes are there.
+        let stream = self.sync_stream as sys::CUstream;
+        // SAFETY: forwarded from the caller's contract; both ranges stay valid until the stream
+        // synchronisation below returns.
         let r = unsafe {
             match dir {
                 Direction::HostToDevice => {
-                    sys::cuMemcpyHtoD_v2(device, host.cast_const().cast(), len)
+                    sys::cuMemcpyHtoDAsync_v2(device, host.cast_const().cast(), len, stream)
                 }
-                Direction::DeviceToHost => sys::cuMemcpyDtoH_v2(host.cast(), device, len),
+                Direction::DeviceToHost => {
+                    sys::cuMemcpyDtoHAsync_v2(host.cast(), device, len, stream)
+                }
             }
         };
+        check(r, "cuMemcpyAsync (synchronous copy)")?;
+        // SAFETY: our own stream.
+        let r = unsafe { sys::cuStreamSynchronize(stream) };
         check(r, "cuMemcpy")
     }
 
@@ -589,7 +622,7 @@ impl Backend for CudaBackend {
         let _ctx = self.ctx.bind()?;
         // Under the queue's lock, so `wait` cannot recycle the event meanwhile.
         let q = sync::lock(&self.queue);
-        let Some(&(_, event)) = q.pending.iter().find(|p| p.0 == ticket.0) else {
+        let Some(&(_, event, _)) = q.pending.iter().find(|p| p.0 == ticket.0) else {
             return Ok(());
         };
         // SAFETY: a pending event recorded on our copy stream; `stream` is the caller's CUstream
@@ -608,7 +641,10 @@ impl Backend for CudaBackend {
         // SAFETY: our event; `stream` is the caller's CUstream in this context (0: the legacy
         // default stream), as the API documents.
         let r = unsafe { sys::cuEventRecord(event as sys::CUevent, stream as sys::CUstream) };
-        check(r, "cuEventRecord (release)")?;
+        if let Err(e) = check(r, "cuEventRecord (release)") {
+            sync::lock(&self.queue).spare.push(event);
+            return Err(e);
+        }
         Ok(Some(Fence(event as u64)))
     }
 

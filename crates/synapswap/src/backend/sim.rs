@@ -276,13 +276,22 @@ impl Core {
         self.done.notify_all();
     }
 
-    /// Blocks until `event` completed (or the context is lost).
-    fn wait_event(&self, event: u64) -> Result<()> {
+    /// Blocks until `event` completed, also on a lost context: a copy still running touches
+    /// host memory its caller frees once told the copy is over. (Stream threads complete every
+    /// event they reach, failing copies at once when the context is lost, so this returns.)
+    /// `consume`: report and forget a failed copy's error (its owner's wait); a stream waiting
+    /// on the copy only looks.
+    fn wait_event(&self, event: u64, consume: bool) -> Result<()> {
         let mut ev = sync::lock(&self.events);
-        while ev.pending.contains(&event) && ev.lost.is_none() {
+        while ev.pending.contains(&event) {
             ev = sync::wait(&self.done, ev);
         }
-        if let Some(e) = ev.failed.remove(&event) {
+        let failed = if consume {
+            ev.failed.remove(&event)
+        } else {
+            ev.failed.get(&event).cloned()
+        };
+        if let Some(e) = failed {
             return Err(e);
         }
         match &ev.lost {
@@ -449,7 +458,10 @@ fn stream_thread(stream: &Stream, core: &Core, salt: u64) {
                 };
                 if let Some(bw) = bw {
                     let start = submitted.max(link_free);
-                    let finish = start + cfg.latency + Duration::from_secs_f64(len as f64 / bw);
+                    // Bounded: bandwidth >= 1 kB/s and len fits in memory (checked in `new`).
+                    let copy = Duration::try_from_secs_f64(len as f64 / bw)
+                        .unwrap_or(Duration::from_secs(u64::from(u32::MAX)));
+                    let finish = start + cfg.latency + copy;
                     sync::sleep_until(finish);
                     // The modelled link is free at `finish` unless the real copy took longer;
                     // oversleeping is the simulator's artefact, not the model's.
@@ -470,7 +482,7 @@ fn stream_thread(stream: &Stream, core: &Core, salt: u64) {
             Op::Record(event) => core.complete(event, None),
             Op::Wait(event) => {
                 // An error of the awaited copy is its waiter's to report; the stream goes on.
-                let _ = core.wait_event(event);
+                let _ = core.wait_event(event, false);
             }
         }
         q = sync::lock(&stream.q);
@@ -484,9 +496,18 @@ impl SimBackend {
             .into_iter()
             .flatten()
         {
-            if !(bw.is_finite() && bw > 0.0) {
-                return Err(Error::Backend(format!("invalid sim bandwidth {bw}")));
+            // Below 1 kB/s a copy's modelled time overflows the clock for large blocks.
+            if !(bw.is_finite() && bw >= 1e3) {
+                return Err(Error::Backend(format!(
+                    "invalid sim bandwidth {bw} bytes/s (at least 1e3)"
+                )));
             }
+        }
+        if cfg.jitter > Duration::from_secs(1) || cfg.latency > Duration::from_secs(1) {
+            return Err(Error::Backend(format!(
+                "sim latency {:?} and jitter {:?} must be at most 1 s",
+                cfg.latency, cfg.jitter
+            )));
         }
         let core = Arc::new(Core {
             cfg,
@@ -697,7 +718,7 @@ impl Backend for SimBackend {
     }
 
     fn wait(&self, ticket: Ticket) -> Result<()> {
-        self.core.wait_event(ticket.0)
+        self.core.wait_event(ticket.0, true)
     }
 
     unsafe fn copy_now(
@@ -785,10 +806,9 @@ impl Backend for SimBackend {
     }
 
     fn fence_done(&self, fence: &Fence) -> Result<bool> {
+        // The truth also on a lost context: its stream still reaches the fence (kernels are
+        // skipped then), and memory a running kernel reads must not be reused before.
         let ev = sync::lock(&self.core.events);
-        if let Some(why) = &ev.lost {
-            return Err(Error::DeviceLost(why.clone()));
-        }
         Ok(!ev.pending.contains(&fence.0))
     }
 
