@@ -176,6 +176,9 @@ struct Block {
     last_use_tick: u64,
     last_use_epoch: u64,
     error: Option<Error>,
+    /// How many of the registered waiters `error` is for: those present when the load failed.
+    /// A waiter that came later waits for the retry its own wait started.
+    error_waiters: u32,
     /// Its last write-back failed: not a victim again until it is used (so a failing link makes
     /// the placement that needed the room fail, instead of retrying the write-back forever).
     writeback_failed: bool,
@@ -561,6 +564,7 @@ impl Planner {
             last_use_tick: self.tick,
             last_use_epoch: u64::MAX,
             error: None,
+            error_waiters: 0,
             writeback_failed: false,
             load_failed: false,
         };
@@ -893,7 +897,7 @@ impl Planner {
         let b = self.block_mut(id)?;
         // A failed load's error belongs to the waiters registered for it; only with none left is
         // it stale.
-        if b.waiters == 0 {
+        if b.error_waiters == 0 {
             b.error = None;
         }
         let state = b.state;
@@ -944,9 +948,10 @@ impl Planner {
             Ok(b) => b,
             Err(e) => return Some(Err(e)),
         };
-        if let Some(e) = b.error.clone() {
+        if let (Some(e), true) = (b.error.clone(), b.error_waiters > 0) {
             b.waiters = b.waiters.saturating_sub(1);
-            if b.waiters == 0 {
+            b.error_waiters -= 1;
+            if b.error_waiters == 0 {
                 b.error = None;
             }
             return Some(Err(e));
@@ -965,7 +970,8 @@ impl Planner {
     pub fn cancel_wait(&mut self, id: BlockId) {
         if let Ok(b) = self.block_mut(id) {
             b.waiters = b.waiters.saturating_sub(1);
-            if b.waiters == 0 {
+            b.error_waiters = b.error_waiters.min(b.waiters);
+            if b.error_waiters == 0 {
                 b.error = None;
             }
         }
@@ -1058,6 +1064,7 @@ impl Planner {
                     block: id,
                     reason: reason.to_string(),
                 });
+                b.error_waiters = b.waiters;
             }
         }
         self.pump();
@@ -2084,6 +2091,7 @@ impl Planner {
                     let b = self.b_mut(i);
                     b.pending_demand = false;
                     b.error = Some(err);
+                    b.error_waiters = b.waiters;
                 }
             }
         }
@@ -2680,6 +2688,27 @@ mod tests {
         assert_eq!(
             p.loading_bytes, 0,
             "a used prefetch stayed counted as loading"
+        );
+    }
+
+    #[test]
+    fn a_waiter_that_came_after_a_failed_load_gets_its_own_retry() {
+        let mut cfg = PlannerConfig::new(MIB);
+        cfg.prefetch = false;
+        let mut p = Planner::new(cfg).unwrap();
+        let a = p.add_block(BlockSpec::new(MIB)).unwrap();
+        assert_eq!(p.acquire(a).unwrap(), Acquire::Pending);
+        let Some(Command::Load { block, .. }) = p.poll_command() else {
+            panic!("a demand load")
+        };
+        p.transfer_done(block, false, "link down", 0.0);
+        // A second caller arrives before the first looked: its wait starts a new load.
+        assert_eq!(p.acquire(a).unwrap(), Acquire::Pending);
+        assert!(matches!(p.poll_waiter(a), Some(Err(Error::Transfer { .. }))));
+        complete_all(&mut p);
+        assert!(
+            matches!(p.poll_waiter(a), Some(Ok(_))),
+            "the second waiter got the first load's error although its own load succeeded"
         );
     }
 }
