@@ -24,6 +24,14 @@
  * Device pointers (synapswap_get_vram_ptr) are valid until a hint moves past the node that
  * obtained them, or the block is released or freed; on the sim backend they are host addresses
  * the CPU can read.
+ *
+ * Stream order: the original API has no stream argument, so a hint past a node, release and free
+ * end a hold after the work queued so far on the default (legacy) stream: the engine records an
+ * event there and reuses the block's memory (or writes a mutable block back) only once it has
+ * completed. On CUDA that covers kernels on the legacy default stream and on every *blocking*
+ * stream (created without CU_STREAM_NON_BLOCKING) queued before the release; it does NOT cover
+ * non-blocking streams (PyTorch's side streams, for one) or the per-thread default stream:
+ * use synapswap_engine_acquire_on_stream/release_on_stream for work on those.
  */
 #ifndef SYNAPSWAP_H
 #define SYNAPSWAP_H
@@ -101,7 +109,8 @@ typedef enum {
 } ss_backend_t;
 
 /* synapswap_engine_malloc flag: the device writes this block (a KV cache); it is written back
- * to its host copy before every eviction. */
+ * to its host copy before eviction. The C API cannot tell whether a kernel wrote through the
+ * device pointer, so every hold of such a block counts as a write. */
 #define SS_BLOCK_MUTABLE 1u
 
 /* A new engine (NULL on failure). */
@@ -118,10 +127,12 @@ void*        synapswap_engine_get_vram_ptr(ss_engine_t* engine, void* ptr);
 /* Ends the hold of wait_for_data/get_vram_ptr and the current hint's protection of the block. */
 ss_status_t  synapswap_engine_release(ss_engine_t* engine, void* ptr);
 /* Makes the block available to work on stream (a CUstream; NULL: default stream) and stores its
- * device address in *device_ptr; pair each with release_on_stream. On the sim backend the host
- * waits until the block is on the device. */
+ * device address in *device_ptr; pair each with release_on_stream. A block whose copy is already
+ * in flight is not waited for on the host: the stream waits on the copy's event. A block not on
+ * its way is loaded and waited for on the host. */
 ss_status_t  synapswap_engine_acquire_on_stream(ss_engine_t* engine, void* ptr, void* stream, void** device_ptr);
-/* The block's memory may be reused once the work queued on stream so far has completed. */
+/* The block's memory may be reused once the work queued on stream so far has completed.
+ * synapswap_engine_free ends any remaining acquire_on_stream holds on their own streams. */
 ss_status_t  synapswap_engine_release_on_stream(ss_engine_t* engine, void* ptr, void* stream);
 ss_status_t  synapswap_engine_get_stats(ss_engine_t* engine, ss_stats_t* stats);
 
