@@ -2704,7 +2704,10 @@ mod tests {
         p.transfer_done(block, false, "link down", 0.0);
         // A second caller arrives before the first looked: its wait starts a new load.
         assert_eq!(p.acquire(a).unwrap(), Acquire::Pending);
-        assert!(matches!(p.poll_waiter(a), Some(Err(Error::Transfer { .. }))));
+        assert!(matches!(
+            p.poll_waiter(a),
+            Some(Err(Error::Transfer { .. }))
+        ));
         complete_all(&mut p);
         assert!(
             matches!(p.poll_waiter(a), Some(Ok(_))),
