@@ -190,6 +190,48 @@ pub(crate) struct State {
     pub stream_waits: Vec<BlockId>,
 }
 
+/// Whether the work before `fence` has run; `None` when the query failed for now (ask again,
+/// never reuse memory early). On a lost device nothing runs any more: the fence has passed, and
+/// the error goes to `lost`.
+fn fence_passed(backend: &dyn Backend, fence: &Fence, lost: &mut Option<Error>) -> Option<bool> {
+    match backend.fence_done(fence) {
+        Ok(done) => Some(done),
+        Err(e @ Error::DeviceLost(_)) => {
+            *lost = Some(e);
+            Some(true)
+        }
+        Err(_) => None,
+    }
+}
+
+/// Queries the fences of pending stream-ordered releases (outside the lock) and drops the holds
+/// of those whose work has run. On a lost device every fence counts as passed. A query that fails
+/// for now keeps its fence pending, unless `give_up_on_errors` (shutdown, which must end).
+pub(crate) fn poll_fences<'a>(
+    shared: &'a Shared,
+    st: MutexGuard<'a, State>,
+    give_up_on_errors: bool,
+) -> MutexGuard<'a, State> {
+    let fences = st.deferred_fences();
+    if fences.is_empty() {
+        return st;
+    }
+    drop(st);
+    let mut lost = None;
+    let done: Vec<u64> = fences
+        .into_iter()
+        .filter(|&f| {
+            fence_passed(shared.backend.as_ref(), &Fence(f), &mut lost).unwrap_or(give_up_on_errors)
+        })
+        .collect();
+    let mut st = sync::lock(&shared.state);
+    if let Some(e) = lost {
+        st.fail_device(shared, e);
+    }
+    st.release_fenced(shared, &done);
+    st
+}
+
 impl State {
     /// Turns the planner's commands into copy jobs.
     pub fn apply_commands(&mut self, shared: &Shared) {
@@ -268,6 +310,13 @@ impl State {
             self.lost = Some(e);
         }
         shared.ready.notify_all();
+    }
+
+    /// An error from a driver call: a sticky one ends the engine, any other is its call's own.
+    pub fn note(&mut self, shared: &Shared, e: &Error) {
+        if matches!(e, Error::DeviceLost(_)) {
+            self.fail_device(shared, e.clone());
+        }
     }
 
     /// Counts a hold the caller now owns (taken by [`Engine::acquire`] or `acquire_on_stream`).
@@ -505,7 +554,7 @@ impl Engine {
     pub fn write(&self, id: BlockId, offset: u64, data: &[u8]) -> Result<()> {
         let _io = sync::lock(&self.shared.io);
         let st = self.lock_live()?;
-        let mut st = self.settle(st, id)?;
+        let st = self.settle(st, id)?;
         st.check_range(id, offset, data.len() as u64)?;
         if st.planner.is_busy(id)? {
             return Err(Error::BlockInUse(id));
@@ -521,33 +570,66 @@ impl Engine {
             return Ok(());
         };
         let device = st.arena_base + dev + offset;
-        // Held (not a use) while the device copy runs outside the lock, so it stays where it is.
-        st.planner.hold(id)?;
-        drop(st);
-        // SAFETY: the device range lies in the block's resident region, which the hold keeps
-        // allocated; no guard held the block (checked) and `io` serialises the other synchronous
-        // copies, so nobody else touches it.
-        let r = unsafe {
-            self.shared.backend.copy_now(
+        // SAFETY: the device range lies in the block's resident region; no guard held the block
+        // (checked) and `io` serialises the other synchronous copies, so nobody else touches it.
+        unsafe {
+            self.copy_held(
+                st,
+                id,
                 Direction::HostToDevice,
                 host as usize as *mut u8,
                 device,
                 data.len(),
             )
-        };
-        self.after_driver_call(&r);
-        self.unhold(id);
-        r
+        }
     }
 
     /// Notes a sticky device error from a driver call made outside the lock.
     fn after_driver_call<T>(&self, r: &Result<T>) {
         if let Err(e @ Error::DeviceLost(_)) = r {
-            let mut st = self.lock();
-            st.fail_device(&self.shared, e.clone());
-            drop(st);
+            self.lock().note(&self.shared, e);
             self.shared.work.notify_all();
         }
+    }
+
+    /// A synchronous copy (`Backend::copy_now`) outside the state lock, its sticky error noted.
+    /// Callers hold `io`, which serialises these copies with each other.
+    ///
+    /// # Safety
+    /// As for [`Backend::copy_now`].
+    unsafe fn copy_now(
+        &self,
+        dir: Direction,
+        host: *mut u8,
+        device: u64,
+        len: usize,
+    ) -> Result<()> {
+        // SAFETY: forwarded from this function's contract.
+        let r = unsafe { self.shared.backend.copy_now(dir, host, device, len) };
+        self.after_driver_call(&r);
+        r
+    }
+
+    /// [`Engine::copy_now`] on a resident block that no guard holds: a hold (not a use) keeps it
+    /// where it is while the copy runs with the state lock `st` dropped.
+    ///
+    /// # Safety
+    /// As for [`Backend::copy_now`]; `device..device+len` lies in `id`'s resident region.
+    unsafe fn copy_held(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        id: BlockId,
+        dir: Direction,
+        host: *mut u8,
+        device: u64,
+        len: usize,
+    ) -> Result<()> {
+        st.planner.hold(id)?;
+        drop(st);
+        // SAFETY: forwarded; the hold keeps the device region allocated until `unhold`.
+        let r = unsafe { self.copy_now(dir, host, device, len) };
+        self.unhold(id);
+        r
     }
 
     /// Reads the block's current bytes at `offset`: from the device if a mutable block was changed
@@ -555,26 +637,23 @@ impl Engine {
     pub fn read(&self, id: BlockId, offset: u64, buf: &mut [u8]) -> Result<()> {
         let _io = sync::lock(&self.shared.io);
         let st = self.lock_live()?;
-        let mut st = self.settle(st, id)?;
+        let st = self.settle(st, id)?;
         st.check_range(id, offset, buf.len() as u64)?;
         match (st.planner.is_dirty(id)?, st.planner.device_offset(id)?) {
             (true, Some(dev)) => {
                 let device = st.arena_base + dev + offset;
-                st.planner.hold(id)?;
-                drop(st);
-                // SAFETY: the range lies in the block's resident region, which the hold keeps
-                // allocated; `io` keeps a guard's `write_device` out meanwhile.
-                let r = unsafe {
-                    self.shared.backend.copy_now(
+                // SAFETY: the range lies in the block's resident region; `io` keeps a guard's
+                // `write_device` out meanwhile.
+                unsafe {
+                    self.copy_held(
+                        st,
+                        id,
                         Direction::DeviceToHost,
                         buf.as_mut_ptr(),
                         device,
                         buf.len(),
-                    )
-                };
-                self.after_driver_call(&r);
-                self.unhold(id);
-                r?;
+                    )?;
+                }
             }
             _ => {
                 let host = st.host_addr(id) + offset;
@@ -799,10 +878,7 @@ impl Engine {
         if let Err(e) = self.end_use(id, stream) {
             if !matches!(e, Error::DeviceLost(_)) {
                 // Undo: the hold stays with the caller, who may retry or unacquire.
-                let mut st = self.lock();
-                if let Some(n) = st.manual_holds.get_mut(id.index as usize) {
-                    *n += 1;
-                }
+                self.lock().add_manual_hold(id);
             }
             return Err(e);
         }
@@ -823,14 +899,21 @@ impl Engine {
     fn end_use(&self, id: BlockId, stream: u64) -> Result<()> {
         let backend = &self.shared.backend;
         let fence = match backend.record_fence(stream) {
-            Ok(Some(f)) => match backend.fence_done(&f) {
-                // Not done, or not known yet: the transfer thread asks again.
-                Ok(false) | Err(Error::Backend(_)) => Some(f),
-                Ok(true) | Err(_) => {
-                    backend.drop_fence(f);
-                    None
+            Ok(Some(f)) => {
+                let mut lost = None;
+                let passed = fence_passed(backend.as_ref(), &f, &mut lost);
+                if let Some(e) = lost {
+                    self.after_driver_call::<()>(&Err(e));
                 }
-            },
+                match passed {
+                    Some(true) => {
+                        backend.drop_fence(f);
+                        None
+                    }
+                    // Not passed, or not known yet: the transfer thread asks again.
+                    Some(false) | None => Some(f),
+                }
+            }
             Ok(None) => None,
             Err(e @ Error::DeviceLost(_)) => {
                 self.after_driver_call::<()>(&Err(e.clone()));
@@ -917,20 +1000,12 @@ impl Engine {
         // written back below, and read memory freed with the engine. Wait for their fences
         // (nothing runs any more on a lost device).
         loop {
-            let fences = self.lock().deferred_fences();
-            if fences.is_empty() {
+            let st = poll_fences(&self.shared, self.lock(), true);
+            if st.deferred.is_empty() {
                 break;
             }
-            let done: Vec<u64> = fences
-                .into_iter()
-                .filter(|&f| self.shared.backend.fence_done(&Fence(f)).unwrap_or(true))
-                .collect();
-            let mut st = self.lock();
-            st.release_fenced(&self.shared, &done);
-            if !st.deferred.is_empty() {
-                drop(st);
-                std::thread::sleep(std::time::Duration::from_micros(200));
-            }
+            drop(st);
+            std::thread::sleep(std::time::Duration::from_micros(200));
         }
         // A caller-owned mutable block keeps the engine's only copy of what was written on the
         // device: copy it into the caller's buffer before the device memory goes.
@@ -959,7 +1034,7 @@ impl Engine {
                 // the device range is its resident region; the transfer thread has exited and
                 // every release's fence completed, so nothing else touches either.
                 let r = unsafe {
-                    self.shared.backend.copy_now(
+                    self.copy_now(
                         Direction::DeviceToHost,
                         host as usize as *mut u8,
                         device,
@@ -1051,16 +1126,14 @@ impl Guard<'_> {
         let _io = sync::lock(&self.engine.shared.io);
         // SAFETY: the range lies inside the block's resident region (checked), which this guard
         // keeps allocated; `io` serialises it with `write_device` and the engine's own copies.
-        let r = unsafe {
-            self.engine.shared.backend.copy_now(
+        unsafe {
+            self.engine.copy_now(
                 Direction::DeviceToHost,
                 buf.as_mut_ptr(),
                 self.addr + offset,
                 buf.len(),
             )
-        };
-        self.engine.after_driver_call(&r);
-        r
+        }
     }
 
     /// Writes `data` into the device copy at `offset` (mutable blocks only). The change reaches the
@@ -1074,16 +1147,14 @@ impl Guard<'_> {
         let _io = sync::lock(&self.engine.shared.io);
         // SAFETY: as in `read_device`; `as_slice` is never handed out for mutable blocks, so no
         // shared borrow of these bytes exists.
-        let r = unsafe {
-            self.engine.shared.backend.copy_now(
+        unsafe {
+            self.engine.copy_now(
                 Direction::HostToDevice,
                 data.as_ptr() as *mut u8,
                 self.addr + offset,
                 data.len(),
             )
-        };
-        self.engine.after_driver_call(&r);
-        r
+        }
     }
 
     fn check(&self, offset: u64, len: usize) -> Result<()> {

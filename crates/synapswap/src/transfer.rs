@@ -9,8 +9,8 @@
 
 use std::collections::VecDeque;
 
-use crate::backend::{Direction, Fence, Ticket};
-use crate::engine::{Shared, State};
+use crate::backend::{Direction, Ticket};
+use crate::engine::{poll_fences, Shared, State};
 use crate::sync::{self, Arc, Instant};
 use crate::{BlockId, Error};
 
@@ -269,29 +269,7 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
     loop {
         // Completed stream fences first: the holds they drop can let queued placements through,
         // whose copies the fill below then submits.
-        let fences = st.deferred_fences();
-        if !fences.is_empty() {
-            drop(st);
-            let mut lost = None;
-            let done: Vec<u64> = fences
-                .into_iter()
-                .filter(|&f| match backend.fence_done(&Fence(f)) {
-                    Ok(done) => done,
-                    // On a lost device nothing runs any more: the fence counts as done.
-                    Err(e @ Error::DeviceLost(_)) => {
-                        lost = Some(e);
-                        true
-                    }
-                    // A query that failed for now: ask again next time, never reuse early.
-                    Err(_) => false,
-                })
-                .collect();
-            st = sync::lock(&shared.state);
-            if let Some(e) = lost {
-                st.fail_device(&shared, e);
-            }
-            st.release_fenced(&shared, &done);
-        }
+        st = poll_fences(&shared, st, false);
         if let Some(e) = &st.lost {
             // Failing a job can let the planner issue others (each block fails once: a failed
             // load is not retried until the block is used, and no use succeeds any more).
@@ -354,9 +332,7 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
                         in_flight.push_back((c, ticket, t0));
                     }
                     Err(e) => {
-                        if matches!(e, Error::DeviceLost(_)) {
-                            st.fail_device(&shared, e.clone());
-                        }
+                        st.note(&shared, &e);
                         if let Some(job) =
                             st.queue.chunk_done(c.seq, c.len, Err(e.to_string()), 0.0)
                         {
@@ -390,8 +366,8 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
         last_done = done;
         let busy = (done - start).as_secs_f64();
         st = sync::lock(&shared.state);
-        if let Err(e @ Error::DeviceLost(_)) = &result {
-            st.fail_device(&shared, e.clone());
+        if let Err(e) = &result {
+            st.note(&shared, e);
         }
         if st.trace.is_some() {
             let (name, cat) = st.queue.describe(c.seq, &st.planner);

@@ -22,23 +22,8 @@ use synapswap::{pattern, BlockId, BlockSpec, Engine, Error, Residency};
 /// How long each kernel waits before it touches memory: far longer than a 1 MiB copy.
 const KERNEL_DELAY: Duration = Duration::from_millis(60);
 
-fn setup(budget: u64) -> (Engine, Arc<SimBackend>) {
-    let backend = Arc::new(SimBackend::new(SimConfig::unpaced()).unwrap());
-    let engine = Engine::builder()
-        .budget(budget)
-        .backend(backend.clone())
-        .chunk_bytes(64 * KIB)
-        .build()
-        .unwrap();
-    (engine, backend)
-}
-
 fn block(engine: &Engine, size: u64, mutable: bool, seed: u64) -> BlockId {
-    let id = engine.alloc(BlockSpec::new(size).mutable(mutable)).unwrap();
-    let mut buf = vec![0u8; size as usize];
-    pattern::fill(pattern::seed(seed), 0, &mut buf);
-    engine.write(id, 0, &buf).unwrap();
-    id
+    common::filled(engine, BlockSpec::new(size).mutable(mutable), seed)
 }
 
 /// What a kernel found: whether every byte matched `seed`'s pattern.
@@ -109,7 +94,7 @@ fn assert_b_waits_for_the_kernel(
 
 #[test]
 fn a_guard_drop_is_ordered_after_the_kernel_on_its_stream() {
-    let (engine, sim) = setup(MIB);
+    let (engine, sim) = common::engine(MIB);
     let s = sim.create_stream().unwrap();
     let a = block(&engine, MIB, false, 1);
     let b = block(&engine, MIB, false, 2);
@@ -122,7 +107,7 @@ fn a_guard_drop_is_ordered_after_the_kernel_on_its_stream() {
 
 #[test]
 fn a_plain_guard_and_unacquire_are_ordered_after_the_default_stream() {
-    let (engine, sim) = setup(MIB);
+    let (engine, sim) = common::engine(MIB);
     let a = block(&engine, MIB, false, 1);
     let b = block(&engine, MIB, false, 2);
     let g = engine.wait(a).unwrap();
@@ -138,7 +123,7 @@ fn a_plain_guard_and_unacquire_are_ordered_after_the_default_stream() {
 
 #[test]
 fn a_stream_ordered_release_waits_for_the_kernel() {
-    let (engine, sim) = setup(MIB);
+    let (engine, sim) = common::engine(MIB);
     let s = sim.create_stream().unwrap();
     let a = block(&engine, MIB, false, 1);
     let b = block(&engine, MIB, false, 2);
@@ -151,7 +136,7 @@ fn a_stream_ordered_release_waits_for_the_kernel() {
 
 #[test]
 fn a_mutable_block_is_written_back_after_the_kernel_wrote_it() {
-    let (engine, sim) = setup(MIB);
+    let (engine, sim) = common::engine(MIB);
     let s = sim.create_stream().unwrap();
     let kv = block(&engine, MIB, true, 1);
     let w = block(&engine, MIB, false, 2);
@@ -173,7 +158,7 @@ fn a_mutable_block_is_written_back_after_the_kernel_wrote_it() {
 
 #[test]
 fn free_waits_for_the_kernel_before_the_memory_is_reused() {
-    let (engine, sim) = setup(MIB);
+    let (engine, sim) = common::engine(MIB);
     let s = sim.create_stream().unwrap();
     let a = block(&engine, MIB, false, 1);
     let b = block(&engine, MIB, false, 2);
@@ -187,7 +172,7 @@ fn free_waits_for_the_kernel_before_the_memory_is_reused() {
 
 #[test]
 fn read_and_write_wait_for_the_kernel_that_writes_the_block() {
-    let (engine, sim) = setup(2 * MIB);
+    let (engine, sim) = common::engine(2 * MIB);
     let s = sim.create_stream().unwrap();
     let kv = block(&engine, MIB, true, 1);
     let g = engine.wait_on_stream(kv, s).unwrap();
@@ -203,7 +188,7 @@ fn read_and_write_wait_for_the_kernel_that_writes_the_block() {
 
 #[test]
 fn shutdown_writes_dirty_caller_owned_blocks_back() {
-    let (engine, _sim) = setup(MIB);
+    let (engine, _sim) = common::engine(MIB);
     let mut buf = vec![1u8; 64 * KIB as usize];
     // SAFETY: `buf` outlives the engine (shut down below) and is not touched meanwhile.
     let kv = unsafe {
@@ -228,7 +213,7 @@ fn shutdown_writes_dirty_caller_owned_blocks_back() {
 
 #[test]
 fn buffers_sharing_a_page_are_refused_by_the_device_and_still_work() {
-    let (engine, sim) = setup(MIB);
+    let (engine, sim) = common::engine(MIB);
     let mut buf = vec![0u8; 8192];
     buf[..100].fill(3);
     buf[100..200].fill(4);
