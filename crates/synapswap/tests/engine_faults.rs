@@ -9,9 +9,9 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use synapswap::backend::{
-    Backend, BackendInfo, DevicePtr, Direction, Fence, Memory, SimBackend, SimConfig, Ticket,
-};
+mod common;
+use common::{Hooked, Hooks};
+use synapswap::backend::{Backend, Fence, SimBackend};
 use synapswap::{BlockSpec, Engine, Error, Residency};
 
 #[derive(Debug, Default)]
@@ -36,6 +36,14 @@ impl Faults {
         "copy-completion",
         "fence-record",
     ];
+
+    /// An injected error if failpoint `n` fires.
+    fn fail(&self, n: &AtomicU32, what: &str) -> synapswap::Result<()> {
+        if self.take(n) {
+            return Err(Error::Backend(format!("injected: {what}")));
+        }
+        Ok(())
+    }
 
     fn take(&self, n: &AtomicU32) -> bool {
         let hit = n
@@ -71,98 +79,34 @@ impl Drop for Faults {
     }
 }
 
-#[derive(Debug)]
-struct Faulty {
-    inner: SimBackend,
-    faults: Arc<Faults>,
-}
+/// The sim with the failpoints of [`Faults`].
+type Faulty = Hooked<Arc<Faults>>;
 
-impl Backend for Faulty {
-    fn info(&self) -> BackendInfo {
-        self.inner.info()
+impl Hooks for Arc<Faults> {
+    fn alloc_device(&self) -> synapswap::Result<()> {
+        self.fail(&self.device_allocs, "device allocation failed")
     }
-    fn alloc_device(&self, bytes: u64) -> synapswap::Result<Box<dyn Memory>> {
-        if self.faults.take(&self.faults.device_allocs) {
-            return Err(Error::Backend("injected: device allocation failed".into()));
-        }
-        self.inner.alloc_device(bytes)
+    fn alloc_host(&self) -> synapswap::Result<()> {
+        self.fail(&self.host_allocs, "out of host memory")
     }
-    fn alloc_host(&self, bytes: u64) -> synapswap::Result<Box<dyn Memory>> {
-        if self.faults.take(&self.faults.host_allocs) {
-            return Err(Error::Backend("injected: out of host memory".into()));
-        }
-        self.inner.alloc_host(bytes)
+    fn register_host(&self) -> synapswap::Result<()> {
+        self.fail(&self.host_pins, "cannot pin the host buffer")
     }
-    fn host_addressable(&self) -> bool {
-        true
+    fn submit(&self) -> synapswap::Result<()> {
+        self.fail(&self.submits, "copy submit failed")
     }
-    fn pipeline_depth(&self) -> usize {
-        2
+    fn wait(&self) -> synapswap::Result<()> {
+        self.fail(&self.completions, "copy failed")
     }
-    unsafe fn submit(
-        &self,
-        dir: Direction,
-        host: *mut u8,
-        device: DevicePtr,
-        len: usize,
-    ) -> synapswap::Result<Ticket> {
-        if self.faults.take(&self.faults.submits) {
-            return Err(Error::Backend("injected: copy submit failed".into()));
-        }
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { self.inner.submit(dir, host, device, len) }
-    }
-    fn wait(&self, ticket: Ticket) -> synapswap::Result<()> {
-        self.inner.wait(ticket)?;
-        if self.faults.take(&self.faults.completions) {
-            return Err(Error::Backend("injected: copy failed".into()));
-        }
-        Ok(())
-    }
-    unsafe fn register_host(
-        &self,
-        ptr: *mut u8,
-        len: u64,
-        read_only: bool,
-    ) -> synapswap::Result<Box<dyn Memory>> {
-        if self.faults.take(&self.faults.host_pins) {
-            return Err(Error::Backend(
-                "injected: cannot pin the host buffer".into(),
-            ));
-        }
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { self.inner.register_host(ptr, len, read_only) }
-    }
-    fn record_fence(&self, stream: u64) -> synapswap::Result<Option<Fence>> {
-        if self.faults.take(&self.faults.fences) {
-            return Err(Error::Backend("injected: cannot record a fence".into()));
-        }
-        self.inner.record_fence(stream)
-    }
-    fn fence_done(&self, fence: &Fence) -> synapswap::Result<bool> {
-        self.inner.fence_done(fence)
-    }
-    fn drop_fence(&self, fence: Fence) {
-        self.inner.drop_fence(fence)
-    }
-    unsafe fn copy_now(
-        &self,
-        dir: Direction,
-        host: *mut u8,
-        device: DevicePtr,
-        len: usize,
-    ) -> synapswap::Result<()> {
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { self.inner.copy_now(dir, host, device, len) }
+    fn record_fence(&self, sim: &SimBackend, stream: u64) -> synapswap::Result<Option<Fence>> {
+        self.fail(&self.fences, "cannot record a fence")?;
+        sim.record_fence(stream)
     }
 }
 
 fn setup(budget: u64) -> (Engine, Arc<Faults>, Arc<Faulty>) {
     let faults = Arc::new(Faults::default());
-    let backend = Arc::new(Faulty {
-        inner: SimBackend::new(SimConfig::unpaced()).unwrap(),
-        faults: faults.clone(),
-    });
+    let backend = Arc::new(Faulty::unpaced(faults.clone()));
     let engine = Engine::builder()
         .budget(budget)
         .backend(backend.clone())
@@ -187,10 +131,7 @@ fn check(engine: &Engine, id: synapswap::BlockId, byte: u8) {
 fn a_failed_device_allocation_is_an_error_at_build() {
     let faults = Arc::new(Faults::default());
     faults.device_allocs.store(1, Ordering::SeqCst);
-    let backend = Arc::new(Faulty {
-        inner: SimBackend::new(SimConfig::unpaced()).unwrap(),
-        faults: faults.clone(),
-    });
+    let backend = Arc::new(Faulty::unpaced(faults.clone()));
     let r = Engine::builder()
         .budget(1 << 20)
         .backend(backend.clone())

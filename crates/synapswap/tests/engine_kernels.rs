@@ -13,10 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use common::{KIB, MIB};
-use synapswap::backend::{
-    Backend, BackendInfo, DevicePtr, Direction, Fence, Memory, SimBackend, SimConfig, Ticket,
-};
+use common::{Hooked, Hooks, KIB, MIB};
+use synapswap::backend::{Backend, DevicePtr, SimBackend, SimConfig};
 use synapswap::{pattern, BlockId, BlockSpec, Engine, Error, Residency};
 
 /// How long each kernel waits before it touches memory: far longer than a 1 MiB copy.
@@ -242,10 +240,10 @@ fn buffers_sharing_a_page_are_refused_by_the_device_and_still_work() {
     engine.shutdown();
 }
 
-/// A sim device whose copy submits fail, from some point on, with a sticky or transient error.
-#[derive(Debug)]
-struct FailingLink {
-    inner: SimBackend,
+/// Failures of a sim device's copies from some point on: submits fail (sticky or transient),
+/// or copies complete with a transient error.
+#[derive(Debug, Default)]
+struct Link {
     failing: AtomicBool,
     sticky: bool,
     submits: AtomicU64,
@@ -253,65 +251,25 @@ struct FailingLink {
     failing_copies: AtomicBool,
 }
 
-impl Backend for FailingLink {
-    fn info(&self) -> BackendInfo {
-        self.inner.info()
-    }
-    fn alloc_device(&self, bytes: u64) -> synapswap::Result<Box<dyn Memory>> {
-        self.inner.alloc_device(bytes)
-    }
-    fn alloc_host(&self, bytes: u64) -> synapswap::Result<Box<dyn Memory>> {
-        self.inner.alloc_host(bytes)
-    }
-    fn host_addressable(&self) -> bool {
-        true
-    }
-    unsafe fn submit(
-        &self,
-        dir: Direction,
-        host: *mut u8,
-        device: DevicePtr,
-        len: usize,
-    ) -> synapswap::Result<Ticket> {
+type FailingLink = Hooked<Link>;
+
+impl Hooks for Link {
+    fn submit(&self) -> synapswap::Result<()> {
         self.submits.fetch_add(1, Ordering::SeqCst);
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(if self.sticky {
-                Error::DeviceLost("injected: the context is lost".into())
-            } else {
-                Error::Backend("injected: copy submit failed".into())
-            });
+        if !self.failing.load(Ordering::SeqCst) {
+            return Ok(());
         }
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { self.inner.submit(dir, host, device, len) }
+        Err(if self.sticky {
+            Error::DeviceLost("injected: the context is lost".into())
+        } else {
+            Error::Backend("injected: copy submit failed".into())
+        })
     }
-    fn wait(&self, ticket: Ticket) -> synapswap::Result<()> {
-        self.inner.wait(ticket)?;
+    fn wait(&self) -> synapswap::Result<()> {
         if self.failing_copies.load(Ordering::SeqCst) {
             return Err(Error::Backend("injected: copy failed".into()));
         }
         Ok(())
-    }
-    fn stream_wait(&self, stream: u64, ticket: Ticket) -> synapswap::Result<()> {
-        self.inner.stream_wait(stream, ticket)
-    }
-    unsafe fn copy_now(
-        &self,
-        dir: Direction,
-        host: *mut u8,
-        device: DevicePtr,
-        len: usize,
-    ) -> synapswap::Result<()> {
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { self.inner.copy_now(dir, host, device, len) }
-    }
-    fn record_fence(&self, stream: u64) -> synapswap::Result<Option<Fence>> {
-        self.inner.record_fence(stream)
-    }
-    fn fence_done(&self, fence: &Fence) -> synapswap::Result<bool> {
-        self.inner.fence_done(fence)
-    }
-    fn drop_fence(&self, fence: Fence) {
-        self.inner.drop_fence(fence)
     }
 }
 
@@ -326,13 +284,10 @@ fn within_10s<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'sta
 }
 
 fn failing_engine(sticky: bool) -> (Arc<Engine>, Arc<FailingLink>, Vec<BlockId>) {
-    let link = Arc::new(FailingLink {
-        inner: SimBackend::new(SimConfig::unpaced()).unwrap(),
-        failing: AtomicBool::new(false),
+    let link = Arc::new(FailingLink::unpaced(Link {
         sticky,
-        submits: AtomicU64::new(0),
-        failing_copies: AtomicBool::new(false),
-    });
+        ..Link::default()
+    }));
     let engine = Arc::new(
         Engine::builder()
             .budget(2 * MIB)
@@ -356,7 +311,7 @@ fn failing_engine(sticky: bool) -> (Arc<Engine>, Arc<FailingLink>, Vec<BlockId>)
 #[test]
 fn a_lost_device_fails_every_call_and_never_hangs() {
     let (engine, link, ids) = failing_engine(true);
-    link.failing.store(true, Ordering::SeqCst);
+    link.hooks.failing.store(true, Ordering::SeqCst);
     let e = engine.clone();
     let results = within_10s("hint + wait on a lost device", move || {
         let mut errors = Vec::new();
@@ -388,7 +343,7 @@ fn a_lost_device_fails_every_call_and_never_hangs() {
 #[test]
 fn a_link_that_keeps_failing_fails_the_waits_and_the_engine_lives_on() {
     let (engine, link, ids) = failing_engine(false);
-    link.failing.store(true, Ordering::SeqCst);
+    link.hooks.failing.store(true, Ordering::SeqCst);
     let e = engine.clone();
     let ids2 = ids.clone();
     let results = within_10s("hint + wait on a failing link", move || {
@@ -407,14 +362,14 @@ fn a_link_that_keeps_failing_fails_the_waits_and_the_engine_lives_on() {
     );
     // Transient: no prefetch storm (each block failed at most once per use), and once the link
     // works again so does the engine.
-    let before = link.submits.load(Ordering::SeqCst);
+    let before = link.hooks.submits.load(Ordering::SeqCst);
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(
-        link.submits.load(Ordering::SeqCst),
+        link.hooks.submits.load(Ordering::SeqCst),
         before,
         "the engine retries on its own"
     );
-    link.failing.store(false, Ordering::SeqCst);
+    link.hooks.failing.store(false, Ordering::SeqCst);
     for (step, &id) in ids.iter().enumerate() {
         engine.hint(step as u64).unwrap();
         let g = engine.wait(id).unwrap();
@@ -492,10 +447,7 @@ fn a_failed_load_that_a_stream_waits_on_loses_the_device() {
             ..SimConfig::unpaced()
         })
         .unwrap(),
-        failing: AtomicBool::new(false),
-        sticky: false,
-        submits: AtomicU64::new(0),
-        failing_copies: AtomicBool::new(false),
+        hooks: Link::default(),
     });
     let engine = Engine::builder()
         .budget(16 * MIB)
@@ -508,7 +460,7 @@ fn a_failed_load_that_a_stream_waits_on_loses_the_device() {
     engine.declare(0, a).unwrap();
     engine.declare(1, b).unwrap();
     engine.hint(0).unwrap();
-    link.failing_copies.store(true, Ordering::SeqCst);
+    link.hooks.failing_copies.store(true, Ordering::SeqCst);
     engine.acquire_on_stream(b, s).unwrap();
     assert_eq!(engine.residency(b).unwrap(), Residency::Loading);
     // The copy fails after work on `s` was ordered behind it: nothing can undo that work.

@@ -5,68 +5,31 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use synapswap::backend::{
-    Backend, BackendInfo, DevicePtr, Direction, Fence, Memory, SimBackend, SimConfig, Ticket,
-};
+mod common;
+use common::{Hooked, Hooks};
+use synapswap::backend::{Backend, Fence, SimBackend};
 use synapswap::{BlockSpec, Engine, Error, Residency};
 
+/// Fences that complete only once the test sets `done` (stand-ins: no sim event behind them).
 #[derive(Debug)]
 struct Fenced {
-    inner: SimBackend,
     done: Arc<AtomicBool>,
 }
 
-impl Backend for Fenced {
-    fn info(&self) -> BackendInfo {
-        self.inner.info()
-    }
-    fn alloc_device(&self, bytes: u64) -> synapswap::Result<Box<dyn Memory>> {
-        self.inner.alloc_device(bytes)
-    }
-    fn alloc_host(&self, bytes: u64) -> synapswap::Result<Box<dyn Memory>> {
-        self.inner.alloc_host(bytes)
-    }
-    fn host_addressable(&self) -> bool {
-        true
-    }
-    unsafe fn submit(
-        &self,
-        dir: Direction,
-        host: *mut u8,
-        device: DevicePtr,
-        len: usize,
-    ) -> synapswap::Result<Ticket> {
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { self.inner.submit(dir, host, device, len) }
-    }
-    fn wait(&self, ticket: Ticket) -> synapswap::Result<()> {
-        self.inner.wait(ticket)
-    }
-    unsafe fn copy_now(
-        &self,
-        dir: Direction,
-        host: *mut u8,
-        device: DevicePtr,
-        len: usize,
-    ) -> synapswap::Result<()> {
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { self.inner.copy_now(dir, host, device, len) }
-    }
-    fn record_fence(&self, stream: u64) -> synapswap::Result<Option<Fence>> {
+impl Hooks for Fenced {
+    fn record_fence(&self, _sim: &SimBackend, stream: u64) -> synapswap::Result<Option<Fence>> {
         Ok(Some(Fence(stream)))
     }
-    fn fence_done(&self, _fence: &Fence) -> synapswap::Result<bool> {
+    fn fence_done(&self, _sim: &SimBackend, _fence: &Fence) -> synapswap::Result<bool> {
         Ok(self.done.load(Ordering::SeqCst))
     }
+    fn drop_fence(&self, _sim: &SimBackend, _fence: Fence) {}
 }
 
 #[test]
 fn memory_is_reused_only_after_the_consumer_stream_finished() {
     let done = Arc::new(AtomicBool::new(false));
-    let backend: Arc<dyn Backend> = Arc::new(Fenced {
-        inner: SimBackend::new(SimConfig::unpaced()).unwrap(),
-        done: done.clone(),
-    });
+    let backend: Arc<dyn Backend> = Arc::new(Hooked::unpaced(Fenced { done: done.clone() }));
     // Room for one block: loading b must evict a.
     let engine = Engine::builder()
         .budget(1 << 20)
