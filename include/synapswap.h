@@ -128,8 +128,9 @@ void*        synapswap_engine_get_vram_ptr(ss_engine_t* engine, void* ptr);
 ss_status_t  synapswap_engine_release(ss_engine_t* engine, void* ptr);
 /* Makes the block available to work on stream (a CUstream; NULL: default stream) and stores its
  * device address in *device_ptr; pair each with release_on_stream. A block whose copy is already
- * in flight is not waited for on the host: the stream waits on the copy's event. A block not on
- * its way is loaded and waited for on the host. */
+ * in flight is not waited for on the host: the stream waits on the copy's event, so only work
+ * queued on the stream may use the bytes (host code that reads them, as on the sim backend, calls
+ * wait_for_data first). A block not on its way is loaded and waited for on the host. */
 ss_status_t  synapswap_engine_acquire_on_stream(ss_engine_t* engine, void* ptr, void* stream, void** device_ptr);
 /* The block's memory may be reused once the work queued on stream so far has completed.
  * synapswap_engine_free ends any remaining acquire_on_stream holds on their own streams. */

@@ -71,6 +71,10 @@ int main(void) {
             verified += verify_block(b, chain[n], 256 * 1024, 300u + (uint32_t)n);
         }
         CHECK(synapswap_engine_hint(a, 5) == SS_SUCCESS);
+        /* This host code reads and writes the state block itself, and host code is not work on a
+         * stream: acquire_on_stream alone orders only what is queued on the stream (a copy still
+         * in flight is waited for there, not here). So wait on the host first. */
+        CHECK(synapswap_engine_wait_for_data(a, state) == SS_SUCCESS);
         void* dev = NULL;
         CHECK(synapswap_engine_acquire_on_stream(a, state, NULL, &dev) == SS_SUCCESS);
         CHECK(dev != NULL);
@@ -82,6 +86,7 @@ int main(void) {
         fill_pattern((uint8_t*)dev + (size_t)pass * ROW, ROW, 1000u + (uint32_t)pass);
         verified += state_size;
         CHECK(synapswap_engine_release_on_stream(a, state, NULL) == SS_SUCCESS);
+        CHECK(synapswap_engine_release(a, state) == SS_SUCCESS);
     }
 
     ss_stats_t sa, sb;
