@@ -207,6 +207,54 @@ struct Schedule {
     ema_dur: Vec<Option<f64>>, // by position; None until measured
     /// By position: step duration minus the time its caller stalled (the step's own work).
     ema_compute: Vec<Option<f64>>,
+    /// How many positions of `ema_compute` are measured (O(1) "all measured").
+    measured: usize,
+    /// Prefix sums over `ema_dur` (measured seconds, and a count of unmeasured positions), so
+    /// the prefetch walk gets the time to any step in O(log steps).
+    dur_sums: Fenwick,
+    unmeasured: Fenwick,
+}
+
+/// A Fenwick (binary indexed) tree: point add and prefix sum in O(log n).
+#[derive(Debug, Clone, Default)]
+struct Fenwick(Vec<f64>);
+
+impl Fenwick {
+    fn new(values: impl ExactSizeIterator<Item = f64>) -> Fenwick {
+        let mut t = Fenwick(vec![0.0; values.len()]);
+        for (i, v) in values.enumerate() {
+            t.add(i, v);
+        }
+        t
+    }
+
+    fn add(&mut self, i: usize, delta: f64) {
+        let mut k = i + 1;
+        while k <= self.0.len() {
+            self.0[k - 1] += delta;
+            k += k & k.wrapping_neg();
+        }
+    }
+
+    /// Sum of positions `0..end`.
+    fn prefix(&self, end: usize) -> f64 {
+        let (mut k, mut sum) = (end.min(self.0.len()), 0.0);
+        while k > 0 {
+            sum += self.0[k - 1];
+            k &= k - 1;
+        }
+        sum
+    }
+
+    /// Sum of the cyclic range of `count` positions from `start` (`count <= len`).
+    fn cyclic(&self, start: usize, count: usize) -> f64 {
+        let len = self.0.len();
+        if start + count <= len {
+            self.prefix(start + count) - self.prefix(start)
+        } else {
+            self.prefix(len) - self.prefix(start) + self.prefix(start + count - len)
+        }
+    }
 }
 
 impl Schedule {
@@ -237,7 +285,40 @@ impl Schedule {
         }
         self.ema_dur = vec![None; self.steps.len()];
         self.ema_compute = vec![None; self.steps.len()];
+        self.measured = 0;
+        self.dur_sums = Fenwick::new(std::iter::repeat_n(0.0, self.steps.len()));
+        self.unmeasured = Fenwick::new(std::iter::repeat_n(1.0, self.steps.len()));
         true
+    }
+
+    /// Folds a measured duration of the step at `pos` into its EMA.
+    fn measure_duration(&mut self, pos: usize, seconds: f64) {
+        let Some(d) = self.ema_dur.get_mut(pos) else {
+            return;
+        };
+        let old = *d;
+        let new = match old {
+            None => seconds,
+            Some(old) => EMA_ALPHA * seconds + (1.0 - EMA_ALPHA) * old,
+        };
+        *d = Some(new);
+        self.dur_sums.add(pos, new - old.unwrap_or(0.0));
+        if old.is_none() {
+            self.unmeasured.add(pos, -1.0);
+        }
+    }
+
+    /// Expected seconds from the start of the step at `pos` to the start of the one `k` steps
+    /// later (infinite while one of them is unmeasured). O(log steps).
+    fn time_ahead(&self, pos: usize, k: usize) -> f64 {
+        if k == 0 {
+            return 0.0;
+        }
+        if self.unmeasured.cyclic(pos, k) > 0.5 {
+            f64::INFINITY
+        } else {
+            self.dur_sums.cyclic(pos, k)
+        }
     }
 
     fn len(&self) -> u64 {
@@ -376,6 +457,10 @@ pub struct Planner {
     loading_bytes: u64,
     /// The last prefetch walk stopped because a block found no room.
     space_blocked: bool,
+    /// The prefetch walk's resumable cursor: every certain use in the `scan` steps from `pos`
+    /// is on the device, in transfer, or not to be prefetched. Lowered by [`Planner::touch`]
+    /// when a block there goes back to the host, moved on by hints, reset by replans.
+    scan: usize,
     /// Some block the current hint protects is not on the device yet: the joint step placement
     /// runs at every pump until it is (see the module docs).
     step_pending: bool,
@@ -435,6 +520,7 @@ impl Planner {
             pipeline_bytes: 0,
             loading_bytes: 0,
             space_blocked: false,
+            scan: 0,
             step_pending: false,
             reserved: Vec::new(),
             pinned_bytes: 0,
@@ -540,6 +626,17 @@ impl Planner {
             };
             // The step-duration history belongs to the old positions.
             self.last_hint = None;
+            self.scan = 0;
+        }
+    }
+
+    /// `index` may be prefetchable again (it went back to the host, or its error was cleared):
+    /// the prefetch walk looks again from its next use. O(log uses).
+    fn touch(&mut self, index: u32) {
+        if self.scan > 0 && !self.schedule.stale {
+            if let Some(d) = self.schedule.next_use(index, self.pos, false) {
+                self.scan = self.scan.min(d as usize);
+            }
         }
     }
 
@@ -689,13 +786,22 @@ impl Planner {
         self.protected.retain(|&i| i != id.index);
         self.reserved.retain(|&(i, _)| i != id.index);
         self.pending_demands.retain(|&i| i != id.index);
-        let mut changed = false;
-        for blocks in self.schedule.declared.values_mut() {
-            let before = blocks.len();
-            blocks.retain(|&(i, _)| i != id.index);
-            changed |= blocks.len() != before;
+        // Its declared uses, found through the (synced) next-use index: O(its uses x step size),
+        // not a walk of the schedule.
+        self.sync_schedule();
+        let steps: Vec<u64> = self.schedule.positions[id.index as usize]
+            .iter()
+            .map(|&p| self.schedule.steps[p as usize])
+            .collect();
+        let changed = !steps.is_empty();
+        for step in steps {
+            if let Some(blocks) = self.schedule.declared.get_mut(&step) {
+                blocks.retain(|&(i, _)| i != id.index);
+                if blocks.is_empty() {
+                    self.schedule.declared.remove(&step);
+                }
+            }
         }
-        self.schedule.declared.retain(|_, v| !v.is_empty());
         if changed {
             self.schedule.stale = true;
         }
@@ -763,17 +869,16 @@ impl Planner {
                     Some(old) => EMA_ALPHA * x + (1.0 - EMA_ALPHA) * old,
                 });
             };
-            if let Some(d) = self.schedule.ema_dur.get_mut(prev) {
-                ema(d, dur);
-            }
+            self.schedule.measure_duration(prev, dur);
             if let Some(c) = self.schedule.ema_compute.get_mut(prev) {
+                self.schedule.measured += usize::from(c.is_none());
                 ema(c, (dur - self.step_stall_s).max(0.0));
             }
             // Once every step's work and the link's bandwidth are measured, size the streaming
             // reserve from them (once per declared schedule).
             if !self.plan_timed
                 && self.ema_bw > 0.0
-                && self.schedule.ema_compute.iter().all(Option::is_some)
+                && self.schedule.measured == self.schedule.ema_compute.len()
             {
                 self.plan_timed = true;
                 self.plan_stale = true;
@@ -802,7 +907,16 @@ impl Planner {
         self.tick += 1;
         self.hinted = true;
         if self.schedule.len() > 0 {
+            let (old, len) = (self.pos, self.schedule.len() as usize);
             self.pos = self.schedule.position_of(step);
+            // The walk's done range starts at the new position; a step hinted again is looked at
+            // afresh (the uses it skipped as "used this step" belong to the old epoch).
+            let moved = (self.pos + len - old) % len;
+            self.scan = if moved == 0 {
+                0
+            } else {
+                self.scan.saturating_sub(moved)
+            };
             self.last_step = Some(step);
             self.last_hint = Some((self.pos, now));
             if self.schedule.steps[self.pos] == step {
@@ -897,10 +1011,11 @@ impl Planner {
         let b = self.block_mut(id)?;
         // A failed load's error belongs to the waiters registered for it; only with none left is
         // it stale.
-        if b.error_waiters == 0 {
-            b.error = None;
-        }
+        let cleared = b.error_waiters == 0 && b.error.take().is_some();
         let state = b.state;
+        if cleared {
+            self.touch(id.index);
+        }
         self.n.waits += 1;
         self.tick += 1;
         if !predicted {
@@ -953,6 +1068,7 @@ impl Planner {
             b.error_waiters -= 1;
             if b.error_waiters == 0 {
                 b.error = None;
+                self.touch(id.index);
             }
             return Some(Err(e));
         }
@@ -971,8 +1087,8 @@ impl Planner {
         if let Ok(b) = self.block_mut(id) {
             b.waiters = b.waiters.saturating_sub(1);
             b.error_waiters = b.error_waiters.min(b.waiters);
-            if b.error_waiters == 0 {
-                b.error = None;
+            if b.error_waiters == 0 && b.error.take().is_some() {
+                self.touch(id.index);
             }
         }
         self.pump();
@@ -1092,6 +1208,7 @@ impl Planner {
             b.state = State::Host;
             b.dirty = false;
             self.resident_blocks -= 1;
+            self.touch(id.index);
             self.n.bytes_d2h += size;
             self.n.writebacks += 1;
             self.n.evictions += 1;
@@ -1262,6 +1379,7 @@ impl Planner {
     fn ensure_plan(&mut self) {
         if self.plan_stale {
             self.replan();
+            self.scan = 0;
         }
     }
 
@@ -1494,6 +1612,7 @@ impl Planner {
             self.resident_blocks -= 1;
             self.n.evictions += 1;
             self.commands.push_back(Command::Evict { block: id });
+            self.touch(index);
         }
         if wasted {
             self.pipeline_bytes -= self.b(index).spec.size;
@@ -1548,13 +1667,7 @@ impl Planner {
     /// or the first region's block that cannot be evicted.
     fn clear_range(&self, at: u64, size: u64, mode: Mode) -> std::result::Result<Vec<u32>, u32> {
         let mut victims = Vec::new();
-        for r in self.pool.regions() {
-            if r.offset + r.size <= at {
-                continue;
-            }
-            if r.offset >= at + size {
-                break;
-            }
+        for r in self.pool.regions_in(at, size) {
             if let Some(i) = r.tag {
                 if self.evictable(i, mode).is_none() && !self.misplaced_evictable(i, mode) {
                     return Err(i);
@@ -2017,13 +2130,7 @@ impl Planner {
         index: u32,
     ) -> std::result::Result<Vec<u32>, bool> {
         let mut victims = Vec::new();
-        for r in self.pool.regions() {
-            if r.offset + r.size <= at {
-                continue;
-            }
-            if r.offset >= at + size {
-                break;
-            }
+        for r in self.pool.regions_in(at, size) {
             let Some(j) = r.tag else { continue };
             let b = self.b(j);
             if matches!(b.state, State::Loading { .. } | State::WritingBack { .. }) {
@@ -2116,16 +2223,17 @@ impl Planner {
     ///   pool (each pipeline byte evicts a byte that would otherwise stay for next pass), or
     /// - its step starts more than `lookahead_s` after the pipeline could have copied it
     ///   (starting later is as good, and keeps the resident set intact longer).
+    ///
+    /// The walk resumes where the last one stopped (`scan`), so a pump costs O(blocks it
+    /// issues or looks at again) plus O(log steps) per candidate for its step's start time,
+    /// not a walk of the whole schedule.
     fn prefetch(&mut self) {
         self.space_blocked = false;
         let len = self.schedule.len() as usize;
         let cap = self.budget() / 4;
-        let mut est = 0.0;
-        for k in 0..len {
+        while self.scan < len {
+            let k = self.scan;
             let p = (self.pos + k) % len;
-            if k > 0 {
-                est += self.schedule.ema_dur[(p + len - 1) % len].unwrap_or(f64::INFINITY);
-            }
             for j in 0..self.schedule.uses[p].len() {
                 let i = self.schedule.uses[p][j];
                 let b = self.b(i);
@@ -2142,6 +2250,7 @@ impl Planner {
                 // kept block, so the horizon (which protects an emergent resident set) is moot.
                 let kept_safe = self.planned && self.placed_by_plan(i);
                 if self.pipeline_bytes > 0 && !kept_safe {
+                    let est = self.schedule.time_ahead(self.pos, k);
                     let ahead = self.pipeline_bytes + b.spec.size;
                     let fed = self.loading_bytes > 0
                         && self.copy_time(self.loading_bytes + b.spec.size) > self.lookahead_s;
@@ -2157,6 +2266,10 @@ impl Planner {
                         return;
                     }
                 }
+            }
+            // Done with this step, unless a placement sent a block of an earlier one back.
+            if self.scan == k {
+                self.scan = k + 1;
             }
         }
     }
@@ -2217,6 +2330,36 @@ mod tests {
         assert_eq!(s.next_use(1, 2, true), Some(2));
         assert_eq!(s.position_of(6), 2);
         assert_eq!(s.position_of(10), 0);
+    }
+
+    /// The prefetch walk resumes at its cursor; a block behind the cursor that goes back to the
+    /// host (an eviction the walk did not make) must be walked to again, or it would only come
+    /// back as a demand load.
+    #[test]
+    fn the_prefetch_cursor_walks_back_to_an_evicted_block() {
+        let mut p = Planner::new(PlannerConfig::new(64 * MIB)).unwrap();
+        let ids: Vec<BlockId> = (0..6)
+            .map(|_| p.add_block(BlockSpec::new(MIB)).unwrap())
+            .collect();
+        for (s, &id) in ids.iter().enumerate() {
+            p.declare(s as u64, id).unwrap();
+        }
+        p.hint(0, 0.0);
+        complete_all(&mut p);
+        assert_eq!(
+            p.scan, 6,
+            "everything fits: the walk went all the way round"
+        );
+        let victim = ids[3];
+        p.evict(victim.index);
+        assert_eq!(p.residency(victim).unwrap(), Residency::Host);
+        p.pump();
+        let reloaded = std::iter::from_fn(|| p.poll_command())
+            .any(|c| matches!(c, Command::Load { block, .. } if block == victim));
+        assert!(
+            reloaded,
+            "an evicted block behind the cursor is prefetched again"
+        );
     }
 
     #[test]

@@ -1,10 +1,19 @@
 //! The device pool: one arena of `budget` bytes, sub-allocated by offset.
 //!
-//! A two-level segregated-fit allocator (TLSF): free regions sit in size-class lists found through
-//! two bitmaps, so allocation and free are O(1); regions are also linked in address order, so frees
-//! coalesce with their neighbours in O(1) and the planner can walk the arena to pick eviction windows
-//! (see `planner.rs`). Everything is in units of [`GRANULE`] bytes. The pool never touches memory: it
-//! hands out offsets into an arena the backend owns.
+//! A two-level segregated-fit allocator (TLSF): free regions sit in size classes found through
+//! two bitmaps. Each class is ordered by offset, and every region is indexed by its offset, so:
+//! - `alloc` (good fit), `free` (with coalescing), `alloc_at` and `alloc_containing` cost
+//!   O(log r) for `r` regions;
+//! - `alloc_low` / `alloc_high` (first / last fit in address order) cost O(c log r) over the `c`
+//!   non-empty classes that hold a fit (at most 64 x 16, a handful in practice), plus a scan of
+//!   the one class whose members may be smaller than the request;
+//! - [`Pool::regions_from`] starts an address-order walk at any offset in O(log r), so the planner
+//!   looks only at the regions a placement overlaps (see `planner.rs`).
+//!
+//! Regions are also linked in address order, so frees coalesce with their neighbours.
+//! Everything is in units of [`GRANULE`] bytes. The pool never touches memory: it hands out
+//! offsets into an arena the backend owns.
+use std::collections::BTreeMap;
 
 /// Allocation granule in bytes: every offset and size is a multiple of it.
 pub const GRANULE: u64 = 256;
@@ -51,8 +60,6 @@ struct Node {
     tag: u32,
     prev_phys: u32,
     next_phys: u32,
-    prev_free: u32,
-    next_free: u32,
 }
 
 /// The offset allocator. Plain data; no I/O.
@@ -63,7 +70,10 @@ pub struct Pool {
     spare: Vec<u32>,
     fl_bitmap: u64,
     sl_bitmap: [u32; FL_COUNT],
-    heads: Vec<u32>,
+    /// Free regions by size class, each ordered by offset (granules) -> node.
+    classes: Vec<BTreeMap<u64, u32>>,
+    /// Every live region by offset (granules) -> node.
+    starts: BTreeMap<u64, u32>,
     used: u64, // granules
     peak: u64, // granules
 }
@@ -93,7 +103,8 @@ impl Pool {
             spare: Vec::new(),
             fl_bitmap: 0,
             sl_bitmap: [0; FL_COUNT],
-            heads: vec![NIL; FL_COUNT * SL_COUNT],
+            classes: vec![BTreeMap::new(); FL_COUNT * SL_COUNT],
+            starts: BTreeMap::new(),
             used: 0,
             peak: 0,
         };
@@ -128,12 +139,11 @@ impl Pool {
         }
         let fl = 63 - self.fl_bitmap.leading_zeros() as usize;
         let sl = 31 - self.sl_bitmap[fl].leading_zeros() as usize;
-        let mut best = 0;
-        let mut n = self.heads[fl * SL_COUNT + sl];
-        while n != NIL {
-            best = best.max(self.nodes[n as usize].size);
-            n = self.nodes[n as usize].next_free;
-        }
+        let best = self.classes[fl * SL_COUNT + sl]
+            .values()
+            .map(|&n| self.nodes[n as usize].size)
+            .max()
+            .unwrap_or(0);
         best * GRANULE
     }
 
@@ -156,57 +166,46 @@ impl Pool {
             tag: 0,
             prev_phys: NIL,
             next_phys: NIL,
-            prev_free: NIL,
-            next_free: NIL,
         };
-        if let Some(i) = self.spare.pop() {
+        let n = if let Some(i) = self.spare.pop() {
             self.nodes[i as usize] = node;
             i
         } else {
             self.nodes.push(node);
             (self.nodes.len() - 1) as u32
-        }
+        };
+        self.starts.insert(offset, n);
+        n
     }
 
     fn retire(&mut self, n: u32) {
-        self.nodes[n as usize].live = false;
+        let node = &mut self.nodes[n as usize];
+        node.live = false;
+        self.starts.remove(&node.offset);
         self.spare.push(n);
     }
 
     fn insert_free(&mut self, n: u32) {
-        let (fl, sl) = mapping(self.nodes[n as usize].size);
-        let idx = fl * SL_COUNT + sl;
-        let head = self.heads[idx];
-        {
+        let (offset, size) = {
             let node = &mut self.nodes[n as usize];
             node.used = false;
-            node.prev_free = NIL;
-            node.next_free = head;
-        }
-        if head != NIL {
-            self.nodes[head as usize].prev_free = n;
-        }
-        self.heads[idx] = n;
+            (node.offset, node.size)
+        };
+        let (fl, sl) = mapping(size);
+        self.classes[fl * SL_COUNT + sl].insert(offset, n);
         self.fl_bitmap |= 1 << fl;
         self.sl_bitmap[fl] |= 1 << sl;
     }
 
     fn remove_free(&mut self, n: u32) {
-        let (size, prev, next) = {
+        let (offset, size) = {
             let node = &self.nodes[n as usize];
-            (node.size, node.prev_free, node.next_free)
+            (node.offset, node.size)
         };
         let (fl, sl) = mapping(size);
-        let idx = fl * SL_COUNT + sl;
-        if prev != NIL {
-            self.nodes[prev as usize].next_free = next;
-        } else {
-            self.heads[idx] = next;
-        }
-        if next != NIL {
-            self.nodes[next as usize].prev_free = prev;
-        }
-        if self.heads[idx] == NIL {
+        let class = &mut self.classes[fl * SL_COUNT + sl];
+        class.remove(&offset);
+        if class.is_empty() {
             self.sl_bitmap[fl] &= !(1 << sl);
             if self.sl_bitmap[fl] == 0 {
                 self.fl_bitmap &= !(1 << fl);
@@ -214,9 +213,9 @@ impl Pool {
         }
     }
 
-    /// Finds a free region of at least `units` granules: first in a class whose every member fits
-    /// (O(1)), else by scanning the one class that may hold a fit.
-    fn find_free(&self, units: u64) -> Option<u32> {
+    /// The classes whose every member holds `units` granules, in size order (non-empty only),
+    /// and the one class below them whose members may or may not.
+    fn fit_classes(&self, units: u64) -> (impl Iterator<Item = usize> + '_, Option<usize>) {
         let (fl0, sl0) = mapping(units);
         let rounded = if units < SL_COUNT as u64 {
             units
@@ -225,32 +224,92 @@ impl Pool {
             units.saturating_add((1u64 << (f - SL_BITS)) - 1)
         };
         let (fl, sl) = mapping(rounded);
-        if fl < FL_COUNT {
-            let sl_map = self.sl_bitmap[fl] & (!0u32).checked_shl(sl as u32).unwrap_or(0);
-            let found = if sl_map != 0 {
-                Some((fl, sl_map.trailing_zeros() as usize))
+        let exact = fl0 * SL_COUNT + sl0;
+        let first = fl * SL_COUNT + sl;
+        let full = (fl.min(FL_COUNT)..FL_COUNT).flat_map(move |f| {
+            let mask = if f == fl {
+                (!0u32).checked_shl(sl as u32).unwrap_or(0)
             } else {
-                let fl_map = self.fl_bitmap & (!0u64).checked_shl(fl as u32 + 1).unwrap_or(0);
-                if fl_map != 0 {
-                    let f = fl_map.trailing_zeros() as usize;
-                    Some((f, self.sl_bitmap[f].trailing_zeros() as usize))
-                } else {
-                    None
-                }
+                !0u32
             };
-            if let Some((f, s)) = found {
-                return Some(self.heads[f * SL_COUNT + s]);
+            let mut bits = if self.fl_bitmap & (1 << f) != 0 {
+                self.sl_bitmap[f] & mask
+            } else {
+                0
+            };
+            std::iter::from_fn(move || {
+                (bits != 0).then(|| {
+                    let s = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    f * SL_COUNT + s
+                })
+            })
+        });
+        (full, (exact != first).then_some(exact))
+    }
+
+    /// Finds a free region of at least `units` granules: the lowest-addressed member of the
+    /// smallest class whose every member fits, else the first fit in the one class that may hold
+    /// one. O(log r).
+    fn find_free(&self, units: u64) -> Option<u32> {
+        let (mut full, exact) = self.fit_classes(units);
+        if let Some(c) = full.next() {
+            return self.classes[c].values().next().copied();
+        }
+        let c = exact?;
+        self.classes[c]
+            .values()
+            .copied()
+            .find(|&n| self.nodes[n as usize].size >= units)
+    }
+
+    /// The free region holding `units` granules at the lowest (`high`: highest) address.
+    fn find_extreme(&self, units: u64, high: bool) -> Option<u32> {
+        let (full, exact) = self.fit_classes(units);
+        let pick = |c: usize| {
+            let class = &self.classes[c];
+            if high {
+                class.iter().next_back()
+            } else {
+                class.iter().next()
+            }
+            .map(|(&o, &n)| (o, n))
+        };
+        let better = |a: u64, b: u64| if high { a > b } else { a < b };
+        let mut best: Option<(u64, u32)> = None;
+        for c in full {
+            if let Some((o, n)) = pick(c) {
+                if best.is_none_or(|(b, _)| better(o, b)) {
+                    best = Some((o, n));
+                }
             }
         }
-        // The exact class of `units` may still hold a region that is big enough.
-        let mut n = self.heads[fl0 * SL_COUNT + sl0];
-        while n != NIL {
-            if self.nodes[n as usize].size >= units {
-                return Some(n);
+        if let Some(c) = exact {
+            // Members in address order from the favoured end; stop once past the best so far.
+            let class = &self.classes[c];
+            let members: Box<dyn Iterator<Item = (&u64, &u32)>> = if high {
+                Box::new(class.iter().rev())
+            } else {
+                Box::new(class.iter())
+            };
+            for (&o, &n) in members {
+                if best.is_some_and(|(b, _)| !better(o, b)) {
+                    break;
+                }
+                if self.nodes[n as usize].size >= units {
+                    best = Some((o, n));
+                    break;
+                }
             }
-            n = self.nodes[n as usize].next_free;
         }
-        None
+        best.map(|(_, n)| n)
+    }
+
+    /// The region containing granule `at`. O(log r).
+    fn node_at(&self, at: u64) -> Option<u32> {
+        let (_, &n) = self.starts.range(..=at).next_back()?;
+        let node = &self.nodes[n as usize];
+        (at < node.offset + node.size).then_some(n)
     }
 
     /// Allocates `bytes` (rounded up to the granule), labelling the region with `tag`.
@@ -264,11 +323,7 @@ impl Pool {
     /// region is big enough. The planner uses it to put a block exactly where it made room.
     pub fn alloc_containing(&mut self, offset: u64, bytes: u64, tag: u32) -> Option<Allocation> {
         let units = granules(bytes).max(1);
-        let at = offset / GRANULE;
-        let n = self.phys_order().find(|&n| {
-            let node = &self.nodes[n as usize];
-            node.offset <= at && at < node.offset + node.size
-        })?;
+        let n = self.node_at(offset / GRANULE)?;
         let node = &self.nodes[n as usize];
         (!node.used && node.size >= units).then(|| self.take(n, units, tag))
     }
@@ -281,10 +336,7 @@ impl Pool {
         }
         let units = granules(bytes).max(1);
         let at = offset / GRANULE;
-        let n = self.phys_order().find(|&n| {
-            let node = &self.nodes[n as usize];
-            node.offset <= at && at < node.offset + node.size
-        })?;
+        let n = self.node_at(at)?;
         let node = &self.nodes[n as usize];
         if node.used || node.offset + node.size < at + units {
             return None;
@@ -304,28 +356,19 @@ impl Pool {
     }
 
     /// Allocates `bytes` at the lowest address that fits (first fit in address order). The planner
-    /// packs the blocks it keeps resident from the bottom with it. O(regions).
+    /// packs the blocks it keeps resident from the bottom with it. Cost in the module docs.
     pub fn alloc_low(&mut self, bytes: u64, tag: u32) -> Option<Allocation> {
         let units = granules(bytes).max(1);
-        let n = self.phys_order().find(|&n| {
-            let node = &self.nodes[n as usize];
-            !node.used && node.size >= units
-        })?;
+        let n = self.find_extreme(units, false)?;
         Some(self.take(n, units, tag))
     }
 
     /// Allocates `bytes` at the highest address that fits. Small blocks placed from the top keep
     /// the low addresses contiguous for large ones; a tiny block in the middle of the arena would
-    /// otherwise split the largest free region in two. O(regions).
+    /// otherwise split the largest free region in two. Cost in the module docs.
     pub fn alloc_high(&mut self, bytes: u64, tag: u32) -> Option<Allocation> {
         let units = granules(bytes).max(1);
-        let best = self
-            .phys_order()
-            .filter(|&n| {
-                let node = &self.nodes[n as usize];
-                !node.used && node.size >= units
-            })
-            .last()?;
+        let best = self.find_extreme(units, true)?;
         let size = self.nodes[best as usize].size;
         if size == units {
             return Some(self.take(best, units, tag));
@@ -440,9 +483,33 @@ impl Pool {
         self.retire(next);
     }
 
-    /// All regions in address order.
+    /// All regions in address order. O(r).
     pub fn regions(&self) -> impl Iterator<Item = RegionView> + '_ {
-        self.phys_order().map(|id| {
+        self.phys_order().map(|id| self.view(id))
+    }
+
+    /// Regions in address order from the one containing byte `offset` (none past the end).
+    /// O(log r) to start, O(1) per region.
+    pub fn regions_from(&self, offset: u64) -> impl Iterator<Item = RegionView> + '_ {
+        let mut n = self.node_at(offset / GRANULE).unwrap_or(NIL);
+        std::iter::from_fn(move || {
+            (n != NIL).then(|| {
+                let id = n;
+                n = self.nodes[n as usize].next_phys;
+                self.view(id)
+            })
+        })
+    }
+
+    /// The regions overlapping `[offset, offset + size)`, in address order.
+    pub fn regions_in(&self, offset: u64, size: u64) -> impl Iterator<Item = RegionView> + '_ {
+        let end = offset.saturating_add(size);
+        self.regions_from(offset)
+            .take_while(move |r| r.offset < end)
+    }
+
+    fn view(&self, id: u32) -> RegionView {
+        {
             let node = &self.nodes[id as usize];
             RegionView {
                 region: RegionId(id),
@@ -450,7 +517,7 @@ impl Pool {
                 size: node.size * GRANULE,
                 tag: node.used.then_some(node.tag),
             }
-        })
+        }
     }
 }
 
@@ -557,6 +624,12 @@ mod tests {
                     }
                 } else if op < 2 {
                     let before = p.largest_free();
+                    let need = granules(size) * GRANULE;
+                    let fits: Vec<(u64, u64)> = p
+                        .regions()
+                        .filter(|r| r.tag.is_none() && r.size >= need)
+                        .map(|r| (r.offset, r.size))
+                        .collect();
                     let a = match size % 3 {
                         0 => p.alloc_high(size, 7),
                         1 => p.alloc_low(size, 7),
@@ -564,6 +637,15 @@ mod tests {
                     };
                     match a {
                         Some(a) => {
+                            // First / last fit in address order, exactly.
+                            match size % 3 {
+                                0 => {
+                                    let (o, s) = *fits.last().unwrap();
+                                    prop_assert_eq!(a.offset + a.size, o + s);
+                                }
+                                1 => prop_assert_eq!(a.offset, fits[0].0),
+                                _ => {}
+                            }
                             prop_assert!(a.offset + a.size <= p.capacity());
                             for l in &live {
                                 prop_assert!(a.offset + a.size <= l.offset || l.offset + l.size <= a.offset);
@@ -577,6 +659,14 @@ mod tests {
                     p.free(a.region);
                 }
                 check(&p);
+                // An offset-started walk sees exactly the regions a full walk does from there.
+                let probe = at / GRANULE * GRANULE % p.capacity().max(1);
+                let all: Vec<RegionView> = p
+                    .regions()
+                    .filter(|r| r.offset + r.size > probe && r.offset < probe + size)
+                    .collect();
+                let from: Vec<RegionView> = p.regions_in(probe, size).collect();
+                prop_assert_eq!(all, from);
             }
         }
     }
