@@ -23,6 +23,7 @@ use std::sync::Arc as StdArc;
 use crate::backend::{
     Backend, BackendInfo, Borrowed, Direction, Fence, Memory, SimBackend, SimConfig,
 };
+use crate::host_tier::HostTier;
 use crate::planner::{Acquire, Command, Planner, PlannerConfig};
 use crate::sync::{self, Arc, Condvar, Instant, Mutex, MutexGuard};
 use crate::trace::Trace;
@@ -131,6 +132,7 @@ impl EngineBuilder {
             ready: Condvar::new(),
             work: Condvar::new(),
             host_addressable: backend.host_addressable(),
+            host_tier: HostTier::new(),
             backend,
             arena,
             chunk_bytes: self.chunk_bytes,
@@ -163,6 +165,8 @@ pub(crate) struct Shared {
     #[allow(dead_code)]
     arena: Box<dyn Memory>,
     host_addressable: bool,
+    /// Slabs the host copies of small allocated blocks are cut from (`host_tier.rs`).
+    host_tier: StdArc<HostTier>,
     pub chunk_bytes: u64,
     pub pipeline_depth: usize,
     pub epoch: Instant,
@@ -244,7 +248,7 @@ impl State {
                     size,
                     demand,
                 } => {
-                    let host = self.host_addr(block);
+                    let (host, mapping) = self.host_of(block);
                     self.queue.push(
                         block,
                         Direction::HostToDevice,
@@ -252,6 +256,7 @@ impl State {
                         self.arena_base + offset,
                         size,
                         demand,
+                        mapping,
                     );
                     queued = true;
                 }
@@ -260,7 +265,7 @@ impl State {
                     offset,
                     size,
                 } => {
-                    let host = self.host_addr(block);
+                    let (host, mapping) = self.host_of(block);
                     self.queue.push(
                         block,
                         Direction::DeviceToHost,
@@ -268,6 +273,7 @@ impl State {
                         self.arena_base + offset,
                         size,
                         true,
+                        mapping,
                     );
                     queued = true;
                 }
@@ -341,10 +347,11 @@ impl State {
         }
     }
 
-    fn host_addr(&self, block: BlockId) -> u64 {
+    /// The block's host address and the mapping it lies in.
+    fn host_of(&self, block: BlockId) -> (u64, u64) {
         self.hosts[block.index as usize]
             .as_ref()
-            .map(|m| m.addr())
+            .map(|m| (m.addr(), m.mapping()))
             .expect("a live block has a host copy")
     }
 
@@ -475,7 +482,10 @@ impl Engine {
             st.planner.validate(&spec)?;
         }
         // Allocate (and zero) the host copy outside the lock: it can be gigabytes.
-        let host = self.shared.backend.alloc_host(spec.size)?;
+        let host = self
+            .shared
+            .host_tier
+            .alloc(&*self.shared.backend, spec.size)?;
         self.add_block(spec, host, false)
     }
 
@@ -559,7 +569,7 @@ impl Engine {
         if st.planner.is_busy(id)? {
             return Err(Error::BlockInUse(id));
         }
-        let host = st.host_addr(id) + offset;
+        let host = st.host_of(id).0 + offset;
         // SAFETY: the range was checked to lie inside the host copy; no copy of this block is in
         // flight (settled) and the lock keeps new ones from starting; `data` cannot alias the
         // engine's buffer through safe code.
@@ -656,7 +666,7 @@ impl Engine {
                 }
             }
             _ => {
-                let host = st.host_addr(id) + offset;
+                let host = st.host_of(id).0 + offset;
                 // SAFETY: the range lies in the host copy; no write-back is in flight (settled).
                 unsafe {
                     std::ptr::copy_nonoverlapping(
@@ -943,7 +953,7 @@ impl Engine {
     pub fn host_ptr(&self, id: BlockId) -> Result<u64> {
         let st = self.lock_live()?;
         st.planner.spec(id)?;
-        Ok(st.host_addr(id))
+        Ok(st.host_of(id).0)
     }
 
     fn unhold(&self, id: BlockId) {

@@ -26,6 +26,7 @@ pub mod backend;
 mod block;
 mod engine;
 mod error;
+pub mod host_tier;
 pub mod os;
 pub mod pattern;
 mod placement;

@@ -378,6 +378,8 @@ struct InFlight {
 /// The runtime's transfer thread and backend, on a virtual clock.
 struct VirtualRuntime {
     planner: Planner,
+    /// Each block's (host offset, mapping), as the engine's host tier would lay them out.
+    hosts: Vec<(u64, u64)>,
     queue: TransferQueue,
     in_flight: VecDeque<InFlight>,
     link: Link,
@@ -395,15 +397,36 @@ impl VirtualRuntime {
             match c {
                 Command::Load {
                     block,
+                    offset,
                     size,
                     demand,
-                    ..
-                } => self
-                    .queue
-                    .push(block, Direction::HostToDevice, 0, 0, size, demand),
-                Command::WriteBack { block, size, .. } => {
-                    self.queue
-                        .push(block, Direction::DeviceToHost, 0, 0, size, true)
+                } => {
+                    let (host, mapping) = self.hosts[block.index as usize];
+                    self.queue.push(
+                        block,
+                        Direction::HostToDevice,
+                        host,
+                        offset,
+                        size,
+                        demand,
+                        mapping,
+                    )
+                }
+                Command::WriteBack {
+                    block,
+                    offset,
+                    size,
+                } => {
+                    let (host, mapping) = self.hosts[block.index as usize];
+                    self.queue.push(
+                        block,
+                        Direction::DeviceToHost,
+                        host,
+                        offset,
+                        size,
+                        true,
+                        mapping,
+                    )
                 }
                 Command::Expedite { block } => self.queue.expedite(block),
                 Command::Evict { .. } => {}
@@ -422,7 +445,7 @@ impl VirtualRuntime {
             }
             let (start, finish) = self.link.copy(now, chunk.dir, chunk.len);
             if let Some(t) = self.trace.as_mut() {
-                let (name, cat) = self.queue.describe(chunk.seq, &self.planner);
+                let (name, cat) = self.queue.describe(&chunk, &self.planner);
                 t.push_copy(&name, cat, start, finish, chunk.len);
             }
             self.in_flight.push_back(InFlight {
@@ -441,10 +464,7 @@ impl VirtualRuntime {
         let f = self.in_flight.pop_front()?;
         let t = f.finish;
         let busy = f.finish - f.start;
-        if let Some(job) = self
-            .queue
-            .chunk_done(f.chunk.seq, f.chunk.len, Ok(()), busy)
-        {
+        for job in self.queue.chunk_done(&f.chunk, Ok(()), busy) {
             let (ok, reason, busy) = job.outcome();
             match job.dir {
                 Direction::HostToDevice => self.planner.transfer_done(job.block, ok, reason, busy),
@@ -517,8 +537,11 @@ fn engine_policy(ctx: &mut Ctx<'_>, planned: bool) -> Result<Measured> {
             planner.declare_p(s, ids[b], p)?;
         }
     }
+    // Block ids are slot indices in creation order here: the layout is indexed by them.
+    let hosts = crate::host_tier::model_layout(ctx.workload.blocks.iter().map(|b| b.bytes));
     let mut rt = VirtualRuntime {
         planner,
+        hosts,
         queue: TransferQueue::default(),
         in_flight: VecDeque::new(),
         link: Link::new(cfg),

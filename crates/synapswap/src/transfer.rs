@@ -1,13 +1,26 @@
 //! The runtime's transfer side: a deadline-ordered queue of copy jobs and the dedicated thread that
-//! feeds them, chunk by chunk, to the backend's copy queue.
+//! feeds them, chunk by chunk, to the backend's copy queue. The simulator drives the same queue on
+//! its virtual clock (`simulate.rs`).
 //!
 //! Order: demand loads (a caller is blocked) first, then write-backs (they free space someone is
 //! waiting for), then prefetches in the order the planner issued them, which is deadline order.
 //! Jobs are cut into chunks (default 8 MiB) and the next chunk is chosen afresh each time, so a
 //! demand load that arrives during a long prefetch waits behind at most the chunks already queued
 //! on the backend (one on `sim`).
+//!
+//! # Coalescing
+//! Every copy pays a fixed cost on top of its bytes (a driver call and the DMA setup: 2-10 us,
+//! assumed; the simulator's `--latency`), which dominates small blocks. So a chunk does not end at
+//! a job's end: while it is under the chunk size, it goes on with the next job in the same order
+//! when that job's bytes follow on in the same host mapping (`mapping`: one registered
+//! allocation, such as a host slab) and on the device, in the same direction. The planner places a
+//! step's streamed blocks end to end in its ring and the engine allocates blocks end to end in its
+//! host slabs, so a step's small blocks usually go as one copy. Merging never reorders: the chunk
+//! takes only the job that would have been next anyway.
+//!
+//! Cost: O(log jobs) per push, chunk, completion and lookup by block.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use crate::backend::{Direction, Ticket};
 use crate::engine::{poll_fences, Shared, State};
@@ -22,6 +35,8 @@ pub(crate) struct Job {
     pub device: u64,
     pub len: u64,
     pub demand: bool,
+    /// The host allocation the bytes live in: only jobs of one mapping are merged.
+    mapping: u64,
     seq: u64,
     submitted: u64,
     completed: u64,
@@ -64,20 +79,33 @@ pub(crate) enum LoadTicket {
 /// Pending copy jobs.
 #[derive(Debug, Default)]
 pub(crate) struct TransferQueue {
-    jobs: Vec<Job>,
+    jobs: HashMap<u64, Job>,
+    /// (rank class, seq) of the jobs with bytes left to submit and no failure.
+    ready: BTreeSet<(u8, u64)>,
+    /// Seqs of the eager jobs with bytes left to submit.
+    eager: BTreeSet<u64>,
+    /// The load job of each block being loaded (one at a time).
+    loads: HashMap<BlockId, u64>,
     seq: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
+/// Rank class of write-backs in [`TransferQueue::ready`].
+const WRITE_BACK: u8 = 1;
+
+/// One copy for the backend: a contiguous host and device range covering `parts` (the bytes of
+/// one or more jobs, in order).
+#[derive(Debug, Clone)]
 pub(crate) struct Chunk {
-    pub seq: u64,
     pub dir: Direction,
     host: u64,
     device: u64,
     pub len: u64,
+    /// (job seq, bytes) in address order.
+    parts: Vec<(u64, u64)>,
 }
 
 impl TransferQueue {
+    #[allow(clippy::too_many_arguments)] // a job's fields
     pub fn push(
         &mut self,
         block: BlockId,
@@ -86,15 +114,17 @@ impl TransferQueue {
         device: u64,
         len: u64,
         demand: bool,
+        mapping: u64,
     ) {
         self.seq += 1;
-        self.jobs.push(Job {
+        let job = Job {
             block,
             dir,
             host,
             device,
             len,
             demand,
+            mapping,
             seq: self.seq,
             submitted: 0,
             completed: 0,
@@ -104,61 +134,119 @@ impl TransferQueue {
             queued: 0,
             last_ticket: None,
             eager: false,
-        });
-    }
-
-    /// A queued prefetch of `block` is now waited for.
-    pub fn expedite(&mut self, block: BlockId) {
-        for j in &mut self.jobs {
-            if j.block == block && j.dir == Direction::HostToDevice {
-                j.demand = true;
-            }
+        };
+        if len > 0 {
+            self.ready.insert(Self::rank(&job));
         }
+        if dir == Direction::HostToDevice {
+            self.loads.insert(block, job.seq);
+        }
+        self.jobs.insert(job.seq, job);
     }
 
     fn rank(j: &Job) -> (u8, u64) {
         let class = match (j.dir, j.demand) {
             (Direction::HostToDevice, true) => 0,
-            (Direction::DeviceToHost, _) => 1,
+            (Direction::DeviceToHost, _) => WRITE_BACK,
             (Direction::HostToDevice, false) => 2,
         };
         (class, j.seq)
     }
 
-    /// Carves the next chunk to copy, from the most urgent job with bytes left to submit.
-    pub fn next_chunk(&mut self, chunk_bytes: u64, pick: Pick) -> Option<Chunk> {
-        let job = self
-            .jobs
-            .iter_mut()
-            .filter(|j| j.submitted < j.len && j.failed.is_none())
-            .filter(|j| match pick {
-                Pick::Any => true,
-                Pick::WriteBacks => j.dir == Direction::DeviceToHost,
-                Pick::Eager => j.eager,
-            })
-            .min_by_key(|j| Self::rank(j))?;
-        let len = (job.len - job.submitted).min(chunk_bytes);
-        let c = Chunk {
-            seq: job.seq,
-            dir: job.dir,
-            host: job.host + job.submitted,
-            device: job.device + job.submitted,
-            len,
+    /// Makes `block`'s load a demand load (and `eager` if asked), re-ranking it.
+    fn promote(&mut self, block: BlockId, eager: bool) {
+        let Some(&seq) = self.loads.get(&block) else {
+            return;
         };
-        job.submitted += len;
-        job.in_flight += 1;
+        let Some(j) = self.jobs.get_mut(&seq) else {
+            return;
+        };
+        let was = Self::rank(j);
+        j.demand = true;
+        j.eager |= eager;
+        let open = j.submitted < j.len && j.failed.is_none();
+        if open && self.ready.remove(&was) {
+            self.ready.insert(Self::rank(j));
+        }
+        if open && j.eager {
+            self.eager.insert(seq);
+        }
+    }
+
+    /// A queued prefetch of `block` is now waited for.
+    pub fn expedite(&mut self, block: BlockId) {
+        self.promote(block, false);
+    }
+
+    /// The job `pick` would take next.
+    fn first(&self, pick: Pick) -> Option<u64> {
+        match pick {
+            Pick::Any => self.ready.first().map(|r| r.1),
+            Pick::WriteBacks => self
+                .ready
+                .range((WRITE_BACK, 0)..(WRITE_BACK + 1, 0))
+                .next()
+                .map(|r| r.1),
+            Pick::Eager => self.eager.first().copied(),
+        }
+    }
+
+    /// Takes up to `max` bytes of job `seq` into `c`.
+    fn take(&mut self, seq: u64, max: u64, c: &mut Chunk) {
+        let j = self.jobs.get_mut(&seq).expect("a ranked job is queued");
+        let len = (j.len - j.submitted).min(max);
+        j.submitted += len;
+        j.in_flight += 1;
+        c.len += len;
+        c.parts.push((seq, len));
+        if j.submitted == j.len {
+            let rank = Self::rank(j);
+            self.ready.remove(&rank);
+            self.eager.remove(&seq);
+        }
+    }
+
+    /// Carves the next chunk to copy from the most urgent job with bytes left to submit, and
+    /// goes on into the jobs after it while their bytes follow on (see the module docs).
+    pub fn next_chunk(&mut self, chunk_bytes: u64, pick: Pick) -> Option<Chunk> {
+        let seq = self.first(pick)?;
+        let j = &self.jobs[&seq];
+        let mut c = Chunk {
+            dir: j.dir,
+            host: j.host + j.submitted,
+            device: j.device + j.submitted,
+            len: 0,
+            parts: Vec::new(),
+        };
+        let mapping = j.mapping;
+        self.take(seq, chunk_bytes, &mut c);
+        while c.len < chunk_bytes {
+            let Some(next) = self.first(pick) else { break };
+            let j = &self.jobs[&next];
+            let follows = j.dir == c.dir
+                && j.mapping == mapping
+                && j.host + j.submitted == c.host + c.len
+                && j.device + j.submitted == c.device + c.len;
+            if !follows {
+                break;
+            }
+            self.take(next, chunk_bytes - c.len, &mut c);
+        }
         Some(c)
     }
 
-    /// A label and category for the job with sequence number `seq`, for traces.
-    pub fn describe(&self, seq: u64, planner: &crate::planner::Planner) -> (String, &'static str) {
-        let Some(j) = self.jobs.iter().find(|j| j.seq == seq) else {
+    /// A label and category for a chunk, for traces.
+    pub fn describe(&self, c: &Chunk, planner: &crate::planner::Planner) -> (String, &'static str) {
+        let Some(j) = c.parts.first().and_then(|p| self.jobs.get(&p.0)) else {
             return ("copy".into(), "copy");
         };
-        let name = planner
+        let mut name = planner
             .spec(j.block)
             .map(|s| s.name.clone())
             .unwrap_or_default();
+        if c.parts.len() > 1 {
+            name = format!("{name} +{} more", c.parts.len() - 1);
+        }
         match (j.dir, j.demand) {
             (Direction::DeviceToHost, _) => (format!("write-back {name}"), "write-back"),
             (Direction::HostToDevice, true) => (format!("load {name}"), "demand"),
@@ -166,21 +254,19 @@ impl TransferQueue {
         }
     }
 
-    /// A chunk of job `seq` is on the backend's queue with `ticket`.
-    pub fn record_ticket(&mut self, seq: u64, len: u64, ticket: Ticket) {
-        if let Some(j) = self.jobs.iter_mut().find(|j| j.seq == seq) {
-            j.queued += len;
-            j.last_ticket = Some(ticket);
+    /// A chunk is on the backend's queue with `ticket`.
+    pub fn record_ticket(&mut self, c: &Chunk, ticket: Ticket) {
+        for &(seq, len) in &c.parts {
+            if let Some(j) = self.jobs.get_mut(&seq) {
+                j.queued += len;
+                j.last_ticket = Some(ticket);
+            }
         }
     }
 
     /// Where `block`'s load stands.
     pub fn load_ticket(&self, block: BlockId) -> LoadTicket {
-        let Some(j) = self
-            .jobs
-            .iter()
-            .find(|j| j.block == block && j.dir == Direction::HostToDevice)
-        else {
+        let Some(j) = self.loads.get(&block).and_then(|s| self.jobs.get(s)) else {
             return LoadTicket::Gone;
         };
         match (&j.failed, j.last_ticket) {
@@ -192,54 +278,69 @@ impl TransferQueue {
 
     /// A consumer's stream will wait on `block`'s load: copy it first, and all of it at once.
     pub fn make_eager(&mut self, block: BlockId) {
-        for j in &mut self.jobs {
-            if j.block == block && j.dir == Direction::HostToDevice {
-                j.eager = true;
-                j.demand = true;
-            }
-        }
+        self.promote(block, true);
     }
 
     /// Whether a write-back still has bytes to submit.
     pub fn has_writebacks(&self) -> bool {
-        self.jobs
-            .iter()
-            .any(|j| j.dir == Direction::DeviceToHost && j.submitted < j.len && j.failed.is_none())
+        self.first(Pick::WriteBacks).is_some()
+    }
+
+    /// Removes a job that is over.
+    fn remove(&mut self, seq: u64) -> Option<Job> {
+        let j = self.jobs.remove(&seq)?;
+        self.ready.remove(&Self::rank(&j));
+        self.eager.remove(&seq);
+        if self.loads.get(&j.block) == Some(&seq) {
+            self.loads.remove(&j.block);
+        }
+        Some(j)
     }
 
     /// Fails every job (the device is lost): no chunk of them is submitted again. Returns the
     /// jobs that are now over (nothing of them in flight); the rest end with their last chunk.
     pub fn fail_all(&mut self, reason: &str) -> Vec<Job> {
-        for j in &mut self.jobs {
+        self.ready.clear();
+        self.eager.clear();
+        let mut over: Vec<u64> = Vec::new();
+        for j in self.jobs.values_mut() {
             j.failed.get_or_insert_with(|| reason.to_string());
-        }
-        let (over, rest) = std::mem::take(&mut self.jobs)
-            .into_iter()
-            .partition(|j| j.in_flight == 0);
-        self.jobs = rest;
-        over
-    }
-
-    /// Records a finished chunk; returns the job if it is now over (completed or failed).
-    pub fn chunk_done(
-        &mut self,
-        seq: u64,
-        len: u64,
-        result: Result<(), String>,
-        busy_s: f64,
-    ) -> Option<Job> {
-        let i = self.jobs.iter().position(|j| j.seq == seq)?;
-        let j = &mut self.jobs[i];
-        j.in_flight -= 1;
-        j.busy_s += busy_s;
-        match result {
-            Ok(()) => j.completed += len,
-            Err(e) => {
-                j.failed.get_or_insert(e);
+            if j.in_flight == 0 {
+                over.push(j.seq);
             }
         }
-        let over = j.in_flight == 0 && (j.completed == j.len || j.failed.is_some());
-        over.then(|| self.jobs.remove(i))
+        over.sort_unstable();
+        over.into_iter().filter_map(|s| self.remove(s)).collect()
+    }
+
+    /// Records a finished chunk; returns the jobs it carried that are now over (completed or
+    /// failed), in order. A failure fails every job in the chunk. The chunk's busy time is
+    /// shared among its jobs by bytes.
+    pub fn chunk_done(&mut self, c: &Chunk, result: Result<(), String>, busy_s: f64) -> Vec<Job> {
+        let mut over = Vec::new();
+        for &(seq, len) in &c.parts {
+            let Some(j) = self.jobs.get_mut(&seq) else {
+                continue;
+            };
+            j.in_flight -= 1;
+            j.busy_s += busy_s * len as f64 / c.len.max(1) as f64;
+            match &result {
+                Ok(()) => j.completed += len,
+                Err(e) => {
+                    if j.failed.is_none() {
+                        j.failed = Some(e.clone());
+                        let rank = Self::rank(j);
+                        self.ready.remove(&rank);
+                        self.eager.remove(&seq);
+                    }
+                }
+            }
+            let j = &self.jobs[&seq];
+            if j.in_flight == 0 && (j.completed == j.len || j.failed.is_some()) {
+                over.extend(self.remove(seq));
+            }
+        }
+        over
     }
 }
 
@@ -313,11 +414,13 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
                 .into_iter()
                 .map(|c| {
                     let t0 = Instant::now();
-                    // SAFETY: the chunk lies inside the block's host buffer and its device
-                    // region. The planner keeps the region allocated, and the engine keeps the
-                    // host buffer alive and untouched by callers (`write`, `read` and `free` wait
-                    // for the block's jobs), until this job is reported done, which happens only
-                    // after `wait` on every chunk's ticket.
+                    // SAFETY: the chunk is the union of end-to-end parts of its jobs, each
+                    // inside its block's host buffer and device region (parts are merged only
+                    // where one job's bytes start where the previous one's end, in one host
+                    // mapping and on the device). The planner keeps each region allocated, and
+                    // the engine keeps each host buffer alive and untouched by callers (`write`,
+                    // `read` and `free` wait for the block's jobs), until the job is reported
+                    // done, which happens only after `wait` on every chunk's ticket.
                     let r = unsafe {
                         backend.submit(c.dir, c.host as usize as *mut u8, c.device, c.len as usize)
                     };
@@ -328,14 +431,12 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
             for (c, r, t0) in submitted {
                 match r {
                     Ok(ticket) => {
-                        st.queue.record_ticket(c.seq, c.len, ticket);
+                        st.queue.record_ticket(&c, ticket);
                         in_flight.push_back((c, ticket, t0));
                     }
                     Err(e) => {
                         st.note(&shared, &e);
-                        if let Some(job) =
-                            st.queue.chunk_done(c.seq, c.len, Err(e.to_string()), 0.0)
-                        {
+                        for job in st.queue.chunk_done(&c, Err(e.to_string()), 0.0) {
                             finish_job(&shared, &mut st, &job);
                         }
                     }
@@ -370,7 +471,7 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
             st.note(&shared, e);
         }
         if st.trace.is_some() {
-            let (name, cat) = st.queue.describe(c.seq, &st.planner);
+            let (name, cat) = st.queue.describe(&c, &st.planner);
             let (a, b) = (
                 (start - shared.epoch).as_secs_f64(),
                 (done - shared.epoch).as_secs_f64(),
@@ -380,7 +481,7 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
             }
         }
         let result = result.map_err(|e| e.to_string());
-        if let Some(job) = st.queue.chunk_done(c.seq, c.len, result, busy) {
+        for job in st.queue.chunk_done(&c, result, busy) {
             finish_job(&shared, &mut st, &job);
         }
     }

@@ -478,7 +478,14 @@ fn run(ops: &[Op], steps: &AtomicU64) -> Result<(), TestCaseError> {
         let after = engine.stats();
         prop_assert!(after.hits <= after.waits && after.loads >= after.demand_loads);
         let external_bytes: u64 = external.iter().map(|b| b.len() as u64).sum::<u64>();
-        prop_assert!(backend.live_host_bytes() <= s.host_bytes);
+        // Allocated blocks' host copies are cut from slabs (`host_tier`), which a block holds
+        // open: these sequences' blocks take far less than one slab, so at most one is open.
+        prop_assert!(
+            backend.live_host_bytes() <= s.host_bytes + synapswap::host_tier::SLAB_BYTES,
+            "{} live host bytes for {} bytes of blocks",
+            backend.live_host_bytes(),
+            s.host_bytes
+        );
         prop_assert!(backend.live_host_bytes() + external_bytes >= s.host_bytes);
     }
     for (k, n) in m.holds.into_iter().filter(|_| !shut) {

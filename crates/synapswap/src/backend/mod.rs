@@ -31,6 +31,11 @@ pub trait Memory: Send + Sync + fmt::Debug {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// The allocation (or registration) this memory is part of, by its start address: copies
+    /// of adjacent blocks are merged only within one (a slab's sub-blocks share it).
+    fn mapping(&self) -> u64 {
+        self.addr()
+    }
 }
 
 /// Direction of a copy.
