@@ -515,3 +515,81 @@ fn finish_job(shared: &Shared, st: &mut State, job: &Job) {
     st.apply_commands(shared);
     shared.ready.notify_all();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(index: u32) -> BlockId {
+        BlockId {
+            index,
+            generation: 0,
+        }
+    }
+
+    const H2D: Direction = Direction::HostToDevice;
+
+    #[test]
+    fn jobs_whose_bytes_follow_on_go_as_one_copy() {
+        let mut q = TransferQueue::default();
+        // Three blocks end to end in mapping 7 and on the device, then one in another mapping,
+        // then one with a gap on the device.
+        q.push(id(0), H2D, 1000, 0, 100, false, 7);
+        q.push(id(1), H2D, 1100, 100, 100, false, 7);
+        q.push(id(2), H2D, 1200, 200, 50, false, 7);
+        q.push(id(3), H2D, 1250, 250, 50, false, 8);
+        q.push(id(4), H2D, 1300, 356, 50, false, 8);
+        let c = q.next_chunk(1 << 20, Pick::Any).unwrap();
+        assert_eq!((c.host, c.device, c.len, c.parts.len()), (1000, 0, 250, 3));
+        let c2 = q.next_chunk(1 << 20, Pick::Any).unwrap();
+        assert_eq!((c2.host, c2.len, c2.parts.len()), (1250, 50, 1), "another mapping");
+        let c3 = q.next_chunk(1 << 20, Pick::Any).unwrap();
+        assert_eq!((c3.device, c3.parts.len()), (356, 1), "a gap on the device");
+        assert!(q.next_chunk(1 << 20, Pick::Any).is_none());
+        let done: Vec<u32> = q
+            .chunk_done(&c, Ok(()), 2.5)
+            .iter()
+            .map(|j| j.block.index)
+            .collect();
+        assert_eq!(done, [0, 1, 2]);
+        assert_eq!(q.load_ticket(id(1)), LoadTicket::Gone);
+    }
+
+    #[test]
+    fn a_merged_chunk_stops_at_the_chunk_size_and_never_reorders() {
+        let mut q = TransferQueue::default();
+        q.push(id(0), H2D, 0, 0, 100, false, 0);
+        q.push(id(1), H2D, 100, 100, 100, false, 0);
+        // A demand load elsewhere ranks first; the adjacent prefetches follow it only in order.
+        q.push(id(2), H2D, 5000, 5000, 10, true, 0);
+        let c = q.next_chunk(150, Pick::Any).unwrap();
+        assert_eq!((c.host, c.len), (5000, 10), "demand first, alone: nothing follows on");
+        let c = q.next_chunk(150, Pick::Any).unwrap();
+        assert_eq!((c.host, c.len, c.parts.clone()), (0, 150, vec![(1, 100), (2, 50)]));
+        let c2 = q.next_chunk(150, Pick::Any).unwrap();
+        assert_eq!((c2.host, c2.len), (150, 50));
+        // A failed merged copy fails each job it carried; the rest of job 2 is still in flight.
+        let over = q.chunk_done(&c, Err("link".into()), 0.0);
+        assert_eq!(over.len(), 1);
+        assert!(!over[0].outcome().0);
+        assert_eq!(q.load_ticket(id(1)), LoadTicket::Failed);
+        let over = q.chunk_done(&c2, Ok(()), 0.0);
+        assert_eq!(over.len(), 1);
+        assert!(!over[0].outcome().0, "one failed part fails the job");
+    }
+
+    #[test]
+    fn expedite_and_eager_re_rank_a_queued_load() {
+        let mut q = TransferQueue::default();
+        q.push(id(0), H2D, 0, 0, 100, false, 0);
+        q.push(id(1), H2D, 9000, 9000, 100, false, 0);
+        q.make_eager(id(1));
+        let c = q.next_chunk(1 << 20, Pick::Eager).unwrap();
+        assert_eq!(c.host, 9000);
+        assert!(q.next_chunk(1 << 20, Pick::Eager).is_none());
+        q.record_ticket(&c, Ticket(3));
+        assert_eq!(q.load_ticket(id(1)), LoadTicket::Queued(Ticket(3)));
+        assert_eq!(q.load_ticket(id(0)), LoadTicket::Submitting);
+        assert!(!q.has_writebacks());
+    }
+}
