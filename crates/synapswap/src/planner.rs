@@ -398,6 +398,9 @@ pub struct Planner {
     plan_timed: bool,
     /// Whether any block is kept (the plan is in force).
     planned: bool,
+    /// How many blocks, and their rounded bytes (for [`Stats`]).
+    kept_blocks: u64,
+    kept_bytes: u64,
     n: Counters,
 }
 
@@ -448,6 +451,8 @@ impl Planner {
             plan_stale: false,
             plan_timed: false,
             planned: false,
+            kept_blocks: 0,
+            kept_bytes: 0,
             n: Counters::default(),
         })
     }
@@ -1159,6 +1164,8 @@ impl Planner {
             copy_idle_s: self.n.copy_idle_s,
             h2d_bytes_per_s: self.ema_bw,
             lookahead_s: self.lookahead_s,
+            kept_blocks: self.kept_blocks,
+            kept_bytes: self.kept_bytes,
             prefetch: self.n.prefetch,
         }
     }
@@ -1287,6 +1294,8 @@ impl Planner {
         self.keep = vec![false; n];
         self.home = vec![None; n];
         self.planned = false;
+        self.kept_blocks = 0;
+        self.kept_bytes = 0;
         let rounded = |size: u64| granules(size) * GRANULE;
         // Pinned blocks never leave, so they get homes packed from offset 0 with or without a
         // plan: pinned blocks scattered over the arena would split the room every step needs.
@@ -1432,9 +1441,11 @@ impl Planner {
             self.home[i] = Some(at);
             at += rounded(self.b(i as u32).spec.size);
         }
+        self.kept_bytes = at - self.zone_start;
         self.zone_start = at;
         self.ring = at;
         self.planned = self.keep.iter().any(|&k| k);
+        self.kept_blocks = self.keep.iter().filter(|&&k| k).count() as u64;
     }
 
     /// With measured step times and bandwidth, and a pass whose streamed bytes copy in less time
