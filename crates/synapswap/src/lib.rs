@@ -26,6 +26,7 @@ pub mod backend;
 mod block;
 mod engine;
 mod error;
+mod keep_plan;
 pub mod os;
 pub mod pattern;
 mod placement;
