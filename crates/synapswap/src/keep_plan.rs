@@ -33,7 +33,11 @@
 //!   copy-bound, time is bytes over bandwidth: the same order). Once measured, it is the period
 //!   of the pipeline model in [`pass_time`]: `max(compute, streamed / bandwidth)` when the
 //!   reserve lets the link run ahead far enough, plus the stalls it cannot hide when it does
-//!   not. Ties go to fewer streamed bytes, then to more kept bytes, then to the set tried first.
+//!   not. Ties (equal predictions: every compute-bound set that hides its copies) go to a set
+//!   whose reserve covers its no-stall reserve (the model's prefetch always runs as far ahead
+//!   as the ring allows, the runtime's is also bounded by its horizon: this keeps the margin
+//!   that took the prefill presets to 0.998-1.000 of the oracle), then to fewer streamed
+//!   bytes, then to more kept bytes, then to the set tried first.
 //!
 //! Kept bytes are not the objective: a 37 MB classifier used at the first and the last step of a
 //! pass saves 74 MB per pass when kept, six 4 MB layers used once save 24 MB.
@@ -42,14 +46,19 @@
 //! Measured times are noisy, and a plan that changes with the noise moves different bytes from
 //! one run to the next. So the measured inputs are quantized (to 1/16 octave, about 4.4%), and
 //! the previous plan, when it was made for the same candidates, uses and room (only the
-//! measurements differ), stays unless the best set is predicted at least [`HYSTERESIS`] faster.
+//! measurements differ), stays unless the best set is predicted at least [`HYSTERESIS`] (5%)
+//! faster, or [`FIRST_MEASURED_HYSTERESIS`] (2%) when the previous plan was made before any
+//! measurement. Before measurements the plan is a function of the declarations alone, so the
+//! first measured plan of every run starts from the same one, and a run whose measurements fall
+//! on the other side of a near tie keeps it.
 //!
 //! # Cost
 //! With `c` candidates, `u` declared uses and `s` steps: sorting is O(c log c); each try is
 //! O(c + u + s) (the greedy fill, the streamed bytes per step, the window of two steps, the
 //! deficit by prefix sums and a sliding-window minimum, and [`MODEL_PASSES`] passes of the
-//! pipeline model); there are at most [`MAX_TRIES`] tries. So O(c log c + MAX_TRIES (c + u + s)):
-//! linear in the schedule, never quadratic in the steps.
+//! pipeline model); there are at most [`MAX_TRIES`] (97) tries, and one more for the previous
+//! plan. So O(c log c + MAX_TRIES (c + u + s)): linear in the schedule, never quadratic in the
+//! steps.
 
 use std::collections::VecDeque;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -60,18 +69,18 @@ const RESERVE_STEPS: usize = 2;
 /// Distinct block sizes whose double is tried as a reserve.
 const SIZE_TRIES: usize = 32;
 /// Most reserves tried.
-pub(crate) const MAX_TRIES: usize = 97;
+const MAX_TRIES: usize = 97;
 /// How much faster a new plan must be predicted to replace the previous one when both were
 /// made from measurements (they differ by noise only).
-pub(crate) const HYSTERESIS: f64 = 0.05;
+const HYSTERESIS: f64 = 0.05;
 /// The same when the previous plan was made before anything was measured: the measurements are
 /// new information, so a smaller margin (the measured plan for `unet-sdxl` is predicted 4.9%
 /// faster than the byte-optimal one, and is 5.5% faster on the simulator).
-pub(crate) const FIRST_MEASURED_HYSTERESIS: f64 = 0.02;
+const FIRST_MEASURED_HYSTERESIS: f64 = 0.02;
 /// Measured inputs are rounded to this fraction of an octave.
 const QUANTUM_PER_OCTAVE: f64 = 16.0;
 /// Passes of the pipeline model (at least 3); the period is the mean of the last two.
-pub(crate) const MODEL_PASSES: usize = 4;
+const MODEL_PASSES: usize = 4;
 const _: () = assert!(MODEL_PASSES >= 3);
 /// Relative difference below which two predictions are equal.
 const TIE: f64 = 1e-9;
@@ -188,10 +197,9 @@ fn shape_of(input: &Inputs) -> u64 {
     h.finish()
 }
 
-/// `a` is a better plan than `b`: less predicted time (bytes when unmeasured), then one whose
-/// reserve covers its no-stall reserve (`want`: the model assumes a prefetch that always runs
-/// as far ahead as the ring allows; this is the margin for when it does not), then fewer
-/// streamed bytes, then more kept bytes.
+/// `a` is a better plan than `b`: less predicted time (none when unmeasured), then one whose
+/// reserve covers its no-stall reserve, then fewer streamed bytes, then more kept bytes (see
+/// the module docs).
 fn better(a: &Eval, b: &Eval) -> bool {
     let less = |x: f64, y: f64| x < y - TIE * y.abs();
     if let (Some(ta), Some(tb)) = (a.time, b.time) {
@@ -363,10 +371,12 @@ pub(crate) fn plan(input: &Inputs, previous: Option<&KeepPlan>) -> KeepPlan {
     }
     // The previous plan stays unless the best is clearly faster.
     if let Some(prev) = previous.filter(|prev| prev.shape == shape) {
-        let mut keep = vec![false; n];
-        for (c, cand) in cands.iter().enumerate() {
-            keep[c] = prev.keep.contains(&cand.index);
-        }
+        let mut held = prev.keep.clone();
+        held.sort_unstable();
+        let keep: Vec<bool> = cands
+            .iter()
+            .map(|c| held.binary_search(&c.index).is_ok())
+            .collect();
         let e = p.evaluate(&keep);
         let margin = if prev.predicted_s.is_some() {
             HYSTERESIS
