@@ -27,6 +27,7 @@ mod block;
 mod engine;
 mod error;
 pub mod host_tier;
+mod keep_plan;
 pub mod os;
 pub mod pattern;
 mod placement;

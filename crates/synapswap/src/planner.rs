@@ -76,6 +76,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::block::{BlockId, BlockSpec, Policy, Residency, MAX_PRIORITY};
+use crate::keep_plan::{self, Candidate, KeepPlan, Use};
 use crate::placement::{self, Item, Kind, Span};
 use crate::pool::{granules, Allocation, Pool, GRANULE};
 use crate::stats::{PrefetchStats, Stats};
@@ -86,10 +87,6 @@ const EMA_ALPHA: f64 = 0.3;
 /// Lookahead bounds (seconds).
 const MIN_LOOKAHEAD_S: f64 = 1e-4;
 const MAX_LOOKAHEAD_S: f64 = 30.0;
-/// Consecutive steps whose streamed blocks the keep plan leaves room for: the step using its
-/// blocks and the next one loading (a third would only deepen the pipeline, at one step's bytes
-/// per pass).
-const RESERVE_STEPS: usize = 2;
 /// Per-copy decay of the bandwidth estimate's byte and second sums.
 const BW_DECAY: f64 = 0.05;
 /// Horizon adjustments.
@@ -483,6 +480,11 @@ pub struct Planner {
     plan_timed: bool,
     /// Whether any block is kept (the plan is in force).
     planned: bool,
+    /// How many blocks, and their rounded bytes (for [`Stats`]).
+    kept_blocks: u64,
+    kept_bytes: u64,
+    /// The last plan made (the previous plan of the next replan).
+    keep_plan: Option<KeepPlan>,
     n: Counters,
 }
 
@@ -534,6 +536,9 @@ impl Planner {
             plan_stale: false,
             plan_timed: false,
             planned: false,
+            kept_blocks: 0,
+            kept_bytes: 0,
+            keep_plan: None,
             n: Counters::default(),
         })
     }
@@ -1276,6 +1281,8 @@ impl Planner {
             copy_idle_s: self.n.copy_idle_s,
             h2d_bytes_per_s: self.ema_bw,
             lookahead_s: self.lookahead_s,
+            kept_blocks: self.kept_blocks,
+            kept_bytes: self.kept_bytes,
             prefetch: self.n.prefetch,
         }
     }
@@ -1383,17 +1390,9 @@ impl Planner {
         }
     }
 
-    /// The keep plan: which declared blocks should stay resident for good.
-    ///
-    /// Over a cyclic schedule, bytes moved per pass are the bytes of the blocks that are not
-    /// resident when used, so the best steady state keeps a fixed set whose expected uses per
-    /// cycle per byte are highest and streams the rest through what is left. Belady's rule finds
-    /// that set only when blocks are interchangeable bytes; in a contiguous pool, streamed blocks
-    /// evict their kept neighbours to make runs big enough and the "stable" set erodes (measured:
-    /// 15-19% more bytes than the minimum, BENCHMARKS.md, "`synapswap run`"). So the plan is
-    /// explicit: a greedy knapsack in (priority, uses per byte, size) order up to the budget
-    /// minus a streaming reserve. The reserve is the most bytes two consecutive steps stream (the
-    /// step running and the one loading), routed candidates weighted by their probability.
+    /// The keep plan: which declared blocks should stay resident for good, chosen by
+    /// [`keep_plan::plan`] (a pure function: what it decides and why, its hysteresis and its
+    /// cost are in `keep_plan.rs`); this gathers its inputs and lays out the homes.
     ///
     /// The plan only ranks: kept blocks go after every streamed block as victims (after priority
     /// and `Volatile`), and prefetching never evicts one; a demand load still can, so an access
@@ -1405,6 +1404,8 @@ impl Planner {
         self.keep = vec![false; n];
         self.home = vec![None; n];
         self.planned = false;
+        self.kept_blocks = 0;
+        self.kept_bytes = 0;
         let rounded = |size: u64| granules(size) * GRANULE;
         // Pinned blocks never leave, so they get homes packed from offset 0 with or without a
         // plan: pinned blocks scattered over the arena would split the room every step needs.
@@ -1425,8 +1426,8 @@ impl Planner {
         if len == 0 || !self.cfg.prefetch {
             return;
         }
-        // (index, expected uses per cycle, rounded size, priority)
-        let mut cands: Vec<(u32, f64, u64, u8)> = Vec::new();
+        let mut cand_of: Vec<Option<u32>> = vec![None; n];
+        let mut cands: Vec<Candidate> = Vec::new();
         for (i, slot) in self.slots.iter().enumerate() {
             let Some(b) = &slot.block else { continue };
             if b.spec.policy != Policy::Auto {
@@ -1434,160 +1435,60 @@ impl Planner {
             }
             let uses: f64 = self.schedule.pos_probs[i].iter().sum();
             if uses > 0.0 {
-                cands.push((i as u32, uses, rounded(b.spec.size), b.spec.priority));
+                cand_of[i] = Some(cands.len() as u32);
+                cands.push(Candidate {
+                    index: i as u32,
+                    uses,
+                    size: rounded(b.spec.size),
+                    priority: b.spec.priority,
+                    first: self.schedule.positions[i].first().copied().unwrap_or(0),
+                });
             }
         }
         if cands.is_empty() {
             return;
         }
-        // Keeping a block saves its size times its uses per cycle, so the value per kept byte is
-        // the number of uses; among equals the larger block is kept, so what streams is small
-        // and uniform and the streaming zone does not fragment.
-        // Among equals, spread the kept blocks evenly over the pass (golden-ratio sequence over
-        // first-use positions): a pass whose first layers are all kept and whose last are all
-        // streamed leaves the link idle early and short late, even when it keeps up on average.
-        let spread = |i: u32| {
-            let first = self.schedule.positions[i as usize]
-                .first()
-                .copied()
-                .unwrap_or(0);
-            (f64::from(first) * 0.618_033_988_749_895).fract()
-        };
-        cands.sort_by(|a, b| {
-            b.3.cmp(&a.3)
-                .then(b.1.total_cmp(&a.1))
-                .then(b.2.cmp(&a.2))
-                .then(spread(a.0).total_cmp(&spread(b.0)))
-                .then(a.0.cmp(&b.0))
-        });
-        let avail = self.budget().saturating_sub(self.pinned_bytes);
-        let greedy = |reserve: u64| -> Vec<bool> {
-            let mut keep = vec![false; n];
-            let mut fill = 0;
-            for &(i, _, size, _) in &cands {
-                if fill + size + reserve <= avail {
-                    fill += size;
-                    keep[i as usize] = true;
-                }
-            }
-            keep
-        };
-        // The reserve a keep set needs: the most two consecutive steps stream (at least the
-        // largest streamed block) or, measured and compute-bound, the prefetch deficit.
-        let required = |keep: &[bool]| -> u64 {
-            let streamed: Vec<f64> = (0..len)
-                .map(|p| {
-                    self.schedule.uses[p]
-                        .iter()
-                        .zip(&self.schedule.probs[p])
-                        .filter(|(&i, _)| !keep[i as usize])
-                        .map(|(&i, &pr)| rounded(self.b(i).spec.size) as f64 * pr)
-                        .sum()
-                })
-                .collect();
-            let largest_streamed = cands
-                .iter()
-                .filter(|c| !keep[c.0 as usize])
-                .map(|c| c.2)
-                .max()
-                .unwrap_or(0);
-            let window = (0..len)
-                .map(|p| {
-                    (0..RESERVE_STEPS.min(len))
-                        .map(|j| streamed[(p + j) % len])
-                        .sum::<f64>()
-                })
-                .fold(0.0f64, f64::max);
-            let mut need = (window.ceil() as u64).max(largest_streamed);
-            if let Some(deficit) = self.prefetch_deficit(&streamed) {
-                need = need.max(deficit + 2 * largest_streamed).min(avail / 2);
-            }
-            need
-        };
-        // Which reserve to plan for is a search, not a fixed point: one big block (an `lm_head`
-        // of half the pool) needs a big reserve if it streams and none if it is kept. Try room
-        // for two blocks of each size, and each plan's own requirement; keep the feasible plan
-        // (its requirement fits its reserve) that keeps the most bytes.
-        let mut sizes: Vec<u64> = cands.iter().map(|c| c.2).collect();
-        sizes.sort_unstable_by(|a, b| b.cmp(a));
-        sizes.dedup();
-        sizes.truncate(32);
-        let mut tries: Vec<u64> = sizes.iter().map(|&s| 2 * s).collect();
-        tries.push(avail);
-        let mut best: Option<(u64, Vec<bool>)> = None;
-        let mut tried = Vec::new();
-        while let Some(reserve) = tries.pop() {
-            if tried.contains(&reserve) || tried.len() > 96 {
-                continue;
-            }
-            tried.push(reserve);
-            let keep = greedy(reserve);
-            let need = required(&keep);
-            if need <= reserve {
-                let kept: u64 = cands
+        let steps: Vec<Vec<Use>> = (0..len)
+            .map(|p| {
+                self.schedule.uses[p]
                     .iter()
-                    .filter(|c| keep[c.0 as usize])
-                    .map(|c| c.2)
-                    .sum();
-                if best.as_ref().is_none_or(|(k, _)| kept > *k) {
-                    best = Some((kept, keep));
-                }
-            } else {
-                tries.push(need);
-            }
-        }
-        let keep = best.map(|(_, k)| k).unwrap_or_else(|| vec![false; n]);
-        self.keep = keep;
+                    .zip(&self.schedule.probs[p])
+                    .filter(|(&i, _)| self.b(i).spec.policy != Policy::Pinned)
+                    .map(|(&i, &prob)| Use {
+                        cand: cand_of[i as usize],
+                        size: rounded(self.b(i).spec.size),
+                        prob,
+                    })
+                    .collect()
+            })
+            .collect();
+        let compute: Vec<f64> = (self.schedule.ema_compute.iter())
+            .map(|c| c.unwrap_or(0.0))
+            .collect();
+        let inputs = keep_plan::Inputs {
+            candidates: &cands,
+            steps: &steps,
+            room: self.budget().saturating_sub(self.pinned_bytes),
+            timing: (self.plan_timed && self.ema_bw > 0.0).then_some(keep_plan::Timing {
+                compute_s: &compute,
+                bytes_per_s: self.ema_bw,
+            }),
+        };
+        let plan = keep_plan::plan(&inputs, self.keep_plan.as_ref());
         // Homes: pinned blocks (above), then kept ones in plan order, packed from offset 0. Plan
         // order keeps homes stable when a larger reserve drops the tail of the kept list.
         let mut at = self.zone_start;
-        let homed: Vec<usize> = cands
-            .iter()
-            .map(|c| c.0 as usize)
-            .filter(|&i| self.keep[i])
-            .collect();
-        for i in homed {
-            self.home[i] = Some(at);
-            at += rounded(self.b(i as u32).spec.size);
+        for &i in &plan.keep {
+            self.keep[i as usize] = true;
+            self.home[i as usize] = Some(at);
+            at += rounded(self.b(i).spec.size);
         }
+        self.kept_blocks = plan.keep.len() as u64;
+        self.kept_bytes = at - self.zone_start;
         self.zone_start = at;
         self.ring = at;
-        self.planned = self.keep.iter().any(|&k| k);
-    }
-
-    /// With measured step times and bandwidth, and a pass whose streamed bytes copy in less time
-    /// than it computes: the most bytes that must already be loaded when some step starts for
-    /// the link to deliver every later step's blocks in time, `max over i <= j of
-    /// bytes(i..=j) - bandwidth * compute(i..j)`. `None` when unmeasured or copy-bound (then the
-    /// link is the bottleneck, stalls are unavoidable, and a deeper pipeline only costs bytes).
-    fn prefetch_deficit(&self, streamed: &[f64]) -> Option<u64> {
-        if !self.plan_timed || self.ema_bw <= 0.0 {
-            return None;
-        }
-        let compute: Vec<f64> = self
-            .schedule
-            .ema_compute
-            .iter()
-            .map(|c| c.unwrap_or(0.0))
-            .collect();
-        let len = streamed.len();
-        let total_copy: f64 = streamed.iter().sum::<f64>() / self.ema_bw;
-        if len == 0 || total_copy >= compute.iter().sum::<f64>() {
-            return None;
-        }
-        let mut worst = 0.0f64;
-        for i in 0..len {
-            let (mut bytes, mut time) = (0.0, 0.0);
-            for k in 0..len {
-                let q = (i + k) % len;
-                if k > 0 {
-                    time += compute[(q + len - 1) % len];
-                }
-                bytes += streamed[q];
-                worst = worst.max(bytes - self.ema_bw * time);
-            }
-        }
-        Some(worst.ceil() as u64)
+        self.planned = !plan.keep.is_empty();
+        self.keep_plan = Some(plan);
     }
 
     fn evict(&mut self, index: u32) {

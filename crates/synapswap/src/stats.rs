@@ -71,6 +71,10 @@ pub struct Stats {
     pub h2d_bytes_per_s: f64,
     /// How far ahead (seconds) the planner currently prefetches.
     pub lookahead_s: f64,
+    /// Blocks the keep plan keeps resident at fixed homes (0 when no plan is in force).
+    pub kept_blocks: u64,
+    /// Their granule-rounded bytes: with `kept_blocks`, which plan is in force.
+    pub kept_bytes: u64,
     /// Prefetch accounting.
     pub prefetch: PrefetchStats,
 }

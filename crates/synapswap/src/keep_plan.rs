@@ -1,0 +1,785 @@
+//! The keep plan: which declared blocks stay resident for good (at homes packed from the bottom of
+//! the pool) and how much room is left above them for the blocks that stream (the streaming
+//! reserve).
+//!
+//! [`plan`] is a pure function of its inputs: the candidates, the declared uses of every step,
+//! the room, the measured step times and bandwidth when there are any, and the previous plan.
+//! The planner gathers them, calls it, and lays out the homes in the order it returns.
+//!
+//! # Why a plan
+//! Over a cyclic schedule the bytes moved per pass are the bytes of the blocks that are not
+//! resident when used, so the best steady state keeps a fixed set and streams the rest through
+//! what is left. Belady's rule finds that set only when blocks are interchangeable bytes; in a
+//! contiguous pool, streamed blocks evict their kept neighbours to make runs big enough and the
+//! "stable" set erodes (measured: 15-19% more bytes than the minimum, BENCHMARKS.md,
+//! "`synapswap run`"). So the set is explicit.
+//!
+//! # The choice
+//! A block that is not kept crosses the link at every use: its bytes times its probability, per
+//! use, every pass. Keeping a set `K` leaves `R = room - bytes(K)` for the streamed blocks.
+//!
+//! - **Candidate sets** are greedy knapsacks in (priority, uses per cycle, size, spread over the
+//!   pass) order that leave at least `r` free, for a bounded list of reserves `r`: room for two
+//!   blocks of each of the 32 largest sizes, all of the room, and each tried set's own no-stall
+//!   reserve (the most two consecutive steps stream, or measured and compute-bound, the prefetch
+//!   deficit plus two blocks: [`prefetch_deficit`]). The spread (golden-ratio sequence over
+//!   first-use positions) breaks ties so that the kept blocks are spread evenly over the pass: a
+//!   pass whose first layers are all kept and whose last are all streamed leaves the link idle
+//!   early and short late.
+//! - **Feasible** sets are those whose `R` holds the two consecutive steps that stream the most
+//!   (the step running and the one loading) and the largest streamed block.
+//! - **The plan** is the feasible set with the least predicted pass time. Before step times and
+//!   bandwidth are measured that is the set that streams the fewest bytes per pass (when
+//!   copy-bound, time is bytes over bandwidth: the same order). Once measured, it is the period
+//!   of the pipeline model in [`pass_time`]: `max(compute, streamed / bandwidth)` when the
+//!   reserve lets the link run ahead far enough, plus the stalls it cannot hide when it does
+//!   not. Ties (equal predictions: every compute-bound set that hides its copies) go to a set
+//!   whose reserve covers its no-stall reserve (the model's prefetch always runs as far ahead
+//!   as the ring allows, the runtime's is also bounded by its horizon: this keeps the margin
+//!   that took the prefill presets to 0.998-1.000 of the oracle), then to fewer streamed
+//!   bytes, then to more kept bytes, then to the set tried first.
+//!
+//! Kept bytes are not the objective: a 37 MB classifier used at the first and the last step of a
+//! pass saves 74 MB per pass when kept, six 4 MB layers used once save 24 MB.
+//!
+//! # Stability
+//! Measured times are noisy, and a plan that changes with the noise moves different bytes from
+//! one run to the next. So the measured inputs are quantized (to 1/16 octave, about 4.4%), and
+//! the previous plan, when it was made for the same candidates, uses and room (only the
+//! measurements differ), stays unless the best set is predicted at least [`HYSTERESIS`] (5%)
+//! faster, or [`FIRST_MEASURED_HYSTERESIS`] (2%) when the previous plan was made before any
+//! measurement. Before measurements the plan is a function of the declarations alone, so the
+//! first measured plan of every run starts from the same one, and a run whose measurements fall
+//! on the other side of a near tie keeps it.
+//!
+//! # Cost
+//! With `c` candidates, `u` declared uses and `s` steps: sorting is O(c log c); each try is
+//! O(c + u + s) (the greedy fill, the streamed bytes per step, the window of two steps, the
+//! deficit by prefix sums and a sliding-window minimum, and [`MODEL_PASSES`] passes of the
+//! pipeline model); there are at most [`MAX_TRIES`] (97) tries, and one more for the previous
+//! plan. So O(c log c + MAX_TRIES (c + u + s)): linear in the schedule, never quadratic in the
+//! steps.
+
+use std::collections::VecDeque;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+/// Consecutive steps whose streamed blocks the reserve must hold: the step using its blocks and
+/// the next one loading (a third would only deepen the pipeline, at one step's bytes per pass).
+const RESERVE_STEPS: usize = 2;
+/// Distinct block sizes whose double is tried as a reserve.
+const SIZE_TRIES: usize = 32;
+/// Most reserves tried.
+const MAX_TRIES: usize = 97;
+/// How much faster a new plan must be predicted to replace the previous one when both were
+/// made from measurements (they differ by noise only).
+const HYSTERESIS: f64 = 0.05;
+/// The same when the previous plan was made before anything was measured: the measurements are
+/// new information, so a smaller margin (the measured plan for `unet-sdxl` is predicted 4.9%
+/// faster than the byte-optimal one, and is 5.5% faster on the simulator).
+const FIRST_MEASURED_HYSTERESIS: f64 = 0.02;
+/// Measured inputs are rounded to this fraction of an octave.
+const QUANTUM_PER_OCTAVE: f64 = 16.0;
+/// Passes of the pipeline model (at least 3); the period is the mean of the last two.
+const MODEL_PASSES: usize = 4;
+const _: () = assert!(MODEL_PASSES >= 3);
+/// Relative difference below which two predictions are equal.
+const TIE: f64 = 1e-9;
+
+/// A block the plan may keep: an `Auto` block with declared uses.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Candidate {
+    /// The block's index (the planner's).
+    pub index: u32,
+    /// Expected uses per cycle (the probabilities of its declared uses, summed).
+    pub uses: f64,
+    /// Granule-rounded size, bytes.
+    pub size: u64,
+    /// Priority (higher is kept first).
+    pub priority: u8,
+    /// Its first declared position in the cycle.
+    pub first: u32,
+}
+
+/// One declared use at a step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Use {
+    /// Position of the block in [`Inputs::candidates`]; `None` for a block that is never kept
+    /// (`Lru`, `Volatile`): it always streams.
+    pub cand: Option<u32>,
+    /// Granule-rounded size, bytes.
+    pub size: u64,
+    /// Probability of the use per pass (1 for a fixed use, `k / n` for a routed candidate: such
+    /// a use is loaded when waited for, never ahead).
+    pub prob: f64,
+}
+
+/// Measured step times and bandwidth.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Timing<'a> {
+    /// Per position: the step's own work, seconds (its duration less the caller's stalls).
+    pub compute_s: &'a [f64],
+    /// Host-to-device bandwidth, bytes/s.
+    pub bytes_per_s: f64,
+}
+
+/// What [`plan`] decides from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Inputs<'a> {
+    /// The blocks that may be kept, in any order.
+    pub candidates: &'a [Candidate],
+    /// Per position of the cycle: its declared uses, pinned blocks left out (always resident).
+    pub steps: &'a [Vec<Use>],
+    /// Room for kept and streamed blocks: the budget less the pinned blocks, bytes.
+    pub room: u64,
+    /// Measured times, once every step has been timed and the link measured.
+    pub timing: Option<Timing<'a>>,
+}
+
+/// A keep plan.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct KeepPlan {
+    /// Block indices to keep, in home order (plan order: a larger reserve drops the tail).
+    pub keep: Vec<u32>,
+    /// Their rounded bytes.
+    pub kept_bytes: u64,
+    /// Room left for streaming: `room - kept_bytes`.
+    pub reserve: u64,
+    /// Expected bytes streamed per pass.
+    pub streamed_bytes: f64,
+    /// Predicted seconds per pass, when measured.
+    pub predicted_s: Option<f64>,
+    /// Fingerprint of the inputs other than the measurements (hysteresis applies only between
+    /// plans for the same candidates, uses and room).
+    shape: u64,
+}
+
+/// One candidate set, evaluated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Eval {
+    feasible: bool,
+    streamed: f64,
+    kept: u64,
+    reserve: u64,
+    time: Option<f64>,
+    /// The reserve with which this set would not stall (a reserve to try).
+    want: u64,
+}
+
+/// The measured inputs, quantized.
+struct Measured {
+    compute: Vec<f64>,
+    bw: f64,
+}
+
+/// Rounds a positive measurement to 1/16 octave; anything else is 0.
+fn quantize(x: f64) -> f64 {
+    if x.is_finite() && x > 0.0 {
+        ((x.log2() * QUANTUM_PER_OCTAVE).round() / QUANTUM_PER_OCTAVE).exp2()
+    } else {
+        0.0
+    }
+}
+
+fn shape_of(input: &Inputs) -> u64 {
+    let mut h = DefaultHasher::new();
+    input.room.hash(&mut h);
+    input.candidates.len().hash(&mut h);
+    for c in input.candidates {
+        (c.index, c.uses.to_bits(), c.size, c.priority, c.first).hash(&mut h);
+    }
+    input.steps.len().hash(&mut h);
+    for step in input.steps {
+        step.len().hash(&mut h);
+        for u in step {
+            (u.cand, u.size, u.prob.to_bits()).hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
+/// `a` is a better plan than `b`: less predicted time (none when unmeasured), then one whose
+/// reserve covers its no-stall reserve, then fewer streamed bytes, then more kept bytes (see
+/// the module docs).
+fn better(a: &Eval, b: &Eval) -> bool {
+    let less = |x: f64, y: f64| x < y - TIE * y.abs();
+    if let (Some(ta), Some(tb)) = (a.time, b.time) {
+        if less(ta, tb) {
+            return true;
+        }
+        if less(tb, ta) {
+            return false;
+        }
+    }
+    let (ca, cb) = (a.reserve >= a.want, b.reserve >= b.want);
+    if ca != cb {
+        return ca;
+    }
+    if less(a.streamed, b.streamed) {
+        return true;
+    }
+    if less(b.streamed, a.streamed) {
+        return false;
+    }
+    a.kept > b.kept
+}
+
+/// The objective the hysteresis compares: predicted time, or bytes when unmeasured.
+fn cost(e: &Eval) -> f64 {
+    e.time.unwrap_or(e.streamed)
+}
+
+struct Planning<'a> {
+    input: &'a Inputs<'a>,
+    measured: Option<Measured>,
+    /// Scratch: streamed bytes per step, prefetchable and loaded on demand.
+    ahead: Vec<f64>,
+    demand: Vec<f64>,
+}
+
+impl Planning<'_> {
+    /// Evaluates keeping the candidates marked in `keep` (by position in the inputs).
+    fn evaluate(&mut self, keep: &[bool]) -> Eval {
+        let input = self.input;
+        let len = input.steps.len();
+        let mut largest = 0u64;
+        let streams = |u: &Use| u.cand.is_none_or(|c| !keep[c as usize]);
+        for (p, step) in input.steps.iter().enumerate() {
+            let (mut ahead, mut demand) = (0.0, 0.0);
+            for u in step.iter().filter(|u| streams(u)) {
+                largest = largest.max(u.size);
+                if u.prob >= 1.0 {
+                    ahead += u.size as f64;
+                } else {
+                    demand += u.size as f64 * u.prob;
+                }
+            }
+            self.ahead[p] = ahead;
+            self.demand[p] = demand;
+        }
+        let streamed_at = |p: usize| self.ahead[p] + self.demand[p];
+        let streamed: f64 = (0..len).map(streamed_at).sum();
+        let window = (0..len)
+            .map(|p| {
+                (0..RESERVE_STEPS.min(len))
+                    .map(|j| streamed_at((p + j) % len))
+                    .sum::<f64>()
+            })
+            .fold(0.0f64, f64::max);
+        let hard = (window.ceil() as u64).max(largest);
+        let kept: u64 = input
+            .candidates
+            .iter()
+            .zip(keep)
+            .filter(|(_, &k)| k)
+            .map(|(c, _)| c.size)
+            .sum();
+        let reserve = input.room.saturating_sub(kept);
+        let mut want = hard;
+        let mut time = None;
+        if let Some(m) = &self.measured {
+            let per_step: Vec<f64> = (0..len).map(streamed_at).collect();
+            if let Some(deficit) = prefetch_deficit(&per_step, &m.compute, m.bw) {
+                want = want.max((deficit + 2 * largest).min(input.room / 2));
+            }
+            time = Some(pass_time(
+                &self.ahead,
+                &self.demand,
+                &m.compute,
+                m.bw,
+                reserve as f64,
+            ));
+        }
+        Eval {
+            feasible: reserve >= hard,
+            streamed,
+            kept,
+            reserve,
+            time,
+            want,
+        }
+    }
+}
+
+/// The keep plan for `input`; `previous` is the plan in force (see the module docs).
+pub(crate) fn plan(input: &Inputs, previous: Option<&KeepPlan>) -> KeepPlan {
+    let shape = shape_of(input);
+    let measured = input.timing.and_then(|t| {
+        let bw = quantize(t.bytes_per_s);
+        (bw > 0.0 && t.compute_s.len() == input.steps.len()).then(|| Measured {
+            compute: t.compute_s.iter().map(|&c| quantize(c)).collect(),
+            bw,
+        })
+    });
+    let len = input.steps.len();
+    let mut p = Planning {
+        input,
+        measured,
+        ahead: vec![0.0; len],
+        demand: vec![0.0; len],
+    };
+    let cands = input.candidates;
+    let n = cands.len();
+    // Keeping a block saves its size times its uses per cycle, so the value per kept byte is the
+    // number of uses; among equals the larger block is kept, so what streams is small and
+    // uniform and the streaming zone does not fragment; then the spread.
+    let spread = |c: &Candidate| (f64::from(c.first) * 0.618_033_988_749_895).fract();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&cands[a], &cands[b]);
+        b.priority
+            .cmp(&a.priority)
+            .then(b.uses.total_cmp(&a.uses))
+            .then(b.size.cmp(&a.size))
+            .then(spread(a).total_cmp(&spread(b)))
+            .then(a.index.cmp(&b.index))
+    });
+    let room = input.room;
+    let greedy = |reserve: u64| -> Vec<bool> {
+        let mut keep = vec![false; n];
+        let mut fill = 0;
+        for &c in &order {
+            if fill + cands[c].size + reserve <= room {
+                fill += cands[c].size;
+                keep[c] = true;
+            }
+        }
+        keep
+    };
+    // Which reserve to plan for is a search, not a fixed point: one big block (an `lm_head` of
+    // half the pool) needs a big reserve if it streams and none if it is kept.
+    let mut sizes: Vec<u64> = cands.iter().map(|c| c.size).collect();
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    sizes.dedup();
+    sizes.truncate(SIZE_TRIES);
+    let mut tries: Vec<u64> = sizes.iter().map(|&s| 2 * s).collect();
+    tries.push(room);
+    let mut tried: Vec<u64> = Vec::new();
+    let mut best: Option<(Eval, Vec<bool>)> = None;
+    while let Some(reserve) = tries.pop() {
+        if tried.len() >= MAX_TRIES || tried.contains(&reserve) {
+            continue;
+        }
+        tried.push(reserve);
+        let keep = greedy(reserve);
+        let e = p.evaluate(&keep);
+        if e.feasible && best.as_ref().is_none_or(|(b, _)| better(&e, b)) {
+            best = Some((e, keep));
+        }
+        if e.want > reserve {
+            tries.push(e.want);
+        }
+    }
+    // The previous plan stays unless the best is clearly faster.
+    if let Some(prev) = previous.filter(|prev| prev.shape == shape) {
+        let mut held = prev.keep.clone();
+        held.sort_unstable();
+        let keep: Vec<bool> = cands
+            .iter()
+            .map(|c| held.binary_search(&c.index).is_ok())
+            .collect();
+        let e = p.evaluate(&keep);
+        let margin = if prev.predicted_s.is_some() {
+            HYSTERESIS
+        } else {
+            FIRST_MEASURED_HYSTERESIS
+        };
+        let clearly_better = best
+            .as_ref()
+            .is_some_and(|(b, _)| cost(b) < cost(&e) * (1.0 - margin));
+        if e.feasible && !clearly_better {
+            best = Some((e, keep));
+        }
+    }
+    let (e, keep) = best.unwrap_or_else(|| {
+        let none = vec![false; n];
+        (p.evaluate(&none), none)
+    });
+    KeepPlan {
+        keep: order
+            .iter()
+            .filter(|&&c| keep[c])
+            .map(|&c| cands[c].index)
+            .collect(),
+        kept_bytes: e.kept,
+        reserve: e.reserve,
+        streamed_bytes: e.streamed,
+        predicted_s: e.time,
+        shape,
+    }
+}
+
+/// A pass whose streamed bytes copy in less time than it computes: the most bytes that must
+/// already be loaded when some step starts for the link to deliver every later step's blocks in
+/// time, `max over i <= j < i + len of bytes(i..=j) - bandwidth * compute(i..j)` (cyclic).
+/// `None` when copy-bound (then the link is the bottleneck, stalls are unavoidable, and a deeper
+/// pipeline only costs bytes) or empty.
+///
+/// O(len): with prefix sums `B` (bytes) and `C` (compute) over the doubled cycle, the value is
+/// `(B[j+1] - bw C[j]) - (B[i] - bw C[i])`, so each `j` needs the least `B[i] - bw C[i]` over
+/// the window `j + 1 - len <= i <= j` (`i < len`): a sliding-window minimum (monotone deque).
+pub(crate) fn prefetch_deficit(streamed: &[f64], compute: &[f64], bw: f64) -> Option<u64> {
+    let len = streamed.len();
+    if len == 0 || compute.len() != len || bw <= 0.0 {
+        return None;
+    }
+    let total_copy = streamed.iter().sum::<f64>() / bw;
+    if total_copy >= compute.iter().sum::<f64>() {
+        return None;
+    }
+    let (mut pb, mut pc) = (vec![0.0f64; 2 * len + 1], vec![0.0f64; 2 * len + 1]);
+    for k in 0..2 * len {
+        pb[k + 1] = pb[k] + streamed[k % len];
+        pc[k + 1] = pc[k] + compute[k % len];
+    }
+    let g = |i: usize| pb[i] - bw * pc[i];
+    let mut window: VecDeque<usize> = VecDeque::new();
+    let mut worst = 0.0f64;
+    for j in 0..2 * len - 1 {
+        if j < len {
+            while window.back().is_some_and(|&b| g(b) >= g(j)) {
+                window.pop_back();
+            }
+            window.push_back(j);
+        }
+        while window.front().is_some_and(|&f| f + len <= j) {
+            window.pop_front();
+        }
+        if let Some(&i) = window.front() {
+            worst = worst.max(pb[j + 1] - bw * pc[j] - g(i));
+        }
+    }
+    Some(worst.ceil() as u64)
+}
+
+/// Predicted seconds per pass: the period of a pipeline model run for [`MODEL_PASSES`] passes
+/// from an empty ring (the mean of the last two). It lays out what the planner does:
+/// - each step's streamed bytes are one contiguous run in a ring of `ring` bytes, placed after
+///   the previous step's run, or at the start when they do not fit before the end (the tail is
+///   lost until the ring comes round);
+/// - a step's prefetchable bytes (`ahead[k]`) are copied in deadline order, one step after
+///   another, at `bw`, once the link is free and their run is clear: every earlier step whose
+///   run it overlaps has ended (the newest of them, as steps end in order);
+/// - a step starts when the previous one has ended and its prefetched bytes are in; its routed
+///   bytes (`demand[k]`, expected) are copied only then, when waited for, and it waits for them;
+/// - it then computes for `compute[k]`, and its run is released when it ends.
+///
+/// So a pass takes `max(compute, streamed / bw)` when the ring lets the link run ahead far
+/// enough, and more by the stalls it cannot hide when the ring is short (the prefetch deficit),
+/// fragmented by runs that do not fit before its end, or when bytes come on demand.
+/// O(MODEL_PASSES x len).
+pub(crate) fn pass_time(ahead: &[f64], demand: &[f64], compute: &[f64], bw: f64, ring: f64) -> f64 {
+    let len = ahead.len();
+    if len == 0 {
+        return 0.0;
+    }
+    let total = MODEL_PASSES * len;
+    let mut end = vec![0.0f64; total];
+    // The runs placed so far, in order: (step, start in the unrolled ring, where lap `q` covers
+    // `q * ring .. (q + 1) * ring`).
+    let mut runs: Vec<(usize, f64)> = Vec::with_capacity(total);
+    let mut head = 0.0f64;
+    // `runs[..below]` start before the lowest offset the current run reaches, one lap back.
+    let mut below = 0usize;
+    let (mut link, mut prev_end) = (0.0f64, 0.0f64);
+    for k in 0..total {
+        let (a, d) = (ahead[k % len], demand[k % len]);
+        let bytes = a + d;
+        // When its run may be copied: once the newest earlier run it overlaps is released.
+        let mut clear = 0.0;
+        if bytes > 0.0 {
+            let lap = (head / ring).floor() * ring;
+            if head - lap + bytes > ring && head > lap {
+                head = lap + ring;
+            }
+            let reach = head + bytes - ring;
+            while below < runs.len() && runs[below].1 < reach {
+                below += 1;
+            }
+            if below > 0 {
+                clear = end[runs[below - 1].0];
+            }
+            runs.push((k, head));
+            head += bytes;
+        }
+        let ready = if a > 0.0 {
+            link = link.max(clear) + a / bw;
+            link
+        } else {
+            0.0
+        };
+        let mut start = prev_end.max(ready);
+        if d > 0.0 {
+            link = link.max(start).max(clear) + d / bw;
+            start = link;
+        }
+        end[k] = start + compute[k % len];
+        prev_end = end[k];
+    }
+    (end[total - 1] - end[total - 1 - 2 * len]) / 2.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+    const LAYER: u64 = 3_983_616;
+    const CLASSIFIER: u64 = 36_864_000;
+
+    /// Issue 14's decoder: block 0 the classifier (steps 0 and 7), block 1 the final norm (step
+    /// 7), blocks 2..=7 the layers (steps 1..=6).
+    fn decoder() -> (Vec<Candidate>, Vec<Vec<Use>>) {
+        let cand = |index: u32, size, uses, first| Candidate {
+            index,
+            uses,
+            size,
+            priority: 5,
+            first,
+        };
+        let mut cands = vec![cand(0, CLASSIFIER, 2.0, 0), cand(1, 1280, 1.0, 7)];
+        for l in 0..6 {
+            cands.push(cand(2 + l, LAYER, 1.0, 1 + l));
+        }
+        let at = |c: u32| Use {
+            cand: Some(c),
+            size: cands[c as usize].size,
+            prob: 1.0,
+        };
+        let mut steps = vec![vec![at(0)]];
+        steps.extend((0..6).map(|l| vec![at(2 + l)]));
+        steps.push(vec![at(1), at(0)]);
+        (cands, steps)
+    }
+
+    /// Compute per step of the decoder, each layer `layer_s`.
+    fn decoder_compute(layer_s: f64) -> Vec<f64> {
+        let mut c = vec![1e-4];
+        c.extend([layer_s; 6]);
+        c.push(1e-3);
+        c
+    }
+
+    fn inputs<'a>(
+        cands: &'a [Candidate],
+        steps: &'a [Vec<Use>],
+        room: u64,
+        compute: Option<&'a [f64]>,
+        bw: f64,
+    ) -> Inputs<'a> {
+        Inputs {
+            candidates: cands,
+            steps,
+            room,
+            timing: compute.map(|c| Timing {
+                compute_s: c,
+                bytes_per_s: bw,
+            }),
+        }
+    }
+
+    /// A tiny deterministic generator for noise.
+    fn lcg(state: &mut u64) -> f64 {
+        *state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (*state >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    #[test]
+    fn the_decoder_keeps_its_classifier() {
+        let (cands, steps) = decoder();
+        // Copies fit under compute (2.1 ms a layer against 2.0 ms a copy), and only just (the
+        // pass streams 12 ms and computes 14 ms), and copy-bound (1 ms a layer).
+        for layer_s in [None, Some(2.1e-3), Some(1.75e-3), Some(1e-3)] {
+            let compute = layer_s.map(decoder_compute);
+            let input = inputs(&cands, &steps, 45 * MIB, compute.as_deref(), 2e9);
+            let plan = plan(&input, None);
+            assert_eq!(plan.keep, vec![0, 1], "{layer_s:?}: {plan:?}");
+            assert_eq!(plan.streamed_bytes, 6.0 * LAYER as f64);
+            assert_eq!(plan.reserve, 45 * MIB - CLASSIFIER - 1280);
+            if let Some(t) = plan.predicted_s {
+                // At least the pass's compute and its copies; with per-step copies under the
+                // compute, about the compute.
+                let c: f64 = compute.as_ref().unwrap().iter().sum();
+                assert!(t >= c.max(plan.streamed_bytes / 2e9) * 0.95, "{t} {c}");
+                if layer_s == Some(2.1e-3) {
+                    assert!(t <= c * 1.05, "{t} {c}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_same_inputs_give_the_same_plan() {
+        let (cands, steps) = decoder();
+        let compute = decoder_compute(2.1e-3);
+        let input = inputs(&cands, &steps, 45 * MIB, Some(&compute), 2e9);
+        let first = plan(&input, None);
+        assert_eq!(first, plan(&input, None));
+        assert_eq!(first, plan(&input, Some(&first)));
+        // The candidates' order is not an input.
+        let mut reversed = cands.clone();
+        reversed.reverse();
+        let remap = |u: &Use| Use {
+            cand: u.cand.map(|c| cands.len() as u32 - 1 - c),
+            ..*u
+        };
+        let steps2: Vec<Vec<Use>> = steps
+            .iter()
+            .map(|s| s.iter().map(remap).collect())
+            .collect();
+        let other = plan(
+            &inputs(&reversed, &steps2, 45 * MIB, Some(&compute), 2e9),
+            None,
+        );
+        assert_eq!(
+            (other.keep, other.reserve, other.predicted_s),
+            (first.keep, first.reserve, first.predicted_s)
+        );
+    }
+
+    /// Ten 8 MiB blocks, one per step, five steps of `x` ms and five of `x / 10`, through 64 MiB
+    /// at 8 GB/s: a small reserve keeps more but stalls where compute is short, a large one
+    /// streams more but hides it. Which is faster depends on `x`.
+    fn tradeoff() -> (Vec<Candidate>, Vec<Vec<Use>>) {
+        let cands: Vec<Candidate> = (0..10)
+            .map(|i| Candidate {
+                index: i,
+                uses: 1.0,
+                size: 8 * MIB,
+                priority: 5,
+                first: i,
+            })
+            .collect();
+        let steps = (0..10)
+            .map(|i| {
+                vec![Use {
+                    cand: Some(i),
+                    size: 8 * MIB,
+                    prob: 1.0,
+                }]
+            })
+            .collect();
+        (cands, steps)
+    }
+
+    fn tradeoff_compute(x: f64, noise: &mut dyn FnMut() -> f64) -> Vec<f64> {
+        (0..10)
+            .map(|i| if i < 5 { x } else { x / 10.0 } * 1e-3 * noise())
+            .collect()
+    }
+
+    #[test]
+    fn hysteresis_keeps_a_plan_under_small_noise() {
+        let (cands, steps) = tradeoff();
+        let at = |x: f64, noise: &mut dyn FnMut() -> f64, prev: Option<&KeepPlan>| {
+            let compute = tradeoff_compute(x, noise);
+            plan(&inputs(&cands, &steps, 64 * MIB, Some(&compute), 8e9), prev)
+        };
+        // Without a previous plan the choice changes somewhere between copy-bound and
+        // compute-bound: find where.
+        let xs: Vec<f64> = (0..200).map(|i| 0.2 * 1.02f64.powi(i)).collect();
+        let plans: Vec<KeepPlan> = xs.iter().map(|&x| at(x, &mut || 1.0, None)).collect();
+        let flip = (1..xs.len())
+            .find(|&i| plans[i].keep != plans[i - 1].keep)
+            .expect("the best plan depends on the compute");
+        let x = xs[flip];
+        // Noise of up to 3% on every step's time (and so on the pass's) around that point flips
+        // a plan made without a previous one...
+        let mut seed = 1;
+        let mut noisy = |prev: Option<&KeepPlan>| {
+            let mut noise = || 1.0 + 0.06 * (lcg(&mut seed) - 0.5);
+            at(x, &mut noise, prev)
+        };
+        let fresh: Vec<Vec<u32>> = (0..20).map(|_| noisy(None).keep).collect();
+        assert!(fresh.iter().any(|k| *k != fresh[0]), "{fresh:?}");
+        // ...and never one made with the plan in force as the previous plan.
+        let held = noisy(None);
+        for _ in 0..20 {
+            let next = noisy(Some(&held));
+            assert_eq!(next.keep, held.keep, "{held:?} became {next:?}");
+        }
+        // A clear change of the measurements still changes the plan: copy-bound, the plan that
+        // streams the least is a third faster than the one made just past the flip.
+        let copy_bound = at(x / 4.0, &mut || 1.0, Some(&plans[flip]));
+        assert_eq!(copy_bound.keep, plans[flip - 1].keep);
+    }
+
+    #[test]
+    fn a_plan_for_other_blocks_is_not_held() {
+        let (cands, steps) = decoder();
+        let compute = decoder_compute(2.1e-3);
+        let held = plan(&inputs(&cands, &steps, 45 * MIB, Some(&compute), 2e9), None);
+        // Room for everything: the previous plan (made for less room) does not hold.
+        let more = plan(
+            &inputs(&cands, &steps, 128 * MIB, Some(&compute), 2e9),
+            Some(&held),
+        );
+        assert_eq!(more.keep.len(), cands.len());
+    }
+
+    #[test]
+    fn prefetch_deficit_is_the_quadratic_definition() {
+        let reference = |streamed: &[f64], compute: &[f64], bw: f64| {
+            let len = streamed.len();
+            let total_copy: f64 = streamed.iter().sum::<f64>() / bw;
+            if total_copy >= compute.iter().sum::<f64>() {
+                return None;
+            }
+            let mut worst = 0.0f64;
+            for i in 0..len {
+                let (mut bytes, mut time) = (0.0, 0.0);
+                for k in 0..len {
+                    let q = (i + k) % len;
+                    if k > 0 {
+                        time += compute[(q + len - 1) % len];
+                    }
+                    bytes += streamed[q];
+                    worst = worst.max(bytes - bw * time);
+                }
+            }
+            Some(worst.ceil() as u64)
+        };
+        let mut seed = 7;
+        for len in 1..40 {
+            for _ in 0..20 {
+                let streamed: Vec<f64> = (0..len)
+                    .map(|_| {
+                        let r = lcg(&mut seed);
+                        if r < 0.3 {
+                            0.0
+                        } else {
+                            (r * 1e8).round()
+                        }
+                    })
+                    .collect();
+                let compute: Vec<f64> = (0..len).map(|_| lcg(&mut seed) * 0.02).collect();
+                let bw = 1e9 + lcg(&mut seed) * 1e10;
+                let fast = prefetch_deficit(&streamed, &compute, bw);
+                let slow = reference(&streamed, &compute, bw);
+                match (fast, slow) {
+                    (Some(a), Some(b)) => assert!(a.abs_diff(b) <= 1, "{a} {b}"),
+                    (a, b) => assert_eq!(a, b),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_pipeline_model_bounds() {
+        // Ample ring, copies under compute: the compute. Copy-bound: the copies.
+        let ahead = [4e6, 4e6, 0.0];
+        let compute = [3e-3, 3e-3, 1e-3];
+        let t = pass_time(&ahead, &[0.0; 3], &compute, 2e9, 1e9);
+        assert!((t - 7e-3).abs() < 1e-9, "{t}");
+        let t = pass_time(&ahead, &[0.0; 3], &[1e-4; 3], 2e9, 1e9);
+        assert!((t - 4e-3).abs() < 1e-9, "{t}");
+        // A ring that holds one step at a time: a copy overlaps only the step without bytes
+        // (the 2 ms copy of step 0 under the 1 ms of step 2): 7 ms + 4 ms - 1 ms.
+        let t = pass_time(&ahead, &[0.0; 3], &compute, 2e9, 4e6);
+        assert!((t - 10e-3).abs() < 1e-9, "{t}");
+        // Bytes loaded on demand are never hidden.
+        let t = pass_time(&[0.0; 3], &[4e6, 4e6, 0.0], &compute, 2e9, 1e9);
+        assert!((t - 11e-3).abs() < 1e-9, "{t}");
+    }
+}
