@@ -132,6 +132,11 @@ struct RunArgs {
     /// Layers of the Llama-7B-shaped model (8 layers = 3.29 GiB).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
     layers: u64,
+    /// Run this workload instead of the Llama-shaped model: a workload JSON file (schema in the
+    /// README) or a preset (as `simulate`), e.g. `small-tensors` (4,000 tensors of 64 KiB).
+    /// Its budget is the default for --vram; the sim backend's link stays --h2d's.
+    #[arg(long, conflicts_with = "layers")]
+    workload: Option<String>,
     /// Copy chunk size.
     #[arg(long, default_value = "8MiB", value_parser = size_arg)]
     chunk: u64,
@@ -241,9 +246,15 @@ fn cmd_run(args: RunArgs) -> Result<(), (u8, String)> {
         };
         (code, e.to_string())
     };
-    let wl = workload::run_model(args.layers);
+    let wl = match &args.workload {
+        Some(arg) => load_workload(arg)?,
+        None => workload::run_model(args.layers),
+    };
     let model_bytes = wl.model_bytes();
-    let budget = args.vram.unwrap_or(model_bytes / 2 / (1 << 20) * (1 << 20));
+    let budget = args
+        .vram
+        .or(wl.vram_budget)
+        .unwrap_or(model_bytes / 2 / (1 << 20) * (1 << 20));
     if budget > 0 && budget >= model_bytes && !args.json {
         eprintln!(
             "note: the budget ({}) holds the whole model ({}); nothing will stream",

@@ -583,6 +583,40 @@ pub fn run_model(layers: u64) -> Workload {
     w
 }
 
+/// Many small tensors: `count` blocks of `bytes`, `per_step` to a step, each used once per pass,
+/// and almost no compute, so the pass is copy-bound and each copy's fixed cost shows (the shape of
+/// per-expert tensors, norms and biases, or of paged KV blocks). What it measures is whether a
+/// step's small copies go as one (see `transfer.rs`, "Coalescing").
+pub fn small_tensors(count: u64, bytes: u64, per_step: u64) -> Workload {
+    let per_step = per_step.max(1);
+    let blocks: Vec<BlockDesc> = (0..count)
+        .map(|i| BlockDesc {
+            name: format!("t{i}"),
+            bytes,
+            priority: DEFAULT_PRIORITY,
+            policy: Policy::Auto,
+            mutable: false,
+        })
+        .collect();
+    let steps = (0..count.div_ceil(per_step))
+        .map(|s| StepDesc {
+            compute_s: 1e-6,
+            uses: (s * per_step..((s + 1) * per_step).min(count))
+                .map(|i| format!("t{i}"))
+                .collect(),
+            choose: None,
+        })
+        .collect();
+    Workload {
+        name: format!("small-tensors-{count}x{}k-{per_step}-a-step", bytes >> 10),
+        vram_budget: None,
+        h2d_bytes_per_s: None,
+        passes: None,
+        blocks,
+        steps,
+    }
+}
+
 /// A diffusion UNet shaped like SDXL's (its layer shapes approximated: 2.1 B parameters against
 /// SDXL's 2.6 B, fp16, 128x128 latents, batch 2 for
 /// classifier-free guidance): per-level resnet and transformer weights on the way down, a middle
@@ -738,6 +772,7 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("mixtral-8x7b", "Mixtral-8x7B fp16 decode, 2 of 8 experts routed per layer, 16 GiB budget"),
     ("unet-sdxl", "SDXL-shaped diffusion UNet fp16, skip connections, 2 GiB budget"),
     ("run", "the default `synapswap run` model: Llama-7B-shaped, 8 layers, half of it in budget, 2 GB/s"),
+    ("small-tensors", "4,000 tensors of 64 KiB, 16 a step, no compute, half in budget, 2 GB/s"),
 ];
 
 const GIB: u64 = 1 << 30;
@@ -786,6 +821,11 @@ pub fn preset(name: &str) -> Option<Workload> {
         "run" => {
             let w = run_model(LlamaShape::LLAMA_8L.layers);
             let half = w.model_bytes() / 2 / (1 << 20) * (1 << 20);
+            with(w, half, crate::backend::sim::DEFAULT_SIM_H2D, 8)
+        }
+        "small-tensors" => {
+            let w = small_tensors(4000, 64 << 10, 16);
+            let half = w.model_bytes() / 2;
             with(w, half, crate::backend::sim::DEFAULT_SIM_H2D, 8)
         }
         _ => return None,

@@ -1,0 +1,293 @@
+//! Scaling: what the planner and the engine cost per operation from 100 to 1,000,000 blocks.
+//!
+//! `cargo bench -p synapswap --bench scale` prints the table; `-- --write BENCHMARKS.md` also
+//! rewrites the section between the `<!-- bench:scale -->` markers of that file. `-- --max N`
+//! stops at N blocks (default 1,000,000; the engine rows at 1e6 need about 6 GiB of RAM).
+//!
+//! The workload: N blocks of 4 KiB, one a step, each used once per pass, a budget of half the
+//! model, prefetch on (so the keep plan holds half the blocks at home and streams the rest
+//! through its ring). Measured:
+//! - **planner alone** (no bytes; copies complete the moment they are issued): `hint` (timed one
+//!   by one over a steady pass), a hit (`acquire` of a resident block + `unhold`, timed in bulk),
+//!   a miss (`acquire` of a block on the host, out of schedule order: the demand placement, its
+//!   eviction, the load's completion and the waiter's poll), the plan (the first `hint` after
+//!   the declarations: index rebuild, keep plan and first prefetches) per block, and one
+//!   simulated pass (hint, acquire, copies, unhold for every step) per block;
+//! - **engine** (sim backend, unpaced: real threads and real 4 KiB copies into the host arena):
+//!   `hint`, a hit (`wait` of a resident block + guard drop), a miss (`wait` of a block on the
+//!   host, out of order: a demand copy through the transfer thread), the first `hint` and one
+//!   pass, per block.
+//!
+//! Each figure is one run's mean; the rows are measured one after another in one process, so
+//! compare them with each other (the target: every row within 3x of the 1e3 row).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use synapswap::backend::{SimBackend, SimConfig};
+use synapswap::planner::{Acquire, Command, Planner, PlannerConfig};
+use synapswap::{BlockId, BlockSpec, Engine, Residency};
+
+const BLOCK: u64 = 4 << 10;
+/// Virtual seconds per step and per copy handed to the planner.
+const STEP_S: f64 = 1e-5;
+const COPY_S: f64 = BLOCK as f64 / 2e9;
+
+struct Row {
+    n: u64,
+    hint_ns: f64,
+    hit_ns: f64,
+    miss_ns: f64,
+    plan_ns: f64,
+    pass_ns: f64,
+}
+
+fn drain(p: &mut Planner) {
+    while let Some(c) = p.poll_command() {
+        match c {
+            Command::Load { block, .. } => p.transfer_done(block, true, "", COPY_S),
+            Command::WriteBack { block, .. } => p.writeback_done(block, true, COPY_S),
+            Command::Expedite { .. } | Command::Evict { .. } => {}
+        }
+    }
+}
+
+fn use_planned(p: &mut Planner, id: BlockId) {
+    if p.acquire(id).expect("acquire") == Acquire::Pending {
+        drain(p);
+        p.poll_waiter(id).expect("loaded").expect("no error");
+    }
+    drain(p);
+    p.unhold(id);
+    drain(p);
+}
+
+fn planner_row(n: u64) -> Row {
+    let mut p = Planner::new(PlannerConfig::new(n * BLOCK / 2)).expect("planner");
+    let ids: Vec<BlockId> = (0..n)
+        .map(|_| p.add_block(BlockSpec::new(BLOCK)).expect("block"))
+        .collect();
+    for (s, &id) in ids.iter().enumerate() {
+        p.declare(s as u64, id).expect("declare");
+    }
+    let t = Instant::now();
+    p.hint(0, 0.0);
+    let plan_ns = t.elapsed().as_nanos() as f64 / n as f64;
+    drain(&mut p);
+    let mut now = 0.0;
+    // A warm-up pass (cold loads), then the timed one.
+    let mut hint_total = 0.0;
+    let mut pass_ns = 0.0;
+    for pass in 0..2 {
+        let t = Instant::now();
+        for (s, &id) in ids.iter().enumerate() {
+            let h = Instant::now();
+            p.hint(s as u64, now);
+            hint_total += h.elapsed().as_nanos() as f64;
+            use_planned(&mut p, id);
+            now += STEP_S;
+        }
+        if pass == 1 {
+            pass_ns = t.elapsed().as_nanos() as f64 / n as f64;
+        } else {
+            hint_total = 0.0;
+        }
+    }
+    let hint_ns = hint_total / n as f64;
+    let resident: Vec<BlockId> = ids
+        .iter()
+        .copied()
+        .filter(|&id| p.residency(id).unwrap() == Residency::Resident)
+        .take(1000)
+        .collect();
+    let rounds = (1_000_000 / resident.len().max(1)).max(1);
+    let t = Instant::now();
+    for _ in 0..rounds {
+        for &id in &resident {
+            let _ = std::hint::black_box(p.acquire(id).expect("hit"));
+            p.unhold(id);
+        }
+    }
+    let hit_ns = t.elapsed().as_nanos() as f64 / (rounds * resident.len()).max(1) as f64;
+    // Misses: blocks on the host, taken out of order (every 7th from the far side of the pass).
+    let away: Vec<BlockId> = ids
+        .iter()
+        .rev()
+        .step_by(7)
+        .copied()
+        .filter(|&id| p.residency(id).unwrap() == Residency::Host)
+        .take(2000)
+        .collect();
+    let t = Instant::now();
+    for &id in &away {
+        use_planned(&mut p, id);
+    }
+    let miss_ns = t.elapsed().as_nanos() as f64 / away.len().max(1) as f64;
+    Row {
+        n,
+        hint_ns,
+        hit_ns,
+        miss_ns,
+        plan_ns,
+        pass_ns,
+    }
+}
+
+fn engine_row(n: u64) -> Row {
+    let backend = Arc::new(SimBackend::new(SimConfig::unpaced()).expect("sim"));
+    let e = Engine::builder()
+        .budget(n * BLOCK / 2)
+        .backend(backend)
+        .build()
+        .expect("engine");
+    let ids: Vec<BlockId> = (0..n)
+        .map(|_| e.alloc(BlockSpec::new(BLOCK)).expect("block"))
+        .collect();
+    for (s, &id) in ids.iter().enumerate() {
+        e.declare(s as u64, id).expect("declare");
+    }
+    let t = Instant::now();
+    e.hint(0).expect("hint");
+    let plan_ns = t.elapsed().as_nanos() as f64 / n as f64;
+    let mut hint_total = 0.0;
+    let mut pass_ns = 0.0;
+    for pass in 0..2 {
+        let t = Instant::now();
+        for (s, &id) in ids.iter().enumerate() {
+            let h = Instant::now();
+            e.hint(s as u64).expect("hint");
+            hint_total += h.elapsed().as_nanos() as f64;
+            drop(e.wait(id).expect("wait"));
+        }
+        if pass == 1 {
+            pass_ns = t.elapsed().as_nanos() as f64 / n as f64;
+        } else {
+            hint_total = 0.0;
+        }
+    }
+    let hint_ns = hint_total / n as f64;
+    let resident: Vec<BlockId> = ids
+        .iter()
+        .copied()
+        .filter(|&id| e.residency(id).unwrap() == Residency::Resident)
+        .take(1000)
+        .collect();
+    let rounds = (1_000_000 / resident.len().max(1)).max(1);
+    let t = Instant::now();
+    for _ in 0..rounds {
+        for &id in &resident {
+            drop(std::hint::black_box(e.wait(id).expect("hit")));
+        }
+    }
+    let hit_ns = t.elapsed().as_nanos() as f64 / (rounds * resident.len()).max(1) as f64;
+    let away: Vec<BlockId> = ids
+        .iter()
+        .rev()
+        .step_by(7)
+        .copied()
+        .filter(|&id| e.residency(id).unwrap() == Residency::Host)
+        .take(2000)
+        .collect();
+    let t = Instant::now();
+    for &id in &away {
+        drop(e.wait(id).expect("miss"));
+    }
+    let miss_ns = t.elapsed().as_nanos() as f64 / away.len().max(1) as f64;
+    e.shutdown();
+    Row {
+        n,
+        hint_ns,
+        hit_ns,
+        miss_ns,
+        plan_ns,
+        pass_ns,
+    }
+}
+
+fn fmt_ns(ns: f64) -> String {
+    if ns >= 1e4 {
+        format!("{:.1} us", ns / 1e3)
+    } else {
+        format!("{ns:.0} ns")
+    }
+}
+
+fn table(title: &str, rows: &[Row]) -> String {
+    let base = rows.iter().find(|r| r.n == 1000);
+    let mut s = format!(
+        "{title}\n\n| blocks | hint | hit | miss (place + evict) | plan / block | pass / block | worst ratio to the 1e3 row |\n|---|---|---|---|---|---|---|\n"
+    );
+    for r in rows {
+        let worst = base.map_or(f64::NAN, |b| {
+            [
+                r.hint_ns / b.hint_ns,
+                r.hit_ns / b.hit_ns,
+                r.miss_ns / b.miss_ns,
+                r.plan_ns / b.plan_ns,
+                r.pass_ns / b.pass_ns,
+            ]
+            .into_iter()
+            .fold(0.0, f64::max)
+        });
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} | {worst:.2} |\n",
+            r.n,
+            fmt_ns(r.hint_ns),
+            fmt_ns(r.hit_ns),
+            fmt_ns(r.miss_ns),
+            fmt_ns(r.plan_ns),
+            fmt_ns(r.pass_ns),
+        );
+    }
+    s
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let after = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let write = after("--write");
+    let max: u64 = after("--max")
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(1_000_000);
+    let sizes: Vec<u64> = [100, 1_000, 10_000, 100_000, 1_000_000]
+        .into_iter()
+        .filter(|&n| n <= max)
+        .collect();
+    let planner: Vec<Row> = sizes.iter().map(|&n| planner_row(n)).collect();
+    let engine: Vec<Row> = sizes
+        .iter()
+        .map(|&n| {
+            let r = engine_row(n);
+            eprintln!("engine {n} blocks done");
+            r
+        })
+        .collect();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let text = format!(
+        "Machine: {cores} cores (the build machine; no GPU). N blocks of 4 KiB, one a step, budget half the model.\n\n{}\n{}",
+        table("Planner alone (no bytes, copies complete at once):", &planner),
+        table(
+            "Engine (sim backend, unpaced: real threads and 4 KiB copies):",
+            &engine
+        ),
+    );
+    println!("{text}");
+    if let Some(path) = write {
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        let (start, end) = ("<!-- bench:scale -->", "<!-- /bench:scale -->");
+        let section = format!("{start}\n{text}{end}");
+        let new = match (old.find(start), old.find(end)) {
+            (Some(a), Some(b)) if b > a => {
+                format!("{}{}{}", &old[..a], section, &old[b + end.len()..])
+            }
+            _ => format!("{old}\n{section}\n"),
+        };
+        std::fs::write(&path, new).expect("write the benchmark file");
+        eprintln!("wrote {path}");
+    }
+}
