@@ -250,3 +250,37 @@ fn a_model_larger_than_this_machine_is_refused_before_it_is_allocated() {
     ]);
     assert_refused(&out, needed, avail.limit);
 }
+
+#[test]
+fn run_takes_a_workload_preset_and_verifies_its_bytes() {
+    let out = synapswap(&[
+        "run",
+        "--json",
+        "--workload",
+        "small-tensors",
+        "--h2d",
+        "max",
+        "--tokens",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert!(v["workload"].as_str().unwrap().starts_with("small-tensors"));
+    assert_eq!(
+        v["vram_budget_bytes"],
+        4000 * 65536 / 2,
+        "the preset's budget"
+    );
+    assert_eq!(v["integrity"]["mismatches"], 0);
+    assert!(v["integrity"]["verified_blocks"].as_u64().unwrap() >= 8000);
+    // --layers names the built-in model: both at once is an argument error.
+    let out = synapswap(&["run", "--workload", "small-tensors", "--layers", "2"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = synapswap(&["run", "--workload", "no-such-preset"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("neither a file nor a preset"));
+}
