@@ -542,7 +542,11 @@ mod tests {
         let c = q.next_chunk(1 << 20, Pick::Any).unwrap();
         assert_eq!((c.host, c.device, c.len, c.parts.len()), (1000, 0, 250, 3));
         let c2 = q.next_chunk(1 << 20, Pick::Any).unwrap();
-        assert_eq!((c2.host, c2.len, c2.parts.len()), (1250, 50, 1), "another mapping");
+        assert_eq!(
+            (c2.host, c2.len, c2.parts.len()),
+            (1250, 50, 1),
+            "another mapping"
+        );
         let c3 = q.next_chunk(1 << 20, Pick::Any).unwrap();
         assert_eq!((c3.device, c3.parts.len()), (356, 1), "a gap on the device");
         assert!(q.next_chunk(1 << 20, Pick::Any).is_none());
@@ -563,9 +567,16 @@ mod tests {
         // A demand load elsewhere ranks first; the adjacent prefetches follow it only in order.
         q.push(id(2), H2D, 5000, 5000, 10, true, 0);
         let c = q.next_chunk(150, Pick::Any).unwrap();
-        assert_eq!((c.host, c.len), (5000, 10), "demand first, alone: nothing follows on");
+        assert_eq!(
+            (c.host, c.len),
+            (5000, 10),
+            "demand first, alone: nothing follows on"
+        );
         let c = q.next_chunk(150, Pick::Any).unwrap();
-        assert_eq!((c.host, c.len, c.parts.clone()), (0, 150, vec![(1, 100), (2, 50)]));
+        assert_eq!(
+            (c.host, c.len, c.parts.clone()),
+            (0, 150, vec![(1, 100), (2, 50)])
+        );
         let c2 = q.next_chunk(150, Pick::Any).unwrap();
         assert_eq!((c2.host, c2.len), (150, 50));
         // A failed merged copy fails each job it carried; the rest of job 2 is still in flight.
