@@ -27,7 +27,6 @@ mod block;
 mod engine;
 mod error;
 pub mod host_tier;
-mod keep_plan;
 pub mod os;
 pub mod pattern;
 mod placement;

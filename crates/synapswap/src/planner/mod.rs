@@ -76,13 +76,14 @@
 use std::collections::VecDeque;
 
 use crate::block::{BlockId, BlockSpec, Policy, Residency, MAX_PRIORITY};
-use crate::keep_plan::{self, Candidate, KeepPlan, Use};
 use crate::placement::{self, Item, Kind, Span};
 use crate::pool::{granules, Allocation, Pool, GRANULE};
 use crate::stats::{PrefetchStats, Stats};
 use crate::{Error, Result};
+use keep_plan::{Candidate, KeepPlan, Use};
 use schedule::{Schedule, EMA_ALPHA};
 
+mod keep_plan;
 mod schedule;
 
 /// Lookahead bounds (seconds).
