@@ -29,7 +29,6 @@ mod error;
 pub mod host_tier;
 pub mod os;
 pub mod pattern;
-mod placement;
 pub mod planner;
 pub mod pool;
 pub mod probe;

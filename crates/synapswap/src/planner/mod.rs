@@ -76,14 +76,15 @@
 use std::collections::VecDeque;
 
 use crate::block::{BlockId, BlockSpec, Policy, Residency, MAX_PRIORITY};
-use crate::placement::{self, Item, Kind, Span};
 use crate::pool::{granules, Allocation, Pool, GRANULE};
 use crate::stats::{PrefetchStats, Stats};
 use crate::{Error, Result};
 use keep_plan::{Candidate, KeepPlan, Use};
+use layout::{Item, Kind, Span};
 use schedule::{Schedule, EMA_ALPHA};
 
 mod keep_plan;
+mod layout;
 mod schedule;
 
 /// Lookahead bounds (seconds).
@@ -1592,7 +1593,7 @@ impl Planner {
     }
 
     /// A layout for the current step's blocks that are not on the device (see
-    /// [`crate::placement`]): offsets to reserve, and the ring's next offset if the step's
+    /// [`layout`]): offsets to reserve, and the ring's next offset if the step's
     /// streamed blocks took their ring slots. With `relocate`, the step's blocks already on the
     /// device (or loading) and not held may move too; they prefer to stay.
     fn step_layout(&self, relocate: bool) -> Option<StepLayout> {
@@ -1706,7 +1707,7 @@ impl Planner {
                 },
             });
         }
-        let layout = placement::layout(&spans, &items)?;
+        let layout = layout::layout(&spans, &items)?;
         let ring = slots
             .last()
             .filter(|last| layout.contains(last))
