@@ -77,12 +77,13 @@ use std::collections::VecDeque;
 
 use crate::block::{BlockId, BlockSpec, Policy, Residency, MAX_PRIORITY};
 use crate::pool::{granules, Allocation, Pool, GRANULE};
-use crate::stats::{PrefetchStats, Stats};
 use crate::{Error, Result};
+use counters::Counters;
 use keep_plan::{Candidate, KeepPlan, Use};
 use layout::{Item, Kind, Span};
 use schedule::{Schedule, EMA_ALPHA};
 
+mod counters;
 mod keep_plan;
 mod layout;
 mod schedule;
@@ -230,23 +231,6 @@ type WindowRegion = (u64, u64, Option<Option<(u32, Keep)>>);
 /// A window's score (worst victim, victim bytes, first region) with its first and last region.
 type WindowChoice = ((Option<Keep>, u64, usize), usize, usize);
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Counters {
-    bytes_h2d: u64,
-    bytes_d2h: u64,
-    loads: u64,
-    demand_loads: u64,
-    evictions: u64,
-    writebacks: u64,
-    waits: u64,
-    hits: u64,
-    unpredicted: u64,
-    stall_s: f64,
-    transfer_busy_s: f64,
-    copy_idle_s: f64,
-    prefetch: PrefetchStats,
-}
-
 /// The planner. See the module docs.
 #[derive(Debug, Clone)]
 pub struct Planner {
@@ -307,7 +291,7 @@ pub struct Planner {
     plan_timed: bool,
     /// Whether any block is kept (the plan is in force).
     planned: bool,
-    /// How many blocks, and their rounded bytes (for [`Stats`]).
+    /// How many blocks, and their rounded bytes (for [`crate::Stats`]).
     kept_blocks: u64,
     kept_bytes: u64,
     /// The last plan made (the previous plan of the next replan).
@@ -992,18 +976,6 @@ impl Planner {
         self.pump();
     }
 
-    /// Adds time the copy engine sat with nothing to do.
-    pub fn add_copy_idle(&mut self, seconds: f64) {
-        self.n.copy_idle_s += seconds.max(0.0);
-        self.step_idle_s += seconds.max(0.0);
-    }
-
-    /// Adds time a caller spent blocked.
-    pub fn add_stall(&mut self, seconds: f64) {
-        self.n.stall_s += seconds.max(0.0);
-        self.step_stall_s += seconds.max(0.0);
-    }
-
     /// Next command for the driver.
     pub fn poll_command(&mut self) -> Option<Command> {
         self.commands.pop_front()
@@ -1020,37 +992,6 @@ impl Planner {
 
     fn narrow(&mut self) {
         self.lookahead_s = (self.lookahead_s * NARROW).max(MIN_LOOKAHEAD_S);
-    }
-
-    /// A snapshot of the counters.
-    pub fn stats(&self) -> Stats {
-        Stats {
-            vram_budget_bytes: self.pool.capacity(),
-            device_used_bytes: self.pool.used(),
-            peak_device_bytes: self.pool.peak(),
-            largest_free_bytes: self.pool.largest_free(),
-            fragmentation: self.pool.fragmentation(),
-            blocks: self.live_blocks,
-            resident_blocks: self.resident_blocks,
-            host_bytes: self.host_bytes,
-            bytes_h2d: self.n.bytes_h2d,
-            bytes_d2h: self.n.bytes_d2h,
-            loads: self.n.loads,
-            demand_loads: self.n.demand_loads,
-            evictions: self.n.evictions,
-            writebacks: self.n.writebacks,
-            waits: self.n.waits,
-            hits: self.n.hits,
-            unpredicted: self.n.unpredicted,
-            stall_s: self.n.stall_s,
-            transfer_busy_s: self.n.transfer_busy_s,
-            copy_idle_s: self.n.copy_idle_s,
-            h2d_bytes_per_s: self.ema_bw,
-            lookahead_s: self.lookahead_s,
-            kept_blocks: self.kept_blocks,
-            kept_bytes: self.kept_bytes,
-            prefetch: self.n.prefetch,
-        }
     }
 
     /// The keep-key of a resident block (lower is evicted first).
