@@ -1,6 +1,7 @@
 //! The planner's unit tests.
 
 use super::*;
+use crate::block::Residency;
 
 const MIB: u64 = 1 << 20;
 
