@@ -1,6 +1,15 @@
 //! The block table: each block's state and flags, the slots that give a [`BlockId`] its index and
 //! generation (a removed block's handle goes stale, its slot is reused), the lookups, and the
 //! queries the runtime makes about one block.
+//!
+//! # Holds
+//! A held block stays where it is: it is never a victim, never moved by the joint step
+//! placement, and a placement that needs its room waits or fails. Holds are counted in one place,
+//! here: a block's count is private to this file and changes only through [`Block::take_hold`]
+//! (a use, [`Planner::hold`], [`Planner::hold_again`]) and [`Block::drop_hold`]
+//! ([`Planner::unhold`]); the holds whose release waits for a fence on the caller's stream are
+//! counted by [`DeferredReleases`] ([`Planner::defer_release`]). Everything else reads
+//! [`Block::is_held`] and [`DeferredReleases::any`].
 
 use super::Planner;
 use crate::block::{BlockId, BlockSpec, Policy, Residency};
@@ -19,7 +28,8 @@ pub(super) enum State {
 pub(super) struct Block {
     pub(super) spec: BlockSpec,
     pub(super) state: State,
-    pub(super) holds: u32,
+    /// Private: changed only by `take_hold` and `drop_hold` (see the module docs, "Holds").
+    holds: u32,
     pub(super) waiters: u32,
     pub(super) protected: bool,
     pub(super) dirty: bool,
@@ -38,6 +48,35 @@ pub(super) struct Block {
     /// Its last load failed: not prefetched again until it is used (a link that keeps failing
     /// must not make prefetch place and fail the same block forever).
     pub(super) load_failed: bool,
+}
+
+impl Block {
+    /// Whether anything holds the block (a use not yet released, or the runtime's own hold).
+    pub(super) fn is_held(&self) -> bool {
+        self.holds > 0
+    }
+
+    /// One more hold.
+    pub(super) fn take_hold(&mut self) {
+        self.holds += 1;
+    }
+
+    /// One hold less (none left: no change).
+    pub(super) fn drop_hold(&mut self) {
+        self.holds = self.holds.saturating_sub(1);
+    }
+}
+
+/// Holds whose stream-ordered release is waiting for its fence: room that will come back.
+/// Counted only by [`Planner::defer_release`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct DeferredReleases(u32);
+
+impl DeferredReleases {
+    /// Whether any release is still waiting for its fence.
+    pub(super) fn any(&self) -> bool {
+        self.0 > 0
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -167,7 +206,7 @@ impl Planner {
     /// Whether the block is held by a guard or waited for.
     pub fn is_busy(&self, id: BlockId) -> Result<bool> {
         let b = self.block(id)?;
-        Ok(b.holds > 0 || b.waiters > 0)
+        Ok(b.is_held() || b.waiters > 0)
     }
 
     /// Records that a held mutable block's device bytes were written (a kernel or
@@ -179,7 +218,7 @@ impl Planner {
             return Err(Error::NotMutable(id));
         }
         // Loading: held by a consumer whose stream waits on the copy (`acquire_in_flight`).
-        if !matches!(b.state, State::Resident { .. } | State::Loading { .. }) || b.holds == 0 {
+        if !matches!(b.state, State::Resident { .. } | State::Loading { .. }) || !b.is_held() {
             return Err(Error::NotHeld(id));
         }
         b.dirty = true;
@@ -206,7 +245,7 @@ impl Planner {
     /// Removes a block. It must not be held, waited for, or in transfer.
     pub fn remove_block(&mut self, id: BlockId) -> Result<()> {
         let b = self.block(id)?;
-        if b.holds > 0 || b.waiters > 0 {
+        if b.is_held() || b.waiters > 0 {
             return Err(Error::BlockInUse(id));
         }
         if matches!(b.state, State::Loading { .. } | State::WritingBack { .. }) {
@@ -253,33 +292,36 @@ impl Planner {
         self.pump();
         Ok(())
     }
+}
 
+// Holds: every change to a hold count is made here (see the module docs, "Holds").
+impl Planner {
     /// Takes a hold that is not a use (the runtime copying bytes of a resident block outside its
     /// lock): the block cannot be evicted until [`Planner::unhold`].
     pub fn hold(&mut self, id: BlockId) -> Result<()> {
-        self.block_mut(id)?.holds += 1;
+        self.block_mut(id)?.take_hold();
         Ok(())
     }
 
     /// One more hold on a block that is held already (a second owner of the same use, such as
     /// a DLPack export of a held view): not a wait, so no statistic counts it. Returns the
-    /// block's device offset; [`Error::NotHeld`] if nothing holds it.
+    /// block's device offset; [`Error::NotHeld`] if nothing holds it. It is [`Planner::hold`]
+    /// behind the check that the block is resident and held, which `hold` does not make.
     pub fn hold_again(&mut self, id: BlockId) -> Result<u64> {
-        let b = self.block_mut(id)?;
-        match b.state {
-            State::Resident { alloc } if b.holds > 0 => {
-                b.holds += 1;
-                Ok(alloc.offset)
-            }
-            _ => Err(Error::NotHeld(id)),
-        }
+        let b = self.block(id)?;
+        let offset = match b.state {
+            State::Resident { alloc } if b.is_held() => alloc.offset,
+            _ => return Err(Error::NotHeld(id)),
+        };
+        self.hold(id)?;
+        Ok(offset)
     }
 
     /// Drops one hold taken by `acquire`/`poll_waiter`. A released hold can only matter to a
     /// placement that was refused for lack of room, so only then is the schedule walked again.
     pub fn unhold(&mut self, id: BlockId) {
         if let Ok(b) = self.block_mut(id) {
-            b.holds = b.holds.saturating_sub(1);
+            b.drop_hold();
         }
         if self.space_blocked || self.step_pending || !self.pending_demands.is_empty() {
             self.pump();
@@ -290,10 +332,11 @@ impl Planner {
     /// completed and the hold is about to be dropped with [`Planner::unhold`] (`false`). While
     /// such releases are pending, a demand load that finds no room waits instead of failing.
     pub fn defer_release(&mut self, pending: bool) {
+        let n = &mut self.deferred_releases.0;
         if pending {
-            self.deferred_releases += 1;
+            *n += 1;
         } else {
-            self.deferred_releases = self.deferred_releases.saturating_sub(1);
+            *n = n.saturating_sub(1);
         }
     }
 }

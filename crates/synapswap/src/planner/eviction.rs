@@ -64,7 +64,7 @@ impl Planner {
     pub(super) fn evictable(&self, index: u32, mode: Mode) -> Option<Keep> {
         let b = self.b(index);
         if !matches!(b.state, State::Resident { .. })
-            || b.holds > 0
+            || b.is_held()
             || b.waiters > 0
             || b.protected
             || b.writeback_failed

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use crate::block::{BlockId, BlockSpec, Policy, MAX_PRIORITY};
 use crate::pool::{granules, Pool, GRANULE};
 use crate::{Error, Result};
-use blocks::{Slot, State};
+use blocks::{DeferredReleases, Slot, State};
 use counters::Counters;
 use eviction::Keep;
 use keep_plan::KeepPlan;
@@ -107,7 +107,7 @@ pub struct Planner {
     commands: VecDeque<Command>,
     in_flight: u32,
     /// Holds whose stream-ordered release is waiting for its fence: room that will come back.
-    deferred_releases: u32,
+    deferred_releases: DeferredReleases,
     step_idle_s: f64,
     prev_step_idle_s: f64,
     step_stall_s: f64,
@@ -178,7 +178,7 @@ impl Planner {
             pending_demands: VecDeque::new(),
             commands: VecDeque::new(),
             in_flight: 0,
-            deferred_releases: 0,
+            deferred_releases: DeferredReleases::default(),
             step_idle_s: 0.0,
             prev_step_idle_s: 0.0,
             step_stall_s: 0.0,

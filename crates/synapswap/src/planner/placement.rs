@@ -213,7 +213,7 @@ impl Planner {
         if home == alloc.offset || (!self.kept(index) && b.spec.policy != Policy::Pinned) {
             return false;
         }
-        if b.holds > 0 || b.waiters > 0 || b.protected || b.writeback_failed {
+        if b.is_held() || b.waiters > 0 || b.protected || b.writeback_failed {
             return false;
         }
         match mode {
@@ -338,7 +338,9 @@ impl Planner {
                     None => Placement::Wait,
                 }
             }
-            None if demand && (self.in_flight > 0 || self.deferred_releases > 0) => Placement::Wait,
+            None if demand && (self.in_flight > 0 || self.deferred_releases.any()) => {
+                Placement::Wait
+            }
             None => Placement::Impossible,
         }
     }
@@ -365,7 +367,7 @@ impl Planner {
         for slot in &self.slots {
             if let Some(b) = &slot.block {
                 if let State::Resident { alloc } = b.state {
-                    if b.holds > 0 || b.waiters > 0 || b.protected {
+                    if b.is_held() || b.waiters > 0 || b.protected {
                         held += alloc.size;
                     }
                 }

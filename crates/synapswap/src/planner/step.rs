@@ -122,7 +122,7 @@ impl Planner {
 
     /// No room now: wait if transfers or fenced releases will free some, else give up.
     pub(super) fn wait_or_impossible(&self) -> Placement {
-        if self.in_flight > 0 || self.deferred_releases > 0 {
+        if self.in_flight > 0 || self.deferred_releases.any() {
             Placement::Wait
         } else {
             Placement::Impossible
@@ -143,7 +143,7 @@ impl Planner {
         let movable = |i: u32| {
             let b = self.b(i);
             relocate
-                && b.holds == 0
+                && !b.is_held()
                 && !b.writeback_failed
                 && matches!(b.state, State::Resident { .. } | State::Loading { .. })
                 && !(b.spec.policy == Policy::Pinned
@@ -278,7 +278,7 @@ impl Planner {
                     k += 1;
                     continue;
                 }
-                State::Resident { .. } if self.b(i).holds > 0 || self.b(i).writeback_failed => {
+                State::Resident { .. } if self.b(i).is_held() || self.b(i).writeback_failed => {
                     return Reserved::Conflict
                 }
                 State::Resident { .. } => {
@@ -341,7 +341,7 @@ impl Planner {
                 return Err(true);
             }
             let moving = b.protected
-                && b.holds == 0
+                && !b.is_held()
                 && self.reserved.iter().any(|&(r, to)| r == j && to != at);
             if j != index
                 && (moving

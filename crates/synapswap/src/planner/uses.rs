@@ -25,7 +25,7 @@ impl Planner {
     pub(super) fn mark_used(&mut self, index: u32) -> bool {
         let (tick, epoch) = (self.tick, self.epoch);
         let b = self.b_mut(index);
-        b.holds += 1;
+        b.take_hold();
         b.last_use_tick = tick;
         b.last_use_epoch = epoch;
         b.used_since_load = true;
