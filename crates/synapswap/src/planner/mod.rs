@@ -6,6 +6,35 @@
 //! real copies; a simulator can execute them against a virtual clock, and both get the same
 //! decisions.
 //!
+//! # The rules, and where each lives
+//! - **The block table** (`blocks.rs`): each block's state (host, loading, resident, writing
+//!   back) and flags, its slot and generation (a removed block's handle goes stale), and its
+//!   holds: a held block stays where it is. Holds are counted in one place ("Holds" there).
+//! - **The schedule and next-use index** (`schedule.rs`): the declared cyclic schedule, the steps
+//!   to each block's next use (one with probability `p` per pass counts `(1 - p) / p` cycles
+//!   farther), and the smoothed step durations, summed to any step in O(log steps).
+//! - **The keep plan** (`keep_plan.rs`, a pure function; `Planner::replan` in `placement.rs`
+//!   gathers its inputs and lays out the homes): which blocks stay resident for good, at homes
+//!   packed from offset 0 after the pinned ones, and the streaming zone above them, which the
+//!   streamed blocks use as a ring.
+//! - **Placement** (`placement.rs`): a block goes to its home or ring slot under the plan, else
+//!   to free space, else to the window the eviction rule picks; a demand load that finds no room
+//!   waits while copies or fenced releases are pending, else fails.
+//! - **The eviction rule** (`eviction.rs`, all of it in `Planner::find_window`): the window of
+//!   adjacent regions whose most valuable victim is least valuable. Victims rank `Volatile` and
+//!   used first, then lower priority, then farther next use (Belady/MIN); a block held, waited
+//!   for, in transfer, `Pinned` or used by the current step is never one.
+//! - **Joint step placement** (`step.rs`; the layout, a pure function, in `layout.rs`): at a
+//!   hint, the step's blocks not on the device are placed together before any of them is held,
+//!   so whenever every step's blocks fit in the budget together ([`Planner::min_budget`]) the
+//!   schedule runs with no `OutOfDeviceMemory`.
+//! - **Prefetch admission** (`prefetch.rs`): the schedule is walked in deadline order within a
+//!   lookahead horizon (a time: widened by a wait the idle link could have hidden, narrowed by a
+//!   prefetch evicted unused); a prefetch never evicts a block needed no later than itself, and
+//!   the walk stops at the first block it cannot admit.
+//! - **Uses and completions** (`uses.rs`): acquire, waits, the end of a hint's protection, and the
+//!   driver's reports of finished copies (which feed the bandwidth estimate).
+//! - **The counters** (`counters.rs`): what [`Planner::stats`] reports.
 
 use std::collections::VecDeque;
 
