@@ -129,10 +129,10 @@ impl Planner {
         }
     }
 
-    /// A layout for the current step's blocks that are not on the device (see
-    /// [`layout`]): offsets to reserve, and the ring's next offset if the step's
-    /// streamed blocks took their ring slots. With `relocate`, the step's blocks already on the
-    /// device (or loading) and not held may move too; they prefer to stay.
+    /// A layout for the current step's blocks that are not on the device (see [`layout`]):
+    /// offsets to reserve, and the ring's next offset if the step's streamed blocks took their
+    /// ring slots. With `relocate`, the step's blocks already on the device (or loading) and not
+    /// held may move too; they prefer to stay.
     pub(super) fn step_layout(&self, relocate: bool) -> Option<StepLayout> {
         // Cost classes above every keep-key: blocks still in transfer (the placement waits for
         // them), then the step's own blocks (moving one costs its copy again).
