@@ -8,7 +8,7 @@
 //!   non-empty classes that hold a fit (at most 64 x 16, a handful in practice), plus a scan of
 //!   the one class whose members may be smaller than the request;
 //! - [`Pool::regions_from`] starts an address-order walk at any offset in O(log r), so the planner
-//!   looks only at the regions a placement overlaps (see `planner.rs`).
+//!   looks only at the regions a placement overlaps (see `planner/placement.rs`, `step.rs`).
 //!
 //! Regions are also linked in address order, so frees coalesce with their neighbours.
 //! Everything is in units of [`GRANULE`] bytes. The pool never touches memory: it hands out

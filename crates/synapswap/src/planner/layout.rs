@@ -2,9 +2,9 @@
 //! step's blocks), chosen so that placing one never leaves the others without room.
 //!
 //! A pure function over a map of the pool (the planner builds the map and applies the result; the
-//! rule and when it runs are in the planner's module docs, "Joint step placement"). The map tiles
-//! the arena with spans that are free, clearable (a block that may be evicted, at a cost), or
-//! barriers (a block that stays). A *gap* is a maximal run of spans without a barrier.
+//! rule and when it runs are in `step.rs`, "Joint step placement"). The map tiles the arena with
+//! spans that are free, clearable (a block that may be evicted, at a cost), or barriers (a block
+//! that stays). A *gap* is a maximal run of spans without a barrier.
 //!
 //! Blocks are placed largest first. Each takes the first of its candidate offsets (its preferred
 //! ones, then windows that evict the least valuable blocks, as the single-block eviction rule

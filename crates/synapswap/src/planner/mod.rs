@@ -1,0 +1,418 @@
+//! The planner: every decision about what is on the device, and nothing else.
+//!
+//! It is a sans-IO state machine: no threads, no clock, no memory of its own. Events go in
+//! ([`Planner::hint`], [`Planner::acquire`], [`Planner::transfer_done`], ...; the time is passed in
+//! as seconds), [`Command`]s come out of [`Planner::poll_command`]. The runtime executes them with
+//! real copies; a simulator can execute them against a virtual clock, and both get the same
+//! decisions.
+//!
+//! # The rules, and where each lives
+//! - **The block table** (`blocks.rs`): each block's state (host, loading, resident, writing
+//!   back) and flags, its slot and generation (a removed block's handle goes stale), and its
+//!   holds: a held block stays where it is. Holds are counted in one place ("Holds" there).
+//! - **The schedule and next-use index** (`schedule.rs`): the declared cyclic schedule, the steps
+//!   to each block's next use (one with probability `p` per pass counts `(1 - p) / p` cycles
+//!   farther), and the smoothed step durations, summed to any step in O(log steps).
+//! - **The keep plan** (`keep_plan.rs`, a pure function; `Planner::replan` in `placement.rs`
+//!   gathers its inputs and lays out the homes): which blocks stay resident for good, at homes
+//!   packed from offset 0 after the pinned ones, and the streaming zone above them, which the
+//!   streamed blocks use as a ring.
+//! - **Placement** (`placement.rs`): a block goes to its home or ring slot under the plan, else
+//!   to free space, else to the window the eviction rule picks; a demand load that finds no room
+//!   waits while copies or fenced releases are pending, else fails.
+//! - **The eviction rule** (`eviction.rs`, all of it in `Planner::find_window`): the window of
+//!   adjacent regions whose most valuable victim is least valuable. Victims rank `Volatile` and
+//!   used first, then lower priority, then farther next use (Belady/MIN); a block held, waited
+//!   for, in transfer, `Pinned` or used by the current step is never one.
+//! - **Joint step placement** (`step.rs`; the layout, a pure function, in `layout.rs`): at a
+//!   hint, the step's blocks not on the device are placed together before any of them is held,
+//!   so whenever every step's blocks fit in the budget together ([`Planner::min_budget`]) the
+//!   schedule runs with no `OutOfDeviceMemory`.
+//! - **Prefetch admission** (`prefetch.rs`): the schedule is walked in deadline order within a
+//!   lookahead horizon (a time: widened by a wait the idle link could have hidden, narrowed by a
+//!   prefetch evicted unused); a prefetch never evicts a block needed no later than itself, and
+//!   the walk stops at the first block it cannot admit.
+//! - **Uses and completions** (`uses.rs`): acquire, waits, the end of a hint's protection, and the
+//!   driver's reports of finished copies (which feed the bandwidth estimate).
+//! - **The counters** (`counters.rs`): what [`Planner::stats`] reports.
+
+use std::collections::VecDeque;
+
+use crate::block::{BlockId, BlockSpec, Policy, MAX_PRIORITY};
+use crate::pool::{granules, Pool, GRANULE};
+use crate::{Error, Result};
+use blocks::{DeferredReleases, Slot, State};
+use counters::Counters;
+use eviction::Keep;
+use keep_plan::KeepPlan;
+use placement::{Mode, Placement};
+use prefetch::{MAX_LOOKAHEAD_S, MIN_LOOKAHEAD_S, SATURATED_DECAY};
+use schedule::{Schedule, EMA_ALPHA};
+
+mod blocks;
+mod counters;
+mod eviction;
+mod keep_plan;
+mod layout;
+mod placement;
+mod prefetch;
+mod schedule;
+mod step;
+mod uses;
+
+/// Planner settings.
+#[derive(Debug, Clone)]
+pub struct PlannerConfig {
+    /// Device pool size in bytes.
+    pub budget: u64,
+    /// Whether to load ahead of use at all (off: demand loads only).
+    pub prefetch: bool,
+    /// Initial lookahead horizon in seconds.
+    pub lookahead_s: f64,
+}
+
+impl PlannerConfig {
+    /// Prefetch on, 5 ms initial horizon.
+    pub fn new(budget: u64) -> PlannerConfig {
+        PlannerConfig {
+            budget,
+            prefetch: true,
+            lookahead_s: 0.005,
+        }
+    }
+}
+
+/// What the planner asks its driver to do.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(missing_docs)] // variant fields are named for what they hold
+pub enum Command {
+    /// Copy the block's host bytes to `offset` in the device arena; report with
+    /// [`Planner::transfer_done`].
+    Load {
+        block: BlockId,
+        offset: u64,
+        size: u64,
+        /// A caller is waiting: copy before any prefetch.
+        demand: bool,
+    },
+    /// A queued prefetch of `block` is now waited for: move it ahead of other prefetches.
+    Expedite { block: BlockId },
+    /// Copy the device bytes at `offset` back to the host copy; report with
+    /// [`Planner::writeback_done`]. The region stays allocated until then.
+    WriteBack {
+        block: BlockId,
+        offset: u64,
+        size: u64,
+    },
+    /// The block left the device; no copy is needed (its host copy is current).
+    Evict { block: BlockId },
+}
+
+/// The answer to [`Planner::acquire`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acquire {
+    /// On the device at this arena offset; the block is now held.
+    Ready(u64),
+    /// On its way: wait for an event, then call [`Planner::poll_waiter`].
+    Pending,
+}
+
+/// The planner. See the module docs.
+#[derive(Debug, Clone)]
+pub struct Planner {
+    cfg: PlannerConfig,
+    pool: Pool,
+    slots: Vec<Slot>,
+    free_slots: Vec<u32>,
+    schedule: Schedule,
+    pos: usize,
+    /// The step number of the last hint (positions change when the schedule is re-declared).
+    last_step: Option<u64>,
+    hinted: bool,
+    epoch: u64,
+    tick: u64,
+    protected: Vec<u32>,
+    pending_demands: VecDeque<u32>,
+    commands: VecDeque<Command>,
+    in_flight: u32,
+    /// Holds whose stream-ordered release is waiting for its fence: room that will come back.
+    deferred_releases: DeferredReleases,
+    step_idle_s: f64,
+    prev_step_idle_s: f64,
+    step_stall_s: f64,
+    last_hint: Option<(usize, f64)>,
+    lookahead_s: f64,
+    ema_bw: f64,
+    bw_bytes: f64,
+    bw_secs: f64,
+    /// Bytes loading or loaded by prefetch and not used yet.
+    pipeline_bytes: u64,
+    /// Bytes of prefetches still being copied.
+    loading_bytes: u64,
+    /// The last prefetch walk stopped because a block found no room.
+    space_blocked: bool,
+    /// The prefetch walk's resumable cursor: every certain use in the `scan` steps from `pos`
+    /// is on the device, in transfer, or not to be prefetched. Lowered by [`Planner::touch`]
+    /// when a block there goes back to the host, moved on by hints, reset by replans.
+    scan: usize,
+    /// Some block the current hint protects is not on the device yet: the joint step placement
+    /// runs at every pump until it is (see the module docs).
+    step_pending: bool,
+    /// Offsets the joint step placement chose for blocks it could not load yet (room still being
+    /// written back or loaded). Non-empty only while `step_pending`.
+    reserved: Vec<(u32, u64)>,
+    pinned_bytes: u64,
+    host_bytes: u64,
+    live_blocks: u64,
+    resident_blocks: u64,
+    /// The keep plan, by block index (see [`Planner::replan`]).
+    keep: Vec<bool>,
+    /// Fixed offsets of kept and pinned blocks, packed from 0, by block index.
+    home: Vec<Option<u64>>,
+    /// Start of the streaming zone (above every home) and the ring's next offset in it.
+    zone_start: u64,
+    ring: u64,
+    plan_stale: bool,
+    /// Whether the plan has been sized from measured step times.
+    plan_timed: bool,
+    /// Whether any block is kept (the plan is in force).
+    planned: bool,
+    /// How many blocks, and their rounded bytes (for [`crate::Stats`]).
+    kept_blocks: u64,
+    kept_bytes: u64,
+    /// The last plan made (the previous plan of the next replan).
+    keep_plan: Option<KeepPlan>,
+    n: Counters,
+}
+
+impl Planner {
+    /// A planner for a pool of `cfg.budget` bytes.
+    pub fn new(cfg: PlannerConfig) -> Result<Planner> {
+        if cfg.budget < GRANULE {
+            return Err(Error::InvalidBudget(cfg.budget));
+        }
+        let lookahead_s = cfg.lookahead_s.clamp(MIN_LOOKAHEAD_S, MAX_LOOKAHEAD_S);
+        Ok(Planner {
+            pool: Pool::new(cfg.budget),
+            cfg,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            schedule: Schedule::default(),
+            pos: 0,
+            last_step: None,
+            hinted: false,
+            epoch: 0,
+            tick: 0,
+            protected: Vec::new(),
+            pending_demands: VecDeque::new(),
+            commands: VecDeque::new(),
+            in_flight: 0,
+            deferred_releases: DeferredReleases::default(),
+            step_idle_s: 0.0,
+            prev_step_idle_s: 0.0,
+            step_stall_s: 0.0,
+            last_hint: None,
+            lookahead_s,
+            ema_bw: 0.0,
+            bw_bytes: 0.0,
+            bw_secs: 0.0,
+            pipeline_bytes: 0,
+            loading_bytes: 0,
+            space_blocked: false,
+            scan: 0,
+            step_pending: false,
+            reserved: Vec::new(),
+            pinned_bytes: 0,
+            host_bytes: 0,
+            live_blocks: 0,
+            resident_blocks: 0,
+            keep: Vec::new(),
+            home: Vec::new(),
+            zone_start: 0,
+            ring: 0,
+            plan_stale: false,
+            plan_timed: false,
+            planned: false,
+            kept_blocks: 0,
+            kept_bytes: 0,
+            keep_plan: None,
+            n: Counters::default(),
+        })
+    }
+
+    /// The device budget in bytes.
+    pub fn budget(&self) -> u64 {
+        self.pool.capacity()
+    }
+
+    /// The pool (read-only), for reports and tests.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Checks a spec against the budget without adding it.
+    pub fn validate(&self, spec: &BlockSpec) -> Result<()> {
+        if spec.size == 0 {
+            return Err(Error::ZeroSize);
+        }
+        if spec.priority > MAX_PRIORITY {
+            return Err(Error::InvalidPriority(spec.priority));
+        }
+        let rounded = granules(spec.size).saturating_mul(GRANULE);
+        if rounded > self.budget() {
+            return Err(Error::BlockTooLarge {
+                size: spec.size,
+                budget: self.budget(),
+            });
+        }
+        if spec.policy == Policy::Pinned && self.pinned_bytes + rounded > self.budget() {
+            return Err(Error::PinnedOverBudget {
+                total: self.pinned_bytes + rounded,
+                budget: self.budget(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Execution is at `step`: its blocks are protected until the next hint or their release.
+    pub fn hint(&mut self, step: u64, now: f64) {
+        self.sync_schedule();
+        self.ensure_plan();
+        if let Some((prev, t)) = self.last_hint {
+            let dur = (now - t).max(0.0);
+            let ema = |d: &mut Option<f64>, x: f64| {
+                *d = Some(match *d {
+                    None => x,
+                    Some(old) => EMA_ALPHA * x + (1.0 - EMA_ALPHA) * old,
+                });
+            };
+            self.schedule.measure_duration(prev, dur);
+            if let Some(c) = self.schedule.ema_compute.get_mut(prev) {
+                self.schedule.measured += usize::from(c.is_none());
+                ema(c, (dur - self.step_stall_s).max(0.0));
+            }
+            // Once every step's work and the link's bandwidth are measured, size the streaming
+            // reserve from them (once per declared schedule).
+            if !self.plan_timed
+                && self.ema_bw > 0.0
+                && self.schedule.measured == self.schedule.ema_compute.len()
+            {
+                self.plan_timed = true;
+                self.plan_stale = true;
+            }
+        }
+        for i in std::mem::take(&mut self.protected) {
+            if let Some(b) = self.slots[i as usize].block.as_mut() {
+                b.protected = false;
+            }
+        }
+        if self.hinted {
+            let idle = self.step_idle_s > 0.0 || self.in_flight == 0;
+            if self.step_stall_s > 0.0 && (idle || self.prev_step_idle_s > 0.0) {
+                // A caller blocked while the copy engine had been idle: prefetch started too late.
+                self.widen();
+            } else if !idle {
+                // The copy engine never ran dry during the step: a deeper pipeline would not have
+                // helped, and it costs resident bytes. Let the horizon decay.
+                self.lookahead_s = (self.lookahead_s * SATURATED_DECAY).max(MIN_LOOKAHEAD_S);
+            }
+        }
+        self.prev_step_idle_s = self.step_idle_s;
+        self.step_idle_s = 0.0;
+        self.step_stall_s = 0.0;
+        self.epoch += 1;
+        self.tick += 1;
+        self.hinted = true;
+        if self.schedule.len() > 0 {
+            let (old, len) = (self.pos, self.schedule.len() as usize);
+            self.pos = self.schedule.position_of(step);
+            // The walk's done range starts at the new position; a step hinted again is looked at
+            // afresh (the uses it skipped as "used this step" belong to the old epoch).
+            let moved = (self.pos + len - old) % len;
+            self.scan = if moved == 0 {
+                0
+            } else {
+                self.scan.saturating_sub(moved)
+            };
+            self.last_step = Some(step);
+            self.last_hint = Some((self.pos, now));
+            if self.schedule.steps[self.pos] == step {
+                for j in 0..self.schedule.uses[self.pos].len() {
+                    if self.schedule.is_certain(self.pos, j) {
+                        let i = self.schedule.uses[self.pos][j];
+                        self.b_mut(i).protected = true;
+                        self.protected.push(i);
+                    }
+                }
+            }
+        }
+        // The step's blocks are placed together, before any of them is held.
+        self.reserved.clear();
+        self.step_pending = !self.protected.is_empty();
+        self.pump();
+    }
+
+    /// Next command for the driver.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    /// Issues whatever can be issued now: pending demand loads first, then prefetches.
+    fn pump(&mut self) {
+        self.sync_schedule();
+        self.ensure_plan();
+        if self.step_pending {
+            match self.place_step() {
+                Placement::Placed => self.step_pending = false,
+                Placement::Wait => {}
+                // The demand path reports the error to whoever waits.
+                Placement::Impossible => {
+                    self.step_pending = false;
+                    self.reserved.clear();
+                }
+            }
+        }
+        let mut still = VecDeque::new();
+        while let Some(i) = self.pending_demands.pop_front() {
+            let b = self.b(i);
+            if b.waiters == 0 {
+                self.b_mut(i).pending_demand = false;
+                continue;
+            }
+            match b.state {
+                // The joint step placement has it in hand.
+                State::Host if self.step_pending && b.protected => {
+                    still.push_back(i);
+                    continue;
+                }
+                State::Host => {}
+                State::WritingBack { .. } => {
+                    still.push_back(i);
+                    continue;
+                }
+                State::Loading { .. } | State::Resident { .. } => {
+                    self.b_mut(i).pending_demand = false;
+                    continue;
+                }
+            }
+            match self.place(i, Mode::Demand, 0) {
+                Placement::Placed => self.b_mut(i).pending_demand = false,
+                Placement::Wait => still.push_back(i),
+                Placement::Impossible => {
+                    let err = self.out_of_memory(i);
+                    let b = self.b_mut(i);
+                    b.pending_demand = false;
+                    b.error = Some(err);
+                    b.error_waiters = b.waiters;
+                }
+            }
+        }
+        self.pending_demands = still;
+        if self.cfg.prefetch && self.pending_demands.is_empty() && !self.step_pending {
+            self.prefetch();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
