@@ -2,7 +2,8 @@
 //!
 //! `cargo bench -p synapswap --bench scale` prints the table; `-- --write BENCHMARKS.md` also
 //! rewrites the section between the `<!-- bench:scale -->` markers of that file. `-- --max N`
-//! stops at N blocks (default 1,000,000; the engine rows at 1e6 need about 6 GiB of RAM).
+//! stops at N blocks (default 1,000,000; the engine rows at 1e6 need about 6 GiB of RAM);
+//! `-- --only planner|engine` measures one half (a partial table is not for `--write`).
 //!
 //! The workload: N blocks of 4 KiB, one a step, each used once per pass, a budget of half the
 //! model, prefetch on (so the keep plan holds half the blocks at home and streams the rest
@@ -258,9 +259,16 @@ fn main() {
         .into_iter()
         .filter(|&n| n <= max)
         .collect();
-    let planner: Vec<Row> = sizes.iter().map(|&n| planner_row(n)).collect();
+    let only = after("--only");
+    let want = |what: &str| only.as_deref().is_none_or(|o| o == what);
+    let planner: Vec<Row> = sizes
+        .iter()
+        .filter(|_| want("planner"))
+        .map(|&n| planner_row(n))
+        .collect();
     let engine: Vec<Row> = sizes
         .iter()
+        .filter(|_| want("engine"))
         .map(|&n| {
             let r = engine_row(n);
             eprintln!("engine {n} blocks done");

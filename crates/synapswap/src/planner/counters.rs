@@ -20,6 +20,9 @@ pub(super) struct Counters {
     pub(super) transfer_busy_s: f64,
     pub(super) copy_idle_s: f64,
     pub(super) prefetch: PrefetchStats,
+    /// Placements that fell back to the general rule's walk of the whole pool (O(regions); the
+    /// keep plan's homes and ring place the rest in O(log regions)).
+    pub(super) pool_walks: u64,
 }
 
 impl Planner {

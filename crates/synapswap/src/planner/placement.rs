@@ -12,6 +12,10 @@ use super::{Command, Error, Planner, State};
 use crate::block::Policy;
 use crate::pool::{granules, Allocation, GRANULE};
 
+/// Ring slots a demand load of a streamed block steps over (blocks in use there) before it falls
+/// back to the general rule (see `place_planned`).
+const RING_HOPS: u32 = 4;
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) enum Mode {
     Demand,
@@ -280,20 +284,42 @@ impl Planner {
         } else {
             size
         };
-        let at = match home {
+        let mut at = match home {
             Some(h) => h,
             None if !self.planned || self.zone_start + size > cap => return None,
             None if self.ring >= self.zone_start && self.ring + run <= cap => self.ring,
             None => self.zone_start,
         };
-        let victims = match self.clear_range(at, size, mode) {
-            Ok(v) => v,
-            // Something there is still in use: a prefetch waits for it (the pipeline is full). A
-            // demand load, or a block that will never leave (placed before this plan), takes any
-            // room the general rule finds.
-            Err(barrier) => {
-                return (mode != Mode::Demand && !self.is_settled(barrier))
-                    .then_some(Placement::Wait);
+        let mut hops = 0;
+        let victims = loop {
+            match self.clear_range(at, size, mode) {
+                Ok(v) => break v,
+                // A demand load of a streamed block steps over a block in use in the ring (the
+                // running step's, one a caller holds) to the slot after it, a few times: the
+                // ring order holds and the search stays O(log regions), where the general rule
+                // walks the whole pool.
+                Err(barrier) if mode == Mode::Demand && home.is_none() && hops < RING_HOPS => {
+                    let (State::Resident { alloc }
+                    | State::Loading { alloc, .. }
+                    | State::WritingBack { alloc }) = self.b(barrier).state
+                    else {
+                        return None;
+                    };
+                    let next = alloc.offset + alloc.size;
+                    at = if next + size <= cap {
+                        next
+                    } else {
+                        self.zone_start
+                    };
+                    hops += 1;
+                }
+                // Something there is still in use: a prefetch waits for it (the pipeline is
+                // full). A demand load, or a block that will never leave (placed before this
+                // plan), takes any room the general rule finds.
+                Err(barrier) => {
+                    return (mode != Mode::Demand && !self.is_settled(barrier))
+                        .then_some(Placement::Wait);
+                }
             }
         };
         for v in victims {
@@ -323,6 +349,7 @@ impl Planner {
             self.start_load(index, alloc, demand);
             return Placement::Placed;
         }
+        self.n.pool_walks += 1;
         match self.find_window(size, mode) {
             Some((at, victims)) => {
                 for v in victims {

@@ -56,6 +56,44 @@ fn next_use_is_cyclic() {
     assert_eq!(s.position_of(10), 0);
 }
 
+/// A demand load of a streamed block whose ring slot holds the running step's block steps over it
+/// to the next slot: the general rule (a walk of the whole pool) is for what the ring cannot
+/// place. At scale that walk made each such miss cost O(blocks) (benches/scale.rs).
+#[test]
+fn a_demand_load_steps_over_a_block_in_use_in_the_ring() {
+    let n = 64u64;
+    let mut p = Planner::new(PlannerConfig::new(n * 4096 / 2)).unwrap();
+    let ids: Vec<BlockId> = (0..n)
+        .map(|_| p.add_block(BlockSpec::new(4096)).unwrap())
+        .collect();
+    for (s, &id) in ids.iter().enumerate() {
+        p.declare(s as u64, id).unwrap();
+    }
+    for _ in 0..2 {
+        for (s, &id) in ids.iter().enumerate() {
+            p.hint(s as u64, 0.0);
+            use_block(&mut p, id);
+        }
+    }
+    let running = *ids.last().unwrap();
+    let at = p
+        .device_offset(running)
+        .unwrap()
+        .expect("the last step's block is resident");
+    assert!(at >= p.zone_start, "it streams through the ring");
+    let away = *ids
+        .iter()
+        .find(|&&id| p.residency(id).unwrap() == Residency::Host)
+        .unwrap();
+    // The ring's next slot is the running step's block, which the hint protects.
+    p.ring = at;
+    let walks = p.n.pool_walks;
+    assert_eq!(p.acquire(away).unwrap(), Acquire::Pending);
+    complete_all(&mut p);
+    assert_eq!(p.poll_waiter(away).unwrap().unwrap(), at + 4096);
+    assert_eq!(p.n.pool_walks, walks, "placed without a walk of the pool");
+}
+
 /// The prefetch walk resumes at its cursor; a block behind the cursor that goes back to the
 /// host (an eviction the walk did not make) must be walked to again, or it would only come
 /// back as a demand load.
