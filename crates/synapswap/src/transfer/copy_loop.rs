@@ -131,6 +131,11 @@ impl<M: Moment> CopyLoop<M> {
         }
     }
 
+    /// Whether no chunk is on the link.
+    pub fn is_empty(&self) -> bool {
+        self.in_flight.is_empty()
+    }
+
     /// Carves chunks (of jobs `pick` allows) into `batch` until the link would hold `depth`.
     pub fn carve(&self, queue: &mut TransferQueue, pick: Pick, batch: &mut Vec<Chunk>) {
         while self.in_flight.len() + batch.len() < self.depth {
@@ -402,6 +407,7 @@ mod tests {
                     assert!(lp.record(&mut q, &planner, Some(&mut trace), s).is_none());
                 }
             }
+            assert!(lp.is_empty());
             assert_eq!(busy, [1.0, 1.0, 1.0]);
             let spans: Vec<(f64, f64)> = trace.spans.iter().map(|s| (s.start_s, s.dur_s)).collect();
             assert_eq!(
