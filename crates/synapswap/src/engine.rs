@@ -24,10 +24,10 @@ use crate::backend::{
     Backend, BackendInfo, Borrowed, Direction, Fence, Memory, SimBackend, SimConfig,
 };
 use crate::host_tier::HostTier;
-use crate::planner::{Acquire, Command, Planner, PlannerConfig};
+use crate::planner::{Acquire, Planner, PlannerConfig};
 use crate::sync::{self, Arc, Condvar, Instant, Mutex, MutexGuard};
 use crate::trace::Trace;
-use crate::transfer::{transfer_thread, LoadTicket, TransferQueue};
+use crate::transfer::{queue_commands, transfer_thread, LoadTicket, TransferQueue};
 use crate::{BlockId, BlockSpec, Error, Residency, Result, Stats};
 
 /// The consumer stream that [`Engine::wait`], [`Engine::acquire`] and [`Engine::unacquire`] order
@@ -239,49 +239,9 @@ pub(crate) fn poll_fences<'a>(
 impl State {
     /// Turns the planner's commands into copy jobs.
     pub fn apply_commands(&mut self, shared: &Shared) {
-        let mut queued = false;
-        while let Some(c) = self.planner.poll_command() {
-            match c {
-                Command::Load {
-                    block,
-                    offset,
-                    size,
-                    demand,
-                } => {
-                    let (host, mapping) = self.host_of(block);
-                    self.queue.push(
-                        block,
-                        Direction::HostToDevice,
-                        host,
-                        self.arena_base + offset,
-                        size,
-                        demand,
-                        mapping,
-                    );
-                    queued = true;
-                }
-                Command::WriteBack {
-                    block,
-                    offset,
-                    size,
-                } => {
-                    let (host, mapping) = self.host_of(block);
-                    self.queue.push(
-                        block,
-                        Direction::DeviceToHost,
-                        host,
-                        self.arena_base + offset,
-                        size,
-                        true,
-                        mapping,
-                    );
-                    queued = true;
-                }
-                Command::Expedite { block } => self.queue.expedite(block),
-                Command::Evict { .. } => {}
-            }
-        }
-        if queued {
+        let hosts = &self.hosts;
+        let host_of = |block: BlockId| Self::host_in(hosts, block);
+        if queue_commands(&mut self.planner, &mut self.queue, self.arena_base, host_of) {
             shared.work.notify_one();
         }
     }
@@ -349,7 +309,12 @@ impl State {
 
     /// The block's host address and the mapping it lies in.
     fn host_of(&self, block: BlockId) -> (u64, u64) {
-        self.hosts[block.index as usize]
+        Self::host_in(&self.hosts, block)
+    }
+
+    /// `host_of`, borrowing only the host copies.
+    fn host_in(hosts: &[Option<Box<dyn Memory>>], block: BlockId) -> (u64, u64) {
+        hosts[block.index as usize]
             .as_ref()
             .map(|m| (m.addr(), m.mapping()))
             .expect("a live block has a host copy")

@@ -2,10 +2,11 @@
 //!
 //! It drives the **same [`Planner`]** as the runtime, with a virtual clock instead of threads: the
 //! caller loop of [`crate::run`] (hint, wait for each block, compute, release), and a virtual copy
-//! engine that mirrors the transfer thread (the same [`TransferQueue`] order, the same chunking, the
-//! same number of chunks queued on the link) and the sim backend's link model (a copy starts when
-//! submitted or when the link frees, and takes `latency + bytes / bandwidth`). So what it predicts
-//! is what the runtime decides; only the bytes are not moved.
+//! engine that runs the transfer thread's own chunk pipeline (the same [`CopyLoop`] over the same
+//! [`TransferQueue`]: its order, chunking, number of chunks queued on the link, busy and idle
+//! accounting) on the sim backend's link model (a copy starts when submitted or when the link
+//! frees, and takes `latency + bytes / bandwidth`) and a virtual clock. So what it predicts is what
+//! the runtime decides; only the bytes are not moved.
 //!
 //! Besides `synapswap` it runs the strategies peer systems use, on the same realized trace:
 //! - `demand-lru`: reactive paging, as unified memory does: no schedule, no prefetch, LRU victims
@@ -26,11 +27,11 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::backend::sim::DEFAULT_SIM_H2D;
-use crate::backend::Direction;
-use crate::planner::{Acquire, Command, Planner, PlannerConfig};
+use crate::backend::{Direction, Ticket};
+use crate::planner::{Acquire, Planner, PlannerConfig};
 use crate::run::{bound_tokens_per_s, min_bytes_h2d, Integrity, Progress, RunReport};
 use crate::trace::{Trace, Track};
-use crate::transfer::{Chunk, Pick, TransferQueue};
+use crate::transfer::{copy_loop, queue_commands, report, Chunk, CopyLoop, Pick, TransferQueue};
 use crate::workload::{Resolved, Workload};
 use crate::{BlockId, BlockSpec, Error, Policy, Result, Stats, DEFAULT_CHUNK_BYTES};
 
@@ -369,23 +370,62 @@ impl Link {
 // ---------------------------------------------------------------------------------------------
 // synapswap and demand-lru: the planner driven like the runtime drives it.
 
-struct InFlight {
-    chunk: Chunk,
-    start: f64,
-    finish: f64,
+/// The modelled link as the copy loop's [`copy_loop::Link`], on the virtual clock: a copy's start
+/// and finish are known when it is submitted.
+struct VirtualLink {
+    link: Link,
+    /// The virtual clock, as the caller loop last set it.
+    now: f64,
+    /// (ticket, start, finish) of the copies on the link, oldest first.
+    queued: VecDeque<(u64, f64, f64)>,
+    tickets: u64,
 }
 
-/// The runtime's transfer thread and backend, on a virtual clock.
+impl VirtualLink {
+    /// When the oldest copy on the link finishes.
+    fn next_finish(&self) -> Option<f64> {
+        self.queued.front().map(|q| q.2)
+    }
+}
+
+impl copy_loop::Link for VirtualLink {
+    type Time = f64;
+
+    fn now(&self) -> f64 {
+        self.now
+    }
+
+    unsafe fn submit(&mut self, c: &Chunk) -> Result<Ticket> {
+        let (start, finish) = self.link.copy(self.now, c.dir, c.len);
+        self.tickets += 1;
+        self.queued.push_back((self.tickets, start, finish));
+        Ok(Ticket(self.tickets))
+    }
+
+    fn span(&self, ticket: Ticket) -> Option<(f64, f64)> {
+        let q = self.queued.iter().rev().find(|q| q.0 == ticket.0)?;
+        Some((q.1, q.2))
+    }
+
+    fn wait(&mut self, ticket: Ticket) -> (Result<()>, f64) {
+        let q = self
+            .queued
+            .pop_front()
+            .expect("a submitted copy is on the link");
+        debug_assert_eq!(q.0, ticket.0, "copies complete in submission order");
+        (Ok(()), q.2)
+    }
+}
+
+/// The runtime's transfer thread and backend, on a virtual clock: the same [`CopyLoop`] on a
+/// modelled link.
 struct VirtualRuntime {
     planner: Planner,
     /// Each block's (host offset, mapping), as the engine's host tier would lay them out.
     hosts: Vec<(u64, u64)>,
     queue: TransferQueue,
-    in_flight: VecDeque<InFlight>,
-    link: Link,
-    depth: usize,
-    chunk_bytes: u64,
-    idle_since: Option<f64>,
+    copies: CopyLoop<f64>,
+    link: VirtualLink,
     trace: Option<Trace>,
 }
 
@@ -393,83 +433,44 @@ impl VirtualRuntime {
     /// Turns the planner's commands into jobs and keeps the link fed (as `apply_commands` and
     /// the transfer thread's loop do).
     fn apply(&mut self, now: f64) {
-        while let Some(c) = self.planner.poll_command() {
-            match c {
-                Command::Load {
-                    block,
-                    offset,
-                    size,
-                    demand,
-                } => {
-                    let (host, mapping) = self.hosts[block.index as usize];
-                    self.queue.push(
-                        block,
-                        Direction::HostToDevice,
-                        host,
-                        offset,
-                        size,
-                        demand,
-                        mapping,
-                    )
-                }
-                Command::WriteBack {
-                    block,
-                    offset,
-                    size,
-                } => {
-                    let (host, mapping) = self.hosts[block.index as usize];
-                    self.queue.push(
-                        block,
-                        Direction::DeviceToHost,
-                        host,
-                        offset,
-                        size,
-                        true,
-                        mapping,
-                    )
-                }
-                Command::Expedite { block } => self.queue.expedite(block),
-                Command::Evict { .. } => {}
-            }
-        }
+        let hosts = &self.hosts;
+        queue_commands(&mut self.planner, &mut self.queue, 0, |b| {
+            hosts[b.index as usize]
+        });
         self.fill(now);
     }
 
     fn fill(&mut self, now: f64) {
-        while self.in_flight.len() < self.depth {
-            let Some(chunk) = self.queue.next_chunk(self.chunk_bytes, Pick::Any) else {
-                break;
-            };
-            if let Some(t0) = self.idle_since.take() {
-                self.planner.add_copy_idle(now - t0);
-            }
-            let (start, finish) = self.link.copy(now, chunk.dir, chunk.len);
-            if let Some(t) = self.trace.as_mut() {
-                let (name, cat) = self.queue.describe(&chunk, &self.planner);
-                t.push_copy(&name, cat, start, finish, chunk.len);
-            }
-            self.in_flight.push_back(InFlight {
-                chunk,
-                start,
-                finish,
-            });
+        let mut batch = Vec::new();
+        self.copies.carve(&mut self.queue, Pick::Any, &mut batch);
+        if !batch.is_empty() {
+            self.copies.end_idle(&mut self.planner, now);
         }
-        if self.in_flight.is_empty() && self.idle_since.is_none() {
-            self.idle_since = Some(now);
+        self.link.now = now;
+        // SAFETY: the modelled link moves no bytes.
+        let submitted = unsafe { CopyLoop::submit(&mut self.link, batch) };
+        for s in submitted {
+            let failed = self
+                .copies
+                .record(&mut self.queue, &self.planner, self.trace.as_mut(), s);
+            debug_assert!(failed.is_none(), "the modelled link never fails");
+        }
+        if self.copies.is_empty() {
+            self.copies.start_idle(now);
         }
     }
 
     /// Completes the oldest chunk; returns its finish time, or `None` if nothing is in flight.
     fn complete_next(&mut self) -> Option<f64> {
-        let f = self.in_flight.pop_front()?;
-        let t = f.finish;
-        let busy = f.finish - f.start;
-        for job in self.queue.chunk_done(&f.chunk, Ok(()), busy) {
-            let (ok, reason, busy) = job.outcome();
-            match job.dir {
-                Direction::HostToDevice => self.planner.transfer_done(job.block, ok, reason, busy),
-                Direction::DeviceToHost => self.planner.writeback_done(job.block, ok, busy),
-            }
+        let f = self.copies.oldest()?;
+        let (result, t) = copy_loop::Link::wait(&mut self.link, f.ticket);
+        let result = result.map_err(|e| e.to_string());
+        let trace = self.trace.as_mut();
+        for job in self
+            .copies
+            .complete(&mut self.queue, &self.planner, trace, f, result, t)
+        {
+            report(&mut self.planner, &job);
         }
         self.apply(t);
         Some(t)
@@ -477,7 +478,7 @@ impl VirtualRuntime {
 
     /// Completes every chunk that finishes by `t`.
     fn advance_to(&mut self, t: f64) {
-        while self.in_flight.front().is_some_and(|f| f.finish <= t) {
+        while self.link.next_finish().is_some_and(|f| f <= t) {
             self.complete_next();
         }
     }
@@ -543,13 +544,16 @@ fn engine_policy(ctx: &mut Ctx<'_>, planned: bool) -> Result<Measured> {
         planner,
         hosts,
         queue: TransferQueue::default(),
-        in_flight: VecDeque::new(),
-        link: Link::new(cfg),
-        depth: cfg.pipeline_depth,
-        chunk_bytes: cfg.chunk_bytes,
-        idle_since: Some(0.0),
+        copies: CopyLoop::new(cfg.pipeline_depth, cfg.chunk_bytes, 0.0, 0.0),
+        link: VirtualLink {
+            link: Link::new(cfg),
+            now: 0.0,
+            queued: VecDeque::new(),
+            tickets: 0,
+        },
         trace: ctx.tracing().then(Trace::default),
     };
+    rt.copies.start_idle(0.0);
     let mut now = 0.0;
     let mut t_timed = 0.0;
     let mut at_timed = Stats::default();

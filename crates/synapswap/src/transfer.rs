@@ -1,6 +1,9 @@
 //! The runtime's transfer side: a deadline-ordered queue of copy jobs and the dedicated thread that
-//! feeds them, chunk by chunk, to the backend's copy queue. The simulator drives the same queue on
-//! its virtual clock (`simulate.rs`).
+//! feeds them, chunk by chunk, to the backend's copy queue. The chunk pipeline itself (fill to
+//! depth, complete the oldest, busy and idle time, trace spans, commands to jobs, completions to
+//! the planner) is [`copy_loop`], behind a link-and-clock seam: the transfer thread runs it on the
+//! backend with the state lock dropped around driver calls, and the simulator (`simulate.rs`) runs
+//! the same code on its modelled link and virtual clock.
 //!
 //! Order: demand loads (a caller is blocked) first, then write-backs (they free space someone is
 //! waiting for), then prefetches in the order the planner issued them, which is deadline order.
@@ -20,9 +23,13 @@
 //!
 //! Cost: O(log jobs) per push, chunk, completion and lookup by block.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+pub(crate) mod copy_loop;
 
-use crate::backend::{Direction, Ticket};
+use std::collections::{BTreeSet, HashMap};
+
+pub(crate) use copy_loop::{queue_commands, report, CopyLoop, Link};
+
+use crate::backend::{Backend, Direction, Ticket};
 use crate::engine::{poll_fences, Shared, State};
 use crate::sync::{self, Arc, Instant};
 use crate::{BlockId, Error};
@@ -353,19 +360,48 @@ impl Job {
     }
 }
 
+/// The runtime's [`Link`]: the backend's copy queue, on the real clock.
+struct BackendLink<'a>(&'a dyn Backend);
+
+impl Link for BackendLink<'_> {
+    type Time = Instant;
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    unsafe fn submit(&mut self, c: &Chunk) -> Result<Ticket, Error> {
+        // SAFETY: the caller's contract ([`Link::submit`]) is the backend's: the ranges stay
+        // valid and untouched until `wait` returned for the ticket.
+        unsafe {
+            self.0
+                .submit(c.dir, c.host as usize as *mut u8, c.device, c.len as usize)
+        }
+    }
+
+    fn wait(&mut self, ticket: Ticket) -> (Result<(), Error>, Instant) {
+        let r = self.0.wait(ticket);
+        (r, Instant::now())
+    }
+}
+
 /// The transfer thread: keeps up to `pipeline_depth` chunks on the backend's copy queue and reports
-/// completions to the planner. Exits on shutdown once every submitted copy has completed, so no
-/// copy outlives the memory it touches.
+/// completions to the planner (the [`CopyLoop`] does the pipeline; this adds fences, device loss,
+/// shutdown, eager loads and wake-ups). Exits on shutdown once every submitted copy has
+/// completed, so no copy outlives the memory it touches.
 ///
 /// Every driver call (submit, wait, fence query) runs with the state lock dropped: chunks are
 /// carved under the lock (their job keeps the block `Loading` or `WritingBack`, so the planner
 /// moves nothing they touch), submitted after it, and their tickets recorded under it again.
 pub(crate) fn transfer_thread(shared: Arc<Shared>) {
     let backend = shared.backend.clone();
-    let mut in_flight: VecDeque<(Chunk, Ticket, Instant)> = VecDeque::new();
-    // When the previous chunk finished: a queued chunk's copy starts no earlier, so its busy time
-    // (the link time the planner's bandwidth estimate divides by) is measured from there.
-    let mut last_done = Instant::now();
+    let mut link = BackendLink(backend.as_ref());
+    let mut copies = CopyLoop::new(
+        shared.pipeline_depth,
+        shared.chunk_bytes,
+        shared.epoch,
+        Instant::now(),
+    );
     let mut st = sync::lock(&shared.state);
     loop {
         // Completed stream fences first: the holds they drop can let queued placements through,
@@ -394,51 +430,34 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
             } else {
                 Pick::Any
             };
-            while in_flight.len() + batch.len() < shared.pipeline_depth {
-                let Some(c) = st.queue.next_chunk(shared.chunk_bytes, pick) else {
-                    break;
-                };
-                batch.push(c);
-            }
+            copies.carve(&mut st.queue, pick, &mut batch);
             // A load a consumer's stream is about to wait on goes on whole.
-            while !st.shutdown {
-                let Some(c) = st.queue.next_chunk(shared.chunk_bytes, Pick::Eager) else {
-                    break;
-                };
-                batch.push(c);
+            if !st.shutdown {
+                copies.carve_all(&mut st.queue, Pick::Eager, &mut batch);
             }
         }
         if !batch.is_empty() {
             drop(st);
-            let submitted: Vec<_> = batch
-                .into_iter()
-                .map(|c| {
-                    let t0 = Instant::now();
-                    // SAFETY: the chunk is the union of end-to-end parts of its jobs, each
-                    // inside its block's host buffer and device region (parts are merged only
-                    // where one job's bytes start where the previous one's end, in one host
-                    // mapping and on the device). The planner keeps each region allocated, and
-                    // the engine keeps each host buffer alive and untouched by callers (`write`,
-                    // `read` and `free` wait for the block's jobs), until the job is reported
-                    // done, which happens only after `wait` on every chunk's ticket.
-                    let r = unsafe {
-                        backend.submit(c.dir, c.host as usize as *mut u8, c.device, c.len as usize)
-                    };
-                    (c, r, t0)
-                })
-                .collect();
+            // SAFETY: each chunk is the union of end-to-end parts of its jobs, each inside its
+            // block's host buffer and device region (parts are merged only where one job's bytes
+            // start where the previous one's end, in one host mapping and on the device). The
+            // planner keeps each region allocated, and the engine keeps each host buffer alive
+            // and untouched by callers (`write`, `read` and `free` wait for the block's jobs),
+            // until the job is reported done, which happens only after `wait` on every chunk's
+            // ticket.
+            let submitted = unsafe { CopyLoop::submit(&mut link, batch) };
             st = sync::lock(&shared.state);
-            for (c, r, t0) in submitted {
-                match r {
-                    Ok(ticket) => {
-                        st.queue.record_ticket(&c, ticket);
-                        in_flight.push_back((c, ticket, t0));
-                    }
-                    Err(e) => {
-                        st.note(&shared, &e);
-                        for job in st.queue.chunk_done(&c, Err(e.to_string()), 0.0) {
-                            finish_job(&shared, &mut st, &job);
-                        }
+            for s in submitted {
+                let State {
+                    queue,
+                    planner,
+                    trace,
+                    ..
+                } = &mut *st;
+                if let Some((e, over)) = copies.record(queue, planner, trace.as_mut(), s) {
+                    st.note(&shared, &e);
+                    for job in over {
+                        finish_job(&shared, &mut st, &job);
                     }
                 }
             }
@@ -446,49 +465,41 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
             shared.ready.notify_all();
             continue;
         }
-        let Some((c, ticket, t0)) = in_flight.pop_front() else {
+        let Some(f) = copies.oldest() else {
             if st.shutdown && (st.lost.is_some() || !st.queue.has_writebacks()) {
                 break;
             }
-            let idle = Instant::now();
+            copies.start_idle(link.now());
             st = if !st.deferred.is_empty() {
                 // Stream-ordered releases are pending: look at their fences again soon.
                 sync::wait_timeout(&shared.work, st, std::time::Duration::from_micros(100))
             } else {
                 sync::wait(&shared.work, st)
             };
-            st.planner.add_copy_idle(idle.elapsed().as_secs_f64());
+            copies.end_idle(&mut st.planner, link.now());
             continue;
         };
         drop(st);
-        let result = backend.wait(ticket);
-        let done = Instant::now();
-        let start = t0.max(last_done);
-        last_done = done;
-        let busy = (done - start).as_secs_f64();
+        let (result, done) = link.wait(f.ticket);
         st = sync::lock(&shared.state);
         if let Err(e) = &result {
             st.note(&shared, e);
         }
-        if st.trace.is_some() {
-            let (name, cat) = st.queue.describe(&c, &st.planner);
-            let (a, b) = (
-                (start - shared.epoch).as_secs_f64(),
-                (done - shared.epoch).as_secs_f64(),
-            );
-            if let Some(t) = st.trace.as_mut() {
-                t.push_copy(&name, cat, a, b, c.len);
-            }
-        }
+        let State {
+            queue,
+            planner,
+            trace,
+            ..
+        } = &mut *st;
         let result = result.map_err(|e| e.to_string());
-        for job in st.queue.chunk_done(&c, result, busy) {
+        for job in copies.complete(queue, planner, trace.as_mut(), f, result, done) {
             finish_job(&shared, &mut st, &job);
         }
     }
 }
 
 fn finish_job(shared: &Shared, st: &mut State, job: &Job) {
-    let (ok, reason, busy) = job.outcome();
+    let (ok, reason, _) = job.outcome();
     let stream_waited = match st.stream_waits.iter().position(|&b| b == job.block) {
         Some(i) if job.dir == Direction::HostToDevice => {
             st.stream_waits.swap_remove(i);
@@ -508,10 +519,7 @@ fn finish_job(shared: &Shared, st: &mut State, job: &Job) {
             )),
         );
     }
-    match job.dir {
-        Direction::HostToDevice => st.planner.transfer_done(job.block, ok, reason, busy),
-        Direction::DeviceToHost => st.planner.writeback_done(job.block, ok, busy),
-    }
+    report(&mut st.planner, job);
     st.apply_commands(shared);
     shared.ready.notify_all();
 }
