@@ -318,12 +318,14 @@ impl Planner {
     }
 
     /// Drops one hold taken by `acquire`/`poll_waiter`. A released hold can only matter to a
-    /// placement that was refused for lack of room, so only then is the schedule walked again.
+    /// placement that was refused for lack of room, so only then is the schedule walked again;
+    /// and when the prefetch walk knows which block stopped it, only that block's release.
     pub fn unhold(&mut self, id: BlockId) {
         if let Ok(b) = self.block_mut(id) {
             b.drop_hold();
         }
-        if self.space_blocked || self.step_pending || !self.pending_demands.is_empty() {
+        let walk = self.space_blocked && self.blocker.is_none_or(|i| i == id.index);
+        if walk || self.step_pending || !self.pending_demands.is_empty() {
             self.pump();
         }
     }

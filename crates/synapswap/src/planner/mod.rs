@@ -35,6 +35,25 @@
 //! - **Uses and completions** (`uses.rs`): acquire, waits, the end of a hint's protection, and the
 //!   driver's reports of finished copies (which feed the bandwidth estimate).
 //! - **The counters** (`counters.rs`): what [`Planner::stats`] reports.
+//!
+//! # What each operation costs
+//! With `n` blocks, `r` pool regions (at most about twice the resident blocks), `s` steps and `u`
+//! declared uses (measured from 1e2 to 1e6 blocks: `benches/scale.rs`, BENCHMARKS.md "Scaling"):
+//! - `acquire` of a resident block (a hit), `unhold`, `release`: O(log uses of the block) (its
+//!   next use, for the hit statistics), plus a pump when the use freed pipeline room.
+//! - a pump (after every event that can free room): the pending demand loads, then the prefetch
+//!   walk from its cursor (`prefetch.rs`): O(blocks it issues or looks at again), O(log s) each.
+//! - placing one block under the keep plan (its home or ring slot, a prefetch or a miss):
+//!   O(log r) to find the range (the pool is indexed by offset) plus O(victims); a demand load
+//!   steps over up to 4 ring slots in use. Only without a keep plan (no schedule, prefetch off,
+//!   or a block the plan cannot place) does a placement walk the pool: `find_window`, O(r x
+//!   window); `Stats` does not count these, `Counters::pool_walks` does.
+//! - `hint`: O(step blocks) when the step is on the device or loading; otherwise the joint step
+//!   placement, which maps the pool, O(r) plus the layout's cost (`step.rs`).
+//! - `transfer_done`, `writeback_done`, an eviction: O(log r) (pool free) plus a pump.
+//! - `declare`: O(step blocks); the index is rebuilt at the next event, O(u log u), and the keep
+//!   plan remade, O(n log n + 97 (n + u + s)) (`keep_plan.rs`): a replan is linear in the schedule.
+//! - `add_block`: O(1) amortized; `remove_block`: O(its uses x step size).
 
 use std::collections::VecDeque;
 
@@ -151,6 +170,10 @@ pub struct Planner {
     loading_bytes: u64,
     /// The last prefetch walk stopped because a block found no room.
     space_blocked: bool,
+    /// The block in the way when it stopped at a ring slot or home (held, protected, in
+    /// transfer, or needed sooner), if known: only its release can let the walk on, so other
+    /// releases (every hit's) need not walk again.
+    blocker: Option<u32>,
     /// The prefetch walk's resumable cursor: every certain use in the `scan` steps from `pos`
     /// is on the device, in transfer, or not to be prefetched. Lowered by [`Planner::touch`]
     /// when a block there goes back to the host, moved on by hints, reset by replans.
@@ -219,6 +242,7 @@ impl Planner {
             pipeline_bytes: 0,
             loading_bytes: 0,
             space_blocked: false,
+            blocker: None,
             scan: 0,
             step_pending: false,
             reserved: Vec::new(),

@@ -295,15 +295,19 @@ impl Planner {
             match self.clear_range(at, size, mode) {
                 Ok(v) => break v,
                 // A demand load of a streamed block steps over a block in use in the ring (the
-                // running step's, one a caller holds) to the slot after it, a few times: the
-                // ring order holds and the search stays O(log regions), where the general rule
-                // walks the whole pool.
+                // running step's, one a caller holds) to the slot after it, a few times, and
+                // waits for one in transfer: the ring order holds and the search stays
+                // O(log regions), where the general rule walks the whole pool.
                 Err(barrier) if mode == Mode::Demand && home.is_none() && hops < RING_HOPS => {
-                    let (State::Resident { alloc }
-                    | State::Loading { alloc, .. }
-                    | State::WritingBack { alloc }) = self.b(barrier).state
-                    else {
-                        return None;
+                    let alloc = match self.b(barrier).state {
+                        State::Resident { alloc } => alloc,
+                        // The ring's copies in flight: the slot is free again once they land
+                        // (a small ring is all in flight). Wait for them, as the step placement
+                        // does, rather than walk the pool and evict a kept block.
+                        State::Loading { .. } | State::WritingBack { .. } => {
+                            return Some(Placement::Wait);
+                        }
+                        State::Host => return None,
                     };
                     let next = alloc.offset + alloc.size;
                     at = if next + size <= cap {
@@ -317,8 +321,11 @@ impl Planner {
                 // full). A demand load, or a block that will never leave (placed before this
                 // plan), takes any room the general rule finds.
                 Err(barrier) => {
-                    return (mode != Mode::Demand && !self.is_settled(barrier))
-                        .then_some(Placement::Wait);
+                    let wait = mode != Mode::Demand && !self.is_settled(barrier);
+                    if wait {
+                        self.blocker = Some(barrier);
+                    }
+                    return wait.then_some(Placement::Wait);
                 }
             }
         };

@@ -71,6 +71,7 @@ impl Planner {
     /// not a walk of the whole schedule.
     pub(super) fn prefetch(&mut self) {
         self.space_blocked = false;
+        self.blocker = None;
         let len = self.schedule.len() as usize;
         let cap = self.budget() / 4;
         while self.scan < len {
