@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Regenerates the `synapswap run` section of BENCHMARKS.md: the default run (sim backend, 2 GB/s
-# modelled link, 3.29 GiB model through half of it), three times in a row on this machine, each
-# followed by the simulator's prediction for the same workload (`simulate --workload run`).
+# Regenerates the `synapswap run` sections of BENCHMARKS.md: the default run (sim backend, 2 GB/s
+# modelled link, 3.29 GiB model through half of it), and the `small-tensors` preset (4,000 tensors
+# of 64 KiB, 16 a step), each three times in a row on this machine, each run followed by the
+# simulator's prediction for the same workload (`simulate --workload run|small-tensors`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p synapswap-cli
+# $1: run arguments, $2: simulate workload, $3: the section's marker.
+section() {
 out=$(mktemp)
 for i in 1 2 3; do
-  ./target/release/synapswap run --json >>"$out"
-  ./target/release/synapswap simulate --workload run --latency 10us --json >>"$out"
+  # shellcheck disable=SC2086
+  ./target/release/synapswap run --json $1 >>"$out"
+  ./target/release/synapswap simulate --workload "$2" --latency 10us --json >>"$out"
 done
-python3 - "$out" BENCHMARKS.md <<'PY'
+python3 - "$out" BENCHMARKS.md "$3" <<'PY'
 import json, sys, re, datetime, os
 raw = open(sys.argv[1]).read()
 dec = json.JSONDecoder(); runs = []; i = 0
@@ -19,7 +23,8 @@ while i < len(raw):
     obj, i = dec.raw_decode(raw, i); runs.append(obj)
 pairs = list(zip(runs[0::2], runs[1::2]))
 r0 = runs[0]
-lines = [f"Default `synapswap run --json` ({r0['workload']}, {r0['model_bytes']/2**30:.2f} GiB model, "
+label = "Default `synapswap run --json`" if sys.argv[3] == "run" else "`synapswap run --workload small-tensors --json`"
+lines = [f"{label} ({r0['workload']}, {r0['model_bytes']/2**30:.2f} GiB model, "
          f"{r0['vram_budget_bytes']/2**30:.2f} GiB budget, {r0['tokens']} tokens after {r0['warmup_tokens']} warm-up; "
          f"{r0['backend_description']}; {os.cpu_count()} cores; {datetime.date.today()}):", "",
          "| run | tokens/s | bound tokens/s | efficiency | moved / minimum | hit rate | stall s | copy idle s | peak / budget | mismatches | simulated tokens/s | simulated / measured |",
@@ -32,7 +37,7 @@ for n, (r, s) in enumerate(pairs, 1):
 table = "\n".join(lines) + "\n"
 path = sys.argv[2]
 text = open(path).read() if os.path.exists(path) else ""
-start, end = "<!-- bench:run -->", "<!-- /bench:run -->"
+start, end = f"<!-- bench:{sys.argv[3]} -->", f"<!-- /bench:{sys.argv[3]} -->"
 section = f"{start}\n{table}{end}"
 if start in text and end in text:
     text = text[:text.index(start)] + section + text[text.index(end) + len(end):]
@@ -42,3 +47,6 @@ open(path, "w").write(text)
 print(table)
 PY
 rm -f "$out"
+}
+section "" run run
+section "--workload small-tensors" small-tensors run-small
