@@ -10,6 +10,9 @@
 //! A custom harness (not criterion): the figures that matter are ratios of two measurements taken
 //! back to back in one process, which criterion does not report.
 
+#[path = "shared/section.rs"]
+mod section;
+
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -121,16 +124,6 @@ fn main() {
     );
     println!("{table}");
     if let Some(path) = write {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let (start, end) = ("<!-- bench:engine -->", "<!-- /bench:engine -->");
-        let section = format!("{start}\n{table}{end}");
-        let new = match (text.find(start), text.find(end)) {
-            (Some(a), Some(b)) if b > a => {
-                format!("{}{}{}", &text[..a], section, &text[b + end.len()..])
-            }
-            _ => format!("{text}\n{section}\n"),
-        };
-        std::fs::write(&path, new).expect("write the benchmark file");
-        eprintln!("wrote {path}");
+        section::write(&path, "engine", &table);
     }
 }

@@ -22,6 +22,9 @@
 //! Each figure is one run's mean; the rows are measured one after another in one process, so
 //! compare them with each other (the target: every row within 3x of the 1e3 row).
 
+#[path = "shared/section.rs"]
+mod section;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -63,6 +66,102 @@ fn use_planned(p: &mut Planner, id: BlockId) {
     drain(p);
 }
 
+/// What the two halves of the table drive: the planner alone, or the engine.
+trait Subject {
+    fn hint(&mut self, step: u64);
+    /// One use of the step's block: acquire (waiting if needed) and release.
+    fn use_block(&mut self, id: BlockId);
+    fn residency(&self, id: BlockId) -> Residency;
+}
+
+struct Alone {
+    p: Planner,
+    now: f64,
+}
+
+impl Subject for Alone {
+    fn hint(&mut self, step: u64) {
+        self.p.hint(step, self.now);
+        self.now += STEP_S;
+    }
+    fn use_block(&mut self, id: BlockId) {
+        use_planned(&mut self.p, id);
+    }
+    fn residency(&self, id: BlockId) -> Residency {
+        self.p.residency(id).expect("live block")
+    }
+}
+
+impl Subject for Engine {
+    fn hint(&mut self, step: u64) {
+        Engine::hint(self, step).expect("hint");
+    }
+    fn use_block(&mut self, id: BlockId) {
+        drop(self.wait(id).expect("wait"));
+    }
+    fn residency(&self, id: BlockId) -> Residency {
+        Engine::residency(self, id).expect("live block")
+    }
+}
+
+/// Times the first hint (the plan), two passes (the second timed, hints one by one), a million
+/// hits on resident blocks and up to 2,000 misses (every 7th block on the host, from the far end
+/// of the pass).
+fn measure<S: Subject>(s: &mut S, ids: &[BlockId]) -> Row {
+    let n = ids.len() as u64;
+    let t = Instant::now();
+    s.hint(0);
+    let plan_ns = t.elapsed().as_nanos() as f64 / n as f64;
+    let (mut hint_total, mut pass_ns) = (0.0, 0.0);
+    for pass in 0..2 {
+        hint_total = 0.0;
+        let t = Instant::now();
+        for (step, &id) in ids.iter().enumerate() {
+            let h = Instant::now();
+            s.hint(step as u64);
+            hint_total += h.elapsed().as_nanos() as f64;
+            s.use_block(id);
+        }
+        if pass == 1 {
+            pass_ns = t.elapsed().as_nanos() as f64 / n as f64;
+        }
+    }
+    let pick = |s: &S, state: Residency, step: usize, most: usize| -> Vec<BlockId> {
+        let from: Box<dyn Iterator<Item = &BlockId>> = if step == 1 {
+            Box::new(ids.iter())
+        } else {
+            Box::new(ids.iter().rev().step_by(step))
+        };
+        from.copied()
+            .filter(|&id| s.residency(id) == state)
+            .take(most)
+            .collect()
+    };
+    let resident = pick(s, Residency::Resident, 1, 1000);
+    let rounds = (1_000_000 / resident.len().max(1)).max(1);
+    let t = Instant::now();
+    for _ in 0..rounds {
+        for &id in &resident {
+            s.use_block(std::hint::black_box(id));
+        }
+    }
+    let hit_ns = t.elapsed().as_nanos() as f64 / (rounds * resident.len()).max(1) as f64;
+    let away = pick(s, Residency::Host, 7, 2000);
+    let t = Instant::now();
+    for &id in &away {
+        s.use_block(id);
+    }
+    let miss_ns = t.elapsed().as_nanos() as f64 / away.len().max(1) as f64;
+    Row {
+        n,
+        hint_ns: hint_total / n as f64,
+        hit_ns,
+        miss_ns,
+        plan_ns,
+        pass_ns,
+    }
+}
+
 fn planner_row(n: u64) -> Row {
     let mut p = Planner::new(PlannerConfig::new(n * BLOCK / 2)).expect("planner");
     let ids: Vec<BlockId> = (0..n)
@@ -71,72 +170,12 @@ fn planner_row(n: u64) -> Row {
     for (s, &id) in ids.iter().enumerate() {
         p.declare(s as u64, id).expect("declare");
     }
-    let t = Instant::now();
-    p.hint(0, 0.0);
-    let plan_ns = t.elapsed().as_nanos() as f64 / n as f64;
-    drain(&mut p);
-    let mut now = 0.0;
-    // A warm-up pass (cold loads), then the timed one.
-    let mut hint_total = 0.0;
-    let mut pass_ns = 0.0;
-    for pass in 0..2 {
-        let t = Instant::now();
-        for (s, &id) in ids.iter().enumerate() {
-            let h = Instant::now();
-            p.hint(s as u64, now);
-            hint_total += h.elapsed().as_nanos() as f64;
-            use_planned(&mut p, id);
-            now += STEP_S;
-        }
-        if pass == 1 {
-            pass_ns = t.elapsed().as_nanos() as f64 / n as f64;
-        } else {
-            hint_total = 0.0;
-        }
-    }
-    let hint_ns = hint_total / n as f64;
-    let resident: Vec<BlockId> = ids
-        .iter()
-        .copied()
-        .filter(|&id| p.residency(id).unwrap() == Residency::Resident)
-        .take(1000)
-        .collect();
-    let rounds = (1_000_000 / resident.len().max(1)).max(1);
-    let t = Instant::now();
-    for _ in 0..rounds {
-        for &id in &resident {
-            let _ = std::hint::black_box(p.acquire(id).expect("hit"));
-            p.unhold(id);
-        }
-    }
-    let hit_ns = t.elapsed().as_nanos() as f64 / (rounds * resident.len()).max(1) as f64;
-    // Misses: blocks on the host, taken out of order (every 7th from the far side of the pass).
-    let away: Vec<BlockId> = ids
-        .iter()
-        .rev()
-        .step_by(7)
-        .copied()
-        .filter(|&id| p.residency(id).unwrap() == Residency::Host)
-        .take(2000)
-        .collect();
-    let t = Instant::now();
-    for &id in &away {
-        use_planned(&mut p, id);
-    }
-    let miss_ns = t.elapsed().as_nanos() as f64 / away.len().max(1) as f64;
-    Row {
-        n,
-        hint_ns,
-        hit_ns,
-        miss_ns,
-        plan_ns,
-        pass_ns,
-    }
+    measure(&mut Alone { p, now: 0.0 }, &ids)
 }
 
 fn engine_row(n: u64) -> Row {
     let backend = Arc::new(SimBackend::new(SimConfig::unpaced()).expect("sim"));
-    let e = Engine::builder()
+    let mut e = Engine::builder()
         .budget(n * BLOCK / 2)
         .backend(backend)
         .build()
@@ -147,62 +186,9 @@ fn engine_row(n: u64) -> Row {
     for (s, &id) in ids.iter().enumerate() {
         e.declare(s as u64, id).expect("declare");
     }
-    let t = Instant::now();
-    e.hint(0).expect("hint");
-    let plan_ns = t.elapsed().as_nanos() as f64 / n as f64;
-    let mut hint_total = 0.0;
-    let mut pass_ns = 0.0;
-    for pass in 0..2 {
-        let t = Instant::now();
-        for (s, &id) in ids.iter().enumerate() {
-            let h = Instant::now();
-            e.hint(s as u64).expect("hint");
-            hint_total += h.elapsed().as_nanos() as f64;
-            drop(e.wait(id).expect("wait"));
-        }
-        if pass == 1 {
-            pass_ns = t.elapsed().as_nanos() as f64 / n as f64;
-        } else {
-            hint_total = 0.0;
-        }
-    }
-    let hint_ns = hint_total / n as f64;
-    let resident: Vec<BlockId> = ids
-        .iter()
-        .copied()
-        .filter(|&id| e.residency(id).unwrap() == Residency::Resident)
-        .take(1000)
-        .collect();
-    let rounds = (1_000_000 / resident.len().max(1)).max(1);
-    let t = Instant::now();
-    for _ in 0..rounds {
-        for &id in &resident {
-            drop(std::hint::black_box(e.wait(id).expect("hit")));
-        }
-    }
-    let hit_ns = t.elapsed().as_nanos() as f64 / (rounds * resident.len()).max(1) as f64;
-    let away: Vec<BlockId> = ids
-        .iter()
-        .rev()
-        .step_by(7)
-        .copied()
-        .filter(|&id| e.residency(id).unwrap() == Residency::Host)
-        .take(2000)
-        .collect();
-    let t = Instant::now();
-    for &id in &away {
-        drop(e.wait(id).expect("miss"));
-    }
-    let miss_ns = t.elapsed().as_nanos() as f64 / away.len().max(1) as f64;
+    let row = measure(&mut e, &ids);
     e.shutdown();
-    Row {
-        n,
-        hint_ns,
-        hit_ns,
-        miss_ns,
-        plan_ns,
-        pass_ns,
-    }
+    row
 }
 
 fn fmt_ns(ns: f64) -> String {
@@ -286,16 +272,6 @@ fn main() {
     );
     println!("{text}");
     if let Some(path) = write {
-        let old = std::fs::read_to_string(&path).unwrap_or_default();
-        let (start, end) = ("<!-- bench:scale -->", "<!-- /bench:scale -->");
-        let section = format!("{start}\n{text}{end}");
-        let new = match (old.find(start), old.find(end)) {
-            (Some(a), Some(b)) if b > a => {
-                format!("{}{}{}", &old[..a], section, &old[b + end.len()..])
-            }
-            _ => format!("{old}\n{section}\n"),
-        };
-        std::fs::write(&path, new).expect("write the benchmark file");
-        eprintln!("wrote {path}");
+        section::write(&path, "scale", &text);
     }
 }
