@@ -393,6 +393,9 @@ impl Link for BackendLink<'_> {
 /// Every driver call (submit, wait, fence query) runs with the state lock dropped: chunks are
 /// carved under the lock (their job keeps the block `Loading` or `WritingBack`, so the planner
 /// moves nothing they touch), submitted after it, and their tickets recorded under it again.
+/// How often the transfer thread looks at a running copy while it also waits for new work.
+const POLL: std::time::Duration = std::time::Duration::from_micros(20);
+
 pub(crate) fn transfer_thread(shared: Arc<Shared>) {
     let backend = shared.backend.clone();
     let mut link = BackendLink(backend.as_ref());
@@ -464,6 +467,16 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
             // A stream-ordered acquire may be waiting for its load's last ticket.
             shared.ready.notify_all();
             continue;
+        }
+        // A copy is running and the pipeline has room: while it runs, wait for new work (a
+        // release that lets the next loads in) as well as for the copy, so those loads go on the
+        // copy queue before it ends. Looked at again every `POLL`; only where the backend can
+        // tell without blocking.
+        if let Some(f) = copies.peek_oldest() {
+            if copies.has_room() && !st.shutdown && backend.query(f.ticket) == Some(false) {
+                st = sync::wait_timeout(&shared.work, st, POLL);
+                continue;
+            }
         }
         let Some(f) = copies.oldest() else {
             if st.shutdown && (st.lost.is_some() || !st.queue.has_writebacks()) {

@@ -122,6 +122,15 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Blocks until the copy with this ticket (and every earlier one in its direction) completed;
     /// reports its error.
     fn wait(&self, ticket: Ticket) -> Result<()>;
+
+    /// Whether the copy of `ticket` has completed, without blocking: `None` where the backend
+    /// cannot tell (the transfer thread then blocks in [`Backend::wait`]). With it, the thread
+    /// can submit work queued while a copy runs instead of only after it ends (which idles the
+    /// link for a thread's wake-up per copy: BENCHMARKS.md, "Small copies").
+    fn query(&self, ticket: Ticket) -> Option<bool> {
+        let _ = ticket;
+        None
+    }
     /// Copies synchronously, outside the queue (small reads and writes of a resident block).
     ///
     /// # Safety

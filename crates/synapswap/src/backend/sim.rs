@@ -721,6 +721,10 @@ impl Backend for SimBackend {
         self.core.wait_event(ticket.0, true)
     }
 
+    fn query(&self, ticket: Ticket) -> Option<bool> {
+        Some(!sync::lock(&self.core.events).pending.contains(&ticket.0))
+    }
+
     unsafe fn copy_now(
         &self,
         dir: Direction,

@@ -208,6 +208,15 @@ impl<M: Moment> CopyLoop<M> {
     }
 
     /// Takes the oldest chunk off the in-flight FIFO, to wait on its ticket.
+    pub fn peek_oldest(&self) -> Option<&InFlight<M>> {
+        self.in_flight.front()
+    }
+
+    /// Whether another chunk may go on the copy queue now.
+    pub fn has_room(&self) -> bool {
+        self.in_flight.len() < self.depth
+    }
+
     pub fn oldest(&mut self) -> Option<InFlight<M>> {
         self.in_flight.pop_front()
     }
