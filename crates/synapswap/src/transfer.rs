@@ -472,8 +472,13 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
         // release that lets the next loads in) as well as for the copy, so those loads go on the
         // copy queue before it ends. Looked at again every `POLL`; only where the backend can
         // tell without blocking.
-        if let Some(f) = copies.peek_oldest() {
-            if copies.has_room() && !st.shutdown && backend.query(f.ticket) == Some(false) {
+        let running = copies.peek_oldest().map(|f| f.ticket);
+        if let Some(ticket) = running.filter(|_| copies.has_room() && !st.shutdown) {
+            // The query is a driver call: outside the state lock, as every one is.
+            drop(st);
+            let done = backend.query(ticket);
+            st = sync::lock(&shared.state);
+            if done == Some(false) {
                 st = sync::wait_timeout(&shared.work, st, POLL);
                 continue;
             }
