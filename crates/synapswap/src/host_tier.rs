@@ -102,7 +102,8 @@ impl SlabPlacer {
 
 /// A model of the host tier's layout for the simulator: the host offset and mapping each block
 /// would get if allocated in this order. Blocks in slabs get `slab * SLAB_BYTES + offset` in
-/// mapping `slab`; large blocks get their own mapping, past every slab.
+/// mapping `slab`; a large block gets a mapping of its own (counted down from `u64::MAX`, so
+/// never a slab's), which is all that keeps its copies from merging.
 pub fn model_layout(sizes: impl IntoIterator<Item = u64>) -> Vec<(u64, u64)> {
     let mut placer = SlabPlacer::default();
     let mut own = 0u64;
@@ -112,8 +113,7 @@ pub fn model_layout(sizes: impl IntoIterator<Item = u64>) -> Vec<(u64, u64)> {
             Some((k, a)) => (k as u64 * SLAB_BYTES + a.offset, k as u64),
             None => {
                 own += 1;
-                // Far from every slab and from each other: never adjacent.
-                (u64::MAX / 2 + own * (1 << 48), u64::MAX - own)
+                (0, u64::MAX - own)
             }
         })
         .collect()
