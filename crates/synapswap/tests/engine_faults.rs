@@ -150,7 +150,8 @@ fn a_failed_device_allocation_is_an_error_at_build() {
 
 #[test]
 fn a_failed_host_allocation_is_an_error_and_nothing_changes() {
-    let (engine, faults, backend) = setup(1 << 20);
+    let big = synapswap::host_tier::SLAB_MAX_BLOCK + (64 << 10);
+    let (engine, faults, backend) = setup(2 * big);
     // Small blocks are cut from host slabs: the first one opens a slab, and that allocation
     // fails (twice); the placer gives the place back, so the third try opens it.
     faults.host_allocs.store(2, Ordering::SeqCst);
@@ -162,9 +163,20 @@ fn a_failed_host_allocation_is_an_error_and_nothing_changes() {
     }
     assert_eq!(engine.stats().blocks, 0);
     let a = filled(&engine, 64 << 10, 1);
+    // A block past the slab limit takes its own allocation: failing it leaves `a` as it was.
+    faults.host_allocs.store(2, Ordering::SeqCst);
+    for _ in 0..2 {
+        assert!(matches!(
+            engine.alloc(BlockSpec::new(big)),
+            Err(Error::Backend(m)) if m.contains("injected")
+        ));
+    }
+    assert_eq!(engine.stats().blocks, 1);
     let b = filled(&engine, 64 << 10, 2);
+    let c = filled(&engine, big, 3);
     check(&engine, a, 1);
     check(&engine, b, 2);
+    check(&engine, c, 3);
     engine.shutdown();
     assert_eq!(backend.inner.live_host_bytes(), 0);
 }
