@@ -522,8 +522,8 @@ fn a_used_but_unwritten_mutable_block_is_not_written_back() {
     assert_eq!(p.residency(kv).unwrap(), Residency::Host);
 }
 
-#[test]
-fn a_second_acquire_does_not_hide_a_failed_load_from_the_first_waiter() {
+/// A planner with one block whose first (demand) load, waited for, has just failed.
+fn first_load_failed() -> (Planner, BlockId) {
     let mut cfg = PlannerConfig::new(MIB);
     cfg.prefetch = false;
     let mut p = Planner::new(cfg).unwrap();
@@ -533,6 +533,12 @@ fn a_second_acquire_does_not_hide_a_failed_load_from_the_first_waiter() {
         panic!("a demand load")
     };
     p.transfer_done(block, false, "link down", 0.0);
+    (p, a)
+}
+
+#[test]
+fn a_second_acquire_does_not_hide_a_failed_load_from_the_first_waiter() {
+    let (mut p, a) = first_load_failed();
     // Another caller asks for the block before the first waiter looked.
     assert_eq!(p.acquire(a).unwrap(), Acquire::Pending);
     assert!(
@@ -598,15 +604,7 @@ fn a_prefetch_used_before_its_copy_finished_leaves_the_loading_count() {
 
 #[test]
 fn a_waiter_that_came_after_a_failed_load_gets_its_own_retry() {
-    let mut cfg = PlannerConfig::new(MIB);
-    cfg.prefetch = false;
-    let mut p = Planner::new(cfg).unwrap();
-    let a = p.add_block(BlockSpec::new(MIB)).unwrap();
-    assert_eq!(p.acquire(a).unwrap(), Acquire::Pending);
-    let Some(Command::Load { block, .. }) = p.poll_command() else {
-        panic!("a demand load")
-    };
-    p.transfer_done(block, false, "link down", 0.0);
+    let (mut p, a) = first_load_failed();
     // A second caller arrives before the first looked: its wait starts a new load.
     assert_eq!(p.acquire(a).unwrap(), Acquire::Pending);
     assert!(matches!(
