@@ -75,6 +75,10 @@ pub struct Stats {
     pub kept_blocks: u64,
     /// Their granule-rounded bytes: with `kept_blocks`, which plan is in force.
     pub kept_bytes: u64,
+    /// Keep plans made: one per schedule change that adds or removes a step, and one per
+    /// drift of the declared bytes past a sixteenth of the live bytes (not one per `alloc`,
+    /// `free` or `declare`).
+    pub replans: u64,
     /// Prefetch accounting.
     pub prefetch: PrefetchStats,
 }

@@ -171,7 +171,15 @@ impl Planner {
             self.schedule.positions.resize(self.slots.len(), Vec::new());
             self.schedule.pos_probs.resize(self.slots.len(), Vec::new());
         }
-        self.plan_stale = true;
+        // A block with no declared use is no candidate of the keep plan: only a pinned one
+        // changes it (pinned homes are packed first).
+        if self.slots[index as usize]
+            .block
+            .as_ref()
+            .is_some_and(|b| b.spec.policy == Policy::Pinned)
+        {
+            self.plan_stale = true;
+        }
         Ok(self.id_of(index))
     }
 
@@ -276,7 +284,7 @@ impl Planner {
             .iter()
             .map(|&p| self.schedule.steps[p as usize])
             .collect();
-        let changed = !steps.is_empty();
+        let declared = !steps.is_empty();
         for step in steps {
             if let Some(blocks) = self.schedule.declared.get_mut(&step) {
                 blocks.retain(|&(i, _)| i != id.index);
@@ -285,10 +293,17 @@ impl Planner {
                 }
             }
         }
-        if changed {
+        // The plan forgets the block now (its home is free room); remade from scratch only when
+        // the steps themselves changed, a pinned block left, or enough has changed since.
+        self.drop_from_plan(id.index, b.spec.size);
+        if declared && !self.schedule.remove_uses(id.index) {
             self.schedule.stale = true;
+            self.plan_stale = true;
+        } else if b.spec.policy == Policy::Pinned {
+            self.plan_stale = true;
+        } else if declared {
+            self.plan_changed(b.spec.size);
         }
-        self.plan_stale = true;
         self.pump();
         Ok(())
     }

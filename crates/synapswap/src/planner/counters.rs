@@ -23,6 +23,11 @@ pub(super) struct Counters {
     /// Placements that fell back to the general rule's walk of the whole pool (O(regions); the
     /// keep plan's homes and ring place the rest in O(log regions)).
     pub(super) pool_walks: u64,
+    /// Joint step layouts that mapped the whole pool (O(regions)); the planned fast path
+    /// (`step.rs`) places the rest from range queries.
+    pub(super) step_maps: u64,
+    /// Keep plans made (see [`Planner::replan`]).
+    pub(super) replans: u64,
 }
 
 impl Planner {
@@ -65,6 +70,7 @@ impl Planner {
             lookahead_s: self.lookahead_s,
             kept_blocks: self.kept_blocks,
             kept_bytes: self.kept_bytes,
+            replans: self.n.replans,
             prefetch: self.n.prefetch,
         }
     }

@@ -14,10 +14,12 @@
 //! set that packs by first-fit decreasing is always placed, whatever the preferences; in
 //! particular a set whose total fits the largest gap always is.
 //!
-//! Cost, with `r` spans, `n` blocks, `g` gaps and windows of `w` spans: listing a block's
-//! candidates is `O(r * w)` (as the single-block window search) plus a sort; each candidate tried
-//! costs `O(r + n * g)`. Usually the first passes; in the worst case every one is tried, `O(n *
-//! r * (r + n * g))`. It runs only for blocks not on the device at their step's hint.
+//! Cost, with `r` spans, `n` blocks, `g` gaps and windows of `w` spans: each candidate tried
+//! costs `O(r + n * g)`; a block's preferred offsets are tried first, and only when none passes
+//! are its other windows listed, `O(r * w)` (as the single-block window search) plus a sort.
+//! Usually a preferred offset passes; in the worst case every window is tried, `O(n * r * (r + n
+//! * g))`. It runs only for blocks not on the device at their step's hint, and only when they
+//! cannot all take their homes and ring slots (the fast path in `step.rs`).
 
 use std::cmp::Reverse;
 
@@ -66,9 +68,16 @@ pub(crate) fn layout<K: Ord + Copy>(spans: &[Span<K>], items: &[Item]) -> Option
     for (k, &i) in order.iter().enumerate() {
         let item = &items[i];
         let rest = &sizes[k + 1..];
-        let at = candidates(&spans, item).into_iter().find_map(|at| {
+        let try_at = |at: u64| {
             let carved = carve(&spans, at, item.size);
             packs(&carved, rest).then_some((at, carved))
+        };
+        // The windows are listed only when no preferred offset passes (they cost O(r x w)).
+        let preferred = preferred(&spans, item);
+        let at = preferred.iter().copied().find_map(try_at).or_else(|| {
+            windows(&spans, item, &preferred)
+                .into_iter()
+                .find_map(try_at)
         });
         // Unreachable when the set packed (see the module docs); `None` keeps it honest.
         let (at, carved) = at?;
@@ -175,16 +184,20 @@ fn window_cost<K: Ord + Copy>(
     Some((worst, bytes))
 }
 
-/// Candidate offsets for `item`, best first: its preferred offsets, then every window that
-/// starts at a span's start or ends at a span's end, cheapest first (no cost before any cost;
-/// then fewer bytes cleared; then by address, high or low as the item prefers).
-fn candidates<K: Ord + Copy>(spans: &[Span<K>], item: &Item) -> Vec<u64> {
-    let mut out: Vec<u64> = item
-        .preferred
+/// The first candidate offsets for `item`: its preferred offsets that cross no barrier, in its
+/// order.
+fn preferred<K: Ord + Copy>(spans: &[Span<K>], item: &Item) -> Vec<u64> {
+    item.preferred
         .iter()
         .copied()
         .filter(|&at| window_cost(spans, at, item.size, item.block).is_some())
-        .collect();
+        .collect()
+}
+
+/// The candidates after `preferred`, best first: every window that starts at a span's start or
+/// ends at a span's end, cheapest first (no cost before any cost; then fewer bytes cleared; then
+/// by address, high or low as the item prefers), each once and none of `preferred`.
+fn windows<K: Ord + Copy>(spans: &[Span<K>], item: &Item, preferred: &[u64]) -> Vec<u64> {
     let mut windows: Vec<((Option<K>, u64), u64)> = Vec::new();
     for s in spans.iter().filter(|s| !matches!(s.kind, Kind::Barrier)) {
         let ends = [Some(s.offset), (s.offset + s.size).checked_sub(item.size)];
@@ -199,8 +212,10 @@ fn candidates<K: Ord + Copy>(spans: &[Span<K>], item: &Item) -> Vec<u64> {
     } else {
         windows.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
     }
+    let mut out: Vec<u64> = Vec::with_capacity(windows.len());
+    let mut seen: std::collections::HashSet<u64> = preferred.iter().copied().collect();
     for (_, at) in windows {
-        if !out.contains(&at) {
+        if seen.insert(at) {
             out.push(at);
         }
     }

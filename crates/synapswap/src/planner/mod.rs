@@ -49,11 +49,20 @@
 //!   or a block the plan cannot place) does a placement walk the pool: `find_window`, O(r x
 //!   window); `Stats` does not count these, `Counters::pool_walks` does.
 //! - `hint`: O(step blocks) when the step is on the device or loading; otherwise the joint step
-//!   placement, which maps the pool, O(r) plus the layout's cost (`step.rs`).
+//!   placement: O(step blocks x (log r + regions in their ranges)) when the blocks take their
+//!   homes and ring slots (the fast path), else a map of the pool, O(r), plus the layout's cost
+//!   (`step.rs`; `Counters::step_maps` counts these).
 //! - `transfer_done`, `writeback_done`, an eviction: O(log r) (pool free) plus a pump.
-//! - `declare`: O(step blocks); the index is rebuilt at the next event, O(u log u), and the keep
-//!   plan remade, O(n log n + 97 (n + u + s)) (`keep_plan.rs`): a replan is linear in the schedule.
-//! - `add_block`: O(1) amortized; `remove_block`: O(its uses x step size).
+//! - `declare` into a step that exists, or of a new probability: the index is edited in place,
+//!   O(step blocks + uses of the block). A new step: the index is rebuilt at the next event,
+//!   O(u log u), and the keep plan remade.
+//! - A replan, O(n log n + 97 (n + u + s)) (`keep_plan.rs`: linear in the schedule), happens when
+//!   the steps change, a pinned block comes or goes, the plan is first timed, at a review after
+//!   1, 2, 4, ... then every 64 passes (`Planner::pass_ended`), and at a hint once the declared
+//!   bytes changed since the plan reach 1/16 of the live bytes (`Planner::plan_changed`): O(1)
+//!   amortized per `declare` or `remove_block` of same-sized blocks, not O(n) each.
+//! - `add_block`: O(1) amortized; `remove_block`: O(its uses x step size), no replan (a step
+//!   left empty stays in the index until the next rebuild).
 
 use std::collections::VecDeque;
 
@@ -196,6 +205,12 @@ pub struct Planner {
     zone_start: u64,
     ring: u64,
     plan_stale: bool,
+    /// Declared bytes changed since the plan was made (see [`Planner::plan_changed`]).
+    plan_drift: u64,
+    /// Passes since the plan was made, and after how many it is reviewed (see
+    /// [`Planner::pass_ended`]).
+    passes_since_plan: u32,
+    review_every: u32,
     /// Whether the plan has been sized from measured step times.
     plan_timed: bool,
     /// Whether any block is kept (the plan is in force).
@@ -255,6 +270,9 @@ impl Planner {
             zone_start: 0,
             ring: 0,
             plan_stale: false,
+            plan_drift: 0,
+            passes_since_plan: 0,
+            review_every: 1,
             plan_timed: false,
             planned: false,
             kept_blocks: 0,
@@ -301,6 +319,7 @@ impl Planner {
     /// Execution is at `step`: its blocks are protected until the next hint or their release.
     pub fn hint(&mut self, step: u64, now: f64) {
         self.sync_schedule();
+        self.replan_if_drifted();
         self.ensure_plan();
         if let Some((prev, t)) = self.last_hint {
             let dur = (now - t).max(0.0);
@@ -323,6 +342,7 @@ impl Planner {
             {
                 self.plan_timed = true;
                 self.plan_stale = true;
+                self.review_every = 1;
             }
         }
         for i in std::mem::take(&mut self.protected) {
@@ -350,6 +370,9 @@ impl Planner {
         if self.schedule.len() > 0 {
             let (old, len) = (self.pos, self.schedule.len() as usize);
             self.pos = self.schedule.position_of(step);
+            if self.pos < old || len == 1 {
+                self.pass_ended();
+            }
             // The walk's done range starts at the new position; a step hinted again is looked at
             // afresh (the uses it skipped as "used this step" belong to the old epoch).
             let moved = (self.pos + len - old) % len;
@@ -438,5 +461,7 @@ impl Planner {
     }
 }
 
+#[cfg(test)]
+mod incremental_tests;
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,12 @@ use super::{Command, Error, Planner, State};
 use crate::block::Policy;
 use crate::pool::{granules, Allocation, GRANULE};
 
+/// The keep plan is remade once the declared bytes changed since it reach this fraction of the
+/// live bytes ([`Planner::plan_changed`]).
+pub(super) const DRIFT_DIVISOR: u64 = 16;
+/// The longest run of passes between two reviews of a timed plan ([`Planner::pass_ended`]).
+pub(super) const MAX_REVIEW_PASSES: u32 = 64;
+
 /// Ring slots a demand load of a streamed block steps over (blocks in use there) before it falls
 /// back to the general rule (see `place_planned`).
 const RING_HOPS: u32 = 4;
@@ -39,6 +45,56 @@ impl Planner {
         }
     }
 
+    /// Declared bytes (uses added, changed or removed, counted by block size) changed since the
+    /// plan was made, without changing the steps. The plan in force stays valid (a removed block
+    /// left it, see [`Planner::drop_from_plan`]; a new use streams until the next plan), so it is
+    /// remade only at a hint, once the changes reach [`DRIFT_DIVISOR`]-th of the live bytes:
+    /// an O(n) replan after at least `n / DRIFT_DIVISOR` changes of same-sized blocks is O(1)
+    /// amortized per change (a paged KV cache that allocates and frees a page a step does not
+    /// replan at every step).
+    pub(super) fn plan_changed(&mut self, bytes: u64) {
+        self.plan_drift = self.plan_drift.saturating_add(bytes);
+    }
+
+    /// A pass of the schedule ended (the hinted position wrapped). Once the plan is timed, it is
+    /// reviewed after 1, 2, 4, ... passes, then every [`MAX_REVIEW_PASSES`]: made again from the
+    /// current measurements, with the hysteresis of `keep_plan.rs` (it stays unless the best
+    /// set is predicted clearly faster). So a plan timed on measurements that were off (a
+    /// warm-up, a burst of other load) does not stay for good, and the reviews cost one O(n)
+    /// replan per 64 passes in the long run.
+    pub(super) fn pass_ended(&mut self) {
+        // A plan about to be made anyway (the first timed one, say) needs no review.
+        if !self.plan_timed || self.plan_stale {
+            return;
+        }
+        self.passes_since_plan = self.passes_since_plan.saturating_add(1);
+        if self.passes_since_plan >= self.review_every {
+            self.review_every = (self.review_every * 2).min(MAX_REVIEW_PASSES);
+            self.plan_stale = true;
+        }
+    }
+
+    /// At a hint: marks the plan stale once the changes since it reach the threshold.
+    pub(super) fn replan_if_drifted(&mut self) {
+        if self.plan_drift > 0 && self.plan_drift.saturating_mul(DRIFT_DIVISOR) >= self.host_bytes {
+            self.plan_stale = true;
+        }
+    }
+
+    /// A block leaves the plan in force: it is no longer kept, and its home is free room (the
+    /// ring and the other homes stay where they are). O(1).
+    pub(super) fn drop_from_plan(&mut self, index: u32, size: u64) {
+        let i = index as usize;
+        if self.keep.get(i).copied().unwrap_or(false) {
+            self.keep[i] = false;
+            self.kept_blocks -= 1;
+            self.kept_bytes -= granules(size) * GRANULE;
+        }
+        if let Some(h) = self.home.get_mut(i) {
+            *h = None;
+        }
+    }
+
     /// The keep plan: which declared blocks should stay resident for good, chosen by
     /// [`keep_plan::plan`] (a pure function: what it decides and why, its hysteresis and its
     /// cost are in `keep_plan.rs`); this gathers its inputs and lays out the homes.
@@ -48,6 +104,9 @@ impl Planner {
     /// pattern the plan got wrong costs bytes, never correctness.
     pub(super) fn replan(&mut self) {
         self.plan_stale = false;
+        self.plan_drift = 0;
+        self.passes_since_plan = 0;
+        self.n.replans += 1;
         self.sync_schedule();
         let n = self.slots.len();
         self.keep = vec![false; n];

@@ -68,6 +68,62 @@ impl Schedule {
         true
     }
 
+    /// Adds the use of `block` at `step` to the built index, or updates its probability, without
+    /// a rebuild: O(step blocks + uses of the block). Only a step that is already a position can
+    /// be edited so; returns false when the index must be rebuilt instead (a new step, or an
+    /// index already stale). The result equals what [`Schedule::rebuild`] would build from
+    /// `declared` (a use is appended to its step, as `declared` appends it), and the measured
+    /// step durations stay: the steps did not change.
+    pub(super) fn edit_use(&mut self, step: u64, block: u32, p: f64) -> bool {
+        if self.stale || (block as usize) >= self.positions.len() {
+            return false;
+        }
+        let Ok(pos) = self.steps.binary_search(&step) else {
+            return false;
+        };
+        let b = block as usize;
+        match self.positions[b].binary_search(&(pos as u32)) {
+            Ok(k) => {
+                self.pos_probs[b][k] = p;
+                match self.uses[pos].iter().position(|&x| x == block) {
+                    Some(j) => self.probs[pos][j] = p,
+                    None => return false,
+                }
+            }
+            Err(k) => {
+                self.positions[b].insert(k, pos as u32);
+                self.pos_probs[b].insert(k, p);
+                self.uses[pos].push(block);
+                self.probs[pos].push(p);
+            }
+        }
+        true
+    }
+
+    /// Removes every use of `block` from the built index without a rebuild: O(uses of the block
+    /// x step blocks). Returns false when the index must be rebuilt instead (it is stale). A step
+    /// left with no uses stays in the index, empty, until the next rebuild (dropping it would
+    /// shift every position, and with them the measured step times): freeing a model's blocks
+    /// one by one costs no rebuild and no replan.
+    pub(super) fn remove_uses(&mut self, block: u32) -> bool {
+        if self.stale {
+            return false;
+        }
+        let Some(ps) = self.positions.get(block as usize) else {
+            return true;
+        };
+        for &p in ps {
+            let (uses, probs) = (&mut self.uses[p as usize], &mut self.probs[p as usize]);
+            if let Some(j) = uses.iter().position(|&x| x == block) {
+                uses.remove(j);
+                probs.remove(j);
+            }
+        }
+        self.positions[block as usize].clear();
+        self.pos_probs[block as usize].clear();
+        true
+    }
+
     /// Folds a measured duration of the step at `pos` into its EMA.
     pub(super) fn measure_duration(&mut self, pos: usize, seconds: f64) {
         let Some(d) = self.ema_dur.get_mut(pos) else {
@@ -217,21 +273,23 @@ impl Planner {
         if !(probability > 0.0 && probability <= 1.0) {
             return Err(Error::InvalidProbability(probability));
         }
+        let size = self.block(id)?.spec.size;
         let blocks = self.schedule.declared.entry(step).or_default();
         match blocks.iter_mut().find(|(i, _)| *i == id.index) {
-            Some((_, p)) if *p == probability => {}
-            Some((_, p)) => {
-                *p = probability;
-                self.schedule.stale = true;
-                self.plan_stale = true;
-                self.plan_timed = false;
-            }
-            None => {
-                blocks.push((id.index, probability));
-                self.schedule.stale = true;
-                self.plan_stale = true;
-                self.plan_timed = false;
-            }
+            Some((_, p)) if *p == probability => return Ok(()),
+            Some((_, p)) => *p = probability,
+            None => blocks.push((id.index, probability)),
+        }
+        if self.schedule.edit_use(step, id.index, probability) {
+            // A use added to (or changed in) a step that exists: the index is edited in place,
+            // the measured step times stay, and the keep plan is remade once enough has changed
+            // (`Planner::plan_changed`). The prefetch walk looks at the schedule afresh.
+            self.plan_changed(size);
+            self.scan = 0;
+        } else {
+            self.schedule.stale = true;
+            self.plan_stale = true;
+            self.plan_timed = false;
         }
         Ok(())
     }

@@ -35,7 +35,10 @@
 //! footprint, and first-fit decreasing packs the step into it.
 //!
 //! Cost: O(step blocks) per hint when the step is already on the device or loading (prefetch
-//! kept up). Otherwise, per block to place, a window search over the pool's regions (as
+//! kept up). When it is not, but every block to place can take its home or ring slot (the
+//! prefetch walk fell behind: the common case), O(step blocks x (log r + regions in their
+//! ranges)), with no map of the pool (`Planner::planned_layout`). Otherwise, per block to place,
+//! a window search over the pool's regions (as
 //! `find_window`) and, per candidate tried, a packing check in O(regions + step blocks x gaps);
 //! usually the first candidate passes (bounds in `layout.rs`). A move costs the block's bytes
 //! over the link again.
@@ -102,8 +105,16 @@ impl Planner {
         if !unplaced {
             return Placement::Placed;
         }
-        let Some((layout, ring)) = self.step_layout(false).or_else(|| self.step_layout(true))
-        else {
+        let mut found = None;
+        for relocate in [false, true] {
+            let (layout, mapped) = self.step_layout(relocate);
+            self.n.step_maps += u64::from(mapped);
+            if layout.is_some() {
+                found = layout;
+                break;
+            }
+        }
+        let Some((layout, ring)) = found else {
             return self.wait_or_impossible();
         };
         self.reserved = layout;
@@ -133,73 +144,14 @@ impl Planner {
     /// offsets to reserve, and the ring's next offset if the step's streamed blocks took their
     /// ring slots. With `relocate`, the step's blocks already on the device (or loading) and not
     /// held may move too; they prefer to stay.
-    pub(super) fn step_layout(&self, relocate: bool) -> Option<StepLayout> {
-        // Cost classes above every keep-key: blocks still in transfer (the placement waits for
-        // them), then the step's own blocks (moving one costs its copy again).
-        const IN_TRANSFER: Keep = (2, 0, 0, 0);
-        const MOVE: Keep = (3, 0, 0, 0);
+    ///
+    /// Without `relocate`, [`Planner::planned_layout`] is tried first: it needs no map of the
+    /// pool, and it is the common case (the prefetch walk fell behind, and the step's blocks take
+    /// their homes and ring slots). Also returns whether the pool was mapped (O(regions)).
+    pub(super) fn step_layout(&self, relocate: bool) -> (Option<StepLayout>, bool) {
         let step = &self.protected;
         let cap = self.budget();
-        let movable = |i: u32| {
-            let b = self.b(i);
-            relocate
-                && !b.is_held()
-                && !b.writeback_failed
-                && matches!(b.state, State::Resident { .. } | State::Loading { .. })
-                && !(b.spec.policy == Policy::Pinned
-                    && matches!(b.state, State::Resident { .. })
-                    && self.is_settled(i))
-        };
         let home = |i: u32| self.home.get(i as usize).copied().flatten();
-        let spans: Vec<Span<Keep>> = self
-            .pool
-            .regions()
-            .map(|r| {
-                let kind = match r.tag {
-                    None => Kind::Free,
-                    Some(j) if step.contains(&j) => match self.b(j).state {
-                        State::WritingBack { .. } => Kind::Clear {
-                            cost: IN_TRANSFER,
-                            owner: Some(j),
-                        },
-                        _ if movable(j) => Kind::Clear {
-                            cost: MOVE,
-                            owner: Some(j),
-                        },
-                        _ => Kind::Barrier,
-                    },
-                    Some(j) => match self.b(j).state {
-                        // A copy in flight is waited for if its block can be evicted once it
-                        // lands: not if someone waits for it (they will hold it) or it is a
-                        // pinned block loading at its home.
-                        State::Loading { alloc, .. }
-                            if self.b(j).waiters > 0
-                                || (self.b(j).spec.policy == Policy::Pinned
-                                    && home(j).is_none_or(|h| h == alloc.offset)) =>
-                        {
-                            Kind::Barrier
-                        }
-                        State::Loading { .. } | State::WritingBack { .. } => Kind::Clear {
-                            cost: IN_TRANSFER,
-                            owner: None,
-                        },
-                        _ => match self.evictable(j, Mode::Demand) {
-                            Some(cost) => Kind::Clear { cost, owner: None },
-                            None if self.misplaced_evictable(j, Mode::Demand) => Kind::Clear {
-                                cost: self.keep_key(j),
-                                owner: None,
-                            },
-                            None => Kind::Barrier,
-                        },
-                    },
-                };
-                Span {
-                    offset: r.offset,
-                    size: r.size,
-                    kind,
-                }
-            })
-            .collect();
         // The step's streamed blocks that need a load take consecutive ring slots, wrapping
         // before the first if they do not all fit above the ring.
         let size = |i: u32| granules(self.b(i).spec.size) * GRANULE;
@@ -226,7 +178,9 @@ impl Planner {
         for &i in step {
             let b = self.b(i);
             let current = match b.state {
-                State::Resident { alloc } | State::Loading { alloc, .. } if movable(i) => {
+                State::Resident { alloc } | State::Loading { alloc, .. }
+                    if self.movable(i, relocate) =>
+                {
                     Some(alloc.offset)
                 }
                 State::Host | State::WritingBack { .. } => None,
@@ -244,11 +198,31 @@ impl Planner {
                 },
             });
         }
-        let layout = layout::layout(&spans, &items)?;
-        let ring = slots
-            .last()
-            .filter(|last| layout.contains(last))
-            .map(|&(i, at)| at + size(i));
+        let ring_after = |layout: &[(u32, u64)]| {
+            slots
+                .last()
+                .filter(|last| layout.contains(last))
+                .map(|&(i, at)| at + size(i))
+        };
+        if !relocate {
+            if let Some(layout) = self.planned_layout(&items) {
+                let ring = ring_after(&layout);
+                return (Some((layout, ring)), false);
+            }
+        }
+        let spans: Vec<Span<Keep>> = self
+            .pool
+            .regions()
+            .map(|r| Span {
+                offset: r.offset,
+                size: r.size,
+                kind: self.span_kind(r.tag, relocate),
+            })
+            .collect();
+        let Some(layout) = layout::layout(&spans, &items) else {
+            return (None, true);
+        };
+        let ring = ring_after(&layout);
         let layout = layout
             .into_iter()
             .filter(|&(i, at)| match self.b(i).state {
@@ -256,7 +230,98 @@ impl Planner {
                 _ => true,
             })
             .collect();
-        Some((layout, ring))
+        (Some((layout, ring)), true)
+    }
+
+    /// The fast path of [`Planner::step_layout`] (without `relocate`): every block to place takes
+    /// its planned offset (its home or its ring slot), if each of those ranges lies in the arena
+    /// and holds only free space and blocks that the map of the pool would mark clearable (and
+    /// no other block of the step). The ranges are disjoint (homes are packed below the
+    /// streaming zone, the step's ring slots run end to end above it), so this is a layout, and
+    /// it is the one [`layout::layout`] tries first. O(items x (log r + regions in the ranges)):
+    /// no map of the pool. `None`: the general layout decides.
+    fn planned_layout(&self, items: &[Item]) -> Option<Vec<(u32, u64)>> {
+        let cap = self.budget();
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            // Only blocks to load are items here, each with at most its planned offset.
+            let [at] = item.preferred[..] else {
+                return None;
+            };
+            if at.checked_add(item.size)? > cap {
+                return None;
+            }
+            for r in self.pool.regions_in(at, item.size) {
+                match self.span_kind(r.tag, false) {
+                    Kind::Free | Kind::Clear { owner: None, .. } => {}
+                    Kind::Clear { owner: Some(o), .. } if o == item.block => {}
+                    _ => return None,
+                }
+            }
+            out.push((item.block, at));
+        }
+        Some(out)
+    }
+
+    /// Whether a block of the current step on the device (or loading) may move in a layout made
+    /// with `relocate`.
+    fn movable(&self, i: u32, relocate: bool) -> bool {
+        let b = self.b(i);
+        relocate
+            && !b.is_held()
+            && !b.writeback_failed
+            && matches!(b.state, State::Resident { .. } | State::Loading { .. })
+            && !(b.spec.policy == Policy::Pinned
+                && matches!(b.state, State::Resident { .. })
+                && self.is_settled(i))
+    }
+
+    /// What a pool region (`tag`: its block, if any) is in the map of the pool a step layout is
+    /// made on (see the module docs, step 1).
+    fn span_kind(&self, tag: Option<u32>, relocate: bool) -> Kind<Keep> {
+        // Cost classes above every keep-key: blocks still in transfer (the placement waits for
+        // them), then the step's own blocks (moving one costs its copy again).
+        const IN_TRANSFER: Keep = (2, 0, 0, 0);
+        const MOVE: Keep = (3, 0, 0, 0);
+        let home = |i: u32| self.home.get(i as usize).copied().flatten();
+        match tag {
+            None => Kind::Free,
+            Some(j) if self.protected.contains(&j) => match self.b(j).state {
+                State::WritingBack { .. } => Kind::Clear {
+                    cost: IN_TRANSFER,
+                    owner: Some(j),
+                },
+                _ if self.movable(j, relocate) => Kind::Clear {
+                    cost: MOVE,
+                    owner: Some(j),
+                },
+                _ => Kind::Barrier,
+            },
+            Some(j) => match self.b(j).state {
+                // A copy in flight is waited for if its block can be evicted once it lands:
+                // not if someone waits for it (they will hold it) or it is a pinned block
+                // loading at its home.
+                State::Loading { alloc, .. }
+                    if self.b(j).waiters > 0
+                        || (self.b(j).spec.policy == Policy::Pinned
+                            && home(j).is_none_or(|h| h == alloc.offset)) =>
+                {
+                    Kind::Barrier
+                }
+                State::Loading { .. } | State::WritingBack { .. } => Kind::Clear {
+                    cost: IN_TRANSFER,
+                    owner: None,
+                },
+                _ => match self.evictable(j, Mode::Demand) {
+                    Some(cost) => Kind::Clear { cost, owner: None },
+                    None if self.misplaced_evictable(j, Mode::Demand) => Kind::Clear {
+                        cost: self.keep_key(j),
+                        owner: None,
+                    },
+                    None => Kind::Barrier,
+                },
+            },
+        }
     }
 
     /// Loads the reserved blocks whose room is clear, evicting what is there (a step block that

@@ -6,7 +6,7 @@ use crate::block::Residency;
 const MIB: u64 = 1 << 20;
 
 /// Drives a planner like a runtime whose copies complete instantly.
-fn complete_all(p: &mut Planner) -> u64 {
+pub(super) fn complete_all(p: &mut Planner) -> u64 {
     let mut loads = 0;
     while let Some(c) = p.poll_command() {
         match c {
@@ -21,7 +21,7 @@ fn complete_all(p: &mut Planner) -> u64 {
     loads
 }
 
-fn use_block(p: &mut Planner, id: BlockId) -> u64 {
+pub(super) fn use_block(p: &mut Planner, id: BlockId) -> u64 {
     let mut loads = 0;
     match p.acquire(id).unwrap() {
         Acquire::Ready(_) => {}
