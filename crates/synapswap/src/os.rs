@@ -105,6 +105,19 @@ impl Pages {
         }
     }
 
+    /// Touches every page, so that no later access faults one in (and the OS has committed
+    /// them now, not at the first copy).
+    pub fn commit(&mut self) {
+        let step = page_size().max(1);
+        let mut off = 0;
+        while off < self.len {
+            // SAFETY: `off < len`: inside the mapping this value owns, which nothing else
+            // accesses yet (it was just mapped); the byte written is the zero it already holds.
+            unsafe { self.ptr.as_ptr().add(off).write_volatile(0) };
+            off += step;
+        }
+    }
+
     /// Start address.
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()

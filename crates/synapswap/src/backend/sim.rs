@@ -105,7 +105,13 @@ impl Counted {
     fn new(bytes: u64, live: &Arc<AtomicU64>, device: Option<&Arc<Core>>) -> Result<Counted> {
         // The sim's device memory is host memory too: either way the machine ran out of it.
         let len = usize::try_from(bytes.max(1)).map_err(|_| Error::OutOfHostMemory(bytes))?;
-        let pages = os::Pages::new(len).ok_or(Error::OutOfHostMemory(bytes))?;
+        let mut pages = os::Pages::new(len).ok_or(Error::OutOfHostMemory(bytes))?;
+        if device.is_some() {
+            // A GPU's memory never page-faults: the sim's is committed now, so that the first
+            // pass's copies (and the consumers reading beside them) do not pay for faulting in
+            // fresh pages, which made the first pass several times slower than the rest.
+            pages.commit();
+        }
         live.fetch_add(len as u64, Ordering::Relaxed);
         if let Some(core) = device {
             sync::lock(&core.device).insert(pages.as_ptr() as u64, len as u64);
