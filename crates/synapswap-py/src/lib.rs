@@ -528,6 +528,10 @@ impl PyEngine {
         d.set_item("stall_s", s.stall_s)?;
         d.set_item("copy_idle_s", s.copy_idle_s)?;
         d.set_item("h2d_bytes_per_s", s.h2d_bytes_per_s)?;
+        d.set_item("lookahead_s", s.lookahead_s)?;
+        d.set_item("kept_blocks", s.kept_blocks)?;
+        d.set_item("kept_bytes", s.kept_bytes)?;
+        d.set_item("replans", s.replans)?;
         d.set_item("prefetch_issued", s.prefetch.issued)?;
         d.set_item("prefetch_used", s.prefetch.used)?;
         d.set_item("prefetch_wasted", s.prefetch.wasted)?;

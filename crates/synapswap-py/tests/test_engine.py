@@ -36,7 +36,8 @@ def test_blocks_stream_through_a_small_pool_byte_exact():
                 assert (a == i + 1).all()
                 del a
     s = e.stats()
-    for key in ("bytes_h2d", "hit_rate", "stall_s", "evictions", "peak_device_bytes", "vram_budget_bytes"):
+    for key in ("bytes_h2d", "hit_rate", "stall_s", "evictions", "peak_device_bytes", "vram_budget_bytes",
+                "kept_blocks", "kept_bytes", "replans", "lookahead_s"):
         assert key in s
     assert s["evictions"] > 0 and s["peak_device_bytes"] <= 1 << 20
     assert e.read(blocks[2], size=4) == bytes([3]) * 4
