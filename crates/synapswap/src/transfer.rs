@@ -21,6 +21,13 @@
 //! host slabs, so a step's small blocks usually go as one copy. Merging never reorders: the chunk
 //! takes only the job that would have been next anyway.
 //!
+//! Where the next job's bytes do not follow on (separate tensors of a framework, caller-owned
+//! buffers), the chunk goes on as a batch: the job becomes a new segment, and the chunk's
+//! segments go to the backend in one submission ([`Backend::submit_batch`]: one operation and one
+//! event), up to [`MAX_SEGMENTS`] and the chunk size. A batch does not mix a demand load with
+//! prefetches (a blocked caller's copy completes with its batch, so it stays small). Each segment
+//! is its own copy: no byte outside a job's ranges is read or written.
+//!
 //! Cost: O(log jobs) per push, chunk, completion and lookup by block.
 
 pub(crate) mod copy_loop;
@@ -29,7 +36,7 @@ use std::collections::{BTreeSet, HashMap};
 
 pub(crate) use copy_loop::{queue_commands, report, CopyLoop, Link};
 
-use crate::backend::{Backend, Direction, Ticket};
+use crate::backend::{Backend, Direction, Segment, Ticket};
 use crate::engine::{poll_fences, Shared, State};
 use crate::sync::{self, Arc, Instant};
 use crate::{BlockId, Error};
@@ -99,17 +106,33 @@ pub(crate) struct TransferQueue {
 /// Rank class of write-backs in [`TransferQueue::ready`].
 const WRITE_BACK: u8 = 1;
 
-/// One copy for the backend: a contiguous host and device range covering `parts` (the bytes of
-/// one or more jobs, in order).
+/// One submission to the backend: one or more contiguous host and device ranges (`segments`,
+/// one per run of jobs whose bytes follow on) covering `parts` (the bytes of one or more jobs,
+/// in order).
 #[derive(Debug, Clone)]
 pub(crate) struct Chunk {
     pub dir: Direction,
-    host: u64,
-    device: u64,
+    pub segments: Vec<Segment>,
     pub len: u64,
-    /// (job seq, bytes) in address order.
+    /// (job seq, bytes) in queue order.
     parts: Vec<(u64, u64)>,
 }
+
+#[cfg(test)]
+impl Chunk {
+    /// The first segment's host address.
+    pub fn host(&self) -> u64 {
+        self.segments.first().map_or(0, |s| s.host)
+    }
+
+    /// The first segment's device address.
+    pub fn device(&self) -> u64 {
+        self.segments.first().map_or(0, |s| s.device)
+    }
+}
+
+/// Most segments in one batched submission (a bound on its host-side cost).
+pub(crate) const MAX_SEGMENTS: usize = 64;
 
 impl TransferQueue {
     #[allow(clippy::too_many_arguments)] // a job's fields
@@ -205,6 +228,9 @@ impl TransferQueue {
         j.submitted += len;
         j.in_flight += 1;
         c.len += len;
+        if let Some(s) = c.segments.last_mut() {
+            s.len += len;
+        }
         c.parts.push((seq, len));
         if j.submitted == j.len {
             let rank = Self::rank(j);
@@ -214,28 +240,44 @@ impl TransferQueue {
     }
 
     /// Carves the next chunk to copy from the most urgent job with bytes left to submit, and
-    /// goes on into the jobs after it while their bytes follow on (see the module docs).
+    /// goes on into the jobs after it (see the module docs, "Coalescing"): in the same segment
+    /// while their bytes follow on, else in a new one while the chunk is a batch of up to
+    /// [`MAX_SEGMENTS`] and the next job is as urgent a kind (a demand load or not) as the first.
     pub fn next_chunk(&mut self, chunk_bytes: u64, pick: Pick) -> Option<Chunk> {
         let seq = self.first(pick)?;
         let j = &self.jobs[&seq];
+        let (demand, mut mapping) = (j.demand, j.mapping);
         let mut c = Chunk {
             dir: j.dir,
-            host: j.host + j.submitted,
-            device: j.device + j.submitted,
+            segments: vec![Segment {
+                host: j.host + j.submitted,
+                device: j.device + j.submitted,
+                len: 0,
+            }],
             len: 0,
             parts: Vec::new(),
         };
-        let mapping = j.mapping;
         self.take(seq, chunk_bytes, &mut c);
         while c.len < chunk_bytes {
             let Some(next) = self.first(pick) else { break };
             let j = &self.jobs[&next];
-            let follows = j.dir == c.dir
-                && j.mapping == mapping
-                && j.host + j.submitted == c.host + c.len
-                && j.device + j.submitted == c.device + c.len;
-            if !follows {
+            if j.dir != c.dir {
                 break;
+            }
+            let last = c.segments[c.segments.len() - 1];
+            let follows = j.mapping == mapping
+                && j.host + j.submitted == last.host + last.len
+                && j.device + j.submitted == last.device + last.len;
+            if !follows {
+                if c.segments.len() >= MAX_SEGMENTS || j.demand != demand {
+                    break;
+                }
+                c.segments.push(Segment {
+                    host: j.host + j.submitted,
+                    device: j.device + j.submitted,
+                    len: 0,
+                });
+                mapping = j.mapping;
             }
             self.take(next, chunk_bytes - c.len, &mut c);
         }
@@ -374,8 +416,12 @@ impl Link for BackendLink<'_> {
         // SAFETY: the caller's contract ([`Link::submit`]) is the backend's: the ranges stay
         // valid and untouched until `wait` returned for the ticket.
         unsafe {
-            self.0
-                .submit(c.dir, c.host as usize as *mut u8, c.device, c.len as usize)
+            match c.segments[..] {
+                [s] => self
+                    .0
+                    .submit(c.dir, s.host as usize as *mut u8, s.device, s.len as usize),
+                _ => self.0.submit_batch(c.dir, &c.segments),
+            }
         }
     }
 
@@ -556,33 +602,59 @@ mod tests {
     const H2D: Direction = Direction::HostToDevice;
 
     #[test]
-    fn jobs_whose_bytes_follow_on_go_as_one_copy() {
+    fn jobs_whose_bytes_follow_on_go_as_one_copy_and_the_rest_as_a_batch() {
         let mut q = TransferQueue::default();
         // Three blocks end to end in mapping 7 and on the device, then one in another mapping,
-        // then one with a gap on the device.
+        // then one with a gap on the device: one segment each for the last two, in one batch.
         q.push(id(0), H2D, 1000, 0, 100, false, 7);
         q.push(id(1), H2D, 1100, 100, 100, false, 7);
         q.push(id(2), H2D, 1200, 200, 50, false, 7);
         q.push(id(3), H2D, 1250, 250, 50, false, 8);
         q.push(id(4), H2D, 1300, 356, 50, false, 8);
         let c = q.next_chunk(1 << 20, Pick::Any).unwrap();
-        assert_eq!((c.host, c.device, c.len, c.parts.len()), (1000, 0, 250, 3));
-        let c2 = q.next_chunk(1 << 20, Pick::Any).unwrap();
+        let seg = |host, device, len| Segment { host, device, len };
         assert_eq!(
-            (c2.host, c2.len, c2.parts.len()),
-            (1250, 50, 1),
-            "another mapping"
+            c.segments,
+            [seg(1000, 0, 250), seg(1250, 250, 50), seg(1300, 356, 50)],
+            "merged in mapping 7; another mapping, and a gap on the device, each a segment"
         );
-        let c3 = q.next_chunk(1 << 20, Pick::Any).unwrap();
-        assert_eq!((c3.device, c3.parts.len()), (356, 1), "a gap on the device");
+        assert_eq!((c.len, c.parts.len()), (350, 5));
         assert!(q.next_chunk(1 << 20, Pick::Any).is_none());
         let done: Vec<u32> = q
             .chunk_done(&c, Ok(()), 2.5)
             .iter()
             .map(|j| j.block.index)
             .collect();
-        assert_eq!(done, [0, 1, 2]);
+        assert_eq!(done, [0, 1, 2, 3, 4]);
         assert_eq!(q.load_ticket(id(1)), LoadTicket::Gone);
+    }
+
+    #[test]
+    fn a_batch_stops_at_its_segment_limit_and_at_a_demand_load() {
+        let mut q = TransferQueue::default();
+        for i in 0..=MAX_SEGMENTS as u32 {
+            q.push(
+                id(i),
+                H2D,
+                u64::from(i) * 1000,
+                u64::from(i) * 1000,
+                10,
+                false,
+                0,
+            );
+        }
+        let c = q.next_chunk(1 << 20, Pick::Any).unwrap();
+        assert_eq!(c.segments.len(), MAX_SEGMENTS);
+        let c = q.next_chunk(1 << 20, Pick::Any).unwrap();
+        assert_eq!(c.segments.len(), 1);
+        q.push(id(100), H2D, 0, 0, 10, true, 0);
+        q.push(id(101), H2D, 5000, 5000, 10, false, 0);
+        let c = q.next_chunk(1 << 20, Pick::Any).unwrap();
+        assert_eq!(
+            (c.host(), c.segments.len()),
+            (0, 1),
+            "a demand load goes alone"
+        );
     }
 
     #[test]
@@ -594,17 +666,17 @@ mod tests {
         q.push(id(2), H2D, 5000, 5000, 10, true, 0);
         let c = q.next_chunk(150, Pick::Any).unwrap();
         assert_eq!(
-            (c.host, c.len),
+            (c.host(), c.len),
             (5000, 10),
             "demand first, alone: nothing follows on"
         );
         let c = q.next_chunk(150, Pick::Any).unwrap();
         assert_eq!(
-            (c.host, c.len, c.parts.clone()),
+            (c.host(), c.len, c.parts.clone()),
             (0, 150, vec![(1, 100), (2, 50)])
         );
         let c2 = q.next_chunk(150, Pick::Any).unwrap();
-        assert_eq!((c2.host, c2.len), (150, 50));
+        assert_eq!((c2.host(), c2.len), (150, 50));
         // A failed merged copy fails each job it carried; the rest of job 2 is still in flight.
         let over = q.chunk_done(&c, Err("link".into()), 0.0);
         assert_eq!(over.len(), 1);
@@ -622,7 +694,7 @@ mod tests {
         q.push(id(1), H2D, 9000, 9000, 100, false, 0);
         q.make_eager(id(1));
         let c = q.next_chunk(1 << 20, Pick::Eager).unwrap();
-        assert_eq!(c.host, 9000);
+        assert_eq!(c.host(), 9000);
         assert!(q.next_chunk(1 << 20, Pick::Eager).is_none());
         q.record_ticket(&c, Ticket(3));
         assert_eq!(q.load_ticket(id(1)), LoadTicket::Queued(Ticket(3)));

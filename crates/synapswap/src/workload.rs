@@ -588,7 +588,21 @@ pub fn run_model(layers: u64) -> Workload {
 /// per-expert tensors, norms and biases, or of paged KV blocks). What it measures is whether a
 /// step's small copies go as one (see `transfer.rs`, "Coalescing").
 pub fn small_tensors(count: u64, bytes: u64, per_step: u64) -> Workload {
+    tensors(count, bytes, per_step, false)
+}
+
+/// [`small_tensors`], with each step's tensors spread over the model instead: step `s` of `n`
+/// uses the tensors `s`, `s + n`, `s + 2n`, ..., so no two of a step are adjacent in allocation
+/// order, as separate framework tensors are not. On the device they still take consecutive ring
+/// slots; on the host they never follow on, so they go as separate copies, batched into one
+/// submission (see `transfer.rs`, "Coalescing").
+pub fn scattered_tensors(count: u64, bytes: u64, per_step: u64) -> Workload {
+    tensors(count, bytes, per_step, true)
+}
+
+fn tensors(count: u64, bytes: u64, per_step: u64, scattered: bool) -> Workload {
     let per_step = per_step.max(1);
+    let n = count.div_ceil(per_step);
     let blocks: Vec<BlockDesc> = (0..count)
         .map(|i| BlockDesc {
             name: format!("t{i}"),
@@ -598,17 +612,25 @@ pub fn small_tensors(count: u64, bytes: u64, per_step: u64) -> Workload {
             mutable: false,
         })
         .collect();
-    let steps = (0..count.div_ceil(per_step))
+    let steps = (0..n)
         .map(|s| StepDesc {
             compute_s: 1e-6,
-            uses: (s * per_step..((s + 1) * per_step).min(count))
-                .map(|i| format!("t{i}"))
-                .collect(),
+            uses: if scattered {
+                (s..count)
+                    .step_by(n as usize)
+                    .map(|i| format!("t{i}"))
+                    .collect()
+            } else {
+                (s * per_step..((s + 1) * per_step).min(count))
+                    .map(|i| format!("t{i}"))
+                    .collect()
+            },
             choose: None,
         })
         .collect();
+    let kind = if scattered { "scattered" } else { "small" };
     Workload {
-        name: format!("small-tensors-{count}x{}k-{per_step}-a-step", bytes >> 10),
+        name: format!("{kind}-tensors-{count}x{}k-{per_step}-a-step", bytes >> 10),
         vram_budget: None,
         h2d_bytes_per_s: None,
         passes: None,
@@ -773,6 +795,10 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("unet-sdxl", "SDXL-shaped diffusion UNet fp16, skip connections, 2 GiB budget"),
     ("run", "the default `synapswap run` model: Llama-7B-shaped, 8 layers, half of it in budget, 2 GB/s"),
     ("small-tensors", "4,000 tensors of 64 KiB, 16 a step, no compute, half in budget, 2 GB/s"),
+    (
+        "scattered-tensors",
+        "the same, each step's 16 spread over the model (never adjacent on the host)",
+    ),
 ];
 
 const GIB: u64 = 1 << 30;
@@ -823,8 +849,12 @@ pub fn preset(name: &str) -> Option<Workload> {
             let half = w.model_bytes() / 2 / (1 << 20) * (1 << 20);
             with(w, half, crate::backend::sim::DEFAULT_SIM_H2D, 8)
         }
-        "small-tensors" => {
-            let w = small_tensors(4000, 64 << 10, 16);
+        "small-tensors" | "scattered-tensors" => {
+            let w = if name == "small-tensors" {
+                small_tensors(4000, 64 << 10, 16)
+            } else {
+                scattered_tensors(4000, 64 << 10, 16)
+            };
             let half = w.model_bytes() / 2;
             with(w, half, crate::backend::sim::DEFAULT_SIM_H2D, 8)
         }

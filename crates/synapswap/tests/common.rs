@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use synapswap::backend::{
-    Backend, BackendInfo, DevicePtr, Direction, Fence, Memory, SimBackend, SimConfig, Ticket,
+    Backend, BackendInfo, DevicePtr, Direction, Fence, Memory, Segment, SimBackend, SimConfig,
+    Ticket,
 };
 use synapswap::{pattern, BlockId, BlockSpec, Engine, Result};
 
@@ -57,6 +58,11 @@ pub trait Hooks: Send + Sync + std::fmt::Debug {
         Ok(())
     }
     fn submit(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Before a batched submission of `segments` copies.
+    fn batch(&self, segments: usize) -> Result<()> {
+        let _ = segments;
         Ok(())
     }
     /// After the sim's wait succeeded.
@@ -119,6 +125,11 @@ impl<H: Hooks> Backend for Hooked<H> {
         self.hooks.submit()?;
         // SAFETY: forwarded from the caller's contract.
         unsafe { self.inner.submit(dir, host, device, len) }
+    }
+    unsafe fn submit_batch(&self, dir: Direction, segments: &[Segment]) -> Result<Ticket> {
+        self.hooks.batch(segments.len())?;
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { self.inner.submit_batch(dir, segments) }
     }
     fn wait(&self, ticket: Ticket) -> Result<()> {
         self.inner.wait(ticket)?;

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use cudarc::driver::sys;
 
-use super::{Backend, BackendInfo, DevicePtr, Direction, Fence, Memory, Ticket};
+use super::{Backend, BackendInfo, DevicePtr, Direction, Fence, Memory, Segment, Ticket};
 use crate::sync::{self, Mutex};
 use crate::{Error, Result};
 
@@ -502,6 +502,24 @@ impl Backend for CudaBackend {
         device: DevicePtr,
         len: usize,
     ) -> Result<Ticket> {
+        let segment = Segment {
+            host: host as u64,
+            device,
+            len: len as u64,
+        };
+        // SAFETY: the caller's contract, for the one segment.
+        unsafe { self.submit_batch(dir, &[segment]) }
+    }
+
+    /// One submission of many: every segment's async copy on the copy stream, then one event
+    /// after the last (the transfer thread makes one call, and the driver records one event, per
+    /// batch). Not `cuMemcpyBatchAsync`: it would also fold the per-copy launches into one, but
+    /// no GPU has run it here yet (a next step to measure on one). If a copy fails to queue, the
+    /// stream is synchronized before the error returns, so none of the batch is still running.
+    unsafe fn submit_batch(&self, dir: Direction, segments: &[Segment]) -> Result<Ticket> {
+        if segments.is_empty() {
+            return Err(Error::Backend("an empty batch of copies".into()));
+        }
         let _ctx = self.ctx.bind()?;
         let mut q = sync::lock(&self.queue);
         if let Some(e) = &q.failed {
@@ -511,25 +529,44 @@ impl Backend for CudaBackend {
             Direction::HostToDevice => self.stream,
             Direction::DeviceToHost => self.wb_stream,
         } as sys::CUstream;
-        // SAFETY: the caller guarantees both ranges stay valid and unshared until `wait`
-        // returns for this ticket; the host range is page-locked (or pageable: still correct,
-        // only slower).
-        let r = unsafe {
-            match dir {
-                Direction::HostToDevice => {
-                    sys::cuMemcpyHtoDAsync_v2(device, host.cast_const().cast(), len, stream)
+        for s in segments {
+            let (host, device, len) = (s.host as usize as *mut u8, s.device, s.len as usize);
+            // SAFETY: the caller guarantees every range stays valid and unshared until `wait`
+            // returns for this ticket; the host range is page-locked (or pageable: still
+            // correct, only slower).
+            let r = unsafe {
+                match dir {
+                    Direction::HostToDevice => {
+                        sys::cuMemcpyHtoDAsync_v2(device, host.cast_const().cast(), len, stream)
+                    }
+                    Direction::DeviceToHost => {
+                        sys::cuMemcpyDtoHAsync_v2(host.cast(), device, len, stream)
+                    }
                 }
-                Direction::DeviceToHost => {
-                    sys::cuMemcpyDtoHAsync_v2(host.cast(), device, len, stream)
-                }
+            };
+            if let Err(e) = check(r, "cuMemcpyAsync") {
+                // SAFETY: our stream, in the current context.
+                let _ = unsafe { sys::cuStreamSynchronize(stream) };
+                return Err(e);
+            }
+        }
+        // Without an event nothing could wait for the copies: let them finish first.
+        let drain = || {
+            // SAFETY: our stream, in the current context (bound above, for this whole call).
+            unsafe { sys::cuStreamSynchronize(stream) }
+        };
+        let event = match self.event(&mut q) {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = drain();
+                return Err(e);
             }
         };
-        check(r, "cuMemcpyAsync")?;
-        let event = self.event(&mut q)?;
         // SAFETY: our event and stream, in the current context.
         let r = unsafe { sys::cuEventRecord(event as sys::CUevent, stream) };
         if let Err(e) = check(r, "cuEventRecord") {
             q.spare.push(event);
+            let _ = drain();
             return Err(e);
         }
         let ticket = q.next;

@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use crate::Result;
+use crate::{Error, Result};
 
 pub mod cuda;
 pub mod sim;
@@ -20,6 +20,18 @@ pub use sim::{DeviceAccess, Kernel, SimBackend, SimConfig};
 
 /// A device address (on `sim`, a host address).
 pub type DevicePtr = u64;
+
+/// One copy of a batch ([`Backend::submit_batch`]): `len` bytes between the host address `host`
+/// and the device address `device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Host address.
+    pub host: u64,
+    /// Device address.
+    pub device: DevicePtr,
+    /// Bytes.
+    pub len: u64,
+}
 
 /// Memory owned by a backend; freed on drop.
 pub trait Memory: Send + Sync + fmt::Debug {
@@ -119,6 +131,33 @@ pub trait Backend: Send + Sync + fmt::Debug {
         device: DevicePtr,
         len: usize,
     ) -> Result<Ticket>;
+    /// Queues the copies of `segments` (at least one), all in direction `dir`, as one submission:
+    /// one ticket, completed once every one of them has. Copies that are not adjacent (separate
+    /// tensors) then pay a submission's fixed cost once between them, not once each. The default
+    /// submits each with [`Backend::submit`] and returns the last ticket (copies in one direction
+    /// complete in submission order); if one fails to submit, it first waits for those already
+    /// queued, so that none is still running when the error is returned.
+    ///
+    /// # Safety
+    /// As for [`Backend::submit`], for every segment.
+    unsafe fn submit_batch(&self, dir: Direction, segments: &[Segment]) -> Result<Ticket> {
+        let mut last = None;
+        for s in segments {
+            // SAFETY: the caller's contract, for this segment.
+            let r =
+                unsafe { self.submit(dir, s.host as usize as *mut u8, s.device, s.len as usize) };
+            match r {
+                Ok(t) => last = Some(t),
+                Err(e) => {
+                    if let Some(t) = last {
+                        let _ = self.wait(t);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        last.ok_or_else(|| Error::Backend("an empty batch of copies".into()))
+    }
     /// Blocks until the copy with this ticket (and every earlier one in its direction) completed;
     /// reports its error.
     fn wait(&self, ticket: Ticket) -> Result<()>;

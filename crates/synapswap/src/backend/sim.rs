@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{Backend, BackendInfo, DevicePtr, Direction, Fence, Memory, Ticket};
+use super::{Backend, BackendInfo, DevicePtr, Direction, Fence, Memory, Segment, Ticket};
 use crate::sync::{self, Arc, Condvar, Instant, Mutex};
 use crate::{os, Error, Result};
 
@@ -172,11 +172,10 @@ impl Drop for Registered {
 pub type Kernel = Box<dyn FnOnce(&DeviceAccess) -> Result<()> + Send>;
 
 enum Op {
+    /// One submission: its segments are copied back to back, and pay the latency once.
     Copy {
         dir: Direction,
-        host: usize,
-        device: u64,
-        len: usize,
+        segments: Vec<Segment>,
         submitted: Instant,
         event: u64,
     },
@@ -442,21 +441,27 @@ fn stream_thread(stream: &Stream, core: &Core, salt: u64) {
         match op {
             Op::Copy {
                 dir,
-                host,
-                device,
-                len,
+                segments,
                 submitted,
                 event,
             } => {
-                let result = match core.lost() {
-                    Some(e) => Err(e),
-                    // SAFETY: `submit`'s contract keeps the host range valid and unshared until
-                    // this event completes; the device range was found inside a live device
-                    // allocation, and the device map's lock keeps other accesses out.
-                    None => core.with_device(device, len as u64, || unsafe {
-                        raw_copy(dir, host, device as usize, len)
-                    }),
-                };
+                let mut result = Ok(());
+                let mut len = 0usize;
+                for s in &segments {
+                    len += s.len as usize;
+                    if result.is_err() {
+                        continue;
+                    }
+                    result = match core.lost() {
+                        Some(e) => Err(e),
+                        // SAFETY: `submit`'s contract keeps the host range valid and unshared
+                        // until this event completes; the device range was found inside a live
+                        // device allocation, and the device map's lock keeps other accesses out.
+                        None => core.with_device(s.device, s.len, || unsafe {
+                            raw_copy(dir, s.host as usize, s.device as usize, s.len as usize)
+                        }),
+                    };
+                }
                 let copied = Instant::now();
                 let bw = match dir {
                     Direction::HostToDevice => cfg.h2d_bytes_per_s,
@@ -703,6 +708,22 @@ impl Backend for SimBackend {
         device: DevicePtr,
         len: usize,
     ) -> Result<Ticket> {
+        let segment = Segment {
+            host: host as u64,
+            device,
+            len: len as u64,
+        };
+        // SAFETY: the caller's contract, for the one segment.
+        unsafe { self.submit_batch(dir, &[segment]) }
+    }
+
+    /// One operation on the copy stream for the whole batch: the latency is paid once, the
+    /// bytes at the modelled bandwidth (a batched submission's cost on a GPU is assumed to be
+    /// one submission's: `cuMemcpyBatchAsync` exists to make it so).
+    unsafe fn submit_batch(&self, dir: Direction, segments: &[Segment]) -> Result<Ticket> {
+        if segments.is_empty() {
+            return Err(Error::Backend("an empty batch of copies".into()));
+        }
         let event = self.core.new_event()?;
         let (stream, salt) = match dir {
             Direction::HostToDevice => (&self.h2d, 1),
@@ -710,9 +731,7 @@ impl Backend for SimBackend {
         };
         let op = Op::Copy {
             dir,
-            host: host as usize,
-            device,
-            len,
+            segments: segments.to_vec(),
             submitted: Instant::now(),
             event,
         };

@@ -370,8 +370,8 @@ mod tests {
             let mut planner = Planner::new(PlannerConfig::new(1 << 20)).unwrap();
             let mut q = TransferQueue::default();
             for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
-                // Named apart (a trace merges touching spans of one name), and not end to end
-                // (so each is a chunk of its own).
+                // Named apart (a trace merges touching spans of one name), and each the size of
+                // a chunk (so each is a chunk of its own: neither merged nor batched).
                 let b = planner.add_block(crate::BlockSpec::new(100).name(name));
                 let at = i as u64 * 4096;
                 q.push(b.unwrap(), Direction::HostToDevice, at, at, 100, false, 0);
@@ -384,7 +384,7 @@ mod tests {
                 modelled,
             };
             let mut trace = Trace::default();
-            let mut lp = CopyLoop::new(2, 1 << 20, 0.0, 0.0);
+            let mut lp = CopyLoop::new(2, 100, 0.0, 0.0);
             lp.start_idle(0.0);
             let mut batch = Vec::new();
             lp.carve(&mut q, Pick::Any, &mut batch);
@@ -437,7 +437,7 @@ mod tests {
         let mut q = TransferQueue::default();
         assert!(queue_commands(&mut planner, &mut q, 1 << 40, |_| (777, 3)));
         let c = q.next_chunk(1 << 20, Pick::Any).unwrap();
-        assert_eq!((c.host, c.device >> 40, c.len), (777, 1, 4096));
+        assert_eq!((c.host(), c.device() >> 40, c.len), (777, 1, 4096));
         assert!(!queue_commands(&mut planner, &mut q, 0, |_| (0, 0)));
     }
 }
