@@ -58,6 +58,7 @@ pub fn status_of(e: &Error) -> i32 {
         | Error::InvalidPriority(_)
         | Error::InvalidProbability(_)
         | Error::OutOfBounds { .. }
+        | Error::OutsideBuffer { .. }
         | Error::BlockInUse(_)
         | Error::NotMutable(_)
         | Error::Transfer { .. }

@@ -35,6 +35,7 @@ fn err(e: Error) -> PyErr {
         | Error::InvalidProbability(_)
         | Error::InvalidBudget(_)
         | Error::OutOfBounds { .. }
+        | Error::OutsideBuffer { .. }
         | Error::NotMutable(_)
         | Error::BlockInUse(_)
         | Error::Parse { .. }
@@ -295,6 +296,36 @@ impl Drop for DeviceView {
     }
 }
 
+/// A caller's buffer registered with the device once (`Engine.register_buffer`), for blocks cut
+/// from it (`Engine.alloc_in`, and `alloc_external` of any range inside it).
+#[pyclass(name = "HostBuffer", module = "synapswap")]
+struct PyHostBuffer {
+    inner: engine::HostBuffer,
+}
+
+#[pymethods]
+impl PyHostBuffer {
+    /// Start address.
+    #[getter]
+    fn addr(&self) -> u64 {
+        self.inner.addr()
+    }
+
+    /// Length in bytes.
+    #[getter]
+    fn nbytes(&self) -> u64 {
+        self.inner.len()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "HostBuffer({:#x}, {} bytes)",
+            self.inner.addr(),
+            self.inner.len()
+        )
+    }
+}
+
 /// The SynapSwap engine: blocks in host memory, a bounded device pool, copies ahead of use.
 #[pyclass(name = "Engine", module = "synapswap")]
 struct PyEngine {
@@ -372,6 +403,45 @@ impl PyEngine {
         // SAFETY: the caller's contract above, as documented for Python callers; the torch
         // integration keeps every tensor it registers alive until it frees the block.
         let id = unsafe { self.inner.alloc_external(spec, ptr as *mut u8, read_only) };
+        Ok(id.map_err(err)?.to_raw())
+    }
+
+    /// Registers the memory at `ptr` (`size` bytes) with the device once (page-locked in place
+    /// on CUDA), for blocks that are parts of it: `alloc_in`, and `alloc_external` of any range
+    /// inside it (the tensors of one storage share pages, and CUDA registers a page only once).
+    /// The caller keeps that memory alive until every block cut from it is freed and the
+    /// returned buffer is gone, and does not write a block's bytes while it may be in transfer.
+    #[pyo3(signature = (ptr, size, read_only=false))]
+    fn register_buffer(
+        &self,
+        ptr: usize,
+        size: &Bound<'_, PyAny>,
+        read_only: bool,
+    ) -> PyResult<PyHostBuffer> {
+        let size = size_arg(size)?;
+        // SAFETY: the caller's contract above, as documented for Python callers; the torch
+        // integration keeps every storage it registers alive until it frees its blocks.
+        let b = unsafe { self.inner.register_buffer(ptr as *mut u8, size, read_only) };
+        Ok(PyHostBuffer {
+            inner: b.map_err(err)?,
+        })
+    }
+
+    /// A block whose host copy is `buffer`'s bytes `offset..offset + size`, used in place.
+    #[pyo3(signature = (buffer, offset, size, name=None, priority=5, policy="auto", mutable=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn alloc_in(
+        &self,
+        buffer: &PyHostBuffer,
+        offset: u64,
+        size: &Bound<'_, PyAny>,
+        name: Option<String>,
+        priority: u8,
+        policy: &str,
+        mutable: bool,
+    ) -> PyResult<u64> {
+        let spec = spec_arg(size, name, priority, policy, mutable)?;
+        let id = self.inner.alloc_in(&buffer.inner, offset, spec);
         Ok(id.map_err(err)?.to_raw())
     }
 
@@ -564,6 +634,7 @@ fn cuda_available() -> (bool, String) {
 fn _synapswap(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEngine>()?;
     m.add_class::<DeviceView>()?;
+    m.add_class::<PyHostBuffer>()?;
     m.add_function(wrap_pyfunction!(parse_size, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_available, m)?)?;
     Ok(())

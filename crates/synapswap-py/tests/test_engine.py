@@ -90,6 +90,27 @@ def test_exported_arrays_keep_their_block_resident():
         assert e.residency(a) == "host"
 
 
+def test_blocks_cut_from_one_registered_buffer():
+    e = synapswap.Engine("64KiB", backend="sim")
+    host = np.arange(8192, dtype=np.uint32)
+    buf = e.register_buffer(host.ctypes.data, host.nbytes)
+    assert isinstance(buf, synapswap.HostBuffer) and buf.nbytes == host.nbytes
+    a = e.alloc_in(buf, 0, 16384)
+    # A range inside the buffer through alloc_external is cut from it too (no second
+    # registration, which the sim refuses as CUDA does).
+    b = e.alloc_external(host.ctypes.data + 16384, 16384)
+    for block, first in ((a, 0), (b, 4096)):
+        with e.wait(block) as v:
+            assert (np.from_dlpack(v).view(np.uint32) == np.arange(first, first + 4096)).all()
+    with pytest.raises(ValueError, match="outside the registered buffer"):
+        e.alloc_in(buf, 30000, 4096)
+    with pytest.raises(RuntimeError, match="already registered"):
+        e.register_buffer(host.ctypes.data, 4096)
+    e.free(a)
+    e.free(b)
+    e.shutdown()
+
+
 def test_external_memory_is_used_in_place():
     e = synapswap.Engine("64KiB", backend="sim")
     host = np.arange(4096, dtype=np.uint32)

@@ -170,6 +170,29 @@ def test_buffers_are_written_back():
     assert model[1].num_batches_tracked.item() == 3
 
 
+def test_tensors_of_one_storage_are_cut_from_one_registration():
+    # Every weight and bias a view into one flat storage (as a model loaded from one file is):
+    # they share pages, so the storage is registered once and each tensor is a part of it.
+    torch.manual_seed(3)
+    model = nn.Sequential(*[nn.Linear(64, 64) for _ in range(4)])
+    flat = torch.randn(4 * (64 * 64 + 64))
+    off = 0
+    for lin in model:
+        lin.weight = nn.Parameter(flat[off:off + 64 * 64].view(64, 64))
+        off += 64 * 64
+        lin.bias = nn.Parameter(flat[off:off + 64])
+        off += 64
+    plain = copy.deepcopy(model)
+    handle = offload(model, 40 * 1024, device="cpu")
+    x = torch.randn(2, 64)
+    with torch.no_grad():
+        for _ in range(3):
+            assert torch.equal(model(x), plain(x))
+    stats = handle.stats()
+    assert stats["evictions"] > 0, "the weights streamed through the budget"
+    handle.remove()
+
+
 def test_bad_input_leaves_the_model_as_it_was():
     model = TinyLM(layers=2).eval()
     before = {n: (p, p.data_ptr()) for n, p in model.named_parameters()}

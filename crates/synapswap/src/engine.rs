@@ -23,6 +23,7 @@ use std::sync::Arc as StdArc;
 use crate::backend::{
     Backend, BackendInfo, Borrowed, Direction, Fence, Memory, SimBackend, SimConfig,
 };
+use crate::host_buffer::{Buffers, HostBuffer};
 use crate::host_tier::HostTier;
 use crate::planner::{Acquire, Planner, PlannerConfig};
 use crate::sync::{self, Arc, Condvar, Instant, Mutex, MutexGuard};
@@ -133,6 +134,7 @@ impl EngineBuilder {
             work: Condvar::new(),
             host_addressable: backend.host_addressable(),
             host_tier: HostTier::new(),
+            buffers: Buffers::default(),
             backend,
             arena,
             chunk_bytes: self.chunk_bytes,
@@ -167,6 +169,8 @@ pub(crate) struct Shared {
     host_addressable: bool,
     /// Slabs the host copies of small allocated blocks are cut from (`host_tier.rs`).
     host_tier: StdArc<HostTier>,
+    /// The caller buffers registered once (`host_buffer.rs`).
+    buffers: Buffers,
     pub chunk_bytes: u64,
     pub pipeline_depth: usize,
     pub epoch: Instant,
@@ -495,6 +499,12 @@ impl Engine {
             let st = self.lock_live()?;
             st.planner.validate(&spec)?;
         }
+        // A range inside a buffer registered once is a sub-range of it: no second registration.
+        if let Some(buffer) = self.shared.buffers.find(ptr as u64, spec.size) {
+            let offset = ptr as u64 - buffer.addr();
+            let host = buffer.sub_range(offset, spec.size, spec.mutable, self.id())?;
+            return self.add_block(spec, Box::new(host), true);
+        }
         // SAFETY: forwarded from this function's contract.
         let host = match unsafe { self.shared.backend.register_host(ptr, spec.size, read_only) } {
             Ok(h) => h,
@@ -505,6 +515,57 @@ impl Engine {
             Err(e) => return Err(e),
         };
         self.add_block(spec, host, true)
+    }
+
+    /// Registers the caller's buffer `ptr..ptr+len` with the device once (page-locked in place
+    /// where the backend can: CUDA `cuMemHostRegister`), for blocks that are sub-ranges of it:
+    /// [`Engine::alloc_in`], and [`Engine::alloc_external`] of any range inside it. For the
+    /// tensors of one allocation or a memory-mapped model file: CUDA refuses to register ranges
+    /// that share a page, so registering each tensor leaves all but the first pageable (see
+    /// `host_buffer.rs`). Blocks of one buffer are one mapping, so adjacent ones copy as one.
+    /// `read_only` lets CUDA register a read-only mapping (no mutable block can be cut from it).
+    /// The registration ends when the last handle and the last block cut from it are gone.
+    ///
+    /// # Safety
+    /// The buffer must be a live host allocation of at least `len` bytes that stays valid until
+    /// the registration ends (every handle dropped and every block cut from it freed, or the
+    /// engine shut down and dropped), and that the caller does not write where a block lies while
+    /// the block may be loading or writing back.
+    pub unsafe fn register_buffer(
+        &self,
+        ptr: *mut u8,
+        len: u64,
+        read_only: bool,
+    ) -> Result<HostBuffer> {
+        if ptr.is_null() {
+            return Err(Error::Backend("a NULL host buffer".into()));
+        }
+        if len == 0 {
+            return Err(Error::ZeroSize);
+        }
+        drop(self.lock_live()?);
+        // SAFETY: forwarded from this function's contract.
+        let mem = unsafe { self.shared.backend.register_host(ptr, len, read_only) }?;
+        let buffer = HostBuffer::new(mem, read_only, self.id());
+        self.shared.buffers.add(&buffer);
+        Ok(buffer)
+    }
+
+    /// Allocates a block whose host copy is `buffer`'s bytes `offset..offset + spec.size`, in
+    /// place (see [`Engine::register_buffer`], whose contract covers the bytes). Write-backs of
+    /// a mutable block go into the buffer.
+    pub fn alloc_in(&self, buffer: &HostBuffer, offset: u64, spec: BlockSpec) -> Result<BlockId> {
+        {
+            let st = self.lock_live()?;
+            st.planner.validate(&spec)?;
+        }
+        let host = buffer.sub_range(offset, spec.size, spec.mutable, self.id())?;
+        self.add_block(spec, Box::new(host), true)
+    }
+
+    /// This engine's identity, for the buffers registered with it.
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.shared) as *const () as usize
     }
 
     /// Frees a block: its host copy and any device space. Waits for its copies in flight; fails

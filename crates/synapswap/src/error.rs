@@ -41,6 +41,9 @@ pub enum Error {
     /// A read or write outside the block.
     #[error("range {offset}..{end} is outside the block of {size} bytes", end = offset.saturating_add(*len))]
     OutOfBounds { offset: u64, len: u64, size: u64 },
+    /// A block's range outside the registered buffer it is to be cut from.
+    #[error("range {offset}..{end} is outside the registered buffer of {size} bytes", end = offset.saturating_add(*len))]
+    OutsideBuffer { offset: u64, len: u64, size: u64 },
     /// The operation needs the block not to be held by a guard.
     #[error("block {0} is in use: a guard holds it")]
     BlockInUse(BlockId),

@@ -228,11 +228,27 @@ def offload(model, vram_budget, device=None, policy="auto") -> OffloadHandle:
     pending = []
     try:
         blocks = {}
+        # Each storage is registered with the device once, and its tensors are blocks cut from
+        # it (`alloc_external` finds the registration): tensors sharing a storage share pages,
+        # which CUDA registers only once. A storage that shares a page with another one (two
+        # small allocations side by side) cannot be registered; its tensors then register alone
+        # or stay pageable, as before. The registrations end with their blocks.
+        storages = {}
         for module, name, is_param, t in tensors:
             host = t.data if t.is_contiguous() else t.data.contiguous()
             nbytes = host.numel() * host.element_size()
             if nbytes == 0:
                 continue
+            storage = host.untyped_storage()
+            if storage.data_ptr() not in storages:
+                try:
+                    storages[storage.data_ptr()] = engine.register_buffer(
+                        storage.data_ptr(), storage.nbytes()
+                    )
+                except RuntimeError as e:
+                    if "already registered" not in str(e):
+                        raise
+                    storages[storage.data_ptr()] = None
             key = (host.data_ptr(), nbytes)
             if key not in blocks:  # tied weights share one block
                 blocks[key] = engine.alloc_external(
