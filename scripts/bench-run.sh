@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Regenerates the `synapswap run` sections of BENCHMARKS.md: the default run (sim backend, 2 GB/s
-# modelled link, 3.29 GiB model through half of it), and the `small-tensors` preset (4,000 tensors
-# of 64 KiB, 16 a step), each three times in a row on this machine, each run followed by the
-# simulator's prediction for the same workload (`simulate --workload run|small-tensors`).
+# modelled link, 3.29 GiB model through half of it), the `small-tensors` preset (4,000 tensors
+# of 64 KiB, 16 a step) and `scattered-tensors` (the same, a step's tensors never adjacent on the
+# host), each three times in a row on this machine, each run followed by the simulator's
+# prediction for the same workload (`simulate --workload run|small-tensors|scattered-tensors`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p synapswap-cli
@@ -23,7 +24,9 @@ while i < len(raw):
     obj, i = dec.raw_decode(raw, i); runs.append(obj)
 pairs = list(zip(runs[0::2], runs[1::2]))
 r0 = runs[0]
-label = "Default `synapswap run --json`" if sys.argv[3] == "run" else "`synapswap run --workload small-tensors --json`"
+label = {"run": "Default `synapswap run --json`",
+         "run-small": "`synapswap run --workload small-tensors --json`",
+         "run-scattered": "`synapswap run --workload scattered-tensors --json`"}[sys.argv[3]]
 lines = [f"{label} ({r0['workload']}, {r0['model_bytes']/2**30:.2f} GiB model, "
          f"{r0['vram_budget_bytes']/2**30:.2f} GiB budget, {r0['tokens']} tokens after {r0['warmup_tokens']} warm-up; "
          f"{r0['backend_description']}; {os.cpu_count()} cores; {datetime.date.today()}):", "",
@@ -50,3 +53,4 @@ rm -f "$out"
 }
 section "" run run
 section "--workload small-tensors" small-tensors run-small
+section "--workload scattered-tensors" scattered-tensors run-scattered

@@ -19,8 +19,11 @@
 //!   host, out of order: a demand copy through the transfer thread), the first `hint` and one
 //!   pass, per block.
 //!
-//! Each figure is one run's mean; the rows are measured one after another in one process, so
-//! compare them with each other (the target: every row within 3x of the 1e3 row).
+//! Each figure is a mean over one run's operations, and each row the median, figure by figure,
+//! of [`reps`] runs (5 up to 1e4 blocks, 3 above: one run of a small row is a few milliseconds,
+//! and on a shared 2-core machine one preempted run moved a row 2-5x). The rows are measured one
+//! after another in one process, so compare them with each other (the target: every row
+//! within 3x of the 1e3 row).
 
 #[path = "shared/section.rs"]
 mod section;
@@ -44,6 +47,32 @@ struct Row {
     miss_ns: f64,
     plan_ns: f64,
     pass_ns: f64,
+}
+
+/// Runs per row (see the module docs).
+fn reps(n: u64) -> usize {
+    if n <= 10_000 {
+        5
+    } else {
+        3
+    }
+}
+
+/// The median of `rows` (same `n`), figure by figure.
+fn median(mut rows: Vec<Row>) -> Row {
+    let mid = |rows: &mut Vec<Row>, f: fn(&Row) -> f64| {
+        let mut v: Vec<f64> = rows.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Row {
+        n: rows[0].n,
+        hint_ns: mid(&mut rows, |r| r.hint_ns),
+        hit_ns: mid(&mut rows, |r| r.hit_ns),
+        miss_ns: mid(&mut rows, |r| r.miss_ns),
+        plan_ns: mid(&mut rows, |r| r.plan_ns),
+        pass_ns: mid(&mut rows, |r| r.pass_ns),
+    }
 }
 
 fn drain(p: &mut Planner) {
@@ -250,13 +279,13 @@ fn main() {
     let planner: Vec<Row> = sizes
         .iter()
         .filter(|_| want("planner"))
-        .map(|&n| planner_row(n))
+        .map(|&n| median((0..reps(n)).map(|_| planner_row(n)).collect()))
         .collect();
     let engine: Vec<Row> = sizes
         .iter()
         .filter(|_| want("engine"))
         .map(|&n| {
-            let r = engine_row(n);
+            let r = median((0..reps(n)).map(|_| engine_row(n)).collect());
             eprintln!("engine {n} blocks done");
             r
         })

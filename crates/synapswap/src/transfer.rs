@@ -23,10 +23,11 @@
 //!
 //! Where the next job's bytes do not follow on (separate tensors of a framework, caller-owned
 //! buffers), the chunk goes on as a batch: the job becomes a new segment, and the chunk's
-//! segments go to the backend in one submission ([`Backend::submit_batch`]: one operation and one
-//! event), up to [`MAX_SEGMENTS`] and the chunk size. A batch does not mix a demand load with
-//! prefetches (a blocked caller's copy completes with its batch, so it stays small). Each segment
-//! is its own copy: no byte outside a job's ranges is read or written.
+//! segments go to the backend in one submission ([`Backend::submit_batch`]: one operation and
+//! one event), while it holds under [`MAX_SEGMENTS`] segments and [`BATCH_BYTES`]. A batch does
+//! not mix a demand load with prefetches (a blocked caller's copy completes with its batch, so it
+//! stays small). Each segment is its own copy: no byte outside a job's ranges is read or
+//! written.
 //!
 //! Cost: O(log jobs) per push, chunk, completion and lookup by block.
 
@@ -133,6 +134,13 @@ impl Chunk {
 
 /// Most segments in one batched submission (a bound on its host-side cost).
 pub(crate) const MAX_SEGMENTS: usize = 64;
+/// A chunk takes a new segment only while it holds fewer bytes than this. Batching saves a
+/// submission's fixed cost per copy, which is small next to a megabyte's transfer (10 us against
+/// 0.5 ms at 2 GB/s on the sim; assumed for PCIe), while a job is reported done only with the
+/// whole chunk its last bytes went in: batching past this delays the first job for nothing
+/// (measured: batching up to the 8 MiB chunk cost the default `synapswap run` 0.868-0.874 ->
+/// 0.853-0.859 and `small-tensors` one run of three below 0.9).
+pub(crate) const BATCH_BYTES: u64 = 1 << 20;
 
 impl TransferQueue {
     #[allow(clippy::too_many_arguments)] // a job's fields
@@ -241,8 +249,9 @@ impl TransferQueue {
 
     /// Carves the next chunk to copy from the most urgent job with bytes left to submit, and
     /// goes on into the jobs after it (see the module docs, "Coalescing"): in the same segment
-    /// while their bytes follow on, else in a new one while the chunk is a batch of up to
-    /// [`MAX_SEGMENTS`] and the next job is as urgent a kind (a demand load or not) as the first.
+    /// while their bytes follow on, else in a new one while the chunk is a batch of under
+    /// [`MAX_SEGMENTS`] segments and [`BATCH_BYTES`], and the next job is as urgent a kind (a
+    /// demand load or not) as the first.
     pub fn next_chunk(&mut self, chunk_bytes: u64, pick: Pick) -> Option<Chunk> {
         let seq = self.first(pick)?;
         let j = &self.jobs[&seq];
@@ -269,7 +278,7 @@ impl TransferQueue {
                 && j.host + j.submitted == last.host + last.len
                 && j.device + j.submitted == last.device + last.len;
             if !follows {
-                if c.segments.len() >= MAX_SEGMENTS || j.demand != demand {
+                if c.segments.len() >= MAX_SEGMENTS || c.len >= BATCH_BYTES || j.demand != demand {
                     break;
                 }
                 c.segments.push(Segment {
@@ -655,6 +664,21 @@ mod tests {
             (0, 1),
             "a demand load goes alone"
         );
+        q.next_chunk(1 << 20, Pick::Any).unwrap();
+        // Past BATCH_BYTES a chunk takes no new segment (it still runs on where bytes follow).
+        let big = BATCH_BYTES * 3 / 5;
+        for i in 0..3u32 {
+            let at = u64::from(i) * 2 * big;
+            q.push(id(200 + i), H2D, at, at, big, false, 0);
+        }
+        let c = q.next_chunk(8 << 20, Pick::Any).unwrap();
+        assert_eq!(
+            c.segments.len(),
+            2,
+            "the second segment took it past BATCH_BYTES"
+        );
+        assert_eq!(q.next_chunk(8 << 20, Pick::Any).unwrap().segments.len(), 1);
+        assert!(q.next_chunk(8 << 20, Pick::Any).is_none());
     }
 
     #[test]
