@@ -65,6 +65,7 @@ pub fn status_of(e: &Error) -> i32 {
         | Error::Backend(_)
         | Error::AlreadyRegistered { .. }
         | Error::Parse { .. }
+        | Error::Model(_)
         | Error::Workload(_) => ERR_UNKNOWN,
     }
 }

@@ -137,6 +137,12 @@ struct RunArgs {
     /// Its budget is the default for --vram; the sim backend's link stays --h2d's.
     #[arg(long, conflicts_with = "layers")]
     workload: Option<String>,
+    /// Run a model's own tensors from its files instead: a `.safetensors` file, or a Hugging
+    /// Face directory (sharded through `model.safetensors.index.json`). The files are mapped and
+    /// used in place (no copy in RAM), in the order their tensor names give; every use is checked
+    /// against the file. Compute per step is estimated for batch-1 decode on a consumer GPU.
+    #[arg(long, conflicts_with_all = ["layers", "workload"])]
+    model: Option<std::path::PathBuf>,
     /// Copy chunk size.
     #[arg(long, default_value = "8MiB", value_parser = size_arg)]
     chunk: u64,
@@ -246,15 +252,22 @@ fn cmd_run(args: RunArgs) -> Result<(), (u8, String)> {
         };
         (code, e.to_string())
     };
-    let wl = match &args.workload {
-        Some(arg) => load_workload(arg)?,
-        None => workload::run_model(args.layers),
+    let model = match &args.model {
+        Some(path) => Some(synapswap::model::Model::open(path).map_err(|e| (2, e.to_string()))?),
+        None => None,
+    };
+    let wl = match (&model, &args.workload) {
+        (Some(m), _) => m.workload(),
+        (None, Some(arg)) => load_workload(arg)?,
+        (None, None) => workload::run_model(args.layers),
     };
     let model_bytes = wl.model_bytes();
-    let budget = args
-        .vram
-        .or(wl.vram_budget)
-        .unwrap_or(model_bytes / 2 / (1 << 20) * (1 << 20));
+    let budget = args.vram.or(wl.vram_budget).unwrap_or_else(|| {
+        // Half the model, in whole MiB (in whole 4 KiB below 2 MiB: a small model file).
+        let half = model_bytes / 2;
+        let unit = if half >= 2 << 20 { 1 << 20 } else { 4 << 10 };
+        half / unit * unit
+    });
     if budget > 0 && budget >= model_bytes && !args.json {
         eprintln!(
             "note: the budget ({}) holds the whole model ({}); nothing will stream",
@@ -277,7 +290,11 @@ fn cmd_run(args: RunArgs) -> Result<(), (u8, String)> {
     }
     // Before anything big is allocated: a model the machine cannot hold is refused (exit 2),
     // not killed by the kernel halfway through filling it.
-    run::check_host_memory(&wl, budget, backend.host_addressable()).map_err(fail)?;
+    match &model {
+        Some(m) => run::check_model_host_memory(m, budget, backend.host_addressable()),
+        None => run::check_host_memory(&wl, budget, backend.host_addressable()),
+    }
+    .map_err(fail)?;
     let (bound_bw, source) = if backend.info().name == "cuda" {
         if args.h2d.is_some() && !args.json {
             eprintln!("note: --h2d models the sim backend's link; on CUDA the bound is measured");
@@ -323,7 +340,20 @@ fn cmd_run(args: RunArgs) -> Result<(), (u8, String)> {
     let tty = std::io::stderr().is_terminal();
     let mut dash = Dashboard::new(tty, args.json, cfg.warmup_tokens + cfg.tokens, "wall");
     let mut on_progress = |p: &Progress| dash.update(p);
-    let report = if let Some(path) = &args.trace {
+    let report = if let Some(m) = &model {
+        let mut trace = args
+            .trace
+            .as_ref()
+            .map(|_| synapswap::trace::Trace::default());
+        let report =
+            run::run_model(&engine, m, &cfg, &mut on_progress, trace.as_mut()).map_err(fail)?;
+        if let (Some(path), Some(trace)) = (&args.trace, trace) {
+            trace
+                .save(path, &format!("synapswap run: {}", wl.name))
+                .map_err(|e| (1, e.to_string()))?;
+        }
+        report
+    } else if let Some(path) = &args.trace {
         let (report, trace) =
             run::run_traced(&engine, &wl, &cfg, &mut on_progress).map_err(fail)?;
         trace

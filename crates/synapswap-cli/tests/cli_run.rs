@@ -286,3 +286,65 @@ fn run_takes_a_workload_preset_and_verifies_its_bytes() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("neither a file nor a preset"));
 }
+
+/// A safetensors file: 8 tensors of 16 KiB + 8 bytes header, Llama-named, one layer each.
+fn tiny_model(path: &std::path::Path) {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for l in 0..8u8 {
+        let start = data.len();
+        data.extend((0..16384u32).map(|i| (i as u8) ^ l.wrapping_mul(37)));
+        header.insert(
+            format!("model.layers.{l}.mlp.up_proj.weight"),
+            serde_json::json!({"dtype": "F16", "shape": [8192], "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut h = serde_json::to_vec(&header).unwrap();
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&data);
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn run_takes_a_model_file_and_checks_every_use_against_it() {
+    let dir = std::env::temp_dir().join(format!("synapswap-cli-model-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tiny.safetensors");
+    tiny_model(&path);
+    let p = path.to_str().unwrap();
+    let out = synapswap(&[
+        "run", "--json", "--model", p, "--tokens", "2", "--h2d", "max",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["workload"], "tiny.safetensors");
+    assert_eq!(v["model_bytes"], 8 * 16384);
+    assert_eq!(v["integrity"]["mismatches"], 0);
+    assert_eq!(
+        v["integrity"]["verified_blocks"],
+        3 * 8,
+        "every use of 3 passes"
+    );
+    assert!(
+        v["bytes_h2d"].as_u64().unwrap() > 0,
+        "half the model streams"
+    );
+    // A file that is not a model: exit 2, naming the file.
+    let bad = dir.join("bad.safetensors");
+    std::fs::write(&bad, b"not a safetensors file at all").unwrap();
+    let out = synapswap(&["run", "--model", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid model") && err.contains("bad.safetensors"),
+        "{err}"
+    );
+}

@@ -39,6 +39,7 @@ fn err(e: Error) -> PyErr {
         | Error::NotMutable(_)
         | Error::BlockInUse(_)
         | Error::Parse { .. }
+        | Error::Model(_)
         | Error::Workload(_) => PyValueError::new_err(msg),
         Error::Transfer { .. }
         | Error::Backend(_)

@@ -108,6 +108,9 @@ pub enum Error {
         input: String,
         reason: String,
     },
+    /// A model file (or directory) that cannot be read as a model: the message names the file.
+    #[error("invalid model: {0}")]
+    Model(String),
     /// A workload description is inconsistent.
     #[error("invalid workload: {0}")]
     Workload(String),

@@ -28,6 +28,7 @@ mod engine;
 mod error;
 mod host_buffer;
 pub mod host_tier;
+pub mod model;
 pub mod os;
 pub mod pattern;
 pub mod planner;

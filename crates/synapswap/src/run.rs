@@ -16,9 +16,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::model::Model;
 use crate::trace::{Trace, Track};
 use crate::workload::{Resolved, Workload};
-use crate::{os, pattern, BlockId, BlockSpec, Engine, Error, PrefetchStats, Result, Stats};
+use crate::{
+    os, pattern, BlockId, BlockSpec, Engine, Error, HostBuffer, PrefetchStats, Result, Stats,
+};
 
 /// How to run.
 #[derive(Debug, Clone, PartialEq)]
@@ -210,6 +213,15 @@ pub fn check_host_memory(workload: &Workload, budget: u64, arena_on_host: bool) 
     )
 }
 
+/// [`check_host_memory`] for [`run_model`]: the host copies are the model's file mappings
+/// (page cache, not counted), so what must fit is the device arena when it is host memory (the
+/// sim's) and a scratch buffer of the largest tensor, for reading uses back.
+pub fn check_model_host_memory(model: &Model, budget: u64, arena_on_host: bool) -> Result<()> {
+    let largest = model.tensors.iter().map(|t| t.bytes).max().unwrap_or(0);
+    let arena = if arena_on_host { budget } else { 0 };
+    check_needed(arena.saturating_add(largest), os::available_memory())
+}
+
 fn check_needed(needed: u64, available: Option<os::AvailableMemory>) -> Result<()> {
     match available {
         Some(a) if needed > a.bytes => Err(Error::HostMemory {
@@ -249,6 +261,42 @@ fn version_seed(block_seed: u64, version: u64) -> u64 {
     }
 }
 
+/// Where the blocks' bytes come from: a pattern per block (written into engine-allocated host
+/// copies), or a model file's mappings (each tensor a block cut from its file's registration,
+/// checked against the file).
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Pattern,
+    Model(&'a Model),
+}
+
+/// Runs `model`'s tensors from its files (see [`Model::workload`] for the steps and their
+/// compute): each file is registered once, read-only, and each tensor is a block cut from it
+/// (no second copy in RAM); every use is checked against the file's bytes.
+pub fn run_model(
+    engine: &Engine,
+    model: &Model,
+    cfg: &RunConfig,
+    progress: &mut dyn FnMut(&Progress),
+    trace: Option<&mut Trace>,
+) -> Result<RunReport> {
+    let workload = model.workload();
+    let mut own = trace.is_some().then(Trace::default);
+    let report = run_impl(
+        engine,
+        &workload,
+        Source::Model(model),
+        cfg,
+        progress,
+        own.as_mut(),
+    )?;
+    if let (Some(t), Some(mut own)) = (trace, own) {
+        own.spans.extend(engine.take_trace().spans);
+        *t = own;
+    }
+    Ok(report)
+}
+
 /// Allocates the workload's blocks, fills them, declares the schedule and decodes.
 pub fn run(
     engine: &Engine,
@@ -256,7 +304,7 @@ pub fn run(
     cfg: &RunConfig,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<RunReport> {
-    run_impl(engine, workload, cfg, progress, None)
+    run_impl(engine, workload, Source::Pattern, cfg, progress, None)
 }
 
 /// [`run`], also recording a timeline: the caller's steps and stalls, and the engine's copies if
@@ -268,7 +316,14 @@ pub fn run_traced(
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<(RunReport, Trace)> {
     let mut trace = Trace::default();
-    let report = run_impl(engine, workload, cfg, progress, Some(&mut trace))?;
+    let report = run_impl(
+        engine,
+        workload,
+        Source::Pattern,
+        cfg,
+        progress,
+        Some(&mut trace),
+    )?;
     trace.spans.extend(engine.take_trace().spans);
     Ok((report, trace))
 }
@@ -276,6 +331,7 @@ pub fn run_traced(
 fn run_impl(
     engine: &Engine,
     workload: &Workload,
+    source: Source<'_>,
     cfg: &RunConfig,
     progress: &mut dyn FnMut(&Progress),
     trace: Option<&mut Trace>,
@@ -292,7 +348,9 @@ fn run_impl(
     // The real minimum (a step's blocks and the pinned ones), before any block is allocated.
     workload.check_budget(engine.budget())?;
     let mut ids: Vec<BlockId> = Vec::with_capacity(workload.blocks.len());
-    let result = run_inner(engine, workload, &resolved, cfg, progress, &mut ids, trace);
+    let result = run_inner(
+        engine, workload, source, &resolved, cfg, progress, &mut ids, trace,
+    );
     for id in ids {
         // Frees everything even when the run failed; errors after shutdown are expected.
         let _ = engine.free(id);
@@ -300,9 +358,11 @@ fn run_impl(
     result
 }
 
+#[allow(clippy::too_many_arguments)] // the run's inputs and its outputs
 fn run_inner(
     engine: &Engine,
     workload: &Workload,
+    source: Source<'_>,
     resolved: &Resolved,
     cfg: &RunConfig,
     progress: &mut dyn FnMut(&Progress),
@@ -314,16 +374,36 @@ fn run_inner(
     let mut kv: Vec<Option<KvState>> = Vec::new();
     let mut buf = Vec::new();
     grow(&mut buf, FILL_BYTES as usize)?;
+    // A model's files, each registered once, read-only.
+    let buffers: Vec<HostBuffer> = match source {
+        Source::Pattern => Vec::new(),
+        Source::Model(m) => m
+            .files()
+            .map(|(_, bytes)| {
+                // SAFETY: the mapping is read-only and lives in `m`, which outlives the run (the
+                // run frees every block before it returns, and the buffers are dropped here).
+                unsafe {
+                    engine.register_buffer(bytes.as_ptr().cast_mut(), bytes.len() as u64, true)
+                }
+            })
+            .collect::<Result<_>>()?,
+    };
     for (i, b) in workload.blocks.iter().enumerate() {
         let spec = BlockSpec::new(b.bytes)
             .name(b.name.clone())
             .priority(b.priority)
             .policy(b.policy)
             .mutable(b.mutable);
-        let id = engine.alloc(spec)?;
-        ids.push(id);
         let seed = pattern::seed(i as u64);
         seeds.push(seed);
+        if let Source::Model(m) = source {
+            let t = &m.tensors[i];
+            ids.push(engine.alloc_in(&buffers[t.file], t.offset, spec)?);
+            kv.push(None);
+            continue;
+        }
+        let id = engine.alloc(spec)?;
+        ids.push(id);
         let mut off = 0;
         while off < b.bytes {
             let n = (b.bytes - off).min(buf.len() as u64) as usize;
@@ -394,13 +474,22 @@ fn run_inner(
             }
             for (b, guard) in &guards {
                 let mut checked = guard.len();
+                // What the block's bytes at `off` must be: its pattern, or its tensor's bytes in
+                // the file.
+                let expected = |off: u64, bytes: &[u8]| match source {
+                    Source::Pattern => pattern::verify(seeds[*b], off, bytes),
+                    Source::Model(m) => {
+                        let data = m.data(&m.tensors[*b]);
+                        data.get(off as usize..off as usize + bytes.len()) == Some(bytes)
+                    }
+                };
                 let ok = match &mut kv[*b] {
                     None => match (guard.as_slice(), cfg.verify) {
-                        (Some(bytes), Verify::Full) => pattern::verify(seeds[*b], 0, bytes),
+                        (Some(bytes), Verify::Full) => expected(0, bytes),
                         (None, Verify::Full) => {
                             grow(&mut scratch, guard.len() as usize)?;
                             guard.read_device(0, &mut scratch)?;
-                            pattern::verify(seeds[*b], 0, &scratch)
+                            expected(0, &scratch)
                         }
                         (_, Verify::Sampled) => {
                             let nonce =
@@ -410,7 +499,7 @@ fn run_inner(
                             for (off, len) in sample_ranges(guard.len(), nonce) {
                                 grow(&mut scratch, len as usize)?;
                                 guard.read_device(off, &mut scratch)?;
-                                ok &= pattern::verify(seeds[*b], off, &scratch);
+                                ok &= expected(off, &scratch[..len as usize]);
                                 checked += len;
                             }
                             ok

@@ -1,0 +1,164 @@
+//! Model files as the host tier: each tensor of a safetensors file (or of a Hugging Face
+//! directory sharded through `model.safetensors.index.json`) becomes a block whose host copy is
+//! the file's memory mapping itself, with no second copy in RAM, in an execution order read from
+//! the tensor names (`order.rs`).
+//!
+//! # Reading
+//! Files are memory-mapped read-only (`memmap2`) and their headers parsed and validated by the
+//! `safetensors` crate before any tensor is used: a header length that is absurd or runs past the
+//! end, invalid JSON, an unknown dtype, offsets that are not contiguous, overlap, disagree with
+//! the shape or run past the end of the file are each a clear error ([`crate::Error::Model`]),
+//! never a panic or an out-of-bounds read. A sharded directory's index must name, for every
+//! tensor, a shard that exists and holds it.
+//!
+//! # Truncation under a live mapping
+//! A file that is truncated (or replaced in place) while it is mapped makes the next read of a
+//! page past its new end raise `SIGBUS`, which no check made before mapping can prevent. The
+//! process then dies with "Bus error"; if that happens during `synapswap run --model`, the model
+//! file was changed while it ran. Keep model files read-only while they are in use (Hugging Face
+//! downloads are replaced by rename, which leaves an open mapping intact).
+//!
+//! # Registration
+//! The engine registers each mapping once, read-only ([`crate::Engine::register_buffer`]), and
+//! the tensors are sub-ranges of it ([`crate::Engine::alloc_in`]): CUDA refuses overlapping
+//! registrations, and tensors share pages.
+
+mod order;
+mod safetensors_file;
+
+use std::path::{Path, PathBuf};
+
+pub use order::{execution_order, Step};
+
+use crate::block::{Policy, DEFAULT_PRIORITY};
+use crate::workload::{BlockDesc, DeviceModel, StepDesc, Workload};
+use crate::{Error, Result};
+
+/// One tensor of a model file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tensor {
+    /// Its name in the file.
+    pub name: String,
+    /// Its dtype, as the file spells it (`F16`, `BF16`, `F32`, ...).
+    pub dtype: String,
+    /// Its shape.
+    pub shape: Vec<u64>,
+    /// Which of the model's files holds it.
+    pub file: usize,
+    /// Its bytes within that file: `offset..offset + bytes`.
+    pub offset: u64,
+    /// Its length in bytes.
+    pub bytes: u64,
+}
+
+/// A model opened from its files: the tensors and the read-only mappings they live in.
+pub struct Model {
+    /// What was opened (a file or a directory).
+    pub path: PathBuf,
+    /// `safetensors`.
+    pub format: &'static str,
+    /// The tensors, in file order (file by file, by offset).
+    pub tensors: Vec<Tensor>,
+    files: Vec<(PathBuf, memmap2::Mmap)>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("path", &self.path)
+            .field("format", &self.format)
+            .field("tensors", &self.tensors.len())
+            .field("files", &self.files.len())
+            .finish()
+    }
+}
+
+impl Model {
+    /// Opens a `.safetensors` file, or a directory holding `model.safetensors.index.json` (a
+    /// sharded model) or one `.safetensors` file.
+    pub fn open(path: &Path) -> Result<Model> {
+        safetensors_file::open(path)
+    }
+
+    /// Total tensor bytes.
+    pub fn bytes(&self) -> u64 {
+        self.tensors.iter().map(|t| t.bytes).sum()
+    }
+
+    /// The bytes of `tensor` (in its file's mapping).
+    pub fn data(&self, tensor: &Tensor) -> &[u8] {
+        let map = &self.files[tensor.file].1;
+        // In range: every tensor was checked against its file's length when it was opened.
+        &map[tensor.offset as usize..(tensor.offset + tensor.bytes) as usize]
+    }
+
+    /// The model as a workload: a block per tensor (its name and bytes), a step per step of
+    /// [`execution_order`], each step's compute a roofline estimate for batch-1 decode on
+    /// [`DeviceModel::CONSUMER`] (2 FLOPs per parameter, its bytes read once; assumed figures,
+    /// not a measurement of this model).
+    pub fn workload(&self) -> Workload {
+        let blocks = self
+            .tensors
+            .iter()
+            .map(|t| BlockDesc {
+                name: t.name.clone(),
+                bytes: t.bytes,
+                priority: DEFAULT_PRIORITY,
+                policy: Policy::Auto,
+                mutable: false,
+            })
+            .collect();
+        let steps = execution_order(&self.tensors)
+            .into_iter()
+            .map(|s| {
+                let bytes: u64 = s.tensors.iter().map(|&i| self.tensors[i].bytes).sum();
+                let params: u64 = s
+                    .tensors
+                    .iter()
+                    .map(|&i| self.tensors[i].bytes / dtype_bytes(&self.tensors[i].dtype))
+                    .sum();
+                StepDesc {
+                    compute_s: DeviceModel::CONSUMER.time(2.0 * params as f64, bytes as f64),
+                    uses: s
+                        .tensors
+                        .iter()
+                        .map(|&i| self.tensors[i].name.clone())
+                        .collect(),
+                    choose: None,
+                }
+            })
+            .collect();
+        let name = self
+            .path
+            .file_name()
+            .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
+        Workload {
+            name,
+            vram_budget: None,
+            h2d_bytes_per_s: None,
+            passes: None,
+            blocks,
+            steps,
+        }
+    }
+
+    /// The mapped files: (path, the whole mapping).
+    pub fn files(&self) -> impl Iterator<Item = (&Path, &[u8])> {
+        self.files.iter().map(|(p, m)| (p.as_path(), &m[..]))
+    }
+}
+
+/// Bytes per element of a safetensors dtype (1 for the 1-byte and sub-byte kinds).
+fn dtype_bytes(dtype: &str) -> u64 {
+    match dtype {
+        "F64" | "I64" | "U64" => 8,
+        "F32" | "I32" | "U32" => 4,
+        "F16" | "BF16" | "I16" | "U16" => 2,
+        _ => 1,
+    }
+}
+
+/// A model error naming the file.
+pub(crate) fn bad(path: &Path, what: impl std::fmt::Display) -> Error {
+    Error::Model(format!("{}: {what}", path.display()))
+}

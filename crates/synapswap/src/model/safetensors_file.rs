@@ -1,0 +1,155 @@
+//! safetensors files: one file, or a Hugging Face directory sharded through
+//! `model.safetensors.index.json`. The header is parsed and validated by the `safetensors` crate
+//! (see the module docs of `model`); this maps the files and turns their headers into tensors.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use super::{bad, Model, Tensor};
+use crate::Result;
+
+/// The index file of a sharded directory.
+const INDEX: &str = "model.safetensors.index.json";
+
+pub(super) fn open(path: &Path) -> Result<Model> {
+    let meta = std::fs::metadata(path).map_err(|e| bad(path, e))?;
+    if !meta.is_dir() {
+        let (map, tensors) = file(path, 0)?;
+        return Ok(Model {
+            path: path.to_path_buf(),
+            format: "safetensors",
+            tensors,
+            files: vec![(path.to_path_buf(), map)],
+        });
+    }
+    let index = path.join(INDEX);
+    if index.exists() {
+        return sharded(path, &index);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| bad(path, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    found.sort();
+    match found.len() {
+        1 => {
+            let mut m = open(&found[0])?;
+            m.path = path.to_path_buf();
+            Ok(m)
+        }
+        0 => Err(bad(path, "no .safetensors file in this directory")),
+        n => Err(bad(
+            path,
+            format!("{n} .safetensors files and no {INDEX} to say how they fit together"),
+        )),
+    }
+}
+
+/// Maps one file read-only and reads its tensors (as file `index` of the model).
+fn file(path: &Path, index: usize) -> Result<(memmap2::Mmap, Vec<Tensor>)> {
+    let f = File::open(path).map_err(|e| bad(path, e))?;
+    let len = f.metadata().map_err(|e| bad(path, e))?.len();
+    if len < 8 {
+        return Err(bad(
+            path,
+            format!("{len} bytes: too short for a safetensors header (8 bytes of length first)"),
+        ));
+    }
+    // SAFETY: a read-only private mapping of a file we just opened. Its bytes are only read
+    // through the returned value; a file truncated while mapped makes such a read raise SIGBUS
+    // (documented in the module docs of `model`), not undefined behaviour in Rust's sense.
+    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| bad(path, e))?;
+    let (header, meta) = safetensors::SafeTensors::read_metadata(&map[..])
+        .map_err(|e| bad(path, format!("not a valid safetensors file: {e}")))?;
+    let base = 8 + header as u64;
+    let mut tensors: Vec<Tensor> = meta
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| {
+            let (s, e) = info.data_offsets;
+            Tensor {
+                name,
+                dtype: format!("{:?}", info.dtype),
+                shape: info.shape.iter().map(|&d| d as u64).collect(),
+                file: index,
+                offset: base + s as u64,
+                bytes: (e - s) as u64,
+            }
+        })
+        .collect();
+    // `read_metadata` checked that the offsets tile the data to the file's end; this is the
+    // bound the mapping relies on, checked again here where it is used.
+    if let Some(t) = tensors.iter().find(|t| t.offset + t.bytes > len) {
+        return Err(bad(path, format!("tensor {} runs past the end", t.name)));
+    }
+    tensors.sort_by_key(|t| (t.offset, t.name.clone()));
+    Ok((map, tensors))
+}
+
+/// A sharded directory: the index's `weight_map` names each tensor's shard.
+fn sharded(dir: &Path, index: &Path) -> Result<Model> {
+    let text = std::fs::read_to_string(index).map_err(|e| bad(index, e))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(index, format!("invalid JSON: {e}")))?;
+    let Some(map) = json.get("weight_map").and_then(|m| m.as_object()) else {
+        return Err(bad(index, "no \"weight_map\" object"));
+    };
+    let mut shard_of: BTreeMap<String, String> = BTreeMap::new();
+    for (name, shard) in map {
+        let Some(shard) = shard.as_str() else {
+            return Err(bad(
+                index,
+                format!("the shard of {name} is not a file name"),
+            ));
+        };
+        let plain = Path::new(shard)
+            .file_name()
+            .is_some_and(|f| f == std::ffi::OsStr::new(shard));
+        if !plain {
+            return Err(bad(
+                index,
+                format!("shard '{shard}' is not a file name in this directory"),
+            ));
+        }
+        shard_of.insert(name.clone(), shard.to_string());
+    }
+    // Shards in name order (model-00001-of-00004.safetensors, ...).
+    let shards: Vec<String> = {
+        let mut v: Vec<String> = shard_of.values().cloned().collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let mut files = Vec::new();
+    let mut tensors = Vec::new();
+    for (i, shard) in shards.iter().enumerate() {
+        let path = dir.join(shard);
+        let (map, mut ts) = file(&path, i)?;
+        tensors.append(&mut ts);
+        files.push((path, map));
+    }
+    let held: HashMap<&str, usize> = tensors.iter().map(|t| (t.name.as_str(), t.file)).collect();
+    for (name, shard) in &shard_of {
+        match held.get(name.as_str()) {
+            Some(&f) if files[f].0.file_name() == Some(std::ffi::OsStr::new(shard)) => {}
+            Some(&f) => {
+                return Err(bad(
+                    index,
+                    format!(
+                        "{name} is in {}, not in {shard} as the index says",
+                        files[f].0.display()
+                    ),
+                ))
+            }
+            None => return Err(bad(index, format!("{name} is in no shard ({shard})"))),
+        }
+    }
+    Ok(Model {
+        path: dir.to_path_buf(),
+        format: "safetensors",
+        tensors,
+        files,
+    })
+}

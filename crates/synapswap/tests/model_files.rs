@@ -1,0 +1,305 @@
+//! Model files: safetensors files and sharded directories that the tests write, read into
+//! tensors and an execution order, run through the engine from their mappings with every use
+//! checked against the file, and bad files refused with a clear error (never a panic).
+
+use std::path::{Path, PathBuf};
+
+use synapswap::backend::{SimBackend, SimConfig};
+use synapswap::model::Model;
+use synapswap::run::{run_model, RunConfig, Verify};
+use synapswap::{Engine, Error};
+
+/// A fresh directory under the target dir, named for the test.
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("synapswap-model-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Bytes of a safetensors file holding `tensors` (name, dtype, shape, bytes) in that order.
+fn safetensors(tensors: &[(&str, &str, Vec<u64>, Vec<u8>)]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, dtype, shape, bytes) in tensors {
+        let start = data.len();
+        data.extend_from_slice(bytes);
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut h = serde_json::to_vec(&header).unwrap();
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&data);
+    out
+}
+
+/// Deterministic bytes.
+fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A small Llama-named model: embedding, `layers` layers of three tensors, norm and head.
+fn llama(layers: u64) -> Vec<(String, &'static str, Vec<u64>, Vec<u8>)> {
+    let mut t = vec![(
+        "model.embed_tokens.weight".to_string(),
+        "F16",
+        vec![128, 64],
+        bytes(1, 128 * 64 * 2),
+    )];
+    for l in 0..layers {
+        for (k, (n, shape)) in [
+            ("self_attn.q_proj.weight", vec![64u64, 64]),
+            ("mlp.up_proj.weight", vec![128, 64]),
+            ("input_layernorm.weight", vec![64]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let len = shape.iter().product::<u64>() as usize * 2;
+            t.push((
+                format!("model.layers.{l}.{n}"),
+                "F16",
+                shape,
+                bytes(100 + l * 3 + k as u64, len),
+            ));
+        }
+    }
+    t.push(("model.norm.weight".into(), "F16", vec![64], bytes(7, 128)));
+    t.push((
+        "lm_head.weight".into(),
+        "F16",
+        vec![128, 64],
+        bytes(8, 128 * 64 * 2),
+    ));
+    t
+}
+
+fn write(path: &Path, tensors: &[(String, &str, Vec<u64>, Vec<u8>)]) {
+    let view: Vec<(&str, &str, Vec<u64>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.as_str(), *d, s.clone(), b.clone()))
+        .collect();
+    std::fs::write(path, safetensors(&view)).unwrap();
+}
+
+fn engine(budget: u64) -> Engine {
+    Engine::builder()
+        .budget(budget)
+        .backend(std::sync::Arc::new(
+            SimBackend::new(SimConfig::unpaced()).unwrap(),
+        ))
+        .build()
+        .unwrap()
+}
+
+fn cfg() -> RunConfig {
+    RunConfig {
+        tokens: 3,
+        warmup_tokens: 1,
+        bound_bytes_per_s: 2e9,
+        bound_source: "test".into(),
+        seed: 0,
+        verify: Verify::Full,
+    }
+}
+
+#[test]
+fn a_file_is_read_in_order_and_runs_from_its_mapping_with_every_use_checked() {
+    let d = dir("single");
+    let path = d.join("model.safetensors");
+    let tensors = llama(12);
+    write(&path, &tensors);
+    let m = Model::open(&path).unwrap();
+    assert_eq!(m.tensors.len(), tensors.len());
+    for t in &tensors {
+        let got = m.tensors.iter().find(|x| x.name == t.0).unwrap();
+        assert_eq!(m.data(got), &t.3[..], "{} read from the mapping", t.0);
+        assert_eq!(got.shape, t.2);
+    }
+    let w = m.workload();
+    let steps: Vec<usize> = w.steps.iter().map(|s| s.uses.len()).collect();
+    // Embedding, 12 layers of 3 (numerically ordered), then the head and the norm.
+    assert_eq!(steps.len(), 1 + 12 + 2);
+    assert!(steps[1..13].iter().all(|&n| n == 3));
+    assert_eq!(
+        w.steps[11].uses[0],
+        "model.layers.10.self_attn.q_proj.weight"
+    );
+    let e = engine(m.bytes() / 2);
+    let r = run_model(&e, &m, &cfg(), &mut |_| {}, None).unwrap();
+    assert_eq!(r.integrity.mismatches, 0);
+    assert_eq!(r.integrity.verified_blocks, 4 * tensors.len() as u64);
+    assert!(r.bytes_h2d > 0, "half the model streams");
+    assert_eq!(e.stats().blocks, 0, "every block freed");
+    e.shutdown();
+}
+
+#[test]
+fn a_sharded_directory_is_one_model() {
+    let d = dir("sharded");
+    let tensors = llama(4);
+    let (a, b) = tensors.split_at(7);
+    write(&d.join("model-00001-of-00002.safetensors"), a);
+    write(&d.join("model-00002-of-00002.safetensors"), b);
+    let mut map = serde_json::Map::new();
+    for (i, t) in tensors.iter().enumerate() {
+        let shard = if i < 7 { 1 } else { 2 };
+        map.insert(
+            t.0.clone(),
+            format!("model-0000{shard}-of-00002.safetensors").into(),
+        );
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(d.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let m = Model::open(&d).unwrap();
+    assert_eq!(m.tensors.len(), tensors.len());
+    assert_eq!(m.files().count(), 2);
+    for t in &tensors {
+        let got = m.tensors.iter().find(|x| x.name == t.0).unwrap();
+        assert_eq!(m.data(got), &t.3[..]);
+    }
+    let e = engine(m.bytes() / 2);
+    let r = run_model(&e, &m, &cfg(), &mut |_| {}, None).unwrap();
+    assert_eq!(r.integrity.mismatches, 0);
+    e.shutdown();
+    // An index that names a shard the tensor is not in, or a path out of the directory.
+    let mut bad = index.clone();
+    bad["weight_map"]["lm_head.weight"] = "model-00001-of-00002.safetensors".into();
+    std::fs::write(d.join("model.safetensors.index.json"), bad.to_string()).unwrap();
+    let err = Model::open(&d).unwrap_err().to_string();
+    assert!(
+        err.contains("not in model-00001-of-00002.safetensors"),
+        "{err}"
+    );
+    let mut bad = index;
+    bad["weight_map"]["lm_head.weight"] = "../elsewhere.safetensors".into();
+    std::fs::write(d.join("model.safetensors.index.json"), bad.to_string()).unwrap();
+    let err = Model::open(&d).unwrap_err().to_string();
+    assert!(err.contains("not a file name in this directory"), "{err}");
+}
+
+#[test]
+fn bad_files_are_clear_errors() {
+    let d = dir("bad");
+    let good = safetensors(&[
+        ("a", "F16", vec![4], vec![1; 8]),
+        ("b", "F32", vec![2], vec![2; 8]),
+    ]);
+    let header_len = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty", Vec::new(), "too short"),
+        (
+            "truncated",
+            good[..good.len() - 3].to_vec(),
+            "not a valid safetensors file",
+        ),
+        (
+            "absurd header",
+            {
+                let mut v = good.clone();
+                v[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+                v
+            },
+            "not a valid safetensors file",
+        ),
+        (
+            "header past the end",
+            {
+                let mut v = good.clone();
+                v[..8].copy_from_slice(&((good.len() as u64) * 2).to_le_bytes());
+                v
+            },
+            "not a valid safetensors file",
+        ),
+        (
+            "invalid json",
+            {
+                let mut v = good.clone();
+                v[8] = b'!';
+                v
+            },
+            "not a valid safetensors file",
+        ),
+        (
+            "overlapping",
+            safetensors_raw(
+                r#"{"a":{"dtype":"F16","shape":[4],"data_offsets":[0,8]},"b":{"dtype":"F16","shape":[4],"data_offsets":[4,12]}}"#,
+                12,
+            ),
+            "not a valid safetensors file",
+        ),
+        (
+            "past the end",
+            safetensors_raw(
+                r#"{"a":{"dtype":"F16","shape":[4],"data_offsets":[0,8]}}"#,
+                4,
+            ),
+            "not a valid safetensors file",
+        ),
+        (
+            "unknown dtype",
+            safetensors_raw(
+                r#"{"a":{"dtype":"Q9","shape":[4],"data_offsets":[0,8]}}"#,
+                8,
+            ),
+            "not a valid safetensors file",
+        ),
+        (
+            "shape disagrees",
+            safetensors_raw(
+                r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,8]}}"#,
+                8,
+            ),
+            "not a valid safetensors file",
+        ),
+    ];
+    assert!(header_len > 0);
+    for (what, file, message) in cases {
+        let path = d.join(format!("{}.safetensors", what.replace(' ', "-")));
+        std::fs::write(&path, &file).unwrap();
+        match Model::open(&path) {
+            Err(Error::Model(m)) => {
+                assert!(m.contains(message), "{what}: {m}");
+                assert!(
+                    m.contains(&*path.to_string_lossy()),
+                    "{what}: names the file: {m}"
+                );
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        Model::open(&d.join("missing.safetensors")),
+        Err(Error::Model(_))
+    ));
+    let two = dir("two");
+    std::fs::write(two.join("a.safetensors"), &good).unwrap();
+    std::fs::write(two.join("b.safetensors"), &good).unwrap();
+    let err = Model::open(&two).unwrap_err().to_string();
+    assert!(
+        err.contains("2 .safetensors files and no model.safetensors.index.json"),
+        "{err}"
+    );
+}
+
+/// A file with header `json` and `data` bytes of zeros.
+fn safetensors_raw(json: &str, data: usize) -> Vec<u8> {
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(json.as_bytes());
+    out.extend(std::iter::repeat_n(0u8, data));
+    out
+}
