@@ -72,7 +72,11 @@ fuzz() (
         -max_len=2048 -timeout=20 -rss_limit_mb=4096
     rc=$?
     cat fuzz-*.log
-    exit $rc
+    [ $rc -eq 0 ] || exit $rc
+    # The model file readers (safetensors and GGUF headers), one job.
+    mkdir -p corpus/model_files
+    timeout 1200 cargo +nightly fuzz run model_files -- -runs="$FUZZ_RUNS" -max_len=4096 \
+        -timeout=20 -rss_limit_mb=4096
 )
 step fuzz fuzz
 step asan env SYNAPSWAP_MODEL_CASES=500 RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS="detect_leaks=1" timeout 900 \

@@ -303,3 +303,172 @@ fn safetensors_raw(json: &str, data: usize) -> Vec<u8> {
     out.extend(std::iter::repeat_n(0u8, data));
     out
 }
+
+/// A GGUF v3 file: metadata (`general.alignment` when given, a string and an array), then
+/// `tensors` (name, GGML type, shape, bytes), each at the next aligned offset.
+fn gguf(alignment: Option<u32>, tensors: &[(&str, u32, Vec<u64>, Vec<u8>)]) -> Vec<u8> {
+    let align = u64::from(alignment.unwrap_or(32));
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend((tensors.len() as u64).to_le_bytes());
+    let string = |out: &mut Vec<u8>, s: &str| {
+        out.extend((s.len() as u64).to_le_bytes());
+        out.extend(s.as_bytes());
+    };
+    out.extend((2 + u64::from(alignment.is_some())).to_le_bytes());
+    string(&mut out, "general.architecture");
+    out.extend(8u32.to_le_bytes());
+    string(&mut out, "llama");
+    string(&mut out, "tokenizer.ggml.scores");
+    out.extend(9u32.to_le_bytes());
+    out.extend(6u32.to_le_bytes());
+    out.extend(3u64.to_le_bytes());
+    out.extend([0u8; 12]);
+    if let Some(a) = alignment {
+        string(&mut out, "general.alignment");
+        out.extend(4u32.to_le_bytes());
+        out.extend(a.to_le_bytes());
+    }
+    let mut offset = 0u64;
+    let mut offsets = Vec::new();
+    for (name, kind, shape, bytes) in tensors {
+        string(&mut out, name);
+        out.extend((shape.len() as u32).to_le_bytes());
+        for d in shape {
+            out.extend(d.to_le_bytes());
+        }
+        out.extend(kind.to_le_bytes());
+        out.extend(offset.to_le_bytes());
+        offsets.push(offset);
+        offset = (offset + bytes.len() as u64).div_ceil(align) * align;
+    }
+    let data = (out.len() as u64).div_ceil(align) * align;
+    out.resize(data as usize, 0);
+    for ((_, _, _, bytes), at) in tensors.iter().zip(offsets) {
+        out.resize((data + at) as usize, 0);
+        out.extend(bytes);
+    }
+    out
+}
+
+#[test]
+fn a_gguf_file_carries_every_tensor_type_as_raw_bytes() {
+    let d = dir("gguf");
+    let tensors = vec![
+        (
+            "token_embd.weight",
+            0u32,
+            vec![64, 32],
+            bytes(1, 64 * 32 * 4),
+        ),
+        ("blk.0.attn_q.weight", 12, vec![256, 4], bytes(2, 4 * 144)), // Q4_K
+        ("blk.0.ffn_up.weight", 2, vec![64, 64], bytes(3, 128 * 18)), // Q4_0
+        ("blk.1.attn_q.weight", 12, vec![256, 4], bytes(4, 4 * 144)),
+        ("blk.1.ffn_up.weight", 8, vec![64, 64], bytes(5, 128 * 34)), // Q8_0
+        ("output.weight", 1, vec![64, 32], bytes(6, 64 * 32 * 2)),
+    ];
+    for alignment in [None, Some(64)] {
+        let path = d.join(format!("m{alignment:?}.gguf"));
+        std::fs::write(&path, gguf(alignment, &tensors)).unwrap();
+        let m = Model::open(&path).unwrap();
+        assert_eq!(m.format, "gguf");
+        for t in &tensors {
+            let got = m.tensors.iter().find(|x| x.name == t.0).unwrap();
+            assert_eq!(m.data(got), &t.3[..], "{} at its aligned offset", t.0);
+        }
+        let steps: Vec<String> = synapswap::model::execution_order(&m.tensors)
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(
+            steps,
+            ["token_embd.weight", "blk.0", "blk.1", "output.weight"]
+        );
+        let e = engine(m.bytes() / 2);
+        let r = run_model(&e, &m, &cfg(), &mut |_| {}, None).unwrap();
+        assert_eq!(r.integrity.mismatches, 0);
+        e.shutdown();
+    }
+    let good = gguf(None, &tensors);
+    let patch = |at: usize, with: &[u8]| {
+        let mut v = good.clone();
+        v[at..at + with.len()].copy_from_slice(with);
+        v
+    };
+    // A file with one tensor, named "x": its type and offset fields follow its name and shape.
+    let one = gguf(None, &[("x", 0, vec![8], vec![0; 32])]);
+    let name_at = one
+        .windows(9)
+        .position(|w| w == [1, 0, 0, 0, 0, 0, 0, 0, b'x'])
+        .expect("the tensor name");
+    let kind_at = name_at + 9 + 4 + 8;
+    let offset_at = kind_at + 4;
+    let one_patch = |at: usize, with: &[u8]| {
+        let mut v = one.clone();
+        v[at..at + with.len()].copy_from_slice(with);
+        v
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("bad magic", patch(0, b"GGUG"), "bad magic"),
+        ("version 4", patch(4, &4u32.to_le_bytes()), "version 4"),
+        ("version 1", patch(4, &1u32.to_le_bytes()), "version 1"),
+        ("truncated", good[..60].to_vec(), "truncated"),
+        (
+            "absurd count",
+            patch(8, &u64::MAX.to_le_bytes()),
+            "cannot fit",
+        ),
+        (
+            "unknown type",
+            one_patch(kind_at, &99u32.to_le_bytes()),
+            "unknown type 99",
+        ),
+        (
+            "unaligned",
+            one_patch(offset_at, &3u64.to_le_bytes()),
+            "not aligned",
+        ),
+        (
+            "past the end",
+            one_patch(offset_at, &(1u64 << 40).to_le_bytes()),
+            "past the end",
+        ),
+        (
+            "bad alignment",
+            gguf(Some(48), &[("x", 0, vec![8], vec![0; 32])]),
+            "not a power of two",
+        ),
+        (
+            "overlap",
+            {
+                let two = gguf(
+                    None,
+                    &[
+                        ("a", 0, vec![8], vec![0; 32]),
+                        ("b", 0, vec![8], vec![0; 32]),
+                    ],
+                );
+                let at = two
+                    .windows(9)
+                    .position(|w| w == [1, 0, 0, 0, 0, 0, 0, 0, b'b'])
+                    .unwrap()
+                    + 9
+                    + 4
+                    + 8
+                    + 4;
+                let mut v = two.clone();
+                v[at..at + 8].copy_from_slice(&0u64.to_le_bytes());
+                v
+            },
+            "overlap",
+        ),
+    ];
+    for (what, file, message) in cases {
+        let path = d.join(format!("{}.gguf", what.replace(' ', "-")));
+        std::fs::write(&path, &file).unwrap();
+        match Model::open(&path) {
+            Err(Error::Model(m)) => assert!(m.contains(message), "{what}: {m}"),
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! Model files as the host tier: each tensor of a safetensors file (or of a Hugging Face
-//! directory sharded through `model.safetensors.index.json`) becomes a block whose host copy is
+//! directory sharded through `model.safetensors.index.json`), or of a GGUF file (`gguf.rs`),
+//! becomes a block whose host copy is
 //! the file's memory mapping itself, with no second copy in RAM, in an execution order read from
 //! the tensor names (`order.rs`).
 //!
@@ -23,6 +24,7 @@
 //! the tensors are sub-ranges of it ([`crate::Engine::alloc_in`]): CUDA refuses overlapping
 //! registrations, and tensors share pages.
 
+mod gguf;
 mod order;
 mod safetensors_file;
 
@@ -43,6 +45,8 @@ pub struct Tensor {
     pub dtype: String,
     /// Its shape.
     pub shape: Vec<u64>,
+    /// Its number of elements (parameters).
+    pub elements: u64,
     /// Which of the model's files holds it.
     pub file: usize,
     /// Its bytes within that file: `offset..offset + bytes`.
@@ -74,10 +78,31 @@ impl std::fmt::Debug for Model {
 }
 
 impl Model {
-    /// Opens a `.safetensors` file, or a directory holding `model.safetensors.index.json` (a
-    /// sharded model) or one `.safetensors` file.
+    /// Opens a `.safetensors` file, a GGUF file (named `.gguf`, or by its magic), or a directory
+    /// holding `model.safetensors.index.json` (a sharded model) or one `.safetensors` file.
     pub fn open(path: &Path) -> Result<Model> {
-        safetensors_file::open(path)
+        let mut magic = [0u8; 4];
+        let is_gguf = path.extension().is_some_and(|x| x == "gguf")
+            || (std::fs::File::open(path)
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+                .is_ok()
+                && &magic == b"GGUF");
+        if is_gguf {
+            gguf::open(path)
+        } else {
+            safetensors_file::open(path)
+        }
+    }
+
+    /// The tensors a model file's bytes describe, read from memory: the header readers alone
+    /// (GGUF by its magic, else safetensors), with the checks [`Model::open`] makes. For fuzzing
+    /// and tests; a model to run is opened from its files.
+    pub fn parse(bytes: &[u8]) -> std::result::Result<Vec<Tensor>, String> {
+        if bytes.starts_with(b"GGUF") {
+            gguf::parse(bytes)
+        } else {
+            safetensors_file::parse(bytes, 0)
+        }
     }
 
     /// Total tensor bytes.
@@ -112,11 +137,7 @@ impl Model {
             .into_iter()
             .map(|s| {
                 let bytes: u64 = s.tensors.iter().map(|&i| self.tensors[i].bytes).sum();
-                let params: u64 = s
-                    .tensors
-                    .iter()
-                    .map(|&i| self.tensors[i].bytes / dtype_bytes(&self.tensors[i].dtype))
-                    .sum();
+                let params: u64 = s.tensors.iter().map(|&i| self.tensors[i].elements).sum();
                 StepDesc {
                     compute_s: DeviceModel::CONSUMER.time(2.0 * params as f64, bytes as f64),
                     uses: s
@@ -145,16 +166,6 @@ impl Model {
     /// The mapped files: (path, the whole mapping).
     pub fn files(&self) -> impl Iterator<Item = (&Path, &[u8])> {
         self.files.iter().map(|(p, m)| (p.as_path(), &m[..]))
-    }
-}
-
-/// Bytes per element of a safetensors dtype (1 for the 1-byte and sub-byte kinds).
-fn dtype_bytes(dtype: &str) -> u64 {
-    match dtype {
-        "F64" | "I64" | "U64" => 8,
-        "F32" | "I32" | "U32" => 4,
-        "F16" | "BF16" | "I16" | "U16" => 2,
-        _ => 1,
     }
 }
 

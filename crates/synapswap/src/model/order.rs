@@ -112,6 +112,7 @@ mod tests {
             name: name.into(),
             dtype: "F16".into(),
             shape: vec![1],
+            elements: 1,
             file: 0,
             offset: 0,
             bytes: 2,

@@ -61,8 +61,15 @@ fn file(path: &Path, index: usize) -> Result<(memmap2::Mmap, Vec<Tensor>)> {
     // through the returned value; a file truncated while mapped makes such a read raise SIGBUS
     // (documented in the module docs of `model`), not undefined behaviour in Rust's sense.
     let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| bad(path, e))?;
-    let (header, meta) = safetensors::SafeTensors::read_metadata(&map[..])
-        .map_err(|e| bad(path, format!("not a valid safetensors file: {e}")))?;
+    let tensors = parse(&map, index).map_err(|e| bad(path, e))?;
+    Ok((map, tensors))
+}
+
+/// The tensors of a safetensors file whose bytes are `buf` (as file `index` of its model).
+pub(crate) fn parse(buf: &[u8], index: usize) -> std::result::Result<Vec<Tensor>, String> {
+    let len = buf.len() as u64;
+    let (header, meta) = safetensors::SafeTensors::read_metadata(buf)
+        .map_err(|e| format!("not a valid safetensors file: {e}"))?;
     let base = 8 + header as u64;
     let mut tensors: Vec<Tensor> = meta
         .tensors()
@@ -73,6 +80,8 @@ fn file(path: &Path, index: usize) -> Result<(memmap2::Mmap, Vec<Tensor>)> {
                 name,
                 dtype: format!("{:?}", info.dtype),
                 shape: info.shape.iter().map(|&d| d as u64).collect(),
+                // `read_metadata` checked that the product does not overflow.
+                elements: info.shape.iter().map(|&d| d as u64).product(),
                 file: index,
                 offset: base + s as u64,
                 bytes: (e - s) as u64,
@@ -82,10 +91,10 @@ fn file(path: &Path, index: usize) -> Result<(memmap2::Mmap, Vec<Tensor>)> {
     // `read_metadata` checked that the offsets tile the data to the file's end; this is the
     // bound the mapping relies on, checked again here where it is used.
     if let Some(t) = tensors.iter().find(|t| t.offset + t.bytes > len) {
-        return Err(bad(path, format!("tensor {} runs past the end", t.name)));
+        return Err(format!("tensor {} runs past the end", t.name));
     }
     tensors.sort_by_key(|t| (t.offset, t.name.clone()));
-    Ok((map, tensors))
+    Ok(tensors)
 }
 
 /// A sharded directory: the index's `weight_map` names each tensor's shard.
