@@ -37,6 +37,130 @@ enum Command {
     Bench(BenchArgs),
     /// Measure the host-device link: bandwidth by chunk size, pageable vs pinned, D2H, overlap.
     Probe(ProbeArgs),
+    /// What a model file would do on a device: resident tensors and each policy's tokens/s.
+    Plan(PlanArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct PlanArgs {
+    /// A `.safetensors` file, a Hugging Face directory, or a `.gguf` file.
+    #[arg(long)]
+    model: std::path::PathBuf,
+    /// Device budget for the model [default: the device's memory, less 10% for activations].
+    #[arg(long, value_parser = size_arg)]
+    vram: Option<u64>,
+    /// Device profile: rtx3060, rtx3090, rtx4090, rtx5090, a100, h100, h200 [default: rtx4090].
+    #[arg(long, default_value = "rtx4090")]
+    gpu: String,
+    /// Host-to-device bandwidth from pinned memory [default: the profile's].
+    #[arg(long, value_parser = bandwidth_value)]
+    h2d: Option<f64>,
+    /// Dense 16-bit FLOP/s of the device, e.g. 165e12 [default: the profile's].
+    #[arg(long)]
+    flops: Option<f64>,
+    /// Device memory bandwidth, e.g. 1TB/s [default: the profile's].
+    #[arg(long, value_parser = bandwidth_value)]
+    hbm: Option<f64>,
+    /// The host's memory bandwidth, for host-compute (assumed desktop DDR5) [default: 80GB/s].
+    #[arg(long, default_value = "80GB/s", value_parser = bandwidth_value)]
+    host_bw: f64,
+    /// The host's math throughput for host-compute, FLOP/s (assumed: a desktop CPU's vector
+    /// units) [default: 1e12].
+    #[arg(long, default_value_t = 1e12)]
+    host_flops: f64,
+    /// Tokens per pass (1: batch-1 decode).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    batch: u64,
+    /// Also find the smallest budget at which synapswap reaches this many tokens/s.
+    #[arg(long)]
+    target: Option<f64>,
+    /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+fn cmd_plan(args: PlanArgs) -> Result<(), (u8, String)> {
+    let mut device = synapswap::plan::profile(&args.gpu).ok_or_else(|| {
+        let names: Vec<&str> = synapswap::plan::PROFILES.iter().map(|p| p.name).collect();
+        (
+            2u8,
+            format!("unknown --gpu '{}' (known: {})", args.gpu, names.join(", ")),
+        )
+    })?;
+    if let Some(v) = args.h2d {
+        device.h2d_pinned = v;
+    }
+    if let Some(v) = args.flops {
+        if !(v.is_finite() && v > 0.0) {
+            return Err((2, format!("--flops {v} must be positive")));
+        }
+        device.flops = v;
+    }
+    if let Some(v) = args.hbm {
+        device.hbm = v;
+    }
+    let model = synapswap::model::Model::open(&args.model).map_err(|e| (2, e.to_string()))?;
+    let cfg = synapswap::plan::PlanConfig {
+        device,
+        budget: args.vram.unwrap_or(device.vram_bytes / 10 * 9),
+        host_bytes_per_s: args.host_bw,
+        host_flops: args.host_flops,
+        batch: args.batch,
+    };
+    let plan = synapswap::plan::plan(&model, &cfg).map_err(input_fail)?;
+    let target = match args.target {
+        Some(t) => Some((
+            t,
+            synapswap::plan::budget_for(&model, &cfg, t).map_err(input_fail)?,
+        )),
+        None => None,
+    };
+    if args.json {
+        let mut v = serde_json::to_value(&plan).map_err(|e| (1, e.to_string()))?;
+        if let Some((t, b)) = target {
+            v["target"] = serde_json::json!({"tokens_per_s": t, "vram_budget_bytes": b});
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(|e| (1, e.to_string()))?
+        );
+        return Ok(());
+    }
+    println!(
+        "SynapSwap plan: {} ({}, {}, {} tensors, {}, {} layers)",
+        plan.model.path,
+        plan.model.format,
+        plan.model.family,
+        plan.model.tensors,
+        format_bytes(plan.model.bytes),
+        plan.model.layers
+    );
+    println!(
+        "  on {} with a {} budget, batch {}: {} resident ({} tensors)",
+        device.name,
+        format_bytes(plan.vram_budget_bytes),
+        plan.batch,
+        format_bytes(plan.resident_bytes),
+        plan.resident.len()
+    );
+    println!("  device figures: {}", device.source);
+    println!("\n| policy | tokens/s | bytes to the device per token |\n|---|---|---|");
+    for p in &plan.policies {
+        println!(
+            "| {} | {:.3} | {} |",
+            p.policy,
+            p.tokens_per_s,
+            format_bytes(p.bytes_h2d_per_token as u64)
+        );
+    }
+    println!("\n{}", plan.verdict);
+    if let Some((t, b)) = target {
+        match b {
+            Some(b) => println!("{t} tokens/s needs a budget of {}", format_bytes(b)),
+            None => println!("{t} tokens/s is not reached even with the whole model resident"),
+        }
+    }
+    Ok(())
 }
 
 #[derive(clap::Args, Debug)]
@@ -659,6 +783,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => cmd_simulate(args),
         Command::Bench(args) => cmd_bench(args),
         Command::Probe(args) => cmd_probe(args),
+        Command::Plan(args) => cmd_plan(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

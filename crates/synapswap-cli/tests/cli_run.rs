@@ -287,6 +287,15 @@ fn run_takes_a_workload_preset_and_verifies_its_bytes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("neither a file nor a preset"));
 }
 
+/// A fresh directory for test `tag` holding [`tiny_model`]: (directory, file).
+fn tiny_model_in(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("synapswap-cli-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tiny.safetensors");
+    tiny_model(&path);
+    (dir, path)
+}
+
 /// A safetensors file: 8 tensors of 16 KiB + 8 bytes header, Llama-named, one layer each.
 fn tiny_model(path: &std::path::Path) {
     let mut header = serde_json::Map::new();
@@ -311,10 +320,7 @@ fn tiny_model(path: &std::path::Path) {
 
 #[test]
 fn run_takes_a_model_file_and_checks_every_use_against_it() {
-    let dir = std::env::temp_dir().join(format!("synapswap-cli-model-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("tiny.safetensors");
-    tiny_model(&path);
+    let (dir, path) = tiny_model_in("model");
     let p = path.to_str().unwrap();
     let out = synapswap(&[
         "run", "--json", "--model", p, "--tokens", "2", "--h2d", "max",
@@ -347,4 +353,38 @@ fn run_takes_a_model_file_and_checks_every_use_against_it() {
         err.contains("invalid model") && err.contains("bad.safetensors"),
         "{err}"
     );
+}
+
+#[test]
+fn plan_prints_the_resident_tensors_and_every_policy() {
+    let (_dir, path) = tiny_model_in("plan");
+    let p = path.to_str().unwrap();
+    let out = synapswap(&[
+        "plan", "--model", p, "--vram", "64KiB", "--gpu", "h200", "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for key in ["path", "format", "family", "tensors", "bytes", "layers"] {
+        assert!(v["model"].get(key).is_some(), "model.{key}");
+    }
+    assert_eq!(v["vram_budget_bytes"], 65536);
+    assert!(v["resident_bytes"].as_u64().unwrap() <= 65536);
+    assert!(v["resident"].is_array());
+    let policies: Vec<&str> = v["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["policy"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        policies,
+        ["synapswap", "stream-sync", "lookahead", "host-compute"]
+    );
+    let out = synapswap(&["plan", "--model", p, "--gpu", "gtx480"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown --gpu"));
 }

@@ -31,6 +31,7 @@ pub mod host_tier;
 pub mod model;
 pub mod os;
 pub mod pattern;
+pub mod plan;
 pub mod planner;
 pub mod pool;
 pub mod probe;

@@ -122,6 +122,12 @@ impl Model {
     /// [`DeviceModel::CONSUMER`] (2 FLOPs per parameter, its bytes read once; assumed figures,
     /// not a measurement of this model).
     pub fn workload(&self) -> Workload {
+        self.workload_on(DeviceModel::CONSUMER, 1)
+    }
+
+    /// [`Model::workload`] with each step's compute estimated on `device` at `batch` tokens per
+    /// pass (2 FLOPs per parameter per token, the weights read once per pass).
+    pub fn workload_on(&self, device: DeviceModel, batch: u64) -> Workload {
         let blocks = self
             .tensors
             .iter()
@@ -139,7 +145,7 @@ impl Model {
                 let bytes: u64 = s.tensors.iter().map(|&i| self.tensors[i].bytes).sum();
                 let params: u64 = s.tensors.iter().map(|&i| self.tensors[i].elements).sum();
                 StepDesc {
-                    compute_s: DeviceModel::CONSUMER.time(2.0 * params as f64, bytes as f64),
+                    compute_s: device.time(2.0 * params as f64 * batch.max(1) as f64, bytes as f64),
                     uses: s
                         .tensors
                         .iter()

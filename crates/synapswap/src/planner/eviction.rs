@@ -16,8 +16,9 @@
 //! that evicts fewer bytes, then to the lower address.
 
 use super::{Command, Mode, Planner, State};
-use crate::block::Policy;
+use crate::block::{BlockId, Policy};
 use crate::pool::{granules, GRANULE};
+use crate::Result;
 
 /// The keep-key of a victim: lower is evicted first (see the module docs).
 pub(super) type Keep = (u8, u8, u8, u64);
@@ -40,6 +41,12 @@ impl Planner {
             u8::from(self.kept(index)),
             u64::MAX - self.distance(index),
         )
+    }
+
+    /// Whether the keep plan in force keeps `id` resident (for reports: `synapswap plan`).
+    pub fn is_kept(&self, id: BlockId) -> Result<bool> {
+        self.block(id)?;
+        Ok(self.kept(id.index))
     }
 
     pub(super) fn kept(&self, index: u32) -> bool {
