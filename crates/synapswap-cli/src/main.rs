@@ -46,6 +46,9 @@ struct PlanArgs {
     /// A `.safetensors` file, a Hugging Face directory, or a `.gguf` file.
     #[arg(long)]
     model: std::path::PathBuf,
+    /// The steps of this order file instead of the order the tensor names give (as `run`).
+    #[arg(long)]
+    order: Option<std::path::PathBuf>,
     /// Device budget for the model [default: the device's memory, less 10% for activations].
     #[arg(long, value_parser = size_arg)]
     vram: Option<u64>,
@@ -79,6 +82,18 @@ struct PlanArgs {
     json: bool,
 }
 
+/// A model file, in the order of `order` if given: a bad file is exit code 2.
+fn open_model(
+    path: &std::path::Path,
+    order: Option<&std::path::Path>,
+) -> Result<synapswap::model::Model, (u8, String)> {
+    let mut m = synapswap::model::Model::open(path).map_err(|e| (2, e.to_string()))?;
+    if let Some(o) = order {
+        m.use_order_file(o).map_err(|e| (2, e.to_string()))?;
+    }
+    Ok(m)
+}
+
 fn cmd_plan(args: PlanArgs) -> Result<(), (u8, String)> {
     let mut device = synapswap::plan::profile(&args.gpu).ok_or_else(|| {
         let names: Vec<&str> = synapswap::plan::PROFILES.iter().map(|p| p.name).collect();
@@ -99,7 +114,7 @@ fn cmd_plan(args: PlanArgs) -> Result<(), (u8, String)> {
     if let Some(v) = args.hbm {
         device.hbm = v;
     }
-    let model = synapswap::model::Model::open(&args.model).map_err(|e| (2, e.to_string()))?;
+    let model = open_model(&args.model, args.order.as_deref())?;
     let cfg = synapswap::plan::PlanConfig {
         device,
         budget: args.vram.unwrap_or(device.vram_bytes / 10 * 9),
@@ -267,6 +282,10 @@ struct RunArgs {
     /// against the file. Compute per step is estimated for batch-1 decode on a consumer GPU.
     #[arg(long, conflicts_with_all = ["layers", "workload"])]
     model: Option<std::path::PathBuf>,
+    /// With --model: run the steps of this order file (JSON, a list of steps of tensor names, as
+    /// `OffloadHandle.save_order` writes) instead of the order the names give.
+    #[arg(long, requires = "model")]
+    order: Option<std::path::PathBuf>,
     /// Copy chunk size.
     #[arg(long, default_value = "8MiB", value_parser = size_arg)]
     chunk: u64,
@@ -377,7 +396,7 @@ fn cmd_run(args: RunArgs) -> Result<(), (u8, String)> {
         (code, e.to_string())
     };
     let model = match &args.model {
-        Some(path) => Some(synapswap::model::Model::open(path).map_err(|e| (2, e.to_string()))?),
+        Some(path) => Some(open_model(path, args.order.as_deref())?),
         None => None,
     };
     let wl = match (&model, &args.workload) {
@@ -387,10 +406,12 @@ fn cmd_run(args: RunArgs) -> Result<(), (u8, String)> {
     };
     let model_bytes = wl.model_bytes();
     let budget = args.vram.or(wl.vram_budget).unwrap_or_else(|| {
-        // Half the model, in whole MiB (in whole 4 KiB below 2 MiB: a small model file).
+        // Half the model, in whole MiB (in whole 4 KiB below 2 MiB: a small model file), and
+        // never less than the least budget that runs it (a step's blocks at once).
         let half = model_bytes / 2;
         let unit = if half >= 2 << 20 { 1 << 20 } else { 4 << 10 };
-        half / unit * unit
+        let least = wl.min_budget().map_or(0, |(m, _)| m);
+        (half / unit * unit).max(least.div_ceil(unit) * unit)
     });
     if budget > 0 && budget >= model_bytes && !args.json {
         eprintln!(

@@ -193,6 +193,58 @@ def test_tensors_of_one_storage_are_cut_from_one_registration():
     handle.remove()
 
 
+def _write_safetensors(path, state):
+    """A safetensors file of a float32 state_dict (written by hand: no safetensors package)."""
+    import json
+    import struct
+
+    header, blobs, off = {}, [], 0
+    for name, t in state.items():
+        b = t.detach().contiguous().numpy().tobytes()
+        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(header).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def test_save_order_writes_the_forward_order_that_run_model_follows(tmp_path):
+    import json
+    import os
+    import subprocess
+
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.LayerNorm(32))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    handle = offload(model, 8 * 1024, device="cpu")
+    with pytest.raises(RuntimeError, match="no forward"):
+        handle.save_order(tmp_path / "none.json")
+    with torch.no_grad():
+        model(torch.randn(2, 32))
+    order = tmp_path / "order.json"
+    handle.save_order(order)
+    handle.remove()
+    steps = json.loads(order.read_text())["steps"]
+    # One step per operation, in the order the forward ran them, named as in the state_dict.
+    assert steps == [["0.weight", "0.bias"], ["2.weight", "2.bias"], ["3.weight", "3.bias"]]
+    binary = os.path.join(os.path.dirname(__file__), "../../../target/release/synapswap")
+    if not os.path.exists(binary):
+        pytest.skip("target/release/synapswap is not built (scripts/test.sh builds it first)")
+    model_file = tmp_path / "model.safetensors"
+    _write_safetensors(model_file, state)
+    out = subprocess.run(
+        [binary, "run", "--model", str(model_file), "--order", str(order), "--json", "--tokens", "2"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["integrity"]["mismatches"] == 0
+    assert report["integrity"]["verified_blocks"] == 3 * 6
+
+
 def test_bad_input_leaves_the_model_as_it_was():
     model = TinyLM(layers=2).eval()
     before = {n: (p, p.data_ptr()) for n, p in model.named_parameters()}

@@ -334,10 +334,7 @@ pub fn plan(model: &Model, cfg: &PlanConfig) -> Result<Plan> {
             best.policy, best.tokens_per_s, host.tokens_per_s
         )
     };
-    let layers = crate::model::execution_order(&model.tensors)
-        .iter()
-        .filter(|s| s.tensors.len() > 1)
-        .count();
+    let layers = model.steps().iter().filter(|s| s.tensors.len() > 1).count();
     Ok(Plan {
         model: ModelSummary {
             path: model.path.display().to_string(),

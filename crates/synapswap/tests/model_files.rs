@@ -472,3 +472,55 @@ fn a_gguf_file_carries_every_tensor_type_as_raw_bytes() {
         }
     }
 }
+
+#[test]
+fn an_order_file_overrides_the_names_order_and_bad_ones_are_errors() {
+    let d = dir("order");
+    let path = d.join("model.safetensors");
+    write(&path, &llama(3));
+    let mut m = Model::open(&path).unwrap();
+    // Reversed layers, the head first: a deliberately different order.
+    let order = serde_json::json!({"steps": [
+        ["lm_head.weight"],
+        ["model.layers.2.self_attn.q_proj.weight", "model.layers.2.mlp.up_proj.weight"],
+        ["model.layers.1.self_attn.q_proj.weight"],
+        ["model.layers.0.self_attn.q_proj.weight", "model.embed_tokens.weight"]
+    ]});
+    let file = d.join("order.json");
+    std::fs::write(&file, order.to_string()).unwrap();
+    m.use_order_file(&file).unwrap();
+    let w = m.workload();
+    let uses: Vec<Vec<String>> = w.steps.iter().map(|s| s.uses.clone()).collect();
+    assert_eq!(uses[0], ["lm_head.weight"]);
+    assert_eq!(uses.len(), 4);
+    assert_eq!(
+        uses[3],
+        [
+            "model.layers.0.self_attn.q_proj.weight",
+            "model.embed_tokens.weight"
+        ]
+    );
+    let e = engine(m.bytes() / 2);
+    let r = run_model(&e, &m, &cfg(), &mut |_| {}, None).unwrap();
+    assert_eq!(r.integrity.mismatches, 0);
+    assert_eq!(
+        r.integrity.verified_blocks,
+        4 * 6,
+        "only the named tensors are used"
+    );
+    e.shutdown();
+    for (json, message) in [
+        (r#"[["no.such.tensor"]]"#, "which the model does not have"),
+        (r#"{"steps": 3}"#, "a list of steps"),
+        (r#"[["lm_head.weight"], 7]"#, "step 1 is not a list"),
+        (r#"[[]]"#, "names no tensor"),
+        ("not json", "invalid JSON"),
+    ] {
+        std::fs::write(&file, json).unwrap();
+        let err = m.use_order_file(&file).unwrap_err().to_string();
+        assert!(
+            err.contains(message) && err.contains("order.json"),
+            "{json}: {err}"
+        );
+    }
+}

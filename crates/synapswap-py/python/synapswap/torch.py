@@ -22,6 +22,8 @@ On a machine without a GPU, ``device="cpu"`` runs the same path on the sim backe
 
 from __future__ import annotations
 
+import json as _json
+
 import torch as _torch
 from torch.overrides import TorchFunctionMode as _TorchFunctionMode
 
@@ -98,6 +100,7 @@ class OffloadHandle:
         self._depth = 0
         self._mode = None
         self._removed = False
+        self._names = {}  # block -> its tensor's name in the model's state_dict (the first, if tied)
 
     # -- the running forward -----------------------------------------------------------------
     def _begin(self, module, args):
@@ -158,6 +161,18 @@ class OffloadHandle:
         """Engine statistics: bytes_h2d, hit_rate, stall_s, evictions, peak_device_bytes,
         vram_budget_bytes, and more."""
         return dict(self.engine.stats())
+
+    def save_order(self, path) -> None:
+        """Writes the order the last forward used its tensors in, as JSON: ``{"steps": [[name,
+        ...], ...]}``, one step per operation, with each tensor's name in the model's
+        ``state_dict``. ``synapswap run --model FILE --order PATH`` and ``synapswap plan --order
+        PATH`` run a model file in that order (names cannot give every model's order: a UNet's
+        down and up blocks interleave, an encoder-decoder runs in two halves)."""
+        if not self._order:
+            raise RuntimeError("no forward has run yet: there is no order to save")
+        steps = [[self._names[b] for b in blocks] for blocks in self._order]
+        with open(path, "w") as f:
+            _json.dump({"format": "synapswap-order", "version": 1, "steps": steps}, f, indent=1)
 
     def remove(self) -> None:
         """Removes the hooks and gives every parameter and buffer its CPU tensor back (buffers
@@ -225,6 +240,9 @@ def offload(model, vram_budget, device=None, policy="auto") -> OffloadHandle:
     engine = Engine(budget, backend="cuda" if device.type == "cuda" else "sim")
     handle = OffloadHandle(model, engine, device)
     # Blocks first: nothing on the model changes until every block exists.
+    qualified = {}
+    for mod_name, m in model.named_modules(remove_duplicate=False):
+        qualified.setdefault(id(m), mod_name)
     pending = []
     try:
         blocks = {}
@@ -258,6 +276,8 @@ def offload(model, vram_budget, device=None, policy="auto") -> OffloadHandle:
                     policy=policy,
                     mutable=not is_param,
                 )
+            prefix = qualified.get(id(module), "")
+            handle._names.setdefault(blocks[key], f"{prefix}.{name}" if prefix else name)
             pending.append((module, name, is_param, t, host, blocks[key]))
     except Exception:
         engine.shutdown()

@@ -149,6 +149,7 @@ pub(super) fn open(path: &Path) -> Result<Model> {
         format: "gguf",
         tensors,
         files: vec![(path.to_path_buf(), map)],
+        order: None,
     })
 }
 

@@ -30,7 +30,7 @@ mod safetensors_file;
 
 use std::path::{Path, PathBuf};
 
-pub use order::{execution_order, Step};
+pub use order::{execution_order, read_order, Step};
 
 use crate::block::{Policy, DEFAULT_PRIORITY};
 use crate::workload::{BlockDesc, DeviceModel, StepDesc, Workload};
@@ -64,6 +64,8 @@ pub struct Model {
     /// The tensors, in file order (file by file, by offset).
     pub tensors: Vec<Tensor>,
     files: Vec<(PathBuf, memmap2::Mmap)>,
+    /// Steps from an order file, overriding the names' order ([`Model::use_order_file`]).
+    order: Option<Vec<Step>>,
 }
 
 impl std::fmt::Debug for Model {
@@ -105,6 +107,20 @@ impl Model {
         }
     }
 
+    /// Runs in the order `path` gives ([`read_order`]) instead of the one the names give.
+    pub fn use_order_file(&mut self, path: &Path) -> Result<()> {
+        self.order = Some(read_order(path, &self.tensors)?);
+        Ok(())
+    }
+
+    /// The steps of one pass: the order file's, else [`execution_order`]'s.
+    pub fn steps(&self) -> Vec<Step> {
+        match &self.order {
+            Some(o) => o.clone(),
+            None => execution_order(&self.tensors),
+        }
+    }
+
     /// Total tensor bytes.
     pub fn bytes(&self) -> u64 {
         self.tensors.iter().map(|t| t.bytes).sum()
@@ -139,7 +155,8 @@ impl Model {
                 mutable: false,
             })
             .collect();
-        let steps = execution_order(&self.tensors)
+        let steps = self
+            .steps()
             .into_iter()
             .map(|s| {
                 let bytes: u64 = s.tensors.iter().map(|&i| self.tensors[i].bytes).sum();

@@ -15,7 +15,8 @@
 //!
 //! What names cannot say: a UNet's `down_blocks.N` and `up_blocks.N` interleave, an
 //! encoder-decoder runs in two halves, and a tied `lm_head` (stored once, as the embedding) is
-//! used twice. Such models need an order file (not read yet).
+//! used twice. Such models take an order file ([`read_order`]: `--order FILE`), which
+//! `synapswap.torch`'s `OffloadHandle.save_order` writes from a real forward.
 
 use std::collections::HashMap;
 
@@ -101,6 +102,58 @@ pub fn execution_order(tensors: &[Tensor]) -> Vec<Step> {
     }
     steps.extend(tail.into_iter().map(single));
     steps
+}
+
+/// Steps read from an order file, for `tensors`: a JSON list of steps, each a list of tensor
+/// names (`[["model.embed_tokens.weight"], ["model.layers.0.self_attn.q_proj.weight", ...]]`), or
+/// an object whose `"steps"` is that list (what `OffloadHandle.save_order` writes). A name the
+/// model does not have is an error naming it; a tensor the file does not name is not used.
+pub fn read_order(path: &std::path::Path, tensors: &[Tensor]) -> crate::Result<Vec<Step>> {
+    let bad = |what: String| super::bad(path, what);
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let steps = json.get("steps").unwrap_or(&json);
+    let Some(steps) = steps.as_array() else {
+        return Err(bad(
+            "an order file is a list of steps (or {\"steps\": [...]})".into(),
+        ));
+    };
+    let index: HashMap<&str, usize> = tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
+    let mut out = Vec::new();
+    for (k, step) in steps.iter().enumerate() {
+        let Some(names) = step.as_array() else {
+            return Err(bad(format!("step {k} is not a list of tensor names")));
+        };
+        let mut used = Vec::new();
+        for n in names {
+            let Some(name) = n.as_str() else {
+                return Err(bad(format!("step {k} has a name that is not a string")));
+            };
+            let Some(&i) = index.get(name) else {
+                return Err(bad(format!(
+                    "step {k} names {name}, which the model does not have"
+                )));
+            };
+            if !used.contains(&i) {
+                used.push(i);
+            }
+        }
+        if !used.is_empty() {
+            out.push(Step {
+                name: format!("step {k}"),
+                tensors: used,
+            });
+        }
+    }
+    if out.is_empty() {
+        return Err(bad("the order names no tensor".into()));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

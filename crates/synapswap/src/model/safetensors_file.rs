@@ -21,6 +21,7 @@ pub(super) fn open(path: &Path) -> Result<Model> {
             format: "safetensors",
             tensors,
             files: vec![(path.to_path_buf(), map)],
+            order: None,
         });
     }
     let index = path.join(INDEX);
@@ -160,5 +161,6 @@ fn sharded(dir: &Path, index: &Path) -> Result<Model> {
         format: "safetensors",
         tensors,
         files,
+        order: None,
     })
 }
