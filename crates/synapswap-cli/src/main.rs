@@ -1,6 +1,7 @@
 //! `synapswap`: the command line.
 
 mod dashboard;
+mod plot;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -77,6 +78,9 @@ struct PlanArgs {
     /// Also find the smallest budget at which synapswap reaches this many tokens/s.
     #[arg(long)]
     target: Option<f64>,
+    /// Also write an SVG chart of predicted tokens/s against the VRAM budget, per policy.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     json: bool,
@@ -130,6 +134,14 @@ fn cmd_plan(args: PlanArgs) -> Result<(), (u8, String)> {
         )),
         None => None,
     };
+    if let Some(path) = &args.plot {
+        let sweep = synapswap::plan::sweep(&model, &cfg, 16).map_err(input_fail)?;
+        let title = format!(
+            "{} on {} (batch {}): predicted tokens/s",
+            plan.model.path, device.name, plan.batch
+        );
+        plot::tokens_per_s_against_vram(path, &title, &sweep).map_err(|e| (1, e))?;
+    }
     if args.json {
         let mut v = serde_json::to_value(&plan).map_err(|e| (1, e.to_string()))?;
         if let Some((t, b)) = target {

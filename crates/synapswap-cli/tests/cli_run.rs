@@ -384,6 +384,34 @@ fn plan_prints_the_resident_tensors_and_every_policy() {
         policies,
         ["synapswap", "stream-sync", "lookahead", "host-compute"]
     );
+    // --plot: an SVG line chart with a line and a legend entry per policy.
+    let svg = path.with_extension("svg");
+    let out = synapswap(&[
+        "plan",
+        "--model",
+        p,
+        "--vram",
+        "64KiB",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"));
+    for policy in [
+        "synapswap",
+        "stream-sync",
+        "lookahead",
+        "host-compute",
+        "all-resident",
+    ] {
+        assert!(text.contains(policy), "{policy} in the legend");
+    }
+    assert!(text.matches("<polyline").count() >= 5, "a line per policy");
     let out = synapswap(&["plan", "--model", p, "--gpu", "gtx480"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown --gpu"));

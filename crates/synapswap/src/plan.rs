@@ -392,3 +392,26 @@ pub fn budget_for(model: &Model, cfg: &PlanConfig, target: f64) -> Result<Option
     }
     Ok(Some(hi))
 }
+
+/// Predictions at `points` budgets spread from the least that runs the model to just above its
+/// size (for `synapswap plan --plot`): (budget, every policy's prediction).
+pub fn sweep(
+    model: &Model,
+    cfg: &PlanConfig,
+    points: usize,
+) -> Result<Vec<(u64, Vec<PolicyPrediction>)>> {
+    let device = DeviceModel {
+        flops: cfg.device.flops,
+        mem_bytes_per_s: cfg.device.hbm,
+    };
+    let (minimum, _) = model.workload_on(device, cfg.batch).min_budget()?;
+    let top = model.bytes() + model.bytes() / 20;
+    let n = points.max(2) as u64;
+    (0..n)
+        .map(|i| {
+            let budget = minimum + (top.saturating_sub(minimum)) * i / (n - 1);
+            let p = plan(model, &PlanConfig { budget, ..*cfg })?;
+            Ok((budget, p.policies))
+        })
+        .collect()
+}
