@@ -746,6 +746,12 @@ fn cmd_probe(args: ProbeArgs) -> Result<(), (u8, String)> {
 
 fn print_summary(r: &RunReport) {
     let simulated = r.backend == "simulator";
+    if r.pageable_files > 0 {
+        eprintln!(
+            "note: the device would not page-lock {} model file(s); they are copied from pageable memory (correct, slower)",
+            r.pageable_files
+        );
+    }
     println!(
         "SynapSwap {}: {} on {}",
         if simulated { "simulate" } else { "run" },

@@ -524,7 +524,9 @@ impl Engine {
     /// that share a page, so registering each tensor leaves all but the first pageable (see
     /// `host_buffer.rs`). Blocks of one buffer are one mapping, so adjacent ones copy as one.
     /// `read_only` lets CUDA register a read-only mapping (no mutable block can be cut from it).
-    /// The registration ends when the last handle and the last block cut from it are gone.
+    /// The registration ends when the last handle and the last block cut from it are gone. If the
+    /// backend refuses to page-lock it (other than for an overlap, an error), the buffer is used
+    /// pageable: correct, slower, and [`HostBuffer::pinned`] is false.
     ///
     /// # Safety
     /// The buffer must be a live host allocation of at least `len` bytes that stays valid until
@@ -545,8 +547,18 @@ impl Engine {
         }
         drop(self.lock_live()?);
         // SAFETY: forwarded from this function's contract.
-        let mem = unsafe { self.shared.backend.register_host(ptr, len, read_only) }?;
-        let buffer = HostBuffer::new(mem, read_only, self.id());
+        let (mem, pinned): (Box<dyn Memory>, bool) =
+            match unsafe { self.shared.backend.register_host(ptr, len, read_only) } {
+                Ok(m) => (m, true),
+                // Overlapping an existing registration is the caller's mistake; a lost device is
+                // final.
+                Err(e @ (Error::AlreadyRegistered { .. } | Error::DeviceLost(_))) => return Err(e),
+                // Refused otherwise (read-only registration unsupported by the driver, the
+                // page-lock limit): the buffer is used pageable, which is correct but slower
+                // (the driver stages each copy); `HostBuffer::pinned` says so.
+                Err(_) => (Box::new(Borrowed::new(ptr as u64, len)), false),
+            };
+        let buffer = HostBuffer::new(mem, read_only, pinned, self.id());
         self.shared.buffers.add(&buffer);
         Ok(buffer)
     }

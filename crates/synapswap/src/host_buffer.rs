@@ -26,6 +26,8 @@ use crate::{Error, Result};
 struct Registration {
     mem: Box<dyn Memory>,
     read_only: bool,
+    /// Page-locked with the device (else used pageable: the backend refused).
+    pinned: bool,
     /// The engine that registered it (its shared state's address).
     engine: usize,
 }
@@ -49,11 +51,17 @@ impl fmt::Debug for HostBuffer {
 }
 
 impl HostBuffer {
-    pub(crate) fn new(mem: Box<dyn Memory>, read_only: bool, engine: usize) -> HostBuffer {
+    pub(crate) fn new(
+        mem: Box<dyn Memory>,
+        read_only: bool,
+        pinned: bool,
+        engine: usize,
+    ) -> HostBuffer {
         HostBuffer {
             reg: Arc::new(Registration {
                 mem,
                 read_only,
+                pinned,
                 engine,
             }),
         }
@@ -72,6 +80,11 @@ impl HostBuffer {
     /// Whether the buffer is empty (never: registration refuses an empty buffer).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether the device page-locked it (false: the backend refused, and it is used pageable).
+    pub fn pinned(&self) -> bool {
+        self.reg.pinned
     }
 
     /// Whether it was registered read-only (no mutable block may be cut from it).

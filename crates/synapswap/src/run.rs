@@ -137,6 +137,9 @@ pub struct RunReport {
     pub peak_device_bytes: u64,
     /// Verification results of the whole run.
     pub integrity: Integrity,
+    /// Model files the device would not page-lock (used pageable: correct, slower; see
+    /// [`crate::Engine::register_buffer`]); 0 for synthetic workloads.
+    pub pageable_files: u64,
 }
 
 /// Progress, reported after every token (by `run` in wall time, by the simulator in virtual time).
@@ -613,6 +616,7 @@ fn run_inner(
         evictions: end.evictions - at_timed.evictions,
         peak_device_bytes: end.peak_device_bytes,
         integrity,
+        pageable_files: buffers.iter().filter(|b| !b.pinned()).count() as u64,
     })
 }
 

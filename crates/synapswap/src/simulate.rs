@@ -331,6 +331,7 @@ impl Ctx<'_> {
             evictions: e.evictions - a.evictions,
             peak_device_bytes: e.peak_device_bytes,
             integrity: Integrity::default(),
+            pageable_files: 0,
         })
     }
 }

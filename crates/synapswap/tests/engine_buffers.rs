@@ -177,3 +177,51 @@ fn a_block_outside_its_buffer_or_mutable_in_a_read_only_one_is_an_error() {
     engine.shutdown();
     other.shutdown();
 }
+
+/// Refuses every registration, as a driver without read-only registration does.
+#[derive(Debug, Default)]
+struct Refuse;
+
+impl Hooks for Refuse {
+    fn register_host(&self) -> Result<()> {
+        Err(Error::Backend(
+            "read-only registration is not supported".into(),
+        ))
+    }
+}
+
+/// A buffer the backend will not page-lock is used pageable: its blocks still load every byte
+/// right, and `pinned` says what happened.
+#[test]
+fn a_buffer_the_device_will_not_page_lock_is_used_pageable() {
+    let mut buf = vec![0u8; 64 * KIB as usize];
+    pattern::fill(pattern::seed(9), 0, &mut buf);
+    let backend = Arc::new(Hooked::unpaced(Refuse));
+    let engine = Engine::builder()
+        .budget(16 * KIB)
+        .backend(backend)
+        .build()
+        .unwrap();
+    // SAFETY: `buf` outlives the engine (shut down below) and is not written meanwhile.
+    let buffer =
+        unsafe { engine.register_buffer(buf.as_mut_ptr(), buf.len() as u64, true) }.unwrap();
+    assert!(!buffer.pinned());
+    let ids: Vec<BlockId> = (0..8)
+        .map(|i| {
+            engine
+                .alloc_in(&buffer, i * 8 * KIB, BlockSpec::new(8 * KIB))
+                .unwrap()
+        })
+        .collect();
+    for _ in 0..2 {
+        for (i, &id) in ids.iter().enumerate() {
+            let g = engine.wait(id).unwrap();
+            assert!(pattern::verify(
+                pattern::seed(9),
+                i as u64 * 8 * KIB,
+                g.as_slice().unwrap()
+            ));
+        }
+    }
+    engine.shutdown();
+}
