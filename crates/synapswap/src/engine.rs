@@ -135,6 +135,11 @@ impl EngineBuilder {
             host_addressable: backend.host_addressable(),
             host_tier: HostTier::new(),
             buffers: Buffers::default(),
+            id: {
+                static NEXT: std::sync::atomic::AtomicUsize =
+                    std::sync::atomic::AtomicUsize::new(1);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
             backend,
             arena,
             chunk_bytes: self.chunk_bytes,
@@ -171,6 +176,9 @@ pub(crate) struct Shared {
     host_tier: StdArc<HostTier>,
     /// The caller buffers registered once (`host_buffer.rs`).
     buffers: Buffers,
+    /// This engine's identity among every engine of the process (never reused, unlike an
+    /// address), for the buffers registered with it.
+    id: usize,
     pub chunk_bytes: u64,
     pub pipeline_depth: usize,
     pub epoch: Instant,
@@ -546,6 +554,14 @@ impl Engine {
             return Err(Error::ZeroSize);
         }
         drop(self.lock_live()?);
+        // The index of registrations must stay disjoint (a pageable fallback below skips the
+        // backend's own overlap check).
+        if self.shared.buffers.overlaps(ptr as u64, len) {
+            return Err(Error::AlreadyRegistered {
+                addr: ptr as u64,
+                len,
+            });
+        }
         // SAFETY: forwarded from this function's contract.
         let (mem, pinned): (Box<dyn Memory>, bool) =
             match unsafe { self.shared.backend.register_host(ptr, len, read_only) } {
@@ -577,7 +593,7 @@ impl Engine {
 
     /// This engine's identity, for the buffers registered with it.
     fn id(&self) -> usize {
-        Arc::as_ptr(&self.shared) as *const () as usize
+        self.shared.id
     }
 
     /// Frees a block: its host copy and any device space. Waits for its copies in flight; fails

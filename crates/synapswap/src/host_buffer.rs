@@ -28,7 +28,7 @@ struct Registration {
     read_only: bool,
     /// Page-locked with the device (else used pageable: the backend refused).
     pinned: bool,
-    /// The engine that registered it (its shared state's address).
+    /// The engine that registered it (its process-unique id).
     engine: usize,
 }
 
@@ -175,11 +175,22 @@ impl Buffers {
         map.insert(b.addr(), Arc::downgrade(&b.reg));
     }
 
+    /// Whether `addr..addr + len` overlaps a live registered buffer.
+    pub fn overlaps(&self, addr: u64, len: u64) -> bool {
+        let end = addr.saturating_add(len);
+        let map = self.map();
+        // Live registrations are disjoint: the last live one starting before `end` is the only
+        // one that can reach past `addr`. Dead entries (pruned at the next `add`) are skipped.
+        map.range(..end)
+            .rev()
+            .find_map(|(_, w)| w.upgrade())
+            .is_some_and(|r| r.mem.addr().saturating_add(r.mem.len()) > addr)
+    }
+
     /// The live registered buffer holding all of `addr..addr + len`, if any.
     pub fn find(&self, addr: u64, len: u64) -> Option<HostBuffer> {
         let map = self.map();
-        let (_, w) = map.range(..=addr).next_back()?;
-        let reg = w.upgrade()?;
+        let reg = map.range(..=addr).rev().find_map(|(_, w)| w.upgrade())?;
         let end = addr.checked_add(len)?;
         (end <= reg.mem.addr() + reg.mem.len()).then_some(HostBuffer { reg })
     }

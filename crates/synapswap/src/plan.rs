@@ -293,12 +293,13 @@ pub fn plan(model: &Model, cfg: &PlanConfig) -> Result<Plan> {
     }
     // Host compute: the first steps that fit are resident, the rest computed where they lie,
     // by the host's roofline (its bytes read once a pass, 2 FLOPs per parameter per token).
+    let tensor_of = model.block_tensors();
     let mut used = 0u64;
     let mut t = 0.0;
     for s in &w.steps {
         let tensors = s.uses.iter().map(|u| index[u.as_str()]);
         let sb: u64 = tensors.clone().map(|i| w.blocks[i].bytes).sum();
-        let params: u64 = tensors.map(|i| model.tensors[i].elements).sum();
+        let params: u64 = tensors.map(|i| model.tensors[tensor_of[i]].elements).sum();
         if used + sb <= cfg.budget {
             used += sb;
             t += s.compute_s;

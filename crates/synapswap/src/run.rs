@@ -377,14 +377,21 @@ fn run_inner(
     let mut kv: Vec<Option<KvState>> = Vec::new();
     let mut buf = Vec::new();
     grow(&mut buf, FILL_BYTES as usize)?;
+    // Which tensor each block is (a model's blocks skip its empty tensors).
+    let tensor_of: Vec<usize> = match source {
+        Source::Pattern => Vec::new(),
+        Source::Model(m) => m.block_tensors(),
+    };
     // A model's files, each registered once, read-only.
     let buffers: Vec<HostBuffer> = match source {
         Source::Pattern => Vec::new(),
         Source::Model(m) => m
             .files()
             .map(|(_, bytes)| {
-                // SAFETY: the mapping is read-only and lives in `m`, which outlives the run (the
-                // run frees every block before it returns, and the buffers are dropped here).
+                // SAFETY: the mapping is read-only and lives in `m`, which outlives every copy
+                // from it: copies run only while the run does (`run_impl` frees every block
+                // before it returns, and after a shutdown no copy runs at all); a registration
+                // that outlives the mapping is only unregistered later, never read.
                 unsafe {
                     engine.register_buffer(bytes.as_ptr().cast_mut(), bytes.len() as u64, true)
                 }
@@ -400,7 +407,7 @@ fn run_inner(
         let seed = pattern::seed(i as u64);
         seeds.push(seed);
         if let Source::Model(m) = source {
-            let t = &m.tensors[i];
+            let t = &m.tensors[tensor_of[i]];
             ids.push(engine.alloc_in(&buffers[t.file], t.offset, spec)?);
             kv.push(None);
             continue;
@@ -482,7 +489,7 @@ fn run_inner(
                 let expected = |off: u64, bytes: &[u8]| match source {
                     Source::Pattern => pattern::verify(seeds[*b], off, bytes),
                     Source::Model(m) => {
-                        let data = m.data(&m.tensors[*b]);
+                        let data = m.data(&m.tensors[tensor_of[*b]]);
                         data.get(off as usize..off as usize + bytes.len()) == Some(bytes)
                     }
                 };

@@ -24,10 +24,11 @@
 //! Where the next job's bytes do not follow on (separate tensors of a framework, caller-owned
 //! buffers), the chunk goes on as a batch: the job becomes a new segment, and the chunk's
 //! segments go to the backend in one submission ([`Backend::submit_batch`]: one operation and
-//! one event), while it holds under [`MAX_SEGMENTS`] segments and [`BATCH_BYTES`]. A batch does
-//! not mix a demand load with prefetches (a blocked caller's copy completes with its batch, so it
-//! stays small). Each segment is its own copy: no byte outside a job's ranges is read or
-//! written.
+//! one event), while it holds under [`MAX_SEGMENTS`] segments and [`BATCH_BYTES`]. A new segment
+//! is never started for a job of the other kind than the chunk's first (a demand load or a
+//! prefetch: a blocked caller's copy completes with its chunk, so that stays small); a job whose
+//! bytes follow on still merges, whatever its kind, as before batching. Each segment is its own
+//! copy: no byte outside a job's ranges is read or written.
 //!
 //! Cost: O(log jobs) per push, chunk, completion and lookup by block.
 

@@ -225,3 +225,24 @@ fn a_buffer_the_device_will_not_page_lock_is_used_pageable() {
     }
     engine.shutdown();
 }
+
+/// A handle that outlives its engine cannot be used with a later one, even one whose state
+/// lands at the same address (review found the check compared addresses).
+#[test]
+fn a_buffer_of_a_dropped_engine_is_refused_by_a_new_one() {
+    let mut buf = vec![0u8; 16 * KIB as usize];
+    let (first, _) = counted(64 * KIB);
+    // SAFETY: `buf` outlives both engines and is not written.
+    let buffer =
+        unsafe { first.register_buffer(buf.as_mut_ptr(), buf.len() as u64, true) }.unwrap();
+    first.shutdown();
+    drop(first);
+    for _ in 0..8 {
+        let (next, _) = counted(64 * KIB);
+        let err = next
+            .alloc_in(&buffer, 0, BlockSpec::new(4 * KIB))
+            .unwrap_err();
+        assert!(err.to_string().contains("another engine"), "{err}");
+        next.shutdown();
+    }
+}

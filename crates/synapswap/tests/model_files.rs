@@ -524,3 +524,59 @@ fn an_order_file_overrides_the_names_order_and_bad_ones_are_errors() {
         );
     }
 }
+
+/// What review found: a directory entry that links back to its directory, a header whose
+/// offsets overflow the crate's own arithmetic (a panic in a debug build), an empty tensor (a
+/// valid file: it is skipped), and a GGUF name given twice.
+#[test]
+fn crafted_files_are_errors_and_empty_tensors_are_skipped() {
+    let d = dir("crafted");
+    #[cfg(unix)]
+    {
+        let looped = dir("loop");
+        std::os::unix::fs::symlink(&looped, looped.join("loop.safetensors")).unwrap();
+        let err = Model::open(&looped).unwrap_err().to_string();
+        assert!(err.contains("no .safetensors file"), "{err}");
+    }
+    let huge = u64::MAX;
+    let file = safetensors_raw(
+        &format!(r#"{{"a":{{"dtype":"U8","shape":[{huge}],"data_offsets":[0,{huge}]}}}}"#),
+        8,
+    );
+    let path = d.join("overflow.safetensors");
+    std::fs::write(&path, file).unwrap();
+    let err = Model::open(&path).unwrap_err().to_string();
+    assert!(err.contains("runs past the end"), "{err}");
+    // An empty tensor between two others: the model runs without it.
+    let path = d.join("empty.safetensors");
+    std::fs::write(
+        &path,
+        safetensors(&[
+            ("model.layers.0.a.weight", "F16", vec![64], bytes(1, 128)),
+            ("model.layers.0.b.weight", "F16", vec![0, 64], Vec::new()),
+            ("model.layers.1.a.weight", "F16", vec![64], bytes(2, 128)),
+        ]),
+    )
+    .unwrap();
+    let m = Model::open(&path).unwrap();
+    assert_eq!(m.tensors.len(), 3);
+    assert_eq!(m.block_tensors().len(), 2);
+    let e = engine(4096);
+    let r = run_model(&e, &m, &cfg(), &mut |_| {}, None).unwrap();
+    assert_eq!(r.integrity.mismatches, 0);
+    e.shutdown();
+    let path = d.join("twice.gguf");
+    std::fs::write(
+        &path,
+        gguf(
+            None,
+            &[
+                ("x", 0, vec![8], vec![0; 32]),
+                ("x", 0, vec![8], vec![0; 32]),
+            ],
+        ),
+    )
+    .unwrap();
+    let err = Model::open(&path).unwrap_err().to_string();
+    assert!(err.contains("appears twice"), "{err}");
+}

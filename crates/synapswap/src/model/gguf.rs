@@ -102,8 +102,16 @@ impl<'a> Cursor<'a> {
             _ => None,
         };
         match kind {
+            0 => Ok(Some(u64::from(self.take(1)?[0]))),
+            2 => {
+                let b = self.take(2)?;
+                Ok(Some(u64::from(u16::from_le_bytes([b[0], b[1]]))))
+            }
             4 => Ok(Some(u64::from(self.u32()?))),
             10 => Ok(Some(self.u64()?)),
+            // Signed integers: only non-negative values are an alignment.
+            5 => Ok(u64::try_from(self.u32()? as i32).ok()),
+            11 => Ok(u64::try_from(self.u64()? as i64).ok()),
             8 => self.string().map(|_| None),
             9 => {
                 if depth >= MAX_NESTING {
@@ -240,6 +248,11 @@ pub(crate) fn parse(buf: &[u8]) -> std::result::Result<Vec<Tensor>, String> {
             offset: start,
             bytes,
         });
+    }
+    let mut names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!("tensor {} appears twice", w[0]));
     }
     tensors.sort_by_key(|t| t.offset);
     for w in tensors.windows(2) {

@@ -59,7 +59,7 @@ pub struct Tensor {
 pub struct Model {
     /// What was opened (a file or a directory).
     pub path: PathBuf,
-    /// `safetensors`.
+    /// `safetensors` or `gguf`.
     pub format: &'static str,
     /// The tensors, in file order (file by file, by offset).
     pub tensors: Vec<Tensor>,
@@ -133,8 +133,9 @@ impl Model {
         &map[tensor.offset as usize..(tensor.offset + tensor.bytes) as usize]
     }
 
-    /// The model as a workload: a block per tensor (its name and bytes), a step per step of
-    /// [`execution_order`], each step's compute a roofline estimate for batch-1 decode on
+    /// The model as a workload: a block per tensor with bytes ([`Model::block_tensors`]: its
+    /// name and bytes), a step per step of [`Model::steps`] (the order file's, else
+    /// [`execution_order`]'s), each step's compute a roofline estimate for batch-1 decode on
     /// [`DeviceModel::CONSUMER`] (2 FLOPs per parameter, its bytes read once; assumed figures,
     /// not a measurement of this model).
     pub fn workload(&self) -> Workload {
@@ -145,11 +146,11 @@ impl Model {
     /// pass (2 FLOPs per parameter per token, the weights read once per pass).
     pub fn workload_on(&self, device: DeviceModel, batch: u64) -> Workload {
         let blocks = self
-            .tensors
-            .iter()
-            .map(|t| BlockDesc {
-                name: t.name.clone(),
-                bytes: t.bytes,
+            .block_tensors()
+            .into_iter()
+            .map(|i| BlockDesc {
+                name: self.tensors[i].name.clone(),
+                bytes: self.tensors[i].bytes,
                 priority: DEFAULT_PRIORITY,
                 policy: Policy::Auto,
                 mutable: false,
@@ -158,18 +159,19 @@ impl Model {
         let steps = self
             .steps()
             .into_iter()
-            .map(|s| {
-                let bytes: u64 = s.tensors.iter().map(|&i| self.tensors[i].bytes).sum();
-                let params: u64 = s.tensors.iter().map(|&i| self.tensors[i].elements).sum();
-                StepDesc {
+            .filter_map(|s| {
+                let used: Vec<usize> = s
+                    .tensors
+                    .into_iter()
+                    .filter(|&i| self.tensors[i].bytes > 0)
+                    .collect();
+                let bytes: u64 = used.iter().map(|&i| self.tensors[i].bytes).sum();
+                let params: u64 = used.iter().map(|&i| self.tensors[i].elements).sum();
+                (!used.is_empty()).then(|| StepDesc {
                     compute_s: device.time(2.0 * params as f64 * batch.max(1) as f64, bytes as f64),
-                    uses: s
-                        .tensors
-                        .iter()
-                        .map(|&i| self.tensors[i].name.clone())
-                        .collect(),
+                    uses: used.iter().map(|&i| self.tensors[i].name.clone()).collect(),
                     choose: None,
-                }
+                })
             })
             .collect();
         let name = self
@@ -184,6 +186,14 @@ impl Model {
             blocks,
             steps,
         }
+    }
+
+    /// The tensors that are blocks of [`Model::workload`], in its block order: every tensor
+    /// but the empty ones (a dimension of 0: no bytes to move, valid in both formats).
+    pub fn block_tensors(&self) -> Vec<usize> {
+        (0..self.tensors.len())
+            .filter(|&i| self.tensors[i].bytes > 0)
+            .collect()
     }
 
     /// The mapped files: (path, the whole mapping).

@@ -31,7 +31,9 @@ pub(super) fn open(path: &Path) -> Result<Model> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(path)
         .map_err(|e| bad(path, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        // Regular files only (`is_file` follows links): a link or directory named
+        // `*.safetensors` (`loop.safetensors -> .`) must not send the reader round in a loop.
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors") && p.is_file())
         .collect();
     found.sort();
     match found.len() {
@@ -69,6 +71,7 @@ fn file(path: &Path, index: usize) -> Result<(memmap2::Mmap, Vec<Tensor>)> {
 /// The tensors of a safetensors file whose bytes are `buf` (as file `index` of its model).
 pub(crate) fn parse(buf: &[u8], index: usize) -> std::result::Result<Vec<Tensor>, String> {
     let len = buf.len() as u64;
+    precheck(buf)?;
     let (header, meta) = safetensors::SafeTensors::read_metadata(buf)
         .map_err(|e| format!("not a valid safetensors file: {e}"))?;
     let base = 8 + header as u64;
@@ -163,4 +166,38 @@ fn sharded(dir: &Path, index: &Path) -> Result<Model> {
         files,
         order: None,
     })
+}
+
+/// What `read_metadata` (safetensors 0.4) leaves unchecked: it adds the last tensor's end to the
+/// header's length without a checked add, which a crafted end near `u64::MAX` overflows (a panic
+/// in a debug build). So every `data_offsets` end is checked against the file's length first.
+fn precheck(buf: &[u8]) -> std::result::Result<(), String> {
+    let Some(head) = buf.get(..8) else {
+        return Err("not a valid safetensors file: too short for a header".into());
+    };
+    let n = u64::from_le_bytes(head.try_into().expect("8 bytes"));
+    let Some(header) = usize::try_from(n)
+        .ok()
+        .and_then(|n| buf.get(8..8usize.checked_add(n)?))
+    else {
+        return Err(format!(
+            "not a valid safetensors file: header length {n} runs past the end of the file"
+        ));
+    };
+    let json: serde_json::Value = serde_json::from_slice(header)
+        .map_err(|e| format!("not a valid safetensors file: invalid JSON header: {e}"))?;
+    let Some(entries) = json.as_object() else {
+        return Err("not a valid safetensors file: the header is not a JSON object".into());
+    };
+    for (name, info) in entries.iter().filter(|(k, _)| k.as_str() != "__metadata__") {
+        let ends = info.get("data_offsets").and_then(|o| o.as_array());
+        for v in ends.into_iter().flatten() {
+            if v.as_u64().is_none_or(|e| e > buf.len() as u64) {
+                return Err(format!(
+                    "tensor {name}: data offset {v} runs past the end of the file"
+                ));
+            }
+        }
+    }
+    Ok(())
 }

@@ -61,8 +61,9 @@
 //!   1, 2, 4, ... then every 64 passes (`Planner::pass_ended`), and at a hint once the declared
 //!   bytes changed since the plan reach 1/16 of the live bytes (`Planner::plan_changed`): O(1)
 //!   amortized per `declare` or `remove_block` of same-sized blocks, not O(n) each.
-//! - `add_block`: O(1) amortized; `remove_block`: O(its uses x step size), no replan (a step
-//!   left empty stays in the index until the next rebuild).
+//! - `add_block`: O(1) amortized (a pinned block makes the plan stale); `remove_block`: O(its
+//!   uses x step size), and no replan of its own unless the block was pinned: its bytes count
+//!   toward the drift above (a step left empty stays in the index until the next rebuild).
 
 use std::collections::VecDeque;
 
