@@ -7,7 +7,9 @@
 #      over thousands of evictions;
 #   3. the engine's CUDA test (byte-exact streaming through a small pool);
 #   4. the default `synapswap run --backend "$BACKEND"`: efficiency against the bound computed from the
-#      probe's pinned bandwidth must be at least 0.9.
+#      probe's pinned bandwidth must be at least 0.9;
+#   5. `run --model` of a 1 GiB safetensors file the script writes: the mapping registered
+#      read-only (or used pageable), every byte of every use checked against the file.
 # Results go to $OUT (the device tool's output folder) or gpu-out/; the exit status is 0 only if
 # every check passed.
 set -uo pipefail
@@ -35,6 +37,26 @@ run integrity "$BIN/synapswap" run --backend "$BACKEND" --layers 2 --vram 400MiB
     --chunk 1MiB --verify full --json
 run engine_test "$BIN/engine_stream" --test-threads 1 --nocapture
 run run "$BIN/synapswap" run --backend "$BACKEND" --tokens 16 --json
+# A model file (issue 15): a 1 GiB safetensors file of random bf16 layers, mapped and registered
+# read-only with CUDA (cuMemHostRegister READ_ONLY, where the driver allows it; else pageable:
+# `pageable_files`), every use checked against the file.
+python3 - "$OUT/model.safetensors" <<'PY' || fail=1
+import json, os, struct, sys
+header, off = {}, 0
+for l in range(16):
+    header[f"model.layers.{l}.mlp.up_proj.weight"] = {"dtype": "BF16", "shape": [8192, 4096],
+                                                       "data_offsets": [off, off + (64 << 20)]}
+    off += 64 << 20
+h = json.dumps(header).encode()
+h += b" " * ((8 - len(h) % 8) % 8)
+with open(sys.argv[1], "wb") as f:
+    f.write(struct.pack("<Q", len(h)) + h)
+    for _ in range(16):
+        f.write(os.urandom(64 << 20))
+PY
+run model "$BIN/synapswap" run --backend "$BACKEND" --model "$OUT/model.safetensors" --vram 512MiB \
+    --tokens 8 --verify full --json
+rm -f "$OUT/model.safetensors"
 python3 - "$OUT" <<'PY' || fail=1
 import json, sys, os
 out = sys.argv[1]
