@@ -427,6 +427,30 @@ impl Drop for CudaBackend {
     }
 }
 
+/// Queues an async copy of `len` bytes between `host` and `device` on `stream`.
+///
+/// # Safety
+/// Both ranges must be valid for the copy (the host one readable or writable as `dir` needs),
+/// and stay so, untouched by anyone else, until the stream has passed the copy; `stream` must be
+/// a live stream of the current context.
+unsafe fn copy_async(
+    dir: Direction,
+    host: *mut u8,
+    device: DevicePtr,
+    len: usize,
+    stream: sys::CUstream,
+) -> sys::CUresult {
+    // SAFETY: this function's contract.
+    unsafe {
+        match dir {
+            Direction::HostToDevice => {
+                sys::cuMemcpyHtoDAsync_v2(device, host.cast_const().cast(), len, stream)
+            }
+            Direction::DeviceToHost => sys::cuMemcpyDtoHAsync_v2(host.cast(), device, len, stream),
+        }
+    }
+}
+
 impl Backend for CudaBackend {
     fn info(&self) -> BackendInfo {
         BackendInfo {
@@ -534,16 +558,7 @@ impl Backend for CudaBackend {
             // SAFETY: the caller guarantees every range stays valid and unshared until `wait`
             // returns for this ticket; the host range is page-locked (or pageable: still
             // correct, only slower).
-            let r = unsafe {
-                match dir {
-                    Direction::HostToDevice => {
-                        sys::cuMemcpyHtoDAsync_v2(device, host.cast_const().cast(), len, stream)
-                    }
-                    Direction::DeviceToHost => {
-                        sys::cuMemcpyDtoHAsync_v2(host.cast(), device, len, stream)
-                    }
-                }
-            };
+            let r = unsafe { copy_async(dir, host, device, len, stream) };
             if let Err(e) = check(r, "cuMemcpyAsync") {
                 // SAFETY: our stream, in the current context.
                 let _ = unsafe { sys::cuStreamSynchronize(stream) };
@@ -629,16 +644,7 @@ impl Backend for CudaBackend {
         let stream = self.sync_stream as sys::CUstream;
         // SAFETY: forwarded from the caller's contract; both ranges stay valid until the stream
         // synchronisation below returns.
-        let r = unsafe {
-            match dir {
-                Direction::HostToDevice => {
-                    sys::cuMemcpyHtoDAsync_v2(device, host.cast_const().cast(), len, stream)
-                }
-                Direction::DeviceToHost => {
-                    sys::cuMemcpyDtoHAsync_v2(host.cast(), device, len, stream)
-                }
-            }
-        };
+        let r = unsafe { copy_async(dir, host, device, len, stream) };
         check(r, "cuMemcpyAsync (synchronous copy)")?;
         // SAFETY: our own stream.
         let r = unsafe { sys::cuStreamSynchronize(stream) };
