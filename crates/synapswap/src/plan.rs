@@ -42,6 +42,16 @@ pub struct DeviceProfile {
 const GB: f64 = 1e9;
 const T: f64 = 1e12;
 const GIB: u64 = 1 << 30;
+impl DeviceProfile {
+    /// The roofline the workload's step times are estimated on.
+    pub fn model(&self) -> DeviceModel {
+        DeviceModel {
+            flops: self.flops,
+            mem_bytes_per_s: self.hbm,
+        }
+    }
+}
+
 /// The built-in profiles (`--gpu NAME`); flags override any figure.
 pub const PROFILES: &[DeviceProfile] = &[
     DeviceProfile {
@@ -218,10 +228,7 @@ pub fn plan(model: &Model, cfg: &PlanConfig) -> Result<Plan> {
         }
     }
     let batch = cfg.batch.max(1);
-    let device = DeviceModel {
-        flops: cfg.device.flops,
-        mem_bytes_per_s: cfg.device.hbm,
-    };
+    let device = cfg.device.model();
     let w = model.workload_on(device, batch);
     w.check_budget(cfg.budget)?;
     let bytes = model.bytes();
@@ -360,10 +367,7 @@ pub fn plan(model: &Model, cfg: &PlanConfig) -> Result<Plan> {
 /// The smallest budget (to a MiB, between a step's minimum and the model's size) at which
 /// `synapswap` is predicted to reach `target` tokens/s, if any.
 pub fn budget_for(model: &Model, cfg: &PlanConfig, target: f64) -> Result<Option<u64>> {
-    let device = DeviceModel {
-        flops: cfg.device.flops,
-        mem_bytes_per_s: cfg.device.hbm,
-    };
+    let device = cfg.device.model();
     let (minimum, _) = model.workload_on(device, cfg.batch).min_budget()?;
     let rate = |budget: u64| -> Result<f64> {
         let p = plan(model, &PlanConfig { budget, ..*cfg })?;
@@ -401,10 +405,7 @@ pub fn sweep(
     cfg: &PlanConfig,
     points: usize,
 ) -> Result<Vec<(u64, Vec<PolicyPrediction>)>> {
-    let device = DeviceModel {
-        flops: cfg.device.flops,
-        mem_bytes_per_s: cfg.device.hbm,
-    };
+    let device = cfg.device.model();
     let (minimum, _) = model.workload_on(device, cfg.batch).min_budget()?;
     let top = model.bytes() + model.bytes() / 20;
     let n = points.max(2) as u64;
