@@ -53,7 +53,8 @@
 //! on the other side of a near tie keeps it.
 //!
 //! # Cost
-//! With `c` candidates, `u` declared uses and `s` steps: sorting is O(c log c); each try is
+//! With `c` candidates, `u` declared uses and `s` steps: sorting is O(c log c), on keys made
+//! once and laid out contiguously (the uses are one flat list too: [`Steps`]); each try is
 //! O(c + u + s) (the greedy fill, the streamed bytes per step, the window of two steps, the
 //! deficit by prefix sums and a sliding-window minimum, and [`MODEL_PASSES`] passes of the
 //! pipeline model); there are at most [`MAX_TRIES`] (97) tries, and one more for the previous
@@ -113,6 +114,63 @@ pub(crate) struct Use {
     pub prob: f64,
 }
 
+/// Declared uses per position of the cycle, in one flat list (position `p`'s uses are
+/// `uses[starts[p]..starts[p + 1]]`): at a million steps, one allocation instead of a million.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Steps {
+    uses: Vec<Use>,
+    starts: Vec<u32>,
+}
+
+impl Default for Steps {
+    fn default() -> Self {
+        Steps::with_capacity(0, 0)
+    }
+}
+
+impl Steps {
+    /// No steps, with room for `steps` positions and `uses` uses.
+    pub fn with_capacity(steps: usize, uses: usize) -> Self {
+        let mut starts = Vec::with_capacity(steps + 1);
+        starts.push(0);
+        Steps {
+            uses: Vec::with_capacity(uses),
+            starts,
+        }
+    }
+
+    /// Appends the next position with these uses.
+    pub fn push_step(&mut self, uses: impl IntoIterator<Item = Use>) {
+        self.uses.extend(uses);
+        self.starts.push(self.uses.len() as u32);
+    }
+
+    /// Positions.
+    pub fn len(&self) -> usize {
+        self.starts.len().saturating_sub(1)
+    }
+
+    /// Position `p`'s uses.
+    pub fn step(&self, p: usize) -> &[Use] {
+        &self.uses[self.starts[p] as usize..self.starts[p + 1] as usize]
+    }
+
+    /// Every position's uses, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &[Use]> {
+        (0..self.len()).map(|p| self.step(p))
+    }
+}
+
+impl<S: IntoIterator<Item = Use>> FromIterator<S> for Steps {
+    fn from_iter<I: IntoIterator<Item = S>>(steps: I) -> Self {
+        let mut all = Steps::default();
+        for step in steps {
+            all.push_step(step);
+        }
+        all
+    }
+}
+
 /// Measured step times and bandwidth.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Timing<'a> {
@@ -128,7 +186,7 @@ pub(crate) struct Inputs<'a> {
     /// The blocks that may be kept, in any order.
     pub candidates: &'a [Candidate],
     /// Per position of the cycle: its declared uses, pinned blocks left out (always resident).
-    pub steps: &'a [Vec<Use>],
+    pub steps: &'a Steps,
     /// Room for kept and streamed blocks: the budget less the pinned blocks, bytes.
     pub room: u64,
     /// Measured times, once every step has been timed and the link measured.
@@ -187,12 +245,9 @@ fn shape_of(input: &Inputs) -> u64 {
     for c in input.candidates {
         (c.index, c.uses.to_bits(), c.size, c.priority, c.first).hash(&mut h);
     }
-    input.steps.len().hash(&mut h);
-    for step in input.steps {
-        step.len().hash(&mut h);
-        for u in step {
-            (u.cand, u.size, u.prob.to_bits()).hash(&mut h);
-        }
+    input.steps.starts.hash(&mut h);
+    for u in &input.steps.uses {
+        (u.cand, u.size, u.prob.to_bits()).hash(&mut h);
     }
     h.finish()
 }
@@ -322,17 +377,35 @@ pub(crate) fn plan(input: &Inputs, previous: Option<&KeepPlan>) -> KeepPlan {
     // Keeping a block saves its size times its uses per cycle, so the value per kept byte is the
     // number of uses; among equals the larger block is kept, so what streams is small and
     // uniform and the streaming zone does not fragment; then the spread.
+    // The order is sorted by precomputed keys (a contiguous sort, not one that reads two
+    // candidates at random for every comparison: at a million candidates that was most of it).
     let spread = |c: &Candidate| (f64::from(c.first) * 0.618_033_988_749_895).fract();
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| {
-        let (a, b) = (&cands[a], &cands[b]);
-        b.priority
-            .cmp(&a.priority)
-            .then(b.uses.total_cmp(&a.uses))
-            .then(b.size.cmp(&a.size))
-            .then(spread(a).total_cmp(&spread(b)))
-            .then(a.index.cmp(&b.index))
-    });
+    // f64 to an integer of the same order (total order: sign-flipped bits).
+    let ordered = |x: f64| {
+        let b = x.to_bits();
+        if b >> 63 == 1 {
+            !b
+        } else {
+            b | (1 << 63)
+        }
+    };
+    let mut keyed: Vec<(u8, u64, u64, u64, u32, u32)> = cands
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            (
+                u8::MAX - c.priority,
+                !ordered(c.uses),
+                u64::MAX - c.size,
+                ordered(spread(c)),
+                c.index,
+                i as u32,
+            )
+        })
+        .collect();
+    keyed.sort_unstable();
+    let order: Vec<usize> = keyed.iter().map(|k| k.5 as usize).collect();
+    drop(keyed);
     let room = input.room;
     let greedy = |reserve: u64| -> Vec<bool> {
         let mut keep = vec![false; n];

@@ -45,7 +45,8 @@
 //!   walk from its cursor (`prefetch.rs`): O(blocks it issues or looks at again), O(log s) each.
 //! - placing one block under the keep plan (its home or ring slot, a prefetch or a miss):
 //!   O(log r) to find the range (the pool is indexed by offset) plus O(victims); a demand load
-//!   steps over up to 4 ring slots in use. Only without a keep plan (no schedule, prefetch off,
+//!   steps over up to 4 ring slots in use, and one out of schedule order, with the ring full of
+//!   prefetches, takes the newest one's slot (at most one wasted copy, `place_below_ring`). Only without a keep plan (no schedule, prefetch off,
 //!   or a block the plan cannot place) does a placement walk the pool: `find_window`, O(r x
 //!   window); `Stats` does not count these, `Counters::pool_walks` does.
 //! - `hint`: O(step blocks) when the step is on the device or loading; otherwise the joint step
@@ -464,5 +465,7 @@ impl Planner {
 
 #[cfg(test)]
 mod incremental_tests;
+#[cfg(test)]
+mod ring_tests;
 #[cfg(test)]
 mod tests;

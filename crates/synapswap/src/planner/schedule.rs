@@ -124,6 +124,11 @@ impl Schedule {
         true
     }
 
+    /// Declared uses over all positions (of the built index).
+    pub(super) fn total_uses(&self) -> usize {
+        self.uses.iter().map(Vec::len).sum()
+    }
+
     /// Folds a measured duration of the step at `pos` into its EMA.
     pub(super) fn measure_duration(&mut self, pos: usize, seconds: f64) {
         let Some(d) = self.ema_dur.get_mut(pos) else {

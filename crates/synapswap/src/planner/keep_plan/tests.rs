@@ -8,7 +8,7 @@ const CLASSIFIER: u64 = 36_864_000;
 
 /// Issue 14's decoder: block 0 the classifier (steps 0 and 7), block 1 the final norm (step
 /// 7), blocks 2..=7 the layers (steps 1..=6).
-fn decoder() -> (Vec<Candidate>, Vec<Vec<Use>>) {
+fn decoder() -> (Vec<Candidate>, Steps) {
     let cand = |index: u32, size, uses, first| Candidate {
         index,
         uses,
@@ -28,7 +28,7 @@ fn decoder() -> (Vec<Candidate>, Vec<Vec<Use>>) {
     let mut steps = vec![vec![at(0)]];
     steps.extend((0..6).map(|l| vec![at(2 + l)]));
     steps.push(vec![at(1), at(0)]);
-    (cands, steps)
+    (cands, steps.into_iter().collect())
 }
 
 /// Compute per step of the decoder, each layer `layer_s`.
@@ -41,7 +41,7 @@ fn decoder_compute(layer_s: f64) -> Vec<f64> {
 
 fn inputs<'a>(
     cands: &'a [Candidate],
-    steps: &'a [Vec<Use>],
+    steps: &'a Steps,
     room: u64,
     compute: Option<&'a [f64]>,
     bw: f64,
@@ -104,10 +104,7 @@ fn the_same_inputs_give_the_same_plan() {
         cand: u.cand.map(|c| cands.len() as u32 - 1 - c),
         ..*u
     };
-    let steps2: Vec<Vec<Use>> = steps
-        .iter()
-        .map(|s| s.iter().map(remap).collect())
-        .collect();
+    let steps2: Steps = steps.iter().map(|s| s.iter().map(remap)).collect();
     let other = plan(
         &inputs(&reversed, &steps2, 45 * MIB, Some(&compute), 2e9),
         None,
@@ -121,7 +118,7 @@ fn the_same_inputs_give_the_same_plan() {
 /// Ten 8 MiB blocks, one per step, five steps of `x` ms and five of `x / 10`, through 64 MiB
 /// at 8 GB/s: a small reserve keeps more but stalls where compute is short, a large one
 /// streams more but hides it. Which is faster depends on `x`.
-fn tradeoff() -> (Vec<Candidate>, Vec<Vec<Use>>) {
+fn tradeoff() -> (Vec<Candidate>, Steps) {
     let cands: Vec<Candidate> = (0..10)
         .map(|i| Candidate {
             index: i,
