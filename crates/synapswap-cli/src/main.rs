@@ -162,6 +162,9 @@ fn cmd_plan(args: PlanArgs) -> Result<(), (u8, String)> {
         format_bytes(plan.model.bytes),
         plan.model.layers
     );
+    if let Some(r) = &plan.model.routing {
+        println!("  routing: {r}");
+    }
     println!(
         "  on {} with a {} budget, batch {}: {} resident ({} tensors)",
         device.name,
@@ -444,6 +447,9 @@ fn cmd_run(args: RunArgs) -> Result<(), (u8, String)> {
     let (backend, fell_back) = backends::open(args.backend.kind(), sim_cfg).map_err(unavailable)?;
     if let (Some(why), false) = (&fell_back, args.json) {
         eprintln!("note: --backend auto chose sim ({why})");
+    }
+    if let (Some(r), false) = (model.as_ref().and_then(|m| m.routing_summary()), args.json) {
+        eprintln!("note: routing: {r}");
     }
     // Before anything big is allocated: a model the machine cannot hold is refused (exit 2),
     // not killed by the kernel halfway through filling it.

@@ -173,6 +173,10 @@ pub struct ModelSummary {
     pub bytes: u64,
     /// Steps of more than one tensor (the layers).
     pub layers: usize,
+    /// Routed experts, when the model has them: how many a token uses and where that was read
+    /// (`model/experts.rs`); `None` for a dense model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing: Option<String>,
 }
 
 /// A plan.
@@ -299,20 +303,35 @@ pub fn plan(model: &Model, cfg: &PlanConfig) -> Result<Plan> {
         });
     }
     // Host compute: the first steps that fit are resident, the rest computed where they lie,
-    // by the host's roofline (its bytes read once a pass, 2 FLOPs per parameter per token).
-    let tensor_of = model.block_tensors();
+    // by the host's roofline (its bytes read once a pass, 2 FLOPs per parameter per token; of a
+    // routed step's experts, the share drawn: k / n of their bytes and parameters).
+    let pieces = model.pieces().0;
     let mut used = 0u64;
     let mut t = 0.0;
     for s in &w.steps {
         let tensors = s.uses.iter().map(|u| index[u.as_str()]);
-        let sb: u64 = tensors.clone().map(|i| w.blocks[i].bytes).sum();
-        let params: u64 = tensors.map(|i| model.tensors[tensor_of[i]].elements).sum();
+        let mut sb: u64 = tensors.clone().map(|i| w.blocks[i].bytes).sum();
+        let mut params = tensors.map(|i| pieces[i].elements).sum::<u64>() as f64;
+        let mut read = sb as f64;
+        if let Some(c) = &s.choose {
+            let share = f64::from(c.k) / c.from.len() as f64;
+            for b in c
+                .from
+                .iter()
+                .flat_map(|e| e.names())
+                .map(|n| index[n.as_str()])
+            {
+                sb += w.blocks[b].bytes;
+                read += share * w.blocks[b].bytes as f64;
+                params += share * pieces[b].elements as f64;
+            }
+        }
         if used + sb <= cfg.budget {
             used += sb;
             t += s.compute_s;
         } else {
-            let flops = 2.0 * params as f64 * batch as f64;
-            t += (sb as f64 / cfg.host_bytes_per_s).max(flops / cfg.host_flops);
+            let flops = 2.0 * params * batch as f64;
+            t += (read / cfg.host_bytes_per_s).max(flops / cfg.host_flops);
         }
     }
     policies.push(PolicyPrediction {
@@ -351,6 +370,7 @@ pub fn plan(model: &Model, cfg: &PlanConfig) -> Result<Plan> {
             tensors: model.tensors.len(),
             bytes,
             layers,
+            routing: model.routing_summary(),
         },
         device: cfg.device,
         vram_budget_bytes: cfg.budget,

@@ -377,10 +377,11 @@ fn run_inner(
     let mut kv: Vec<Option<KvState>> = Vec::new();
     let mut buf = Vec::new();
     grow(&mut buf, FILL_BYTES as usize)?;
-    // Which tensor each block is (a model's blocks skip its empty tensors).
-    let tensor_of: Vec<usize> = match source {
+    // Where each block lies in a model's files (a model's blocks skip its empty tensors, and
+    // packed experts are a block per expert).
+    let pieces: Vec<crate::model::Piece> = match source {
         Source::Pattern => Vec::new(),
-        Source::Model(m) => m.block_tensors(),
+        Source::Model(m) => m.pieces().0,
     };
     // A model's files, each registered once, read-only.
     let buffers: Vec<HostBuffer> = match source {
@@ -406,9 +407,9 @@ fn run_inner(
             .mutable(b.mutable);
         let seed = pattern::seed(i as u64);
         seeds.push(seed);
-        if let Source::Model(m) = source {
-            let t = &m.tensors[tensor_of[i]];
-            ids.push(engine.alloc_in(&buffers[t.file], t.offset, spec)?);
+        if let Source::Model(_) = source {
+            let p = &pieces[i];
+            ids.push(engine.alloc_in(&buffers[p.file], p.offset, spec)?);
             kv.push(None);
             continue;
         }
@@ -489,7 +490,7 @@ fn run_inner(
                 let expected = |off: u64, bytes: &[u8]| match source {
                     Source::Pattern => pattern::verify(seeds[*b], off, bytes),
                     Source::Model(m) => {
-                        let data = m.data(&m.tensors[tensor_of[*b]]);
+                        let data = m.piece_data(&pieces[*b]);
                         data.get(off as usize..off as usize + bytes.len()) == Some(bytes)
                     }
                 };

@@ -731,11 +731,7 @@ fn largest_step(ctx: &Ctx<'_>) -> u64 {
         .iter()
         .map(|st| {
             let fixed: u64 = st.uses.iter().map(|&b| bytes(b)).sum();
-            let routed: u64 = st.choose.as_ref().map_or(0, |(k, from)| {
-                let mut sizes: Vec<u64> = from.iter().map(|&b| bytes(b)).collect();
-                sizes.sort_unstable_by(|a, b| b.cmp(a));
-                sizes.iter().take(*k).sum()
-            });
+            let routed: u64 = st.choose.as_ref().map_or(0, |r| r.largest_k(bytes));
             fixed + routed
         })
         .max()
@@ -759,8 +755,8 @@ fn stream_sync(ctx: &mut Ctx<'_>) -> Result<Measured> {
     let mut order = Vec::new();
     let mut seen = vec![false; n];
     for st in &ctx.resolved.steps {
-        let routed = st.choose.iter().flat_map(|(_, f)| f.iter());
-        for &b in st.uses.iter().chain(routed) {
+        let routed = st.choose.iter().flat_map(|r| r.blocks());
+        for b in st.uses.iter().copied().chain(routed) {
             if !std::mem::replace(&mut seen[b], true) {
                 order.push(b);
             }

@@ -30,16 +30,89 @@ fn default_priority() -> u8 {
     DEFAULT_PRIORITY
 }
 
-/// Data-dependent use (mixture-of-experts routing): each pass the step uses `k` blocks drawn from
-/// `from` (seeded, uniform, without replacement). The engine is only told the candidates, each
-/// with probability `k / from.len()`.
+/// Data-dependent use (mixture-of-experts routing): each pass the step uses `k` candidates drawn
+/// from `from` (seeded, uniform, without replacement). The engine is only told the candidates'
+/// blocks, each with probability `k / from.len()`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Choose {
-    /// Blocks used per pass (1..=from.len()).
+    /// Candidates used per pass (1..=from.len()).
     pub k: u32,
-    /// Candidate block names.
-    pub from: Vec<String>,
+    /// The candidates: in JSON each is a block name, or a list of the names of blocks that are
+    /// drawn together (an expert's gate, up and down projections: `["e0.w1", "e0.w2", "e0.w3"]`).
+    pub from: Vec<Expert>,
+}
+
+/// One candidate of a [`Choose`]: a block, or blocks used together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Expert {
+    /// One block, by name.
+    Block(String),
+    /// Blocks drawn together, by name (at least one).
+    Blocks(Vec<String>),
+}
+
+impl Expert {
+    /// The names of its blocks.
+    pub fn names(&self) -> &[String] {
+        match self {
+            Expert::Block(n) => std::slice::from_ref(n),
+            Expert::Blocks(v) => v,
+        }
+    }
+}
+
+impl From<String> for Expert {
+    fn from(name: String) -> Self {
+        Expert::Block(name)
+    }
+}
+
+impl From<&str> for Expert {
+    fn from(name: &str) -> Self {
+        Expert::Block(name.to_string())
+    }
+}
+
+impl From<Vec<String>> for Expert {
+    fn from(names: Vec<String>) -> Self {
+        Expert::Blocks(names)
+    }
+}
+
+/// A resolved [`Choose`]: `k` of `experts` are used each pass, each expert one or more blocks
+/// (indices into [`Workload::blocks`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routing {
+    /// Experts used per pass.
+    pub k: usize,
+    /// The candidates, each the blocks drawn together.
+    pub experts: Vec<Vec<usize>>,
+}
+
+impl Routing {
+    /// The probability that a given candidate is used in a pass: `k / n`.
+    pub fn p(&self) -> f64 {
+        self.k as f64 / self.experts.len() as f64
+    }
+
+    /// Every candidate block, expert by expert.
+    pub fn blocks(&self) -> impl Iterator<Item = usize> + '_ {
+        self.experts.iter().flatten().copied()
+    }
+
+    /// Bytes of the `k` largest experts (`bytes` of a block): the most a pass's draw puts on the
+    /// device at once.
+    pub fn largest_k(&self, bytes: impl Fn(usize) -> u64) -> u64 {
+        let mut sizes: Vec<u64> = self
+            .experts
+            .iter()
+            .map(|e| e.iter().map(|&b| bytes(b)).sum())
+            .collect();
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        sizes.iter().take(self.k).sum()
+    }
 }
 
 /// One step: the blocks it uses and how long its computation takes on the modelled device.
@@ -83,8 +156,8 @@ pub struct Workload {
 pub struct ResolvedStep {
     /// Blocks used every pass.
     pub uses: Vec<usize>,
-    /// `(k, candidates)` of a data-dependent choice.
-    pub choose: Option<(usize, Vec<usize>)>,
+    /// A data-dependent choice.
+    pub choose: Option<Routing>,
     /// Modelled compute time, seconds.
     pub compute_s: f64,
 }
@@ -107,11 +180,10 @@ impl Resolved {
             for &b in &step.uses {
                 out.push((s as u64, b, 1.0));
             }
-            if let Some((k, from)) = &step.choose {
-                let p = *k as f64 / from.len() as f64;
-                for &b in from {
+            if let Some(r) = &step.choose {
+                for b in r.blocks() {
                     if !step.uses.contains(&b) {
-                        out.push((s as u64, b, p));
+                        out.push((s as u64, b, r.p()));
                     }
                 }
             }
@@ -125,18 +197,20 @@ impl Resolved {
         out.clear();
         let st = &self.steps[step];
         out.extend_from_slice(&st.uses);
-        if let Some((k, from)) = &st.choose {
-            let mut pool = from.clone();
+        if let Some(r) = &st.choose {
+            let mut pool: Vec<usize> = (0..r.experts.len()).collect();
             let mut state = crate::pattern::seed(
                 self.seed ^ crate::pattern::seed(pass.wrapping_mul(0x1_0000_0001) ^ step as u64),
             );
             // Partial Fisher-Yates: the first k of a uniform permutation.
-            for i in 0..(*k).min(pool.len()) {
+            for i in 0..r.k.min(pool.len()) {
                 state = crate::pattern::seed(state);
                 let j = i + (state % (pool.len() - i) as u64) as usize;
                 pool.swap(i, j);
-                if !out.contains(&pool[i]) {
-                    out.push(pool[i]);
+                for &b in &r.experts[pool[i]] {
+                    if !out.contains(&b) {
+                        out.push(b);
+                    }
                 }
             }
         }
@@ -211,22 +285,35 @@ impl Workload {
             let choose = match &step.choose {
                 None => None,
                 Some(c) => {
-                    let mut from = Vec::with_capacity(c.from.len());
-                    for name in &c.from {
-                        let i = lookup(s, name)?;
-                        if from.contains(&i) {
-                            return bad(format!("step {s} lists '{name}' twice in choose.from"));
+                    let mut seen = std::collections::HashSet::new();
+                    let mut experts = Vec::with_capacity(c.from.len());
+                    for (e, expert) in c.from.iter().enumerate() {
+                        if expert.names().is_empty() {
+                            return bad(format!("step {s}: candidate {e} of choose.from is empty"));
                         }
-                        from.push(i);
+                        let mut blocks = Vec::with_capacity(expert.names().len());
+                        for name in expert.names() {
+                            let i = lookup(s, name)?;
+                            if !seen.insert(i) {
+                                return bad(format!(
+                                    "step {s} lists '{name}' twice in choose.from"
+                                ));
+                            }
+                            blocks.push(i);
+                        }
+                        experts.push(blocks);
                     }
-                    if c.k == 0 || c.k as usize > from.len() {
+                    if c.k == 0 || c.k as usize > experts.len() {
                         return bad(format!(
                             "step {s}: choose.k is {} but must be 1..={}",
                             c.k,
-                            from.len()
+                            experts.len()
                         ));
                     }
-                    Some((c.k as usize, from))
+                    Some(Routing {
+                        k: c.k as usize,
+                        experts,
+                    })
                 }
             };
             if uses.is_empty() && choose.is_none() {
@@ -267,14 +354,14 @@ impl Workload {
                     .filter(|b| !pinned(b))
                     .map(|&b| rounded(b))
                     .sum();
-                let routed: u64 = st.choose.as_ref().map_or(0, |(k, from)| {
-                    let mut sizes: Vec<u64> = from
-                        .iter()
-                        .filter(|b| !pinned(b) && !st.uses.contains(b))
-                        .map(|&b| rounded(b))
-                        .collect();
-                    sizes.sort_unstable_by(|a, b| b.cmp(a));
-                    sizes.iter().take(*k).sum()
+                let routed: u64 = st.choose.as_ref().map_or(0, |r| {
+                    r.largest_k(|b| {
+                        if pinned(&b) || st.uses.contains(&b) {
+                            0
+                        } else {
+                            rounded(b)
+                        }
+                    })
                 });
                 (fixed + routed, s as u64)
             })
@@ -312,9 +399,9 @@ impl Workload {
             }
         }
         for step in &r.steps {
-            if let Some((k, from)) = &step.choose {
-                let p = *k as f64 / from.len() as f64;
-                for &b in from {
+            if let Some(r) = &step.choose {
+                let p = r.p();
+                for b in r.blocks() {
                     // Independent draws at different steps: P(used) = 1 - prod(1 - p).
                     p_used[b] = 1.0 - (1.0 - p_used[b]) * (1.0 - p);
                 }
@@ -541,7 +628,7 @@ pub fn llama_batch(name: &str, shape: LlamaShape, device: DeviceModel, tokens: u
                 },
                 choose: (active < experts).then(|| Choose {
                     k: active as u32,
-                    from: names.clone(),
+                    from: names.iter().cloned().map(Expert::from).collect(),
                 }),
             });
             blocks.extend([norm2, router]);
@@ -978,6 +1065,45 @@ mod tests {
         assert_eq!(a, b);
     }
 
+    /// An expert of several blocks (its gate, up and down projections) is drawn as one: every
+    /// pass uses all of an expert's blocks or none, and the budget counts whole experts.
+    #[test]
+    fn experts_of_several_blocks_are_drawn_together() {
+        let json = r#"{"name":"moe","blocks":[
+            {"name":"a.w1","bytes":4096},{"name":"a.w2","bytes":4096},
+            {"name":"b.w1","bytes":4096},{"name":"b.w2","bytes":4096},
+            {"name":"c","bytes":12288}],
+            "steps":[{"compute_s":0.1,"uses":[],
+                      "choose":{"k":1,"from":[["a.w1","a.w2"],["b.w1","b.w2"],"c"]}}]}"#;
+        let w: Workload = serde_json::from_str(json).unwrap();
+        let r = w.resolve_seeded(3).unwrap();
+        let mut got = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for pass in 0..300 {
+            r.realize(pass, 0, &mut got);
+            got.sort_unstable();
+            assert!(
+                [vec![0, 1], vec![2, 3], vec![4]].contains(&got),
+                "pass {pass}: {got:?}"
+            );
+            seen.insert(got.clone());
+        }
+        assert_eq!(seen.len(), 3, "every expert is drawn");
+        let decl = r.declarations();
+        assert_eq!(decl.len(), 5);
+        assert!(decl.iter().all(|&(_, _, p)| (p - 1.0 / 3.0).abs() < 1e-12));
+        // The largest expert is `c` (12 KiB), not a pair of 4 KiB blocks.
+        assert_eq!(w.min_budget().unwrap().0, 12288);
+        // A whole expert's bytes per pass: each block at 1/3.
+        assert!((w.bytes_per_pass().unwrap() - 28672.0 / 3.0).abs() < 1e-6);
+        // Written back, a single-block expert stays a name.
+        let back = serde_json::to_string(&w).unwrap();
+        assert!(
+            back.contains(r#"["a.w1","a.w2"],["b.w1","b.w2"],"c"]"#),
+            "{back}"
+        );
+    }
+
     #[test]
     fn bad_choices_are_rejected() {
         let json = |choose: &str| {
@@ -991,6 +1117,9 @@ mod tests {
             (r#"{"k":3,"from":["a","b"]}"#, "choose.k"),
             (r#"{"k":1,"from":["a","zz"]}"#, "zz"),
             (r#"{"k":1,"from":["a","a"]}"#, "twice"),
+            (r#"{"k":1,"from":[["a","b"],"b"]}"#, "twice"),
+            (r#"{"k":1,"from":[[],"b"]}"#, "empty"),
+            (r#"{"k":2,"from":[["a","b"]]}"#, "choose.k"),
         ] {
             let w: Workload = serde_json::from_str(&json(c)).unwrap();
             let e = w.resolve().unwrap_err().to_string();

@@ -187,7 +187,7 @@ fn routed_steps_stay_exact() {
             uses: vec![],
             choose: Some(Choose {
                 k: 2,
-                from: experts.clone(),
+                from: experts.iter().cloned().map(Into::into).collect(),
             }),
         },
     );

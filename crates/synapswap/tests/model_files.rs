@@ -2,55 +2,12 @@
 //! tensors and an execution order, run through the engine from their mappings with every use
 //! checked against the file, and bad files refused with a clear error (never a panic).
 
-use std::path::{Path, PathBuf};
+mod model_writer;
 
-use synapswap::backend::{SimBackend, SimConfig};
+use model_writer::{bytes, cfg, dir, engine, gguf, safetensors, write};
 use synapswap::model::Model;
-use synapswap::run::{run_model, RunConfig, Verify};
-use synapswap::{Engine, Error};
-
-/// A fresh directory under the target dir, named for the test.
-fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("synapswap-model-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Bytes of a safetensors file holding `tensors` (name, dtype, shape, bytes) in that order.
-fn safetensors(tensors: &[(&str, &str, Vec<u64>, Vec<u8>)]) -> Vec<u8> {
-    let mut header = serde_json::Map::new();
-    let mut data = Vec::new();
-    for (name, dtype, shape, bytes) in tensors {
-        let start = data.len();
-        data.extend_from_slice(bytes);
-        header.insert(
-            name.to_string(),
-            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}),
-        );
-    }
-    let mut h = serde_json::to_vec(&header).unwrap();
-    while h.len() % 8 != 0 {
-        h.push(b' ');
-    }
-    let mut out = (h.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(&h);
-    out.extend_from_slice(&data);
-    out
-}
-
-/// Deterministic bytes.
-fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use synapswap::run::run_model;
+use synapswap::Error;
 
 /// A small Llama-named model: embedding, `layers` layers of three tensors, norm and head.
 fn llama(layers: u64) -> Vec<(String, &'static str, Vec<u64>, Vec<u8>)> {
@@ -86,35 +43,6 @@ fn llama(layers: u64) -> Vec<(String, &'static str, Vec<u64>, Vec<u8>)> {
         bytes(8, 128 * 64 * 2),
     ));
     t
-}
-
-fn write(path: &Path, tensors: &[(String, &str, Vec<u64>, Vec<u8>)]) {
-    let view: Vec<(&str, &str, Vec<u64>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(n, d, s, b)| (n.as_str(), *d, s.clone(), b.clone()))
-        .collect();
-    std::fs::write(path, safetensors(&view)).unwrap();
-}
-
-fn engine(budget: u64) -> Engine {
-    Engine::builder()
-        .budget(budget)
-        .backend(std::sync::Arc::new(
-            SimBackend::new(SimConfig::unpaced()).unwrap(),
-        ))
-        .build()
-        .unwrap()
-}
-
-fn cfg() -> RunConfig {
-    RunConfig {
-        tokens: 3,
-        warmup_tokens: 1,
-        bound_bytes_per_s: 2e9,
-        bound_source: "test".into(),
-        seed: 0,
-        verify: Verify::Full,
-    }
 }
 
 #[test]
@@ -301,53 +229,6 @@ fn safetensors_raw(json: &str, data: usize) -> Vec<u8> {
     let mut out = (json.len() as u64).to_le_bytes().to_vec();
     out.extend_from_slice(json.as_bytes());
     out.extend(std::iter::repeat_n(0u8, data));
-    out
-}
-
-/// A GGUF v3 file: metadata (`general.alignment` when given, a string and an array), then
-/// `tensors` (name, GGML type, shape, bytes), each at the next aligned offset.
-fn gguf(alignment: Option<u32>, tensors: &[(&str, u32, Vec<u64>, Vec<u8>)]) -> Vec<u8> {
-    let align = u64::from(alignment.unwrap_or(32));
-    let mut out = b"GGUF".to_vec();
-    out.extend(3u32.to_le_bytes());
-    out.extend((tensors.len() as u64).to_le_bytes());
-    let string = |out: &mut Vec<u8>, s: &str| {
-        out.extend((s.len() as u64).to_le_bytes());
-        out.extend(s.as_bytes());
-    };
-    out.extend((2 + u64::from(alignment.is_some())).to_le_bytes());
-    string(&mut out, "general.architecture");
-    out.extend(8u32.to_le_bytes());
-    string(&mut out, "llama");
-    string(&mut out, "tokenizer.ggml.scores");
-    out.extend(9u32.to_le_bytes());
-    out.extend(6u32.to_le_bytes());
-    out.extend(3u64.to_le_bytes());
-    out.extend([0u8; 12]);
-    if let Some(a) = alignment {
-        string(&mut out, "general.alignment");
-        out.extend(4u32.to_le_bytes());
-        out.extend(a.to_le_bytes());
-    }
-    let mut offset = 0u64;
-    let mut offsets = Vec::new();
-    for (name, kind, shape, bytes) in tensors {
-        string(&mut out, name);
-        out.extend((shape.len() as u32).to_le_bytes());
-        for d in shape {
-            out.extend(d.to_le_bytes());
-        }
-        out.extend(kind.to_le_bytes());
-        out.extend(offset.to_le_bytes());
-        offsets.push(offset);
-        offset = (offset + bytes.len() as u64).div_ceil(align) * align;
-    }
-    let data = (out.len() as u64).div_ceil(align) * align;
-    out.resize(data as usize, 0);
-    for ((_, _, _, bytes), at) in tensors.iter().zip(offsets) {
-        out.resize((data + at) as usize, 0);
-        out.extend(bytes);
-    }
     out
 }
 
@@ -560,7 +441,7 @@ fn crafted_files_are_errors_and_empty_tensors_are_skipped() {
     .unwrap();
     let m = Model::open(&path).unwrap();
     assert_eq!(m.tensors.len(), 3);
-    assert_eq!(m.block_tensors().len(), 2);
+    assert_eq!(m.pieces().0.len(), 2);
     let e = engine(4096);
     let r = run_model(&e, &m, &cfg(), &mut |_| {}, None).unwrap();
     assert_eq!(r.integrity.mismatches, 0);

@@ -11,7 +11,9 @@
 use std::fs::File;
 use std::path::Path;
 
-use super::{bad, Model, Tensor};
+use std::collections::HashMap;
+
+use super::{bad, Model, MoeConfig, Tensor};
 use crate::Result;
 
 /// Most dimensions of a tensor (GGML_MAX_DIMS).
@@ -57,6 +59,13 @@ fn type_layout(t: u32) -> Option<(&'static str, u64, u64)> {
     })
 }
 
+/// A metadata value the reader keeps.
+#[derive(Debug, Clone, PartialEq)]
+enum Meta {
+    Int(u64),
+    Str(String),
+}
+
 /// A bounded reader over the header.
 struct Cursor<'a> {
     buf: &'a [u8],
@@ -91,9 +100,9 @@ impl<'a> Cursor<'a> {
         let b = self.take(n)?;
         String::from_utf8(b.to_vec()).map_err(|_| "a string is not UTF-8".to_string())
     }
-    /// Skips a metadata value of `kind`, returning it when it is an integer (for
-    /// `general.alignment`).
-    fn value(&mut self, kind: u32, depth: u32) -> std::result::Result<Option<u64>, String> {
+    /// Reads a metadata value of `kind`: an integer or a string is returned (the alignment, the
+    /// architecture and the expert counts are read from them), anything else is skipped.
+    fn value(&mut self, kind: u32, depth: u32) -> std::result::Result<Option<Meta>, String> {
         let fixed = |k: u32| match k {
             0 | 1 | 7 => Some(1),
             2 | 3 => Some(2),
@@ -101,18 +110,19 @@ impl<'a> Cursor<'a> {
             10..=12 => Some(8),
             _ => None,
         };
+        let int = |v: u64| Ok(Some(Meta::Int(v)));
         match kind {
-            0 => Ok(Some(u64::from(self.take(1)?[0]))),
+            0 => int(u64::from(self.take(1)?[0])),
             2 => {
                 let b = self.take(2)?;
-                Ok(Some(u64::from(u16::from_le_bytes([b[0], b[1]]))))
+                int(u64::from(u16::from_le_bytes([b[0], b[1]])))
             }
-            4 => Ok(Some(u64::from(self.u32()?))),
-            10 => Ok(Some(self.u64()?)),
-            // Signed integers: only non-negative values are an alignment.
-            5 => Ok(u64::try_from(self.u32()? as i32).ok()),
-            11 => Ok(u64::try_from(self.u64()? as i64).ok()),
-            8 => self.string().map(|_| None),
+            4 => int(u64::from(self.u32()?)),
+            10 => int(self.u64()?),
+            // Signed integers: only non-negative values are a count or an alignment.
+            5 => Ok(u64::try_from(self.u32()? as i32).ok().map(Meta::Int)),
+            11 => Ok(u64::try_from(self.u64()? as i64).ok().map(Meta::Int)),
+            8 => self.string().map(|v| Some(Meta::Str(v))),
             9 => {
                 if depth >= MAX_NESTING {
                     return Err("metadata arrays nested too deep".into());
@@ -151,11 +161,13 @@ pub(super) fn open(path: &Path) -> Result<Model> {
     // SAFETY: a read-only private mapping of a file we just opened; see `safetensors_file.rs`
     // (a file truncated while mapped raises SIGBUS on the next read past its end).
     let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| bad(path, e))?;
-    let tensors = parse(&map).map_err(|e| bad(path, format!("not a valid GGUF file: {e}")))?;
+    let (tensors, moe) =
+        parse_all(&map).map_err(|e| bad(path, format!("not a valid GGUF file: {e}")))?;
     Ok(Model {
         path: path.to_path_buf(),
         format: "gguf",
         tensors,
+        moe,
         files: vec![(path.to_path_buf(), map)],
         order: None,
     })
@@ -163,6 +175,12 @@ pub(super) fn open(path: &Path) -> Result<Model> {
 
 /// The tensors of a GGUF file whose bytes are `buf`.
 pub(crate) fn parse(buf: &[u8]) -> std::result::Result<Vec<Tensor>, String> {
+    parse_all(buf).map(|(t, _)| t)
+}
+
+/// The tensors, and the routing its metadata gives (`<arch>.expert_count` and
+/// `<arch>.expert_used_count`, `<arch>` being `general.architecture`).
+fn parse_all(buf: &[u8]) -> std::result::Result<(Vec<Tensor>, Option<MoeConfig>), String> {
     let mut c = Cursor { buf, at: 0 };
     if c.take(4)? != b"GGUF" {
         return Err("bad magic (not \"GGUF\")".into());
@@ -181,14 +199,35 @@ pub(crate) fn parse(buf: &[u8]) -> std::result::Result<Vec<Tensor>, String> {
         ));
     }
     let mut alignment = 32u64;
+    let mut meta: HashMap<String, Meta> = HashMap::new();
     for _ in 0..n_kv {
         let key = c.string()?;
         let kind = c.u32()?;
         let v = c.value(kind, 0)?;
         if key == "general.alignment" {
-            alignment = v.ok_or("general.alignment is not an integer")?;
+            alignment = match v {
+                Some(Meta::Int(a)) => a,
+                _ => return Err("general.alignment is not an integer".into()),
+            };
+        } else if let Some(v) = v {
+            meta.insert(key, v);
         }
     }
+    let moe = match meta.get("general.architecture") {
+        Some(Meta::Str(arch)) => {
+            let count = |k: &str| match meta.get(&format!("{arch}.{k}")) {
+                Some(Meta::Int(n)) if *n > 0 => Some(*n),
+                _ => None,
+            };
+            let (experts, active) = (count("expert_count"), count("expert_used_count"));
+            (experts.is_some() || active.is_some()).then(|| MoeConfig {
+                experts,
+                active,
+                source: format!("GGUF metadata {arch}.expert_count, {arch}.expert_used_count"),
+            })
+        }
+        _ => None,
+    };
     if alignment == 0 || !alignment.is_power_of_two() {
         return Err(format!("alignment {alignment} is not a power of two"));
     }
@@ -260,5 +299,5 @@ pub(crate) fn parse(buf: &[u8]) -> std::result::Result<Vec<Tensor>, String> {
             return Err(format!("tensors {} and {} overlap", w[0].name, w[1].name));
         }
     }
-    Ok(tensors)
+    Ok((tensors, moe))
 }

@@ -24,16 +24,18 @@
 //! the tensors are sub-ranges of it ([`crate::Engine::alloc_in`]): CUDA refuses overlapping
 //! registrations, and tensors share pages.
 
+mod experts;
 mod gguf;
 mod order;
 mod safetensors_file;
 
 use std::path::{Path, PathBuf};
 
+pub use experts::{MoeConfig, Piece};
 pub use order::{execution_order, read_order, Step};
 
 use crate::block::{Policy, DEFAULT_PRIORITY};
-use crate::workload::{BlockDesc, DeviceModel, StepDesc, Workload};
+use crate::workload::{BlockDesc, Choose, DeviceModel, Expert, StepDesc, Workload};
 use crate::{Error, Result};
 
 /// One tensor of a model file.
@@ -63,6 +65,9 @@ pub struct Model {
     pub format: &'static str,
     /// The tensors, in file order (file by file, by offset).
     pub tensors: Vec<Tensor>,
+    /// The routing of a mixture-of-experts model, from `config.json` or the GGUF metadata
+    /// (`experts.rs`).
+    pub moe: Option<MoeConfig>,
     files: Vec<(PathBuf, memmap2::Mmap)>,
     /// Steps from an order file, overriding the names' order ([`Model::use_order_file`]).
     order: Option<Vec<Step>>,
@@ -90,10 +95,19 @@ impl Model {
                 .is_ok()
                 && &magic == b"GGUF");
         if is_gguf {
-            gguf::open(path)
-        } else {
-            safetensors_file::open(path)
+            return gguf::open(path);
         }
+        let mut m = safetensors_file::open(path)?;
+        // `config.json` sits in a Hugging Face directory, or beside a lone file.
+        let dir = if path.is_dir() {
+            Some(path)
+        } else {
+            path.parent()
+        };
+        if let Some(dir) = dir {
+            m.moe = experts::read_config_json(dir)?;
+        }
+        Ok(m)
     }
 
     /// The tensors a model file's bytes describe, read from memory: the header readers alone
@@ -133,44 +147,85 @@ impl Model {
         &map[tensor.offset as usize..(tensor.offset + tensor.bytes) as usize]
     }
 
-    /// The model as a workload: a block per tensor with bytes ([`Model::block_tensors`]: its
-    /// name and bytes), a step per step of [`Model::steps`] (the order file's, else
-    /// [`execution_order`]'s), each step's compute a roofline estimate for batch-1 decode on
+    /// The bytes of a block of [`Model::pieces`].
+    pub fn piece_data(&self, piece: &Piece) -> &[u8] {
+        // In range: a piece is its tensor or a slice of it.
+        &self.data(&self.tensors[piece.tensor])
+            [(piece.offset - self.tensors[piece.tensor].offset) as usize..][..piece.bytes as usize]
+    }
+
+    /// The model as a workload: a block per piece ([`Model::pieces`]: a tensor with bytes, or an
+    /// expert's slice of a packed one), a step per step of [`Model::steps`] (the order file's,
+    /// else [`execution_order`]'s), each step's compute a roofline estimate for batch-1 decode on
     /// [`DeviceModel::CONSUMER`] (2 FLOPs per parameter, its bytes read once; assumed figures,
-    /// not a measurement of this model).
+    /// not a measurement of this model). A step's routed experts, when the model says how many a
+    /// token uses, are a routed choice (`experts.rs`).
     pub fn workload(&self) -> Workload {
         self.workload_on(DeviceModel::CONSUMER, 1)
     }
 
     /// [`Model::workload`] with each step's compute estimated on `device` at `batch` tokens per
-    /// pass (2 FLOPs per parameter per token, the weights read once per pass).
+    /// pass (2 FLOPs per active parameter per token, the active weights read once per pass; of a
+    /// routed step's `n` experts, `min(k batch, n)` are active).
     pub fn workload_on(&self, device: DeviceModel, batch: u64) -> Workload {
-        let blocks = self
-            .block_tensors()
-            .into_iter()
-            .map(|i| BlockDesc {
-                name: self.tensors[i].name.clone(),
-                bytes: self.tensors[i].bytes,
+        let batch = batch.max(1);
+        let (pieces, of_tensor) = self.pieces();
+        let blocks = pieces
+            .iter()
+            .map(|p| BlockDesc {
+                name: p.name.clone(),
+                bytes: p.bytes,
                 priority: DEFAULT_PRIORITY,
                 policy: Policy::Auto,
                 mutable: false,
             })
             .collect();
+        let active_per_token = self.moe.as_ref().and_then(|m| m.active);
         let steps = self
             .steps()
             .into_iter()
             .filter_map(|s| {
-                let used: Vec<usize> = s
+                let used: Vec<&Piece> = s
                     .tensors
-                    .into_iter()
-                    .filter(|&i| self.tensors[i].bytes > 0)
+                    .iter()
+                    .flat_map(|&t| &of_tensor[t])
+                    .map(|&p| &pieces[p])
                     .collect();
-                let bytes: u64 = used.iter().map(|&i| self.tensors[i].bytes).sum();
-                let params: u64 = used.iter().map(|&i| self.tensors[i].elements).sum();
-                (!used.is_empty()).then(|| StepDesc {
-                    compute_s: device.time(2.0 * params as f64 * batch.max(1) as f64, bytes as f64),
-                    uses: used.iter().map(|&i| self.tensors[i].name.clone()).collect(),
-                    choose: None,
+                // The step's experts, in order of first appearance, each its pieces.
+                let mut experts: Vec<(&(String, u64), Vec<&Piece>)> = Vec::new();
+                for p in used.iter().filter(|p| p.expert.is_some()) {
+                    let key = p.expert.as_ref().expect("filtered");
+                    match experts.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, v)) => v.push(p),
+                        None => experts.push((key, vec![p])),
+                    }
+                }
+                let n = experts.len() as u64;
+                let active = active_per_token
+                    .filter(|_| n >= 2)
+                    .map(|k| (k * batch).min(n))
+                    .filter(|&a| a < n);
+                let routed = |p: &Piece| active.is_some() && p.expert.is_some();
+                let fixed: Vec<&Piece> = used.iter().copied().filter(|p| !routed(p)).collect();
+                // What a pass reads and computes: the fixed uses, and the drawn share of experts.
+                let share = active.map_or(0.0, |a| a as f64 / n as f64);
+                let (mut bytes, mut params) = (0.0, 0.0);
+                for p in &used {
+                    let w = if routed(p) { share } else { 1.0 };
+                    bytes += w * p.bytes as f64;
+                    params += w * p.elements as f64;
+                }
+                let choose = active.map(|k| Choose {
+                    k: k as u32,
+                    from: experts
+                        .iter()
+                        .map(|(_, ps)| Expert::Blocks(ps.iter().map(|p| p.name.clone()).collect()))
+                        .collect(),
+                });
+                (!fixed.is_empty() || choose.is_some()).then(|| StepDesc {
+                    compute_s: device.time(2.0 * params * batch as f64, bytes),
+                    uses: fixed.iter().map(|p| p.name.clone()).collect(),
+                    choose,
                 })
             })
             .collect();
@@ -186,14 +241,6 @@ impl Model {
             blocks,
             steps,
         }
-    }
-
-    /// The tensors that are blocks of [`Model::workload`], in its block order: every tensor
-    /// but the empty ones (a dimension of 0: no bytes to move, valid in both formats).
-    pub fn block_tensors(&self) -> Vec<usize> {
-        (0..self.tensors.len())
-            .filter(|&i| self.tensors[i].bytes > 0)
-            .collect()
     }
 
     /// The mapped files: (path, the whole mapping).

@@ -20,6 +20,7 @@ pub(super) fn open(path: &Path) -> Result<Model> {
             path: path.to_path_buf(),
             format: "safetensors",
             tensors,
+            moe: None,
             files: vec![(path.to_path_buf(), map)],
             order: None,
         });
@@ -163,6 +164,7 @@ fn sharded(dir: &Path, index: &Path) -> Result<Model> {
         path: dir.to_path_buf(),
         format: "safetensors",
         tensors,
+        moe: None,
         files,
         order: None,
     })
