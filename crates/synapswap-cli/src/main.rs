@@ -754,7 +754,7 @@ fn print_summary(r: &RunReport) {
     let simulated = r.backend == "simulator";
     if r.pageable_files > 0 {
         eprintln!(
-            "note: the device would not page-lock {} model file(s); they are copied from pageable memory (correct, slower)",
+            "note: the device would not page-lock {} model file(s); they are copied through the pinned staging ring (an extra host copy per chunk)",
             r.pageable_files
         );
     }

@@ -320,15 +320,15 @@ impl State {
     }
 
     /// The block's host address and the mapping it lies in.
-    fn host_of(&self, block: BlockId) -> (u64, u64) {
+    fn host_of(&self, block: BlockId) -> (u64, u64, bool) {
         Self::host_in(&self.hosts, block)
     }
 
     /// `host_of`, borrowing only the host copies.
-    fn host_in(hosts: &[Option<Box<dyn Memory>>], block: BlockId) -> (u64, u64) {
+    fn host_in(hosts: &[Option<Box<dyn Memory>>], block: BlockId) -> (u64, u64, bool) {
         hosts[block.index as usize]
             .as_ref()
-            .map(|m| (m.addr(), m.mapping()))
+            .map(|m| (m.addr(), m.mapping(), m.pageable()))
             .expect("a live block has a host copy")
     }
 
@@ -518,7 +518,8 @@ impl Engine {
             Ok(h) => h,
             // The buffer shares a page with one registered before (separate tensors packed in
             // one allocation): CUDA refuses to register it twice, so it is used as it is,
-            // pageable. Copies from it are correct, only slower (staged by the driver).
+            // pageable. Copies from it go through the transfer thread's pinned staging ring
+            // (`transfer/staging.rs`).
             Err(Error::AlreadyRegistered { .. }) => Box::new(Borrowed::new(ptr as u64, spec.size)),
             Err(e) => return Err(e),
         };
@@ -534,7 +535,8 @@ impl Engine {
     /// `read_only` lets CUDA register a read-only mapping (no mutable block can be cut from it).
     /// The registration ends when the last handle and the last block cut from it are gone. If the
     /// backend refuses to page-lock it (other than for an overlap, an error), the buffer is used
-    /// pageable: correct, slower, and [`HostBuffer::pinned`] is false.
+    /// pageable, its copies staged through the transfer thread's pinned ring
+    /// (`transfer/staging.rs`), and [`HostBuffer::pinned`] is false.
     ///
     /// # Safety
     /// The buffer must be a live host allocation of at least `len` bytes that stays valid until

@@ -150,6 +150,9 @@ impl Memory for SubRange {
     fn mapping(&self) -> u64 {
         self.reg.mem.addr()
     }
+    fn pageable(&self) -> bool {
+        !self.reg.pinned
+    }
 }
 
 /// The live registered buffers of one engine, by start address.

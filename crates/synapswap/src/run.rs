@@ -137,7 +137,7 @@ pub struct RunReport {
     pub peak_device_bytes: u64,
     /// Verification results of the whole run.
     pub integrity: Integrity,
-    /// Model files the device would not page-lock (used pageable: correct, slower; see
+    /// Model files the device would not page-lock (copied through the pinned staging ring; see
     /// [`crate::Engine::register_buffer`]); 0 for synthetic workloads.
     pub pageable_files: u64,
 }

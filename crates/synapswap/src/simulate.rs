@@ -436,7 +436,8 @@ impl VirtualRuntime {
     fn apply(&mut self, now: f64) {
         let hosts = &self.hosts;
         queue_commands(&mut self.planner, &mut self.queue, 0, |b| {
-            hosts[b.index as usize]
+            let (addr, mapping) = hosts[b.index as usize];
+            (addr, mapping, false)
         });
         self.fill(now);
     }

@@ -33,10 +33,12 @@
 //! Cost: O(log jobs) per push, chunk, completion and lookup by block.
 
 pub(crate) mod copy_loop;
+mod staging;
 
 use std::collections::{BTreeSet, HashMap};
 
 pub(crate) use copy_loop::{queue_commands, report, CopyLoop, Link};
+use staging::StagingRing;
 
 use crate::backend::{Backend, Direction, Segment, Ticket};
 use crate::engine::{poll_fences, Shared, State};
@@ -53,6 +55,8 @@ pub(crate) struct Job {
     pub demand: bool,
     /// The host allocation the bytes live in: only jobs of one mapping are merged.
     mapping: u64,
+    /// Its host bytes are pageable: copied through the staging ring (`staging.rs`).
+    staged: bool,
     seq: u64,
     submitted: u64,
     completed: u64,
@@ -116,6 +120,8 @@ pub(crate) struct Chunk {
     pub dir: Direction,
     pub segments: Vec<Segment>,
     pub len: u64,
+    /// Its host bytes are pageable: the link copies them through its staging ring.
+    pub staged: bool,
     /// (job seq, bytes) in queue order.
     parts: Vec<(u64, u64)>,
 }
@@ -153,7 +159,7 @@ impl TransferQueue {
         device: u64,
         len: u64,
         demand: bool,
-        mapping: u64,
+        (mapping, staged): (u64, bool),
     ) {
         self.seq += 1;
         let job = Job {
@@ -164,6 +170,7 @@ impl TransferQueue {
             len,
             demand,
             mapping,
+            staged,
             seq: self.seq,
             submitted: 0,
             completed: 0,
@@ -265,13 +272,14 @@ impl TransferQueue {
                 len: 0,
             }],
             len: 0,
+            staged: j.staged,
             parts: Vec::new(),
         };
         self.take(seq, chunk_bytes, &mut c);
         while c.len < chunk_bytes {
             let Some(next) = self.first(pick) else { break };
             let j = &self.jobs[&next];
-            if j.dir != c.dir {
+            if j.dir != c.dir || j.staged != c.staged {
                 break;
             }
             let last = c.segments[c.segments.len() - 1];
@@ -412,8 +420,14 @@ impl Job {
     }
 }
 
-/// The runtime's [`Link`]: the backend's copy queue, on the real clock.
-struct BackendLink<'a>(&'a dyn Backend);
+/// The runtime's [`Link`]: the backend's copy queue, on the real clock, with the staging ring
+/// for chunks of pageable host bytes (`staging.rs`).
+struct BackendLink<'a> {
+    backend: &'a dyn Backend,
+    staging: StagingRing,
+    /// Bytes of a staging slot: the chunk size.
+    slot_bytes: u64,
+}
 
 impl Link for BackendLink<'_> {
     type Time = Instant;
@@ -423,20 +437,33 @@ impl Link for BackendLink<'_> {
     }
 
     unsafe fn submit(&mut self, c: &Chunk) -> Result<Ticket, Error> {
+        if c.staged {
+            // SAFETY: the caller's contract ([`Link::submit`]) is the ring's: the ranges stay
+            // valid and untouched until `wait` returned for the ticket (which frees the slot).
+            let staged = unsafe {
+                self.staging
+                    .submit(self.backend, c.dir, &c.segments, self.slot_bytes)
+            };
+            if let Some(r) = staged {
+                return r;
+            }
+        }
         // SAFETY: the caller's contract ([`Link::submit`]) is the backend's: the ranges stay
         // valid and untouched until `wait` returned for the ticket.
         unsafe {
             match c.segments[..] {
-                [s] => self
-                    .0
-                    .submit(c.dir, s.host as usize as *mut u8, s.device, s.len as usize),
-                _ => self.0.submit_batch(c.dir, &c.segments),
+                [s] => {
+                    self.backend
+                        .submit(c.dir, s.host as usize as *mut u8, s.device, s.len as usize)
+                }
+                _ => self.backend.submit_batch(c.dir, &c.segments),
             }
         }
     }
 
     fn wait(&mut self, ticket: Ticket) -> (Result<(), Error>, Instant) {
-        let r = self.0.wait(ticket);
+        let r = self.backend.wait(ticket);
+        self.staging.completed(ticket, r.is_ok());
         (r, Instant::now())
     }
 }
@@ -454,7 +481,11 @@ const POLL: std::time::Duration = std::time::Duration::from_micros(20);
 
 pub(crate) fn transfer_thread(shared: Arc<Shared>) {
     let backend = shared.backend.clone();
-    let mut link = BackendLink(backend.as_ref());
+    let mut link = BackendLink {
+        backend: backend.as_ref(),
+        staging: StagingRing::default(),
+        slot_bytes: shared.chunk_bytes,
+    };
     let mut copies = CopyLoop::new(
         shared.pipeline_depth,
         shared.chunk_bytes,
@@ -616,11 +647,11 @@ mod tests {
         let mut q = TransferQueue::default();
         // Three blocks end to end in mapping 7 and on the device, then one in another mapping,
         // then one with a gap on the device: one segment each for the last two, in one batch.
-        q.push(id(0), H2D, 1000, 0, 100, false, 7);
-        q.push(id(1), H2D, 1100, 100, 100, false, 7);
-        q.push(id(2), H2D, 1200, 200, 50, false, 7);
-        q.push(id(3), H2D, 1250, 250, 50, false, 8);
-        q.push(id(4), H2D, 1300, 356, 50, false, 8);
+        q.push(id(0), H2D, 1000, 0, 100, false, (7, false));
+        q.push(id(1), H2D, 1100, 100, 100, false, (7, false));
+        q.push(id(2), H2D, 1200, 200, 50, false, (7, false));
+        q.push(id(3), H2D, 1250, 250, 50, false, (8, false));
+        q.push(id(4), H2D, 1300, 356, 50, false, (8, false));
         let c = q.next_chunk(1 << 20, Pick::Any).unwrap();
         let seg = |host, device, len| Segment { host, device, len };
         assert_eq!(
@@ -650,15 +681,15 @@ mod tests {
                 u64::from(i) * 1000,
                 10,
                 false,
-                0,
+                (0, false),
             );
         }
         let c = q.next_chunk(1 << 20, Pick::Any).unwrap();
         assert_eq!(c.segments.len(), MAX_SEGMENTS);
         let c = q.next_chunk(1 << 20, Pick::Any).unwrap();
         assert_eq!(c.segments.len(), 1);
-        q.push(id(100), H2D, 0, 0, 10, true, 0);
-        q.push(id(101), H2D, 5000, 5000, 10, false, 0);
+        q.push(id(100), H2D, 0, 0, 10, true, (0, false));
+        q.push(id(101), H2D, 5000, 5000, 10, false, (0, false));
         let c = q.next_chunk(1 << 20, Pick::Any).unwrap();
         assert_eq!(
             (c.host(), c.segments.len()),
@@ -670,7 +701,7 @@ mod tests {
         let big = BATCH_BYTES * 3 / 5;
         for i in 0..3u32 {
             let at = u64::from(i) * 2 * big;
-            q.push(id(200 + i), H2D, at, at, big, false, 0);
+            q.push(id(200 + i), H2D, at, at, big, false, (0, false));
         }
         let c = q.next_chunk(8 << 20, Pick::Any).unwrap();
         assert_eq!(
@@ -685,10 +716,10 @@ mod tests {
     #[test]
     fn a_merged_chunk_stops_at_the_chunk_size_and_never_reorders() {
         let mut q = TransferQueue::default();
-        q.push(id(0), H2D, 0, 0, 100, false, 0);
-        q.push(id(1), H2D, 100, 100, 100, false, 0);
+        q.push(id(0), H2D, 0, 0, 100, false, (0, false));
+        q.push(id(1), H2D, 100, 100, 100, false, (0, false));
         // A demand load elsewhere ranks first; the adjacent prefetches follow it only in order.
-        q.push(id(2), H2D, 5000, 5000, 10, true, 0);
+        q.push(id(2), H2D, 5000, 5000, 10, true, (0, false));
         let c = q.next_chunk(150, Pick::Any).unwrap();
         assert_eq!(
             (c.host(), c.len),
@@ -715,8 +746,8 @@ mod tests {
     #[test]
     fn expedite_and_eager_re_rank_a_queued_load() {
         let mut q = TransferQueue::default();
-        q.push(id(0), H2D, 0, 0, 100, false, 0);
-        q.push(id(1), H2D, 9000, 9000, 100, false, 0);
+        q.push(id(0), H2D, 0, 0, 100, false, (0, false));
+        q.push(id(1), H2D, 9000, 9000, 100, false, (0, false));
         q.make_eager(id(1));
         let c = q.next_chunk(1 << 20, Pick::Eager).unwrap();
         assert_eq!(c.host(), 9000);

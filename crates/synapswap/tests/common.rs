@@ -65,6 +65,10 @@ pub trait Hooks: Send + Sync + std::fmt::Debug {
         let _ = segments;
         Ok(())
     }
+    /// Sees the host range of every copy submitted (each segment of a batch).
+    fn host_range(&self, dir: Direction, host: u64, len: u64) {
+        let _ = (dir, host, len);
+    }
     /// After the sim's wait succeeded.
     fn wait(&self) -> Result<()> {
         Ok(())
@@ -123,11 +127,15 @@ impl<H: Hooks> Backend for Hooked<H> {
         len: usize,
     ) -> Result<Ticket> {
         self.hooks.submit()?;
+        self.hooks.host_range(dir, host as u64, len as u64);
         // SAFETY: forwarded from the caller's contract.
         unsafe { self.inner.submit(dir, host, device, len) }
     }
     unsafe fn submit_batch(&self, dir: Direction, segments: &[Segment]) -> Result<Ticket> {
         self.hooks.batch(segments.len())?;
+        for s in segments {
+            self.hooks.host_range(dir, s.host, s.len);
+        }
         // SAFETY: forwarded from the caller's contract.
         unsafe { self.inner.submit_batch(dir, segments) }
     }

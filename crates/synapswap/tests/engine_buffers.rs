@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::{Hooked, Hooks, KIB};
+use synapswap::backend::Direction;
 use synapswap::{pattern, BlockId, BlockSpec, Engine, Error, Result};
 
 #[derive(Debug, Default)]
@@ -224,6 +225,90 @@ fn a_buffer_the_device_will_not_page_lock_is_used_pageable() {
         }
     }
     engine.shutdown();
+}
+
+/// Refuses every registration and records the host range of every copy.
+#[derive(Debug, Default)]
+struct RefuseAndWatch {
+    ranges: std::sync::Mutex<Vec<(Direction, u64, u64)>>,
+}
+
+impl Hooks for RefuseAndWatch {
+    fn register_host(&self) -> Result<()> {
+        Refuse.register_host()
+    }
+    fn host_range(&self, dir: Direction, host: u64, len: u64) {
+        self.ranges.lock().unwrap().push((dir, host, len));
+    }
+}
+
+/// A pageable buffer's copies go through the staging ring: no copy reads or writes the buffer
+/// itself (on CUDA such a copy would be staged by the driver, synchronously), every byte of every
+/// load is right, and a mutable block's write-back still lands in the buffer.
+#[test]
+fn a_pageable_buffer_is_copied_through_the_staging_ring() {
+    let mut buf = vec![0u8; 64 * KIB as usize];
+    pattern::fill(pattern::seed(11), 0, &mut buf);
+    let (start, end) = (buf.as_ptr() as u64, buf.as_ptr() as u64 + buf.len() as u64);
+    let backend = Arc::new(Hooked::unpaced(RefuseAndWatch::default()));
+    let engine = Engine::builder()
+        .budget(16 * KIB)
+        .backend(backend.clone())
+        .build()
+        .unwrap();
+    // SAFETY: `buf` outlives the engine (shut down below); it is read only after that.
+    let buffer =
+        unsafe { engine.register_buffer(buf.as_mut_ptr(), buf.len() as u64, false) }.unwrap();
+    assert!(!buffer.pinned());
+    let ids: Vec<BlockId> = (0..7)
+        .map(|i| {
+            engine
+                .alloc_in(&buffer, i * 8 * KIB, BlockSpec::new(8 * KIB))
+                .unwrap()
+        })
+        .collect();
+    let written = engine
+        .alloc_in(&buffer, 56 * KIB, BlockSpec::new(8 * KIB).mutable(true))
+        .unwrap();
+    for pass in 0..2 {
+        for (i, &id) in ids.iter().enumerate() {
+            let g = engine.wait(id).unwrap();
+            assert!(pattern::verify(
+                pattern::seed(11),
+                i as u64 * 8 * KIB,
+                g.as_slice().unwrap()
+            ));
+        }
+        let g = engine.wait(written).unwrap();
+        if pass == 1 {
+            // Evicted since (the budget holds two blocks): it came back from the buffer.
+            let mut back = vec![0u8; 8 * 1024];
+            g.read_device(0, &mut back).unwrap();
+            assert!(back.iter().all(|&b| b == 7), "written back");
+        }
+        g.write_device(0, &[7u8; 8 * 1024]).unwrap();
+    }
+    engine.shutdown();
+    assert!(
+        buf[56 * 1024..].iter().all(|&b| b == 7),
+        "written back in place"
+    );
+    let ranges = backend.hooks.ranges.lock().unwrap();
+    let (mut loads, mut writebacks) = (0, 0);
+    for &(dir, host, len) in ranges.iter() {
+        assert!(
+            host + len <= start || host >= end,
+            "a {dir:?} copy of {len} bytes at {host:#x} used the pageable buffer itself"
+        );
+        match dir {
+            Direction::HostToDevice => loads += 1,
+            Direction::DeviceToHost => writebacks += 1,
+        }
+    }
+    assert!(
+        loads >= 8 && writebacks >= 1,
+        "{loads} loads, {writebacks} write-backs"
+    );
 }
 
 /// A handle that outlives its engine cannot be used with a later one, even one whose state

@@ -48,6 +48,12 @@ pub trait Memory: Send + Sync + fmt::Debug {
     fn mapping(&self) -> u64 {
         self.addr()
     }
+    /// Host memory the device could not page-lock (its registration was refused): a copy from
+    /// it would be staged by the driver, synchronously, so the transfer thread stages it through
+    /// its own pinned ring instead (`transfer/staging.rs`).
+    fn pageable(&self) -> bool {
+        false
+    }
 }
 
 /// Direction of a copy.
@@ -69,11 +75,17 @@ pub struct Ticket(pub u64);
 pub(crate) struct Borrowed {
     addr: u64,
     len: u64,
+    pageable: bool,
 }
 
 impl Borrowed {
+    /// A caller's buffer the backend refused to register: used pageable.
     pub(crate) fn new(addr: u64, len: u64) -> Borrowed {
-        Borrowed { addr, len }
+        Borrowed {
+            addr,
+            len,
+            pageable: true,
+        }
     }
 }
 
@@ -83,6 +95,9 @@ impl Memory for Borrowed {
     }
     fn len(&self) -> u64 {
         self.len
+    }
+    fn pageable(&self) -> bool {
+        self.pageable
     }
 }
 
@@ -195,9 +210,11 @@ pub trait Backend: Send + Sync + fmt::Debug {
         read_only: bool,
     ) -> Result<Box<dyn Memory>> {
         let _ = read_only;
+        // A backend with no page-locking copies from any host memory alike.
         Ok(Box::new(Borrowed {
             addr: ptr as u64,
             len,
+            pageable: false,
         }))
     }
     /// Makes the consumer's `stream` wait (on the device, not the host) until the copy with

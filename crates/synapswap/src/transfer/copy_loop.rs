@@ -272,13 +272,14 @@ impl<M: Moment> CopyLoop<M> {
 }
 
 /// Turns the planner's commands into jobs on `queue`: a block's device bytes are at
-/// `device_base` plus its pool offset, its host bytes at `host_of(block)` (address, mapping).
+/// `device_base` plus its pool offset, its host bytes at `host_of(block)` (address, mapping,
+/// whether it is pageable: [`crate::backend::Memory::pageable`]).
 /// Returns whether a copy was queued.
 pub(crate) fn queue_commands(
     planner: &mut Planner,
     queue: &mut TransferQueue,
     device_base: u64,
-    host_of: impl Fn(BlockId) -> (u64, u64),
+    host_of: impl Fn(BlockId) -> (u64, u64, bool),
 ) -> bool {
     let mut queued = false;
     while let Some(c) = planner.poll_command() {
@@ -300,7 +301,7 @@ pub(crate) fn queue_commands(
             }
             Command::Evict { .. } => continue,
         };
-        let (host, mapping) = host_of(block);
+        let (host, mapping, pageable) = host_of(block);
         queue.push(
             block,
             dir,
@@ -308,7 +309,7 @@ pub(crate) fn queue_commands(
             device_base + offset,
             size,
             demand,
-            mapping,
+            (mapping, pageable),
         );
         queued = true;
     }
@@ -374,7 +375,15 @@ mod tests {
                 // a chunk (so each is a chunk of its own: neither merged nor batched).
                 let b = planner.add_block(crate::BlockSpec::new(100).name(name));
                 let at = i as u64 * 4096;
-                q.push(b.unwrap(), Direction::HostToDevice, at, at, 100, false, 0);
+                q.push(
+                    b.unwrap(),
+                    Direction::HostToDevice,
+                    at,
+                    at,
+                    100,
+                    false,
+                    (0, false),
+                );
             }
             let mut link = Fake {
                 now: 0.5,
@@ -435,9 +444,11 @@ mod tests {
         planner.declare(0, b).unwrap();
         planner.hint(0, 0.0);
         let mut q = TransferQueue::default();
-        assert!(queue_commands(&mut planner, &mut q, 1 << 40, |_| (777, 3)));
+        assert!(queue_commands(&mut planner, &mut q, 1 << 40, |_| (
+            777, 3, false
+        )));
         let c = q.next_chunk(1 << 20, Pick::Any).unwrap();
         assert_eq!((c.host(), c.device() >> 40, c.len), (777, 1, 4096));
-        assert!(!queue_commands(&mut planner, &mut q, 0, |_| (0, 0)));
+        assert!(!queue_commands(&mut planner, &mut q, 0, |_| (0, 0, false)));
     }
 }
