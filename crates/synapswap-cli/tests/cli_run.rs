@@ -1,5 +1,8 @@
 //! The `synapswap` binary: `run --json` keys and invariants, and clear errors with exit code 2.
 
+#[path = "../../synapswap/tests/model_writer/mod.rs"]
+mod model_writer;
+
 use std::process::Command;
 
 fn synapswap(args: &[&str]) -> std::process::Output {
@@ -298,26 +301,22 @@ fn tiny_model_in(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     (dir, path)
 }
 
-/// A safetensors file: 8 tensors of 16 KiB + 8 bytes header, Llama-named, one layer each.
+/// A safetensors file: 8 tensors of 16 KiB, Llama-named, one layer each.
 fn tiny_model(path: &std::path::Path) {
-    let mut header = serde_json::Map::new();
-    let mut data = Vec::new();
-    for l in 0..8u8 {
-        let start = data.len();
-        data.extend((0..16384u32).map(|i| (i as u8) ^ l.wrapping_mul(37)));
-        header.insert(
-            format!("model.layers.{l}.mlp.up_proj.weight"),
-            serde_json::json!({"dtype": "F16", "shape": [8192], "data_offsets": [start, data.len()]}),
-        );
-    }
-    let mut h = serde_json::to_vec(&header).unwrap();
-    while h.len() % 8 != 0 {
-        h.push(b' ');
-    }
-    let mut out = (h.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(&h);
-    out.extend_from_slice(&data);
-    std::fs::write(path, out).unwrap();
+    let tensors: Vec<(String, &str, Vec<u64>, Vec<u8>)> = (0..8u8)
+        .map(|l| {
+            let data = (0..16384u32)
+                .map(|i| (i as u8) ^ l.wrapping_mul(37))
+                .collect();
+            (
+                format!("model.layers.{l}.mlp.up_proj.weight"),
+                "F16",
+                vec![8192],
+                data,
+            )
+        })
+        .collect();
+    model_writer::write(path, &tensors);
 }
 
 #[test]
