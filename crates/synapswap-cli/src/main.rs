@@ -307,6 +307,15 @@ struct RunArgs {
     /// Copies kept queued on the device's copy engine at once [default: the backend's].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=16))]
     pipeline_depth: Option<u64>,
+    /// With --model: bytes of the model's file pages the RAM tier keeps cached [default: half
+    /// the host memory available after the arena]; the rest of a file larger than that is read
+    /// from the disk each pass, ahead of its copy.
+    #[arg(long, requires = "model", value_parser = size_arg)]
+    ram_cap: Option<u64>,
+    /// With --model: leave the file's pages to the kernel's page cache (no RAM tier: no
+    /// read-ahead, nothing dropped), for comparison.
+    #[arg(long, requires = "model")]
+    no_ram_tier: bool,
     /// Device backend.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
@@ -482,6 +491,12 @@ fn cmd_run(args: RunArgs) -> Result<(), (u8, String)> {
         .backend(backend)
         .chunk_bytes(args.chunk)
         .trace(args.trace.is_some());
+    if let Some(c) = args.ram_cap {
+        builder = builder.ram_cap(c);
+    }
+    if args.no_ram_tier {
+        builder = builder.ram_tier(false);
+    }
     if let Some(d) = args.pipeline_depth {
         builder = builder.pipeline_depth(d as usize);
     }
@@ -810,6 +825,16 @@ fn print_summary(r: &RunReport) {
             format_bytes(r.integrity.verified_bytes),
             r.integrity.reloaded_after_writeback,
             r.integrity.mismatches
+        );
+    }
+    if let Some(h) = &r.host_tier {
+        println!(
+            "  RAM tier: {} of the files kept cached (cap {}), page cache hit {:.1}%, {} read from the disk ({} cold)",
+            format_bytes(h.cached_bytes),
+            format_bytes(h.cap_bytes),
+            100.0 * h.page_cache_hit_rate,
+            format_bytes(h.disk_bytes_read),
+            format_bandwidth(h.disk_bytes_per_s)
         );
     }
 }

@@ -26,10 +26,11 @@ use crate::backend::{
 use crate::host_buffer::{Buffers, HostBuffer};
 use crate::host_tier::HostTier;
 use crate::planner::{Acquire, Planner, PlannerConfig};
+use crate::ram_tier::{PageCacheCounts, RamTier};
 use crate::sync::{self, Arc, Condvar, Instant, Mutex, MutexGuard};
 use crate::trace::Trace;
 use crate::transfer::{queue_commands, transfer_thread, LoadTicket, TransferQueue};
-use crate::{BlockId, BlockSpec, Error, Residency, Result, Stats};
+use crate::{BlockId, BlockSpec, Error, RamTierStats, Residency, Result, Stats};
 
 /// The consumer stream that [`Engine::wait`], [`Engine::acquire`] and [`Engine::unacquire`] order
 /// releases after: the default (legacy) stream, `0`.
@@ -50,6 +51,8 @@ pub struct EngineBuilder {
     lookahead_s: Option<f64>,
     pipeline_depth: Option<usize>,
     trace: bool,
+    ram_cap: Option<u64>,
+    ram_tier: bool,
 }
 
 impl EngineBuilder {
@@ -84,6 +87,21 @@ impl EngineBuilder {
         self
     }
 
+    /// Bytes of file-backed blocks the RAM tier keeps cached (`ram_tier.rs`). Default: half the
+    /// host memory available when the engine is built (after its arena).
+    pub fn ram_cap(mut self, bytes: u64) -> Self {
+        self.ram_cap = Some(bytes);
+        self
+    }
+
+    /// Turns the RAM tier on (default) or off: off, a mapping registered with
+    /// [`Engine::register_mapping`] is an ordinary read-only buffer, its pages left to the
+    /// kernel's page cache.
+    pub fn ram_tier(mut self, on: bool) -> Self {
+        self.ram_tier = on;
+        self
+    }
+
     /// Records every copy on a timeline (see [`Engine::take_trace`]). Off by default.
     pub fn trace(mut self, on: bool) -> Self {
         self.trace = on;
@@ -115,6 +133,9 @@ impl EngineBuilder {
             .pipeline_depth
             .unwrap_or_else(|| backend.pipeline_depth())
             .max(1);
+        let ram_cap = self
+            .ram_cap
+            .unwrap_or_else(|| crate::os::available_memory().map_or(0, |a| a.bytes / 2));
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 planner,
@@ -128,6 +149,7 @@ impl EngineBuilder {
                 lost: None,
                 external: Vec::new(),
                 stream_waits: Vec::new(),
+                ram: RamTier::new(ram_cap, self.ram_tier),
             }),
             io: Mutex::new(()),
             ready: Condvar::new(),
@@ -145,6 +167,7 @@ impl EngineBuilder {
             chunk_bytes: self.chunk_bytes,
             pipeline_depth: depth,
             epoch: Instant::now(),
+            page_cache: StdArc::new(PageCacheCounts::default()),
         });
         let s = shared.clone();
         let thread = sync::thread::spawn("synapswap-transfer", move || transfer_thread(s))
@@ -182,6 +205,8 @@ pub(crate) struct Shared {
     pub chunk_bytes: u64,
     pub pipeline_depth: usize,
     pub epoch: Instant,
+    /// Pages of file-backed loads found in RAM when queued (`ram_tier.rs`).
+    pub page_cache: StdArc<PageCacheCounts>,
 }
 
 pub(crate) struct State {
@@ -204,6 +229,8 @@ pub(crate) struct State {
     /// Blocks whose load a consumer's stream waits on (`acquire_on_stream` of a block in
     /// flight): if that load fails, the work queued behind it ran on bytes that never came.
     pub stream_waits: Vec<BlockId>,
+    /// What stays in RAM of the file-backed blocks (`ram_tier.rs`).
+    pub ram: RamTier,
 }
 
 /// Whether the work before `fence` has run; `None` when the query failed for now (ask again,
@@ -249,10 +276,19 @@ pub(crate) fn poll_fences<'a>(
 }
 
 impl State {
-    /// Turns the planner's commands into copy jobs.
+    /// Turns the planner's commands into copy jobs (and a file-backed load into read-ahead).
     pub fn apply_commands(&mut self, shared: &Shared) {
-        let hosts = &self.hosts;
-        let host_of = |block: BlockId| Self::host_in(hosts, block);
+        self.ram.refresh(&self.planner);
+        let (hosts, ram) = (&self.hosts, &mut self.ram);
+        let host_of = |block: BlockId, dir: Direction| {
+            let host = Self::host_in(hosts, block);
+            if dir == Direction::HostToDevice {
+                if let Some(Some(m)) = hosts.get(block.index as usize) {
+                    ram.queued(block, host.0, m.len());
+                }
+            }
+            host
+        };
         if queue_commands(&mut self.planner, &mut self.queue, self.arena_base, host_of) {
             shared.work.notify_one();
         }
@@ -373,6 +409,8 @@ impl Engine {
             lookahead_s: None,
             pipeline_depth: None,
             trace: false,
+            ram_cap: None,
+            ram_tier: true,
         }
     }
 
@@ -475,6 +513,8 @@ impl Engine {
             st.hosts.resize_with(i + 1, || None);
             st.external.resize(i + 1, false);
         }
+        st.ram
+            .add(id.index, host.file_backed(), host.addr(), host.len());
         st.hosts[i] = Some(host);
         st.external[i] = external;
         Ok(id)
@@ -549,6 +589,48 @@ impl Engine {
         len: u64,
         read_only: bool,
     ) -> Result<HostBuffer> {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { self.register(ptr, len, read_only, false, true) }
+    }
+
+    /// Registers a read-only memory-mapped file, `ptr..ptr+len`, for blocks cut from it as from
+    /// [`Engine::register_buffer`]; its blocks are also in the RAM tier (`ram_tier.rs`): the
+    /// ones the plan does not keep in RAM are read ahead before their copy and dropped from RAM
+    /// after it, so a model file larger than RAM runs from the disk at its speed. A mapping
+    /// larger than the RAM tier's cap ([`EngineBuilder::ram_cap`]) is not page-locked (that
+    /// would hold all of it in RAM): its copies go through the pinned staging ring
+    /// (`transfer/staging.rs`).
+    ///
+    /// # Safety
+    /// As [`Engine::register_buffer`]; the mapping must be read-only.
+    pub unsafe fn register_mapping(&self, ptr: *mut u8, len: u64) -> Result<HostBuffer> {
+        let (on, cap, advised) = {
+            let st = self.lock_live()?;
+            (st.ram.on(), st.ram.cap(), st.ram.has_advisor())
+        };
+        if !advised {
+            // Without the thread (it could not start) the transfer thread gives the advice.
+            if let Ok(tx) = crate::ram_tier::start_advisor(self.shared.page_cache.clone()) {
+                self.lock().ram.set_advisor(tx);
+            }
+        }
+        // SAFETY: forwarded from this function's contract.
+        unsafe { self.register(ptr, len, true, true, !on || len <= cap) }
+    }
+
+    /// [`Engine::register_buffer`] and [`Engine::register_mapping`]: `lock` asks the backend to
+    /// page-lock the buffer (else it is used pageable).
+    ///
+    /// # Safety
+    /// As [`Engine::register_buffer`].
+    unsafe fn register(
+        &self,
+        ptr: *mut u8,
+        len: u64,
+        read_only: bool,
+        file_backed: bool,
+        lock: bool,
+    ) -> Result<HostBuffer> {
         if ptr.is_null() {
             return Err(Error::Backend("a NULL host buffer".into()));
         }
@@ -564,19 +646,25 @@ impl Engine {
                 len,
             });
         }
-        // SAFETY: forwarded from this function's contract.
-        let (mem, pinned): (Box<dyn Memory>, bool) =
-            match unsafe { self.shared.backend.register_host(ptr, len, read_only) } {
-                Ok(m) => (m, true),
-                // Overlapping an existing registration is the caller's mistake; a lost device is
-                // final.
-                Err(e @ (Error::AlreadyRegistered { .. } | Error::DeviceLost(_))) => return Err(e),
-                // Refused otherwise (read-only registration unsupported by the driver, the
-                // page-lock limit): the buffer is used pageable, which is correct but slower
-                // (the driver stages each copy); `HostBuffer::pinned` says so.
-                Err(_) => (Box::new(Borrowed::new(ptr as u64, len)), false),
-            };
-        let buffer = HostBuffer::new(mem, read_only, pinned, self.id());
+        let registered = if lock {
+            // SAFETY: forwarded from this function's contract.
+            unsafe { self.shared.backend.register_host(ptr, len, read_only) }
+        } else {
+            Err(Error::Backend(
+                "not page-locked: larger than the RAM tier's cap".into(),
+            ))
+        };
+        let (mem, pinned): (Box<dyn Memory>, bool) = match registered {
+            Ok(m) => (m, true),
+            // Overlapping an existing registration is the caller's mistake; a lost device is
+            // final.
+            Err(e @ (Error::AlreadyRegistered { .. } | Error::DeviceLost(_))) => return Err(e),
+            // Refused otherwise (read-only registration unsupported by the driver, the
+            // page-lock limit): the buffer is used pageable, which is correct but slower
+            // (the driver stages each copy); `HostBuffer::pinned` says so.
+            Err(_) => (Box::new(Borrowed::new(ptr as u64, len)), false),
+        };
+        let buffer = HostBuffer::new(mem, read_only, pinned, file_backed, self.id());
         self.shared.buffers.add(&buffer);
         Ok(buffer)
     }
@@ -608,6 +696,7 @@ impl Engine {
             *n = 0;
         }
         let host = st.hosts[id.index as usize].take();
+        st.ram.remove(id.index);
         st.apply_commands(&self.shared);
         drop(st);
         drop(host);
@@ -1041,6 +1130,29 @@ impl Engine {
         self.lock().planner.stats()
     }
 
+    /// Whether the keep plan in force keeps `id` resident on the device for good (else it
+    /// streams).
+    pub fn is_kept(&self, id: BlockId) -> Result<bool> {
+        self.lock().planner.is_kept(id)
+    }
+
+    /// The RAM tier over file-backed blocks ([`Engine::register_mapping`]).
+    pub fn ram_tier(&self) -> RamTierStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let cached_bytes = {
+            let mut st = self.lock();
+            let State { ram, planner, .. } = &mut *st;
+            ram.refresh(planner);
+            ram.cached_bytes()
+        };
+        RamTierStats {
+            cap_bytes: self.lock().ram.cap(),
+            cached_bytes,
+            pages_checked: self.shared.page_cache.checked.load(Relaxed),
+            pages_resident: self.shared.page_cache.resident.load(Relaxed),
+        }
+    }
+
     /// Whether [`Engine::shutdown`] was called.
     pub fn is_shut_down(&self) -> bool {
         self.lock().shutdown
@@ -1054,6 +1166,7 @@ impl Engine {
         {
             let mut st = self.lock();
             st.shutdown = true;
+            st.ram.close();
         }
         self.shared.ready.notify_all();
         self.shared.work.notify_all();

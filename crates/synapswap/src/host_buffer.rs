@@ -28,6 +28,8 @@ struct Registration {
     read_only: bool,
     /// Page-locked with the device (else used pageable: the backend refused).
     pinned: bool,
+    /// A file mapping (its blocks are in the RAM tier).
+    file_backed: bool,
     /// The engine that registered it (its process-unique id).
     engine: usize,
 }
@@ -55,6 +57,7 @@ impl HostBuffer {
         mem: Box<dyn Memory>,
         read_only: bool,
         pinned: bool,
+        file_backed: bool,
         engine: usize,
     ) -> HostBuffer {
         HostBuffer {
@@ -62,6 +65,7 @@ impl HostBuffer {
                 mem,
                 read_only,
                 pinned,
+                file_backed,
                 engine,
             }),
         }
@@ -152,6 +156,9 @@ impl Memory for SubRange {
     }
     fn pageable(&self) -> bool {
         !self.reg.pinned
+    }
+    fn file_backed(&self) -> bool {
+        self.reg.file_backed
     }
 }
 

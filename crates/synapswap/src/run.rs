@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::model::Model;
+use crate::page_cache;
 use crate::trace::{Trace, Track};
 use crate::workload::{Resolved, Workload};
 use crate::{
@@ -140,6 +141,26 @@ pub struct RunReport {
     /// Model files the device would not page-lock (copied through the pinned staging ring; see
     /// [`crate::Engine::register_buffer`]); 0 for synthetic workloads.
     pub pageable_files: u64,
+    /// `run --model`: the RAM tier over the model's files (`ram_tier.rs`); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_tier: Option<HostTierReport>,
+}
+
+/// The RAM tier of a model run, over the timed passes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostTierReport {
+    /// Bytes of file-backed blocks it may keep cached.
+    pub cap_bytes: u64,
+    /// Bytes the plan keeps cached in RAM.
+    pub cached_bytes: u64,
+    /// Of the pages of the loads queued, the share already in RAM when queued (before their
+    /// read-ahead); 1 when every load was found in the page cache.
+    pub page_cache_hit_rate: f64,
+    /// Bytes this process read from storage (`/proc/self/io` `read_bytes`; 0 where unknown).
+    pub disk_bytes_read: u64,
+    /// Bytes read from storage per second of the warm-up pass, which reads the model cold
+    /// (0 when nothing came from the disk: the file was in the page cache).
+    pub disk_bytes_per_s: f64,
 }
 
 /// Progress, reported after every token (by `run` in wall time, by the simulator in virtual time).
@@ -393,9 +414,7 @@ fn run_inner(
                 // from it: copies run only while the run does (`run_impl` frees every block
                 // before it returns, and after a shutdown no copy runs at all); a registration
                 // that outlives the mapping is only unregistered later, never read.
-                unsafe {
-                    engine.register_buffer(bytes.as_ptr().cast_mut(), bytes.len() as u64, true)
-                }
+                unsafe { engine.register_mapping(bytes.as_ptr().cast_mut(), bytes.len() as u64) }
             })
             .collect::<Result<_>>()?,
     };
@@ -448,10 +467,14 @@ fn run_inner(
     let t_start = Instant::now();
     let mut t_timed = t_start;
     let mut at_timed = Stats::default();
+    let disk_at_start = page_cache::storage_bytes_read();
+    let (mut disk_at_timed, mut ram_at_timed) = (disk_at_start, engine.ram_tier());
     for token in 0..total {
         if token == cfg.warmup_tokens {
             t_timed = Instant::now();
             at_timed = engine.stats();
+            disk_at_timed = page_cache::storage_bytes_read();
+            ram_at_timed = engine.ram_tier();
         }
         for s in 0..resolved.steps.len() {
             resolved.realize(token, s, &mut blocks);
@@ -591,6 +614,33 @@ fn run_inner(
         }
     }
 
+    let host_tier = matches!(source, Source::Model(_)).then(|| {
+        let ram = engine.ram_tier();
+        let (checked, resident) = (
+            ram.pages_checked - ram_at_timed.pages_checked,
+            ram.pages_resident - ram_at_timed.pages_resident,
+        );
+        let read = |from: Option<u64>, to: Option<u64>| match (from, to) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => 0,
+        };
+        let warmup_s = (t_timed - t_start).as_secs_f64();
+        HostTierReport {
+            cap_bytes: ram.cap_bytes,
+            cached_bytes: ram.cached_bytes,
+            page_cache_hit_rate: if checked > 0 {
+                resident as f64 / checked as f64
+            } else {
+                1.0
+            },
+            disk_bytes_read: read(disk_at_timed, page_cache::storage_bytes_read()),
+            disk_bytes_per_s: if warmup_s > 0.0 {
+                read(disk_at_start, disk_at_timed) as f64 / warmup_s
+            } else {
+                0.0
+            },
+        }
+    });
     let model_bytes = workload.model_bytes();
     let budget = engine.budget();
     let compute = workload.compute_s_per_pass();
@@ -625,6 +675,7 @@ fn run_inner(
         peak_device_bytes: end.peak_device_bytes,
         integrity,
         pageable_files: buffers.iter().filter(|b| !b.pinned()).count() as u64,
+        host_tier,
     })
 }
 

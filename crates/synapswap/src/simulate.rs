@@ -332,6 +332,7 @@ impl Ctx<'_> {
             peak_device_bytes: e.peak_device_bytes,
             integrity: Integrity::default(),
             pageable_files: 0,
+            host_tier: None,
         })
     }
 }
@@ -435,7 +436,7 @@ impl VirtualRuntime {
     /// the transfer thread's loop do).
     fn apply(&mut self, now: f64) {
         let hosts = &self.hosts;
-        queue_commands(&mut self.planner, &mut self.queue, 0, |b| {
+        queue_commands(&mut self.planner, &mut self.queue, 0, |b, _| {
             let (addr, mapping) = hosts[b.index as usize];
             (addr, mapping, false)
         });

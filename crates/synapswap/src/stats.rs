@@ -24,6 +24,19 @@ impl PrefetchStats {
     }
 }
 
+/// The RAM tier over file-backed blocks (`ram_tier.rs`; see [`crate::Engine::ram_tier`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RamTierStats {
+    /// Bytes of file-backed blocks it may keep cached ([`crate::EngineBuilder::ram_cap`]).
+    pub cap_bytes: u64,
+    /// Bytes of the file-backed blocks the plan keeps cached in RAM.
+    pub cached_bytes: u64,
+    /// Pages of file-backed loads looked at when their load was queued (before read-ahead).
+    pub pages_checked: u64,
+    /// Of those, the pages already in RAM.
+    pub pages_resident: u64,
+}
+
 /// A snapshot of the engine's counters. Every field is measured by the engine, none estimated.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Stats {

@@ -494,6 +494,15 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
     );
     let mut st = sync::lock(&shared.state);
     loop {
+        let advice = st.ram.take_advice();
+        if !advice.is_empty() {
+            drop(st);
+            // No advisor thread (it could not be started): given here.
+            for item in advice {
+                crate::ram_tier::give(&shared.page_cache, item);
+            }
+            st = sync::lock(&shared.state);
+        }
         // Completed stream fences first: the holds they drop can let queued placements through,
         // whose copies the fill below then submits.
         st = poll_fences(&shared, st, false);
@@ -623,6 +632,9 @@ fn finish_job(shared: &Shared, st: &mut State, job: &Job) {
                 job.block
             )),
         );
+    }
+    if ok && job.dir == Direction::HostToDevice {
+        st.ram.loaded(job.block, job.host, job.len);
     }
     report(&mut st.planner, job);
     st.apply_commands(shared);

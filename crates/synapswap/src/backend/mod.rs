@@ -54,6 +54,11 @@ pub trait Memory: Send + Sync + fmt::Debug {
     fn pageable(&self) -> bool {
         false
     }
+    /// Host memory that is a file mapping registered as one ([`crate::Engine::register_mapping`]):
+    /// its pages are the page cache's, which the RAM tier plans (`ram_tier.rs`).
+    fn file_backed(&self) -> bool {
+        false
+    }
 }
 
 /// Direction of a copy.

@@ -130,6 +130,16 @@ impl Planner {
         }
     }
 
+    /// The live block at `index`, if any.
+    pub(crate) fn id_at(&self, index: u32) -> Option<BlockId> {
+        let slot = self.slots.get(index as usize)?;
+        slot.block.as_ref()?;
+        Some(BlockId {
+            index,
+            generation: slot.generation,
+        })
+    }
+
     /// Registers a block (its host copy is the driver's business).
     pub fn add_block(&mut self, spec: BlockSpec) -> Result<BlockId> {
         self.validate(&spec)?;

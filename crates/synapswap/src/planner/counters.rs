@@ -43,6 +43,11 @@ impl Planner {
         self.step_stall_s += seconds.max(0.0);
     }
 
+    /// Keep plans made so far (a change of this count means the plan may have changed).
+    pub(crate) fn replans(&self) -> u64 {
+        self.n.replans
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         Stats {

@@ -279,7 +279,7 @@ pub(crate) fn queue_commands(
     planner: &mut Planner,
     queue: &mut TransferQueue,
     device_base: u64,
-    host_of: impl Fn(BlockId) -> (u64, u64, bool),
+    mut host_of: impl FnMut(BlockId, Direction) -> (u64, u64, bool),
 ) -> bool {
     let mut queued = false;
     while let Some(c) = planner.poll_command() {
@@ -301,7 +301,7 @@ pub(crate) fn queue_commands(
             }
             Command::Evict { .. } => continue,
         };
-        let (host, mapping, pageable) = host_of(block);
+        let (host, mapping, pageable) = host_of(block, dir);
         queue.push(
             block,
             dir,
@@ -444,11 +444,13 @@ mod tests {
         planner.declare(0, b).unwrap();
         planner.hint(0, 0.0);
         let mut q = TransferQueue::default();
-        assert!(queue_commands(&mut planner, &mut q, 1 << 40, |_| (
+        assert!(queue_commands(&mut planner, &mut q, 1 << 40, |_, _| (
             777, 3, false
         )));
         let c = q.next_chunk(1 << 20, Pick::Any).unwrap();
         assert_eq!((c.host(), c.device() >> 40, c.len), (777, 1, 4096));
-        assert!(!queue_commands(&mut planner, &mut q, 0, |_| (0, 0, false)));
+        assert!(!queue_commands(&mut planner, &mut q, 0, |_, _| (
+            0, 0, false
+        )));
     }
 }

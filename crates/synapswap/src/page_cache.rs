@@ -1,0 +1,113 @@
+//! The kernel's page cache under memory-mapped model files: advice on ranges of a mapping
+//! (read ahead, drop), how much of a range is in RAM, and the bytes this process read from
+//! storage. The RAM tier (`ram_tier.rs`) decides what to advise; this only asks the kernel.
+//!
+//! On Linux: `madvise(MADV_WILLNEED)` starts reading a range in without waiting for it;
+//! `madvise(MADV_PAGEOUT)` (Linux 5.4+) reclaims a range's pages, which for a clean, read-only
+//! file mapping drops them from the page cache when no other process maps them (nothing happens
+//! where `PAGEOUT` is refused); `mincore` says which
+//! pages are resident; `/proc/self/io`'s `read_bytes` counts the bytes this process caused to be
+//! read from storage. Elsewhere every call does nothing and the counters are unknown.
+
+/// Advice on a range of a mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advice {
+    /// Read it in now, asynchronously (its copy is due soon).
+    WillNeed,
+    /// Drop its pages from RAM (it will not be used again soon).
+    PageOut,
+}
+
+/// The whole pages inside `addr..addr + len` (a range may share its first and last pages with its
+/// neighbours, which advice must not touch): `None` when there are none.
+fn inner_pages(addr: u64, len: u64) -> Option<(u64, u64)> {
+    let page = crate::os::page_size() as u64;
+    let start = addr.checked_add(page - 1)? / page * page;
+    let end = addr.checked_add(len)? / page * page;
+    (end > start).then_some((start, end - start))
+}
+
+/// Gives the kernel `advice` on the whole pages inside `addr..addr + len`. Best effort: the
+/// kernel may refuse (an old kernel, a range that is no longer mapped) and nothing breaks.
+/// Neither advice changes what memory holds, on any range: `WILLNEED` only starts reads, and
+/// `PAGEOUT` only reclaims pages that are then read back (a file's, or swap's for anonymous
+/// memory). `MADV_DONTNEED`, which would zero anonymous memory, is never used.
+pub fn advise(addr: u64, len: u64, advice: Advice) {
+    let Some((start, bytes)) = inner_pages(addr, len) else {
+        return;
+    };
+    #[cfg(target_os = "linux")]
+    {
+        let ptr = start as usize as *mut libc::c_void;
+        let bytes = bytes as usize;
+        let how = match advice {
+            Advice::WillNeed => libc::MADV_WILLNEED,
+            Advice::PageOut => libc::MADV_PAGEOUT,
+        };
+        // SAFETY: madvise only reads the page-aligned range's mappings; with these two advices
+        // it never changes memory contents (see above), and the kernel checks the range.
+        unsafe {
+            libc::madvise(ptr, bytes, how);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (start, bytes, advice);
+    }
+}
+
+/// (resident pages, pages) of the pages `addr..addr + len` touches; `None` where unknown (a range
+/// not mapped, another platform).
+pub fn residency(addr: u64, len: u64) -> Option<(u64, u64)> {
+    #[cfg(target_os = "linux")]
+    {
+        let page = crate::os::page_size() as u64;
+        let start = addr / page * page;
+        let end = addr.checked_add(len)?.div_ceil(page) * page;
+        let pages = ((end - start) / page) as usize;
+        if pages == 0 {
+            return Some((0, 0));
+        }
+        let mut vec = vec![0u8; pages];
+        // SAFETY: the kernel checks that the page-aligned range is mapped (else ENOMEM) and
+        // writes one byte per page into `vec`, which has that many; nothing else is touched.
+        let r = unsafe {
+            libc::mincore(
+                start as usize as *mut libc::c_void,
+                (end - start) as usize,
+                vec.as_mut_ptr().cast(),
+            )
+        };
+        (r == 0).then(|| {
+            let resident = vec.iter().filter(|&&b| b & 1 == 1).count() as u64;
+            (resident, pages as u64)
+        })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (addr, len);
+        None
+    }
+}
+
+/// Bytes this process has caused to be read from storage (`/proc/self/io`, `read_bytes`).
+pub fn storage_bytes_read() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("read_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advice_touches_only_whole_pages_inside_the_range() {
+        let p = crate::os::page_size() as u64;
+        assert_eq!(inner_pages(0, 3 * p), Some((0, 3 * p)));
+        assert_eq!(inner_pages(1, 3 * p), Some((p, 2 * p)));
+        assert_eq!(inner_pages(1, p), None);
+        assert_eq!(inner_pages(u64::MAX - 1, 10), None);
+    }
+}
