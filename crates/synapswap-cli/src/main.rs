@@ -307,8 +307,8 @@ struct RunArgs {
     /// Copies kept queued on the device's copy engine at once [default: the backend's].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=16))]
     pipeline_depth: Option<u64>,
-    /// With --model: bytes of the model's file pages the RAM tier keeps cached [default: half
-    /// the host memory available after the arena]; the rest of a file larger than that is read
+    /// With --model: bytes of the model's file pages the RAM tier keeps cached [default: three
+    /// quarters of the host memory available after the arena]; the rest of a file larger than that is read
     /// from the disk each pass, ahead of its copy.
     #[arg(long, requires = "model", value_parser = size_arg)]
     ram_cap: Option<u64>,

@@ -87,8 +87,10 @@ impl EngineBuilder {
         self
     }
 
-    /// Bytes of file-backed blocks the RAM tier keeps cached (`ram_tier.rs`). Default: half the
-    /// host memory available when the engine is built (after its arena).
+    /// Bytes of file-backed blocks the RAM tier keeps cached (`ram_tier.rs`). Default: three
+    /// quarters of the host memory available when the engine is built (after its arena). The
+    /// cached pages are page cache, which the kernel reclaims under memory pressure rather than
+    /// failing an allocation, so the cap bounds what the tier plans for, not what it can hold.
     pub fn ram_cap(mut self, bytes: u64) -> Self {
         self.ram_cap = Some(bytes);
         self
@@ -135,7 +137,7 @@ impl EngineBuilder {
             .max(1);
         let ram_cap = self
             .ram_cap
-            .unwrap_or_else(|| crate::os::available_memory().map_or(0, |a| a.bytes / 2));
+            .unwrap_or_else(|| crate::os::available_memory().map_or(0, |a| a.bytes / 4 * 3));
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 planner,
@@ -149,7 +151,11 @@ impl EngineBuilder {
                 lost: None,
                 external: Vec::new(),
                 stream_waits: Vec::new(),
-                ram: RamTier::new(ram_cap, self.ram_tier),
+                ram: RamTier::new(
+                    ram_cap,
+                    self.ram_tier,
+                    crate::transfer::STAGING_SLOTS as u64 * self.chunk_bytes,
+                ),
             }),
             io: Mutex::new(()),
             ready: Condvar::new(),

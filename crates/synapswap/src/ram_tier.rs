@@ -7,7 +7,8 @@
 //! schedule, so it plans RAM as it plans VRAM:
 //! - blocks the VRAM keep plan keeps resident need their host bytes once: after their load they
 //!   are dropped from RAM;
-//! - of the blocks that stream through VRAM every pass, a stable set up to the cap stays cached
+//! - of the blocks that stream through VRAM every pass, a stable set up to the cap (less a ring's
+//!   worth for the streamed blocks in flight) stays cached
 //!   ([`plan`]: in block order, which for a model is file order; every streamed block is used once
 //!   a pass, so any set of the same bytes saves as much, and a stable one is what LRU cannot keep);
 //! - the others are read from the disk every pass: each is read ahead (`MADV_WILLNEED`) when its
@@ -88,6 +89,8 @@ pub(crate) struct RamTier {
     on: bool,
     /// Bytes of file-backed blocks it may keep cached.
     cap: u64,
+    /// The most the staging ring can hold (`transfer/staging.rs`), left out of the cached set.
+    staging_bytes: u64,
     /// By block index: file-backed (its host copy is a file mapping): its host address and size.
     file: Vec<Option<(u64, u64)>>,
     /// By block index: stays cached in RAM.
@@ -124,11 +127,13 @@ pub(crate) fn plan(blocks: &[Option<(u64, bool)>], cap: u64) -> (Vec<bool>, u64)
 }
 
 impl RamTier {
-    /// A tier that may cache up to `cap` bytes (`on`), or none.
-    pub fn new(cap: u64, on: bool) -> RamTier {
+    /// A tier that may cache up to `cap` bytes (`on`), or none; copies are staged through up to
+    /// `staging_bytes`.
+    pub fn new(cap: u64, on: bool, staging_bytes: u64) -> RamTier {
         RamTier {
             on,
             cap,
+            staging_bytes,
             ..RamTier::default()
         }
     }
@@ -188,7 +193,14 @@ impl RamTier {
                 Some((bytes, !planner.is_kept(id).unwrap_or(false)))
             })
             .collect();
-        let (cached, bytes) = plan(&blocks, self.cap);
+        // Streamed blocks in flight (read ahead, being copied, not yet dropped) are in RAM too,
+        // at most a ring's worth, and so is the staging ring: the cached set leaves room for
+        // them, so that what the tier holds in RAM stays under the cap.
+        let room = self
+            .cap
+            .saturating_sub(planner.streaming_bytes())
+            .saturating_sub(self.staging_bytes);
+        let (cached, bytes) = plan(&blocks, room);
         // A block that leaves the cached set leaves RAM now (a kept block's next load is far
         // off; a streamed one's is dropped again after it anyway).
         for (i, &now) in cached.iter().enumerate() {

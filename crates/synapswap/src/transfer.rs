@@ -39,6 +39,7 @@ use std::collections::{BTreeSet, HashMap};
 
 pub(crate) use copy_loop::{queue_commands, report, CopyLoop, Link};
 use staging::StagingRing;
+pub(crate) use staging::MAX_SLOTS as STAGING_SLOTS;
 
 use crate::backend::{Backend, Direction, Segment, Ticket};
 use crate::engine::{poll_fences, Shared, State};

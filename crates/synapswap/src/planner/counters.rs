@@ -48,6 +48,12 @@ impl Planner {
         self.n.replans
     }
 
+    /// Bytes of the streaming zone (the ring the streamed blocks pass through): what the
+    /// prefetch pipeline may hold at once.
+    pub(crate) fn streaming_bytes(&self) -> u64 {
+        self.budget().saturating_sub(self.zone_start)
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         Stats {

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Issue 16's benchmark: a model file larger than this machine's RAM, run from a cold page cache
+# with the RAM tier on and off (the page cache left to itself), side by side in one run.
+#   scripts/bench-larger-than-ram.sh [DIR] [GiB]   (defaults: /tmp/synapswap-big, RAM + 4 GiB)
+# Writes DIR/model.safetensors (GiB of 256 MiB bf16 layers; kept for the next run), drops the page
+# cache before each run (needs root: /proc/sys/vm/drop_caches) and prints the figures as a
+# Markdown table, with the peak RSS of each run (/usr/bin/time). Takes minutes: the disk is read
+# cold at its own speed. Nothing is timed in a test; BENCHMARKS.md quotes this script's output.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DIR=${1:-/tmp/synapswap-big}
+RAM_GIB=$(awk '/MemTotal/ {print int($2 / 1048576 + 0.5)}' /proc/meminfo)
+GIB=${2:-$((RAM_GIB + 4))}
+VRAM=${VRAM:-4GiB}
+TOKENS=${TOKENS:-3}
+BIN=target/release/synapswap
+cargo build --release -q -p synapswap-cli
+mkdir -p "$DIR"
+MODEL="$DIR/model.safetensors"
+LAYERS=$((GIB * 4))
+if [ ! -f "$MODEL" ] || [ "$(stat -c %s "$MODEL")" -lt $((LAYERS * 268435456)) ]; then
+    echo "writing $MODEL ($GIB GiB)..." >&2
+    python3 - "$MODEL" "$LAYERS" <<'PY'
+import json, os, struct, sys
+path, layers = sys.argv[1], int(sys.argv[2])
+n = 256 << 20
+header = {f"model.layers.{l}.mlp.up_proj.weight":
+          {"dtype": "BF16", "shape": [n // 2], "data_offsets": [l * n, (l + 1) * n]}
+          for l in range(layers)}
+h = json.dumps(header).encode()
+h += b" " * ((8 - len(h) % 8) % 8)
+buf = bytearray(os.urandom(n))
+with open(path + ".part", "wb") as f:
+    f.write(struct.pack("<Q", len(h)) + h)
+    for l in range(layers):
+        buf[:8] = struct.pack("<Q", l)  # every layer's bytes differ
+        f.write(buf)
+os.replace(path + ".part", path)
+PY
+fi
+run() {
+    sync
+    echo 1 > /proc/sys/vm/drop_caches
+    /usr/bin/time -f "%M" -o "$DIR/rss.txt" "$BIN" run --model "$MODEL" --vram "$VRAM" --h2d max \
+        --verify sampled --tokens "$TOKENS" --json "$@" > "$DIR/run.json"
+    python3 - "$DIR/run.json" "$DIR/rss.txt" "$*" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+rss_kib = int(open(sys.argv[2]).read().split()[-1])
+h = r["host_tier"]
+m, v, c = r["model_bytes"], r["vram_budget_bytes"], h["cached_bytes"]
+passes = r["tokens"]
+disk_pass = h["disk_bytes_read"] / passes
+need = max(m - v - c, 0)
+bw = h["disk_bytes_per_s"]
+bound = h["disk_bound_tokens_per_s"] or float("nan")
+G = 1 << 30
+print(f"| {sys.argv[3] or 'RAM tier on'} | {r['tokens_per_s']:.4f} | {bound:.4f} | {r['tokens_per_s'] / bound:.2f} | "
+      f"{disk_pass / G:.2f} | {need / G:.2f} | {disk_pass / need if need else float('nan'):.2f} | "
+      f"{h['page_cache_hit_rate']:.3f} | {c / G:.2f} of {h['cap_bytes'] / G:.2f} | {bw / 1e9:.2f} | "
+      f"{rss_kib / 1048576:.2f} | {r['integrity']['mismatches']} |")
+PY
+}
+echo "Model $GIB GiB on $RAM_GIB GiB of RAM, $VRAM budget (sim arena), --h2d max, $TOKENS timed passes after a cold warm-up."
+echo
+echo "| run | tokens/s | disk bound | of bound | disk GiB / pass | M - V - C GiB | ratio | page cache hit | cached GiB of cap | disk GB/s | peak RSS GiB | mismatches |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+run
+run --no-ram-tier
