@@ -75,6 +75,13 @@ struct PlanArgs {
     /// Tokens per pass (1: batch-1 decode).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     batch: u64,
+    /// Host memory for the model file's pages, e.g. 24GiB: a model larger than this reads what
+    /// neither VRAM nor RAM holds from the disk every pass [default: the file fits in RAM].
+    #[arg(long, value_parser = size_arg)]
+    ram: Option<u64>,
+    /// With --ram: the disk's read rate (assumed: an NVMe SSD) [default: 3GB/s].
+    #[arg(long, default_value = "3GB/s", value_parser = bandwidth_value, requires = "ram")]
+    disk_bw: f64,
     /// Also find the smallest budget at which synapswap reaches this many tokens/s.
     #[arg(long)]
     target: Option<f64>,
@@ -125,6 +132,8 @@ fn cmd_plan(args: PlanArgs) -> Result<(), (u8, String)> {
         host_bytes_per_s: args.host_bw,
         host_flops: args.host_flops,
         batch: args.batch,
+        host_ram: args.ram,
+        disk_bytes_per_s: args.disk_bw,
     };
     let plan = synapswap::plan::plan(&model, &cfg).map_err(input_fail)?;
     let target = match args.target {
@@ -164,6 +173,16 @@ fn cmd_plan(args: PlanArgs) -> Result<(), (u8, String)> {
     );
     if let Some(r) = &plan.model.routing {
         println!("  routing: {r}");
+    }
+    if let Some(d) = &plan.disk {
+        println!(
+            "  {} of RAM for the file, disk at {}: {} cached, {} read from the disk per token (the page cache alone: {})",
+            format_bytes(d.ram_bytes),
+            format_bandwidth(d.disk_bytes_per_s),
+            format_bytes(d.cached_bytes),
+            format_bytes(d.synapswap_disk_bytes_per_token as u64),
+            format_bytes(d.page_cache_disk_bytes_per_token as u64)
+        );
     }
     println!(
         "  on {} with a {} budget, batch {}: {} resident ({} tensors)",
@@ -307,8 +326,8 @@ struct RunArgs {
     /// Copies kept queued on the device's copy engine at once [default: the backend's].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=16))]
     pipeline_depth: Option<u64>,
-    /// With --model: bytes of the model's file pages the RAM tier keeps cached [default: three
-    /// quarters of the host memory available after the arena]; the rest of a file larger than that is read
+    /// With --model: bytes of the model's file pages the RAM tier keeps cached [default: seven
+    /// eighths of the host memory available after the arena]; the rest of a file larger than that is read
     /// from the disk each pass, ahead of its copy.
     #[arg(long, requires = "model", value_parser = size_arg)]
     ram_cap: Option<u64>,

@@ -87,8 +87,9 @@ impl EngineBuilder {
         self
     }
 
-    /// Bytes of file-backed blocks the RAM tier keeps cached (`ram_tier.rs`). Default: three
-    /// quarters of the host memory available when the engine is built (after its arena). The
+    /// Bytes of file-backed blocks the RAM tier keeps cached (`ram_tier.rs`). Default:
+    /// [`default_ram_cap`] of the host memory available when the engine is built (after its
+    /// arena). The
     /// cached pages are page cache, which the kernel reclaims under memory pressure rather than
     /// failing an allocation, so the cap bounds what the tier plans for, not what it can hold.
     pub fn ram_cap(mut self, bytes: u64) -> Self {
@@ -135,9 +136,9 @@ impl EngineBuilder {
             .pipeline_depth
             .unwrap_or_else(|| backend.pipeline_depth())
             .max(1);
-        let ram_cap = self
-            .ram_cap
-            .unwrap_or_else(|| crate::os::available_memory().map_or(0, |a| a.bytes / 4 * 3));
+        let ram_cap = self.ram_cap.unwrap_or_else(|| {
+            crate::os::available_memory().map_or(0, |a| default_ram_cap(a.bytes))
+        });
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 planner,
@@ -183,6 +184,14 @@ impl EngineBuilder {
             thread: Mutex::new(Some(thread)),
         })
     }
+}
+
+/// The RAM tier's cap for `available` bytes of host memory: seven eighths of it, the eighth left
+/// for the process's own allocations and everyone else's. The page cache alone can use no more
+/// than that either, so a file that fits under the cap is cached whole, as it would be without
+/// the tier. (`synapswap plan --ram` predicts with the same figure.)
+pub fn default_ram_cap(available: u64) -> u64 {
+    available / 8 * 7
 }
 
 /// State shared by callers and the transfer thread, behind one lock.

@@ -47,7 +47,9 @@ mod transfer;
 pub mod workload;
 
 pub use block::{BlockId, BlockSpec, Policy, Residency, DEFAULT_PRIORITY, MAX_PRIORITY};
-pub use engine::{Engine, EngineBuilder, Guard, DEFAULT_CHUNK_BYTES, DEFAULT_STREAM};
+pub use engine::{
+    default_ram_cap, Engine, EngineBuilder, Guard, DEFAULT_CHUNK_BYTES, DEFAULT_STREAM,
+};
 pub use error::{Error, Result};
 pub use host_buffer::HostBuffer;
 pub use stats::{PrefetchStats, RamTierStats, Stats};

@@ -145,6 +145,29 @@ pub struct PlanConfig {
     pub host_flops: f64,
     /// Tokens per pass (1: decode; more: a batch, or a prompt's prefill).
     pub batch: u64,
+    /// Host memory for the model file's pages, bytes; `None`: the file fits in RAM (no disk
+    /// term).
+    pub host_ram: Option<u64>,
+    /// The disk's read rate, bytes/s (with `host_ram`).
+    pub disk_bytes_per_s: f64,
+}
+
+/// What the disk allows when the model file is larger than RAM (see [`plan`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DiskPrediction {
+    /// Host memory for the file's pages, bytes.
+    pub ram_bytes: u64,
+    /// The disk's read rate used, bytes/s.
+    pub disk_bytes_per_s: f64,
+    /// Bytes the RAM tier keeps cached: its default cap ([`crate::default_ram_cap`] of the RAM),
+    /// at most what streams.
+    pub cached_bytes: u64,
+    /// Bytes read from the disk per token with the RAM tier: `(M - V - C) / batch`.
+    pub synapswap_disk_bytes_per_token: f64,
+    /// The same with the page cache left to itself (every other policy): a cyclic pass over
+    /// more than it holds (the same usable memory) misses on every page (LRU), so all of
+    /// `M - V` unless it fits.
+    pub page_cache_disk_bytes_per_token: f64,
 }
 
 /// One policy's prediction.
@@ -199,8 +222,11 @@ pub struct Plan {
     pub resident_bytes: u64,
     /// Those tensors' names.
     pub resident: Vec<String>,
-    /// Each policy's prediction.
+    /// Each policy's prediction (with `host_ram`, at most what the disk allows).
     pub policies: Vec<PolicyPrediction>,
+    /// The disk's term, when the plan was given the host's RAM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskPrediction>,
     /// One sentence: which policy wins, and whether computing on the host beats streaming.
     pub verdict: String,
 }
@@ -339,6 +365,46 @@ pub fn plan(model: &Model, cfg: &PlanConfig) -> Result<Plan> {
         tokens_per_s: batch as f64 / t.max(1e-12),
         bytes_h2d_per_token: 0.0,
     });
+    // A model file larger than RAM: what is neither on the device nor cached in RAM is read
+    // from the disk every pass (`ram_tier.rs` for SynapSwap; the page cache alone for the rest,
+    // llama.cpp's mmap included).
+    let disk = match cfg.host_ram {
+        Some(ram) => {
+            let bw = cfg.disk_bytes_per_s;
+            if !(bw.is_finite() && bw > 0.0) {
+                return Err(Error::Workload(
+                    "the disk's read rate must be positive".into(),
+                ));
+            }
+            let streamed = bytes.saturating_sub(cfg.budget);
+            let usable = crate::default_ram_cap(ram);
+            let cached = usable.min(streamed);
+            let ours = (streamed - cached) as f64;
+            let lru = if streamed <= usable {
+                0.0
+            } else {
+                streamed as f64
+            };
+            for p in &mut policies {
+                let read = match p.policy {
+                    "synapswap" => ours,
+                    "all-resident" => 0.0,
+                    _ => lru,
+                };
+                if read > 0.0 {
+                    p.tokens_per_s = p.tokens_per_s.min(batch as f64 * bw / read);
+                }
+            }
+            Some(DiskPrediction {
+                ram_bytes: ram,
+                disk_bytes_per_s: bw,
+                cached_bytes: cached,
+                synapswap_disk_bytes_per_token: ours / batch as f64,
+                page_cache_disk_bytes_per_token: lru / batch as f64,
+            })
+        }
+        None => None,
+    };
     let best = policies
         .iter()
         .max_by(|a, b| a.tokens_per_s.total_cmp(&b.tokens_per_s))
@@ -380,6 +446,7 @@ pub fn plan(model: &Model, cfg: &PlanConfig) -> Result<Plan> {
         resident_bytes,
         resident,
         policies,
+        disk,
         verdict,
     })
 }

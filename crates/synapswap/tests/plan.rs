@@ -68,6 +68,8 @@ fn predictions_rise_with_vram_and_a_model_that_fits_is_all_resident() {
         host_bytes_per_s: 80e9,
         host_flops: 1e12,
         batch,
+        host_ram: None,
+        disk_bytes_per_s: 3e9,
     };
     let mut last = 0.0;
     for gib in [2, 4, 6, 8, 10, 12] {
@@ -95,5 +97,44 @@ fn predictions_rise_with_vram_and_a_model_that_fits_is_all_resident() {
     assert!(rate(&p, "synapswap") > rate(&p, "host-compute"));
     // accelerate copies from pageable memory: it streams at a fraction of our rate.
     assert!(rate(&p, "stream-sync") < 0.5 * rate(&p, "synapswap"));
+    // Larger than RAM (8 GiB for a 13 GiB file through 4 GiB of VRAM): SynapSwap's RAM tier keeps
+    // 7 GiB cached and reads the rest from the disk; the page cache alone thrashes and reads all
+    // that streams, which caps every other policy.
+    let disk = 3e9;
+    let big = |ram: Option<u64>| {
+        plan(
+            &m,
+            &PlanConfig {
+                host_ram: ram,
+                disk_bytes_per_s: disk,
+                ..cfg(4 * GIB, 1)
+            },
+        )
+        .unwrap()
+    };
+    let fits = big(None);
+    assert!(fits.disk.is_none());
+    let p = big(Some(8 * GIB));
+    let d = p.disk.clone().unwrap();
+    let streamed = (m.bytes() - 4 * GIB) as f64;
+    assert_eq!(d.cached_bytes, 7 * GIB);
+    assert_eq!(
+        d.synapswap_disk_bytes_per_token,
+        streamed - (7 * GIB) as f64
+    );
+    assert_eq!(d.page_cache_disk_bytes_per_token, streamed);
+    let ours = rate(&p, "synapswap");
+    assert!(ours <= disk / d.synapswap_disk_bytes_per_token * 1.000_001);
+    assert!(ours <= rate(&fits, "synapswap"));
+    for other in ["stream-sync", "lookahead", "host-compute"] {
+        assert!(
+            rate(&p, other) <= disk / streamed * 1.000_001,
+            "{other}: {p:?}"
+        );
+    }
+    assert!(
+        ours > rate(&p, "host-compute"),
+        "the tier wins when the disk is the bottleneck"
+    );
     let _ = std::fs::remove_file(path);
 }
