@@ -136,8 +136,9 @@ impl EngineBuilder {
             .pipeline_depth
             .unwrap_or_else(|| backend.pipeline_depth())
             .max(1);
+        // Unknown available memory: no cap (nothing is dropped from RAM, as without the tier).
         let ram_cap = self.ram_cap.unwrap_or_else(|| {
-            crate::os::available_memory().map_or(0, |a| default_ram_cap(a.bytes))
+            crate::os::available_memory().map_or(u64::MAX, |a| default_ram_cap(a.bytes))
         });
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -619,18 +620,25 @@ impl Engine {
     /// # Safety
     /// As [`Engine::register_buffer`]; the mapping must be read-only.
     pub unsafe fn register_mapping(&self, ptr: *mut u8, len: u64) -> Result<HostBuffer> {
-        let (on, cap, advised) = {
-            let st = self.lock_live()?;
-            (st.ram.on(), st.ram.cap(), st.ram.has_advisor())
+        // Page-locked only while every mapping locked so far and this one fit under the cap
+        // (pinned pages cannot leave RAM); with the tier off too, so that a file larger than
+        // RAM is never pinned whole.
+        let (lock, advised) = {
+            let mut st = self.lock_live()?;
+            (st.ram.reserve_lock(len), st.ram.has_advisor())
         };
         if !advised {
             // Without the thread (it could not start) the transfer thread gives the advice.
-            if let Ok(tx) = crate::ram_tier::start_advisor(self.shared.page_cache.clone()) {
-                self.lock().ram.set_advisor(tx);
+            if let Ok(advisor) = crate::ram_tier::start_advisor(self.shared.page_cache.clone()) {
+                self.lock().ram.set_advisor(advisor);
             }
         }
         // SAFETY: forwarded from this function's contract.
-        unsafe { self.register(ptr, len, true, true, !on || len <= cap) }
+        let buffer = unsafe { self.register(ptr, len, true, true, lock) };
+        if lock && !buffer.as_ref().is_ok_and(HostBuffer::pinned) {
+            self.lock().ram.unreserve_lock(len);
+        }
+        buffer
     }
 
     /// [`Engine::register_buffer`] and [`Engine::register_mapping`]: `lock` asks the backend to
@@ -1178,10 +1186,16 @@ impl Engine {
     /// [`Error::ShutDown`]; [`Engine::stats`] still answers. The device pool itself is freed when
     /// the engine is dropped (guards may still point into it). Idempotent.
     pub fn shutdown(&self) {
+        let advisor;
         {
             let mut st = self.lock();
             st.shutdown = true;
-            st.ram.close();
+            advisor = st.ram.close();
+        }
+        // The advisor gives what was sent to it, then ends: after this, no advice reaches
+        // memory the caller may unmap once the engine is shut down.
+        if let Some(a) = advisor {
+            let _ = a.join();
         }
         self.shared.ready.notify_all();
         self.shared.work.notify_all();

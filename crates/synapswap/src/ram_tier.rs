@@ -57,29 +57,40 @@ pub(crate) struct PageCacheCounts {
 /// Gives the kernel one piece of advice, counting first how much of a range about to be read
 /// is already in RAM.
 pub(crate) fn give(counts: &PageCacheCounts, item: Item) {
+    // A read-ahead whose copy is done is skipped, and not counted: the copy has faulted its
+    // pages in, so it would count as a hit.
+    if item.pending.as_ref().is_some_and(|p| !p.load(Relaxed)) {
+        return;
+    }
     if item.advice != Some(Advice::PageOut) {
         if let Some((resident, pages)) = page_cache::residency(item.addr, item.len) {
             counts.checked.fetch_add(pages, Relaxed);
             counts.resident.fetch_add(resident, Relaxed);
         }
     }
-    let stale = item.pending.as_ref().is_some_and(|p| !p.load(Relaxed));
-    if let (Some(a), false) = (item.advice, stale) {
+    if let Some(a) = item.advice {
         page_cache::advise(item.addr, item.len, a);
     }
 }
 
+/// The advisor thread: its queue and its handle.
+#[derive(Debug)]
+pub(crate) struct Advisor {
+    tx: Sender<Item>,
+    thread: std::thread::JoinHandle<()>,
+}
+
 /// Starts the thread that gives advice sent to it, in order, until the sender is dropped.
-pub(crate) fn start_advisor(counts: Arc<PageCacheCounts>) -> std::io::Result<Sender<Item>> {
+pub(crate) fn start_advisor(counts: Arc<PageCacheCounts>) -> std::io::Result<Advisor> {
     let (tx, rx) = channel::<Item>();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("synapswap-ram".into())
         .spawn(move || {
             for item in rx {
                 give(&counts, item);
             }
         })?;
-    Ok(tx)
+    Ok(Advisor { tx, thread })
 }
 
 /// The RAM tier's state.
@@ -101,8 +112,10 @@ pub(crate) struct RamTier {
     planned_at: Option<u64>,
     /// Advice not yet given, while there is no advisor thread (the transfer thread gives it).
     advice: Vec<Item>,
-    /// The advisor thread's queue.
-    advisor: Option<Sender<Item>>,
+    /// The advisor thread.
+    advisor: Option<Advisor>,
+    /// Bytes of file mappings page-locked so far ([`RamTier::reserve_lock`]).
+    locked: u64,
     /// By block index: the pending flag of its queued load's read-ahead (see [`Item`]).
     pending: HashMap<u32, Arc<AtomicBool>>,
 }
@@ -136,11 +149,6 @@ impl RamTier {
             staging_bytes,
             ..RamTier::default()
         }
-    }
-
-    /// Whether the tier is on.
-    pub fn on(&self) -> bool {
-        self.on
     }
 
     /// The cap, bytes.
@@ -204,7 +212,9 @@ impl RamTier {
         // A block that leaves the cached set leaves RAM now (a kept block's next load is far
         // off; a streamed one's is dropped again after it anyway).
         for (i, &now) in cached.iter().enumerate() {
-            if self.cached.get(i).copied().unwrap_or(false) && !now {
+            // (One whose load is queued is dropped after its copy: not now, under the copy.)
+            let loading = self.pending.contains_key(&(i as u32));
+            if self.cached.get(i).copied().unwrap_or(false) && !now && !loading {
                 if let Some((addr, bytes)) = self.file[i] {
                     self.push(Item {
                         addr,
@@ -261,8 +271,8 @@ impl RamTier {
         match &self.advisor {
             // A send fails only once the thread is gone (it never exits while we hold the
             // sender): then the transfer thread gives it.
-            Some(tx) => {
-                if let Err(e) = tx.send(item) {
+            Some(a) => {
+                if let Err(e) = a.tx.send(item) {
                     self.advisor = None;
                     self.advice.push(e.0);
                 }
@@ -276,16 +286,34 @@ impl RamTier {
         self.advisor.is_some()
     }
 
-    /// Sends further advice to `advisor` (the first one set stays).
-    pub fn set_advisor(&mut self, advisor: Sender<Item>) {
+    /// Sends further advice to `advisor` (the first one set stays; another one ends at once).
+    pub fn set_advisor(&mut self, advisor: Advisor) {
         if self.advisor.is_none() {
             self.advisor = Some(advisor);
         }
     }
 
-    /// Stops the advisor thread (at shutdown): it ends once the advice sent is given.
-    pub fn close(&mut self) {
-        self.advisor = None;
+    /// Stops the advisor thread (at shutdown): it ends once the advice sent is given. Returns
+    /// its handle, to join outside the engine's lock.
+    pub fn close(&mut self) -> Option<std::thread::JoinHandle<()>> {
+        self.advisor.take().map(|a| a.thread)
+    }
+
+    /// Whether a file mapping of `len` bytes may be page-locked: while every mapping locked so
+    /// far and this one fit under the cap (pinned pages cannot be dropped from RAM). Counts it.
+    pub fn reserve_lock(&mut self, len: u64) -> bool {
+        match self.locked.checked_add(len) {
+            Some(total) if total <= self.cap => {
+                self.locked = total;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A mapping counted by [`RamTier::reserve_lock`] was not page-locked after all.
+    pub fn unreserve_lock(&mut self, len: u64) {
+        self.locked = self.locked.saturating_sub(len);
     }
 
     /// The advice recorded without an advisor thread, for the transfer thread to give.

@@ -158,13 +158,15 @@ pub struct HostTierReport {
     pub page_cache_hit_rate: f64,
     /// Bytes this process read from storage (`/proc/self/io` `read_bytes`; 0 where unknown).
     pub disk_bytes_read: u64,
-    /// The disk's read rate, bytes/s: the higher of the warm-up pass's (it reads the model cold,
-    /// while it also copies) and the timed passes' (a lower bound of what the disk can do either
-    /// way); 0 when nothing came from the disk (the file was in the page cache).
+    /// The disk's read rate, bytes/s, measured over the warm-up pass, which reads the model cold
+    /// (0 when nothing came from the disk: the file was in the page cache). Independent of the
+    /// timed passes the bound judges; it understates the disk when the warm-up was held back by
+    /// something else (its copies, its compute), so efficiency can exceed 1.
     pub disk_bytes_per_s: f64,
     /// What the disk allows: a pass must read what is neither on the device nor cached in RAM,
-    /// `(M - V - C) / disk_bytes_per_s`; the report's bound is the lesser of this and the link's.
-    /// 0 when there is no such term (nothing read cold, or everything fits).
+    /// `disk_bytes_per_s / (bytes per pass - V - C)`; the report's bound is the lesser of this
+    /// and the link's. 0 when there is no such term (the timed passes read nothing from the disk,
+    /// or everything fits).
     pub disk_bound_tokens_per_s: f64,
 }
 
@@ -639,12 +641,10 @@ fn run_inner(
                 1.0
             },
             disk_bytes_read: read(disk_at_timed, page_cache::storage_bytes_read()),
-            disk_bytes_per_s: {
-                let rate = |bytes: u64, s: f64| if s > 0.0 { bytes as f64 / s } else { 0.0 };
-                rate(read(disk_at_start, disk_at_timed), warmup_s).max(rate(
-                    read(disk_at_timed, page_cache::storage_bytes_read()),
-                    t_timed.elapsed().as_secs_f64(),
-                ))
+            disk_bytes_per_s: if warmup_s > 0.0 {
+                read(disk_at_start, disk_at_timed) as f64 / warmup_s
+            } else {
+                0.0
             },
             disk_bound_tokens_per_s: 0.0,
         }
@@ -653,9 +653,9 @@ fn run_inner(
     let mut bound = bound;
     let mut host_tier = host_tier;
     if let Some(h) = host_tier.as_mut() {
-        let uncached =
-            workload.model_bytes() as f64 - engine.budget() as f64 - h.cached_bytes as f64;
-        if h.disk_bytes_per_s > 0.0 && uncached > 0.0 {
+        // Bytes per pass, not the model's: routed experts are read only when drawn.
+        let uncached = workload.bytes_per_pass()? - engine.budget() as f64 - h.cached_bytes as f64;
+        if h.disk_bytes_read > 0 && h.disk_bytes_per_s > 0.0 && uncached > 0.0 {
             h.disk_bound_tokens_per_s = h.disk_bytes_per_s / uncached;
             bound = bound.min(h.disk_bound_tokens_per_s);
         }

@@ -166,7 +166,7 @@ impl Model {
 
     /// [`Model::workload`] with each step's compute estimated on `device` at `batch` tokens per
     /// pass (2 FLOPs per active parameter per token, the active weights read once per pass; of a
-    /// routed step's `n` experts, `min(k batch, n)` are active).
+    /// routed step's `n` experts, each token runs `k` and the pass reads `min(k batch, n)`).
     pub fn workload_on(&self, device: DeviceModel, batch: u64) -> Workload {
         let batch = batch.max(1);
         let (pieces, of_tensor) = self.pieces();
@@ -207,13 +207,21 @@ impl Model {
                     .filter(|&a| a < n);
                 let routed = |p: &Piece| active.is_some() && p.expert.is_some();
                 let fixed: Vec<&Piece> = used.iter().copied().filter(|p| !routed(p)).collect();
-                // What a pass reads and computes: the fixed uses, and the drawn share of experts.
+                // What a pass reads: the fixed uses, and the drawn share of the experts. What it
+                // computes: each token runs k of the n experts, whatever the batch draws in all
+                // (so 2 b k E FLOPs for experts of E parameters, not 2 b min(k b, n) E).
                 let share = active.map_or(0.0, |a| a as f64 / n as f64);
+                let per_token = active_per_token
+                    .filter(|_| n >= 2)
+                    .map(|k| k.min(n) as f64 / n as f64);
                 let (mut bytes, mut params) = (0.0, 0.0);
                 for p in &used {
-                    let w = if routed(p) { share } else { 1.0 };
-                    bytes += w * p.bytes as f64;
-                    params += w * p.elements as f64;
+                    bytes += if routed(p) { share } else { 1.0 } * p.bytes as f64;
+                    let flops_share = match (p.expert.is_some(), per_token) {
+                        (true, Some(k)) => k,
+                        _ => 1.0,
+                    };
+                    params += flops_share * p.elements as f64;
                 }
                 let choose = active.map(|k| Choose {
                     k: k as u32,
