@@ -1162,14 +1162,14 @@ impl Engine {
     /// The RAM tier over file-backed blocks ([`Engine::register_mapping`]).
     pub fn ram_tier(&self) -> RamTierStats {
         use std::sync::atomic::Ordering::Relaxed;
-        let cached_bytes = {
+        let (cap_bytes, cached_bytes) = {
             let mut st = self.lock();
             let State { ram, planner, .. } = &mut *st;
             ram.refresh(planner);
-            ram.cached_bytes()
+            (ram.cap(), ram.cached_bytes())
         };
         RamTierStats {
-            cap_bytes: self.lock().ram.cap(),
+            cap_bytes,
             cached_bytes,
             pages_checked: self.shared.page_cache.checked.load(Relaxed),
             pages_resident: self.shared.page_cache.resident.load(Relaxed),

@@ -104,6 +104,8 @@ pub(crate) struct RamTier {
     staging_bytes: u64,
     /// By block index: file-backed (its host copy is a file mapping): its host address and size.
     file: Vec<Option<(u64, u64)>>,
+    /// How many entries of `file` are `Some` (so an engine with none pays O(1) per refresh).
+    files: usize,
     /// By block index: stays cached in RAM.
     cached: Vec<bool>,
     /// Bytes of the cached blocks.
@@ -171,6 +173,7 @@ impl RamTier {
         }
         self.remove(index);
         self.file[i] = file.then_some((addr, bytes));
+        self.files += usize::from(file);
         self.planned_at = None;
     }
 
@@ -181,6 +184,7 @@ impl RamTier {
             flag.store(false, Relaxed);
         }
         if let Some((_, bytes)) = self.file.get_mut(i).and_then(Option::take) {
+            self.files -= 1;
             if std::mem::take(&mut self.cached[i]) {
                 self.cached_bytes -= bytes;
             }
@@ -190,7 +194,7 @@ impl RamTier {
     /// Chooses the cached set again if the keep plan changed since it was chosen.
     pub fn refresh(&mut self, planner: &Planner) {
         let replans = planner.replans();
-        if !self.on || self.planned_at == Some(replans) || self.file.iter().all(Option::is_none) {
+        if !self.on || self.planned_at == Some(replans) || self.files == 0 {
             return;
         }
         self.planned_at = Some(replans);
