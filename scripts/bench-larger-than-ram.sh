@@ -4,7 +4,8 @@
 #   scripts/bench-larger-than-ram.sh [DIR] [GiB]   (defaults: /tmp/synapswap-big, RAM + 4 GiB)
 # Writes DIR/model.safetensors (GiB of 256 MiB bf16 layers; kept for the next run), drops the page
 # cache before each run (needs root: /proc/sys/vm/drop_caches) and prints the figures as a
-# Markdown table, with the peak RSS of each run (/usr/bin/time). Takes minutes: the disk is read
+# Markdown table, with the peak RSS and the CPU time of each run (/usr/bin/time; the whole
+# process, the kernel's work for its page faults, read-aheads and page-outs included). Takes minutes: the disk is read
 # cold at its own speed. Nothing is timed in a test; BENCHMARKS.md quotes this script's output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,12 +42,13 @@ fi
 run() {
     sync
     echo 1 > /proc/sys/vm/drop_caches
-    /usr/bin/time -f "%M" -o "$DIR/rss.txt" "$BIN" run --model "$MODEL" --vram "$VRAM" --h2d max \
+    /usr/bin/time -f "%M %U %S %e" -o "$DIR/rss.txt" "$BIN" run --model "$MODEL" --vram "$VRAM" --h2d max \
         --verify sampled --tokens "$TOKENS" --json "$@" > "$DIR/run.json"
     python3 - "$DIR/run.json" "$DIR/rss.txt" "$*" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-rss_kib = int(open(sys.argv[2]).read().split()[-1])
+rss_kib, user_s, sys_s, wall_s = open(sys.argv[2]).read().split()[-4:]
+rss_kib = int(rss_kib)
 h = r["host_tier"]
 m, v, c = r["model_bytes"], r["vram_budget_bytes"], h["cached_bytes"]
 passes = r["tokens"]
@@ -58,12 +60,12 @@ G = 1 << 30
 print(f"| {sys.argv[3] or 'RAM tier on'} | {r['tokens_per_s']:.4f} | {bound:.4f} | {r['tokens_per_s'] / bound:.2f} | "
       f"{disk_pass / G:.2f} | {need / G:.2f} | {disk_pass / need if need else float('nan'):.2f} | "
       f"{h['page_cache_hit_rate']:.3f} | {c / G:.2f} of {h['cap_bytes'] / G:.2f} | {bw / 1e9:.2f} | "
-      f"{rss_kib / 1048576:.2f} | {r['integrity']['mismatches']} |")
+      f"{h['disk_rate_from']} | {rss_kib / 1048576:.2f} | {float(user_s):.0f} / {float(sys_s):.0f} of {float(wall_s):.0f} | {r['integrity']['mismatches']} |")
 PY
 }
 echo "Model $GIB GiB on $RAM_GIB GiB of RAM, $VRAM budget (sim arena), --h2d max, $TOKENS timed passes after a cold warm-up."
 echo
-echo "| run | tokens/s | disk bound | of bound | disk GiB / pass | M - V - C GiB | ratio | page cache hit | cached GiB of cap | disk GB/s | peak RSS GiB | mismatches |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| run | tokens/s | disk bound | of bound | disk GiB / pass | M - V - C GiB | ratio | page cache hit | cached GiB of cap | disk GB/s | measured on | peak RSS GiB | CPU user / sys of wall s | mismatches |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 run
 run --no-ram-tier

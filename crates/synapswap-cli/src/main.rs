@@ -848,12 +848,13 @@ fn print_summary(r: &RunReport) {
     }
     if let Some(h) = &r.host_tier {
         println!(
-            "  RAM tier: {} of the files kept cached (cap {}), page cache hit {:.1}%, {} read from the disk ({} cold)",
+            "  RAM tier: {} of the files kept cached (cap {}), page cache hit {:.1}%, {} read from the disk ({}, measured on the {})",
             format_bytes(h.cached_bytes),
             format_bytes(h.cap_bytes),
             100.0 * h.page_cache_hit_rate,
             format_bytes(h.disk_bytes_read),
-            format_bandwidth(h.disk_bytes_per_s)
+            format_bandwidth(h.disk_bytes_per_s),
+            h.disk_rate_from
         );
     }
 }

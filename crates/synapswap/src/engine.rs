@@ -308,6 +308,7 @@ impl State {
         if queue_commands(&mut self.planner, &mut self.queue, self.arena_base, host_of) {
             shared.work.notify_one();
         }
+        self.ram.look_ahead(&self.planner);
     }
 
     /// The fences of pending stream-ordered releases, to query outside the lock.
@@ -1159,6 +1160,16 @@ impl Engine {
         self.lock().planner.is_kept(id)
     }
 
+    /// Whether the RAM tier keeps `id`'s host bytes cached in RAM (`ram_tier.rs`; false for a
+    /// block not cut from a file mapping).
+    pub fn is_cached_in_ram(&self, id: BlockId) -> Result<bool> {
+        let mut st = self.lock();
+        let State { ram, planner, .. } = &mut *st;
+        planner.residency(id)?;
+        ram.refresh(planner);
+        Ok(ram.is_cached(id.index))
+    }
+
     /// The RAM tier over file-backed blocks ([`Engine::register_mapping`]).
     pub fn ram_tier(&self) -> RamTierStats {
         use std::sync::atomic::Ordering::Relaxed;
@@ -1173,6 +1184,7 @@ impl Engine {
             cached_bytes,
             pages_checked: self.shared.page_cache.checked.load(Relaxed),
             pages_resident: self.shared.page_cache.resident.load(Relaxed),
+            disk_bytes_per_s: (self.shared.page_cache.disk.lock()).map_or(0.0, |d| d.bytes_per_s()),
         }
     }
 

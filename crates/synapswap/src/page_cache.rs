@@ -20,12 +20,19 @@ pub enum Advice {
 
 /// The whole pages inside `addr..addr + len` (a range may share its first and last pages with its
 /// neighbours, which advice must not touch): `None` when there are none.
-fn inner_pages(addr: u64, len: u64) -> Option<(u64, u64)> {
+pub(crate) fn inner_pages(addr: u64, len: u64) -> Option<(u64, u64)> {
     let page = crate::os::page_size() as u64;
     let start = addr.checked_add(page - 1)? / page * page;
     let end = addr.checked_add(len)? / page * page;
     (end > start).then_some((start, end - start))
 }
+
+/// How much one `MADV_WILLNEED` asks for. The kernel reads at most the file's device read-ahead
+/// window per call (`force_page_cache_ra`: the larger of `read_ahead_kb` and the device's largest
+/// request) and silently drops the rest: one call for a 256 MiB tensor read 8 MiB of it here.
+/// 128 KiB is the kernel's default window (`VM_READAHEAD_PAGES`), so each call is read whole on
+/// any device left at its default or above; a range is advised in calls of this size.
+const WILLNEED_CHUNK: u64 = 128 << 10;
 
 /// Gives the kernel `advice` on the whole pages inside `addr..addr + len`. Best effort: the
 /// kernel may refuse (an old kernel, a range that is no longer mapped) and nothing breaks.
@@ -38,16 +45,20 @@ pub fn advise(addr: u64, len: u64, advice: Advice) {
     };
     #[cfg(target_os = "linux")]
     {
-        let ptr = start as usize as *mut libc::c_void;
-        let bytes = bytes as usize;
-        let how = match advice {
-            Advice::WillNeed => libc::MADV_WILLNEED,
-            Advice::PageOut => libc::MADV_PAGEOUT,
+        let (how, step) = match advice {
+            Advice::WillNeed => (libc::MADV_WILLNEED, WILLNEED_CHUNK),
+            Advice::PageOut => (libc::MADV_PAGEOUT, bytes),
         };
-        // SAFETY: madvise only reads the page-aligned range's mappings; with these two advices
-        // it never changes memory contents (see above), and the kernel checks the range.
-        unsafe {
-            libc::madvise(ptr, bytes, how);
+        let mut at = start;
+        while at < start + bytes {
+            let n = step.min(start + bytes - at);
+            // SAFETY: madvise only reads the page-aligned range's mappings; with these two
+            // advices it never changes memory contents (see above), and the kernel checks the
+            // range.
+            unsafe {
+                libc::madvise(at as usize as *mut libc::c_void, n as usize, how);
+            }
+            at += n;
         }
     }
     #[cfg(not(target_os = "linux"))]
@@ -82,6 +93,36 @@ pub fn residency(addr: u64, len: u64) -> Option<(u64, u64)> {
             let resident = vec.iter().filter(|&&b| b & 1 == 1).count() as u64;
             (resident, pages as u64)
         })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (addr, len);
+        None
+    }
+}
+
+/// The first page of `addr..addr + len` that is not in RAM: `Some(None)` when every page is,
+/// `None` where unknown (as [`residency`]).
+pub fn first_missing(addr: u64, len: u64) -> Option<Option<u64>> {
+    #[cfg(target_os = "linux")]
+    {
+        let page = crate::os::page_size() as u64;
+        let start = addr / page * page;
+        let end = addr.checked_add(len)?.div_ceil(page) * page;
+        let mut vec = vec![0u8; ((end - start) / page) as usize];
+        if vec.is_empty() {
+            return Some(None);
+        }
+        // SAFETY: as in `residency`: the kernel checks the range and writes one byte per page
+        // into `vec`, which has that many.
+        let r = unsafe {
+            libc::mincore(
+                start as usize as *mut libc::c_void,
+                (end - start) as usize,
+                vec.as_mut_ptr().cast(),
+            )
+        };
+        (r == 0).then(|| (vec.iter().position(|&b| b & 1 == 0)).map(|i| start + i as u64 * page))
     }
     #[cfg(not(target_os = "linux"))]
     {

@@ -7,28 +7,36 @@
 //! schedule, so it plans RAM as it plans VRAM:
 //! - blocks the VRAM keep plan keeps resident need their host bytes once: after their load they
 //!   are dropped from RAM;
-//! - of the blocks that stream through VRAM every pass, a stable set up to the cap (less a ring's
-//!   worth for the streamed blocks in flight) stays cached
-//!   ([`plan`]: in block order, which for a model is file order; every streamed block is used once
-//!   a pass, so any set of the same bytes saves as much, and a stable one is what LRU cannot keep);
-//! - the others are read from the disk every pass: each is read ahead (`MADV_WILLNEED`) when its
-//!   load is queued, which the planner does one prefetch horizon before its use, and dropped
-//!   (`MADV_PAGEOUT`) once its copy completed, so the cached set is never pushed out by bytes that
-//!   will not be needed again for a whole pass.
+//! - of the blocks that stream through VRAM every pass, a stable set up to the cap (less room for
+//!   the streamed blocks in flight and read ahead) stays cached ([`plan`]: spread evenly over
+//!   block order, which for a model is file order; every streamed block is used once a pass, so
+//!   any set of the same bytes saves as much, and a stable one is what LRU cannot keep);
+//! - the others are read from the disk every pass, a disk horizon ahead of their copy
+//!   ([`RamTier::look_ahead`]): the next ones the schedule uses are read ahead (`MADV_WILLNEED`)
+//!   while up to [`RamTier::horizon_bytes`] of them are in RAM and not yet copied, so the disk
+//!   reads the next uncached block while the blocks before it are copied (a read-ahead only when
+//!   the load is queued left the disk idle through the cached blocks and each uncached copy
+//!   waiting on the disk: the two took turns); each
+//!   is dropped (`MADV_PAGEOUT`) once its copy completed, so the cached set is never pushed out
+//!   by bytes that will not be needed again for a whole pass.
 //!
 //! The decisions are made here, under the engine's lock, and only recorded; a thread of its own
 //! (`synapswap-ram`, started by the first [`crate::Engine::register_mapping`]) gives the advice,
 //! outside the lock and off the transfer thread, because the kernel submits a `WILLNEED`'s reads
-//! and a `PAGEOUT`'s reclaim before it returns (tens of milliseconds for a 256 MiB tensor, assumed
-//! from the syscall's work, not measured alone): on the transfer thread that stalled the copies.
+//! and a `PAGEOUT`'s reclaim before it returns (0.3-0.5 s of kernel time a GiB each, measured by
+//! `scripts/measure-page-cache-costs.py`, BENCHMARKS.md): on the transfer thread that stalled the
+//! copies. It also watches each read-ahead until its range is in RAM, which measures the disk
+//! ([`DiskRate`]).
 //!
 //! Only blocks cut from a buffer registered as a file mapping ([`crate::Engine::register_mapping`])
-//! are in this tier. Cost: O(blocks) per keep plan (a replan), O(1) per load.
+//! are in this tier. Cost: O(blocks) per keep plan (a replan), O(1) per load, and per planner call
+//! the look-ahead ([`RamTier::look_ahead`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{channel, Sender};
-use std::sync::Arc;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::page_cache::{self, Advice};
 use crate::planner::Planner;
@@ -47,12 +55,47 @@ pub(crate) struct Item {
     pending: Option<Arc<AtomicBool>>,
 }
 
-/// Pages of file-backed loads looked at when their load was queued, and those already in RAM.
+/// Pages of file-backed loads looked at when their load was queued, and those already in RAM;
+/// the disk's measured read rate.
 #[derive(Debug, Default)]
 pub(crate) struct PageCacheCounts {
     pub checked: AtomicU64,
     pub resident: AtomicU64,
+    pub disk: Mutex<DiskRate>,
 }
+
+/// The disk's read rate, measured by the advisor thread on its read-aheads: decaying sums of the
+/// bytes a read-ahead brought into RAM and the seconds from its advice until the whole range was
+/// resident, byte-weighted as the link's rate is (`planner/uses.rs`), so a small tensor's
+/// latency does not count as much as a large one's throughput.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct DiskRate {
+    bytes: f64,
+    secs: f64,
+}
+
+impl DiskRate {
+    /// One read-ahead brought `bytes` in, in `secs`.
+    pub fn add(&mut self, bytes: u64, secs: f64) {
+        let decay = 1.0 - crate::planner::BW_DECAY;
+        self.bytes = self.bytes * decay + bytes as f64;
+        self.secs = self.secs * decay + secs;
+    }
+
+    /// Bytes/s; 0 before any measurement.
+    pub fn bytes_per_s(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.bytes / self.secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// How long a read-ahead is watched before it is given up on (no sample): a range the kernel
+/// never brings in whole (pages reclaimed under pressure as they arrive) must not stall the
+/// advice behind it.
+const READ_AHEAD_WATCH: Duration = Duration::from_secs(10);
 
 /// Gives the kernel one piece of advice, counting first how much of a range about to be read
 /// is already in RAM.
@@ -80,17 +123,117 @@ pub(crate) struct Advisor {
     thread: std::thread::JoinHandle<()>,
 }
 
-/// Starts the thread that gives advice sent to it, in order, until the sender is dropped.
+/// Starts the thread that gives advice sent to it until the sender is dropped: read-aheads in
+/// order, each watched until its range is in RAM to measure the disk ([`DiskRate`]); page-outs
+/// that arrive meanwhile are given at once (they keep the tier under its cap), read-aheads wait
+/// their turn (one at a time keeps each measurement to its own bytes; the kernel still has a
+/// whole tensor's reads queued).
 pub(crate) fn start_advisor(counts: Arc<PageCacheCounts>) -> std::io::Result<Advisor> {
     let (tx, rx) = channel::<Item>();
     let thread = std::thread::Builder::new()
         .name("synapswap-ram".into())
         .spawn(move || {
-            for item in rx {
-                give(&counts, item);
+            let mut waiting = VecDeque::new();
+            loop {
+                let item = match waiting.pop_front() {
+                    Some(item) => item,
+                    None => match rx.recv() {
+                        Ok(item) => item,
+                        Err(_) => break,
+                    },
+                };
+                if item.advice == Some(Advice::WillNeed) {
+                    read_ahead(&counts, item, &rx, &mut waiting);
+                } else {
+                    give(&counts, item);
+                }
             }
         })?;
     Ok(Advisor { tx, thread })
+}
+
+/// Gives a read-ahead and watches its range until it is in RAM, adding the time it took to the
+/// disk's rate; gives up (no sample) when its copy is done first (the copy faulted pages in
+/// itself, or the page-out after it raced the watch) or after [`READ_AHEAD_WATCH`]. Advice that
+/// arrives meanwhile: page-outs given at once, the rest queued on `waiting`.
+fn read_ahead(
+    counts: &PageCacheCounts,
+    item: Item,
+    rx: &Receiver<Item>,
+    waiting: &mut VecDeque<Item>,
+) {
+    let pending = item.pending.clone();
+    let is_pending = || pending.as_ref().is_none_or(|p| p.load(Relaxed));
+    // The whole pages advised: the first and last may be a neighbour's too, and are not read.
+    let inner = page_cache::inner_pages(item.addr, item.len);
+    let missing = inner
+        .and_then(|(a, l)| page_cache::residency(a, l))
+        .map_or(0, |(resident, pages)| pages - resident);
+    if !is_pending() {
+        return;
+    }
+    give(counts, item);
+    let Some((addr, len)) = inner.filter(|_| missing > 0) else {
+        return;
+    };
+    let start = Instant::now();
+    let mut open = true;
+    let page = crate::os::page_size() as u64;
+    let mut watch = addr + len - page;
+    // The kernel may skip part of a read-ahead (its page allocations do not retry under memory
+    // pressure, and no error says so): what is still missing is advised again, at growing
+    // intervals (harmless for pages whose read is only slow: in flight, they are skipped).
+    let mut readvise = Duration::from_millis(100);
+    let mut advised_at = start;
+    loop {
+        let elapsed = start.elapsed();
+        // Polls at 1/32 of the time so far: the measurement is off by at most ~3%, at a
+        // bounded number of `mincore` calls per read-ahead.
+        let wait = (elapsed / 32).clamp(Duration::from_micros(200), Duration::from_millis(20));
+        if open {
+            match rx.recv_timeout(wait) {
+                Ok(next) if next.advice == Some(Advice::PageOut) => give(counts, next),
+                Ok(next) => waiting.push_back(next),
+                Err(RecvTimeoutError::Timeout) => {}
+                // The engine is shutting down (its blocks' frees end the watch).
+                Err(RecvTimeoutError::Disconnected) => open = false,
+            }
+        } else {
+            std::thread::sleep(wait);
+        }
+        if !is_pending() || start.elapsed() > READ_AHEAD_WATCH {
+            return;
+        }
+        // The reads were submitted in order and complete about in order: the watched page
+        // (at first the last) is checked alone, and the whole range once it is in (a `mincore`
+        // of a 256 MiB range looks up 65,536 pages: polled in full, it cost the advisor more
+        // than the reads it watched).
+        match page_cache::residency(watch, 1) {
+            Some((1, _)) => {}
+            Some(_) if advised_at.elapsed() < readvise => continue,
+            Some(_) => {
+                if let Some(Some(from)) = page_cache::first_missing(addr, len) {
+                    page_cache::advise(from, addr + len - from, Advice::WillNeed);
+                }
+                advised_at = Instant::now();
+                readvise *= 2;
+                continue;
+            }
+            None => return,
+        }
+        match page_cache::first_missing(addr, len) {
+            Some(None) => {
+                let bytes = missing * crate::os::page_size() as u64;
+                let secs = start.elapsed().as_secs_f64();
+                if let Ok(mut disk) = counts.disk.lock() {
+                    disk.add(bytes, secs);
+                }
+                return;
+            }
+            Some(Some(page)) => watch = page,
+            None => return,
+        }
+    }
 }
 
 /// The RAM tier's state.
@@ -118,22 +261,52 @@ pub(crate) struct RamTier {
     advisor: Option<Advisor>,
     /// Bytes of file mappings page-locked so far ([`RamTier::reserve_lock`]).
     locked: u64,
-    /// By block index: the pending flag of its queued load's read-ahead (see [`Item`]).
+    /// By block index: the pending flag of its read-ahead, until its copy is done (see [`Item`]).
     pending: HashMap<u32, Arc<AtomicBool>>,
+    /// Bytes of the largest streamed, uncached file-backed block (0: none; nothing to read
+    /// ahead).
+    largest_uncached: u64,
 }
 
+/// How many steps [`RamTier::look_ahead`] walks at most, looking for the next uncached blocks
+/// (a bound on its cost per call where few blocks are uncached).
+const LOOK_AHEAD_STEPS: usize = 4096;
+
 /// Which file-backed blocks stay cached: `blocks[i]` is `Some((bytes, streamed))` for a
-/// file-backed block (`streamed`: the VRAM keep plan does not keep it). The streamed ones, in
-/// block order, while they fit under `cap`; a block kept in VRAM is never cached (its bytes are
-/// on the device). Returns the choice and its bytes.
+/// file-backed block (`streamed`: the VRAM keep plan does not keep it); a block kept in VRAM is
+/// never cached (its bytes are on the device). Of the streamed ones, up to `cap` bytes, spread
+/// evenly over block order (error diffusion: after each block, the cached bytes so far are
+/// within half a block of `cap / streamed bytes` of the bytes so far). Any set of the same
+/// bytes saves the disk as much; spread out, the disk reads each uncached block while the cached
+/// ones before it are copied, where a cached run followed by an uncached one leaves the disk
+/// idle through the first and the copies waiting through the second. Deterministic, so the set
+/// is stable from pass to pass. Returns the choice and its bytes.
 pub(crate) fn plan(blocks: &[Option<(u64, bool)>], cap: u64) -> (Vec<bool>, u64) {
-    let mut used = 0u64;
+    let streamed: u64 = blocks
+        .iter()
+        .map(|b| match b {
+            Some((bytes, true)) => *bytes,
+            _ => 0,
+        })
+        .sum();
+    let share = if streamed == 0 {
+        0.0
+    } else {
+        (cap as f64 / streamed as f64).min(1.0)
+    };
+    let (mut used, mut seen) = (0u64, 0u64);
     let cached = blocks
         .iter()
         .map(|b| match b {
-            Some((bytes, true)) if used + bytes <= cap => {
-                used += bytes;
-                true
+            Some((bytes, true)) => {
+                seen += bytes;
+                let on_track = (used + bytes) as f64 <= share * seen as f64 + *bytes as f64 / 2.0;
+                if on_track && used + bytes <= cap {
+                    used += bytes;
+                    true
+                } else {
+                    false
+                }
             }
             _ => false,
         })
@@ -161,6 +334,11 @@ impl RamTier {
     /// Bytes of the blocks chosen to stay cached.
     pub fn cached_bytes(&self) -> u64 {
         self.cached_bytes
+    }
+
+    /// Whether block `index` is in the cached set.
+    pub fn is_cached(&self, index: u32) -> bool {
+        self.cached.get(index as usize).copied().unwrap_or(false)
     }
 
     /// A block was added, its host copy at `addr..addr + bytes`: `file` when that is a file
@@ -208,11 +386,23 @@ impl RamTier {
         // Streamed blocks in flight (read ahead, being copied, not yet dropped) are in RAM too,
         // at most a ring's worth, and so is the staging ring: the cached set leaves room for
         // them, so that what the tier holds in RAM stays under the cap.
+        // So are the read-aheads beyond the ring ([`RamTier::look_ahead`]): two of the largest
+        // blocks that could be uncached.
+        let largest = blocks
+            .iter()
+            .filter_map(|b| b.filter(|&(_, streamed)| streamed).map(|(bytes, _)| bytes))
+            .max()
+            .unwrap_or(0);
         let room = self
             .cap
             .saturating_sub(planner.streaming_bytes())
-            .saturating_sub(self.staging_bytes);
+            .saturating_sub(self.staging_bytes)
+            .saturating_sub(2 * largest);
         let (cached, bytes) = plan(&blocks, room);
+        self.largest_uncached = (blocks.iter().zip(&cached))
+            .filter_map(|(b, &c)| b.filter(|&(_, streamed)| streamed && !c).map(|(n, _)| n))
+            .max()
+            .unwrap_or(0);
         // A block that leaves the cached set leaves RAM now (a kept block's next load is far
         // off; a streamed one's is dropped again after it anyway).
         for (i, &now) in cached.iter().enumerate() {
@@ -232,14 +422,66 @@ impl RamTier {
         (self.cached, self.cached_bytes) = (cached, bytes);
     }
 
-    /// A load of `block` (host bytes `addr..addr + len`) was queued: read a file-backed block
-    /// ahead.
-    pub fn queued(&mut self, block: BlockId, addr: u64, len: u64) {
-        if self.is_file(block) {
-            let flag = Arc::new(AtomicBool::new(true));
-            if let Some(old) = self.pending.insert(block.index, flag.clone()) {
-                old.store(false, Relaxed);
+    /// How far ahead the disk reads ([`RamTier::look_ahead`]): uncached blocks read ahead and
+    /// not yet copied, in bytes, beyond the ring's (`ring`): two of the largest uncached
+    /// blocks, one being copied and the next being read, so the disk never waits for the copies
+    /// to reach an uncached block (it is the bottleneck whenever it is slower than the link).
+    pub fn horizon_bytes(&self, ring: u64) -> u64 {
+        ring + 2 * self.largest_uncached
+    }
+
+    /// Reads the coming uncached file-backed blocks ahead, in the schedule's order, while the
+    /// read-aheads not yet copied stay under [`RamTier::horizon_bytes`]. Called with the
+    /// commands of each planner call; O(read-aheads in flight) when the horizon is full, else
+    /// O(steps walked), at most [`LOOK_AHEAD_STEPS`].
+    pub fn look_ahead(&mut self, planner: &Planner) {
+        if !self.on || self.largest_uncached == 0 {
+            return;
+        }
+        let horizon = self.horizon_bytes(planner.streaming_bytes());
+        let uncached_bytes = |i: u32| match self.file.get(i as usize) {
+            Some(Some((_, bytes))) if !self.cached.get(i as usize).copied().unwrap_or(false) => {
+                *bytes
             }
+            _ => 0,
+        };
+        let mut ahead: u64 = self.pending.keys().map(|&i| uncached_bytes(i)).sum();
+        if ahead + self.largest_uncached > horizon {
+            return;
+        }
+        let mut new = Vec::new();
+        planner.upcoming_host_blocks(LOOK_AHEAD_STEPS, |i, _| {
+            let bytes = uncached_bytes(i);
+            if bytes == 0 || self.pending.contains_key(&i) || new.iter().any(|&(j, _, _)| j == i) {
+                return true;
+            }
+            if ahead + bytes > horizon {
+                return false;
+            }
+            ahead += bytes;
+            if let Some(Some((addr, _))) = self.file.get(i as usize) {
+                new.push((i, *addr, bytes));
+            }
+            true
+        });
+        for (i, addr, len) in new {
+            let flag = Arc::new(AtomicBool::new(true));
+            self.pending.insert(i, flag.clone());
+            self.push(Item {
+                addr,
+                len,
+                advice: Some(Advice::WillNeed),
+                pending: Some(flag),
+            });
+        }
+    }
+
+    /// A load of `block` (host bytes `addr..addr + len`) was queued: read a file-backed block
+    /// ahead, unless [`RamTier::look_ahead`] did.
+    pub fn queued(&mut self, block: BlockId, addr: u64, len: u64) {
+        if self.is_file(block) && !self.pending.contains_key(&block.index) {
+            let flag = Arc::new(AtomicBool::new(true));
+            self.pending.insert(block.index, flag.clone());
             self.push(Item {
                 addr,
                 len,
@@ -330,20 +572,171 @@ impl RamTier {
 mod tests {
     use super::*;
 
+    /// Runs `passes` passes of one block a step on `p`, every copy completing at once.
+    fn run_passes(p: &mut Planner, ids: &[BlockId], passes: usize) {
+        use crate::planner::{Acquire, Command};
+        let complete = |p: &mut Planner| {
+            while let Some(c) = p.poll_command() {
+                if let Command::Load { block, .. } = c {
+                    p.transfer_done(block, true, "", 1e-4);
+                }
+            }
+        };
+        let mut now = 0.0;
+        for _ in 0..passes {
+            for (s, &id) in ids.iter().enumerate() {
+                p.hint(s as u64, now);
+                now += 1e-3;
+                complete(p);
+                if p.acquire(id).unwrap() == Acquire::Pending {
+                    complete(p);
+                    p.poll_waiter(id).unwrap().unwrap();
+                }
+                p.unhold(id);
+                complete(p);
+            }
+        }
+    }
+
+    /// The look-ahead reads the next uncached blocks in the schedule's order, up to its horizon,
+    /// each once, and one more as one is copied.
     #[test]
-    fn the_cached_set_is_streamed_blocks_in_order_under_the_cap() {
+    fn look_ahead_reads_the_next_uncached_blocks_in_schedule_order() {
+        use crate::planner::PlannerConfig;
+        use crate::BlockSpec;
+        const MIB: u64 = 1 << 20;
+        let mut p = Planner::new(PlannerConfig::new(4 * MIB)).unwrap();
+        let ids: Vec<BlockId> = (0..16u64)
+            .map(|s| {
+                let id = p.add_block(BlockSpec::new(MIB)).unwrap();
+                p.declare(s, id).unwrap();
+                id
+            })
+            .collect();
+        run_passes(&mut p, &ids, 2);
+        p.hint(0, 1.0);
+        // A cap that caches about half of what streams; no advisor, so advice is kept.
+        let mut ram = RamTier::new(8 * MIB + p.streaming_bytes() + 2 * MIB, true, 0);
+        let base = 1u64 << 40;
+        for id in &ids {
+            ram.add(id.index, true, base + id.index as u64 * MIB, MIB);
+        }
+        ram.refresh(&p);
+        let order = |items: Vec<Item>| -> Vec<u32> {
+            (items.iter())
+                .filter(|i| i.advice == Some(Advice::WillNeed))
+                .map(|i| ((i.addr - base) / MIB) as u32)
+                .collect()
+        };
+        let _ = ram.take_advice();
+        ram.look_ahead(&p);
+        let first = order(ram.take_advice());
+        let uncached: Vec<u32> = (ids.iter())
+            .map(|id| id.index)
+            .filter(|&i| !ram.cached[i as usize] && !p.is_kept(ids[i as usize]).unwrap())
+            .collect();
+        assert!(ram.cached_bytes > 0 && uncached.len() >= 4, "{uncached:?}");
+        // From the step after the current one (0), in order, as many as the horizon holds, of
+        // those not loading already (their loads read them ahead when queued).
+        let horizon = ram.horizon_bytes(p.streaming_bytes()) / MIB;
+        let host = |i: &u32| p.residency(ids[*i as usize]).unwrap() == crate::Residency::Host;
+        let want: Vec<u32> = (uncached.iter().copied())
+            .filter(|&i| i > 0 && host(&i))
+            .take(horizon as usize)
+            .collect();
+        assert_eq!(first, want, "uncached {uncached:?}, horizon {horizon} MiB");
+        // Again: nothing new (each is pending until its copy).
+        ram.look_ahead(&p);
+        assert!(order(ram.take_advice()).is_empty());
+        // The first one's copy is done: that frees one block of the horizon, and the walk takes
+        // the first host block again, which (this planner was not told of the copy) is still
+        // that one.
+        let done = ids[first[0] as usize];
+        ram.loaded(done, base + done.index as u64 * MIB, MIB);
+        let _ = ram.take_advice();
+        ram.look_ahead(&p);
+        assert_eq!(order(ram.take_advice()), [first[0]]);
+    }
+
+    /// A read-ahead of a file not in RAM is watched until it is, and measures the disk.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_advisor_measures_the_disk_on_a_cold_read_ahead() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let path = std::env::temp_dir().join(format!("synapswap-disk-{}", std::process::id()));
+        let len = 32usize << 20;
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(&vec![7u8; len]).unwrap();
+        f.sync_all().unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        // SAFETY: the file is this test's own and is not changed while mapped.
+        let map = unsafe { memmap2::Mmap::map(&f) }.unwrap();
+        // SAFETY: advice on a file this test opened; it changes no memory.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        let addr = map.as_ptr() as u64;
+        let cold = page_cache::residency(addr, len as u64).is_some_and(|(r, _)| r == 0);
+        std::fs::remove_file(&path).unwrap();
+        if !cold {
+            eprintln!("skipped: the kernel kept the test file's pages in RAM (tmpfs?)");
+            return;
+        }
+        let counts = Arc::new(PageCacheCounts::default());
+        let advisor = start_advisor(counts.clone()).unwrap();
+        let flag = Arc::new(AtomicBool::new(true));
+        advisor
+            .tx
+            .send(Item {
+                addr,
+                len: len as u64,
+                advice: Some(Advice::WillNeed),
+                pending: Some(flag),
+            })
+            .unwrap();
+        drop(advisor.tx);
+        advisor.thread.join().unwrap();
+        let rate = counts.disk.lock().unwrap().bytes_per_s();
+        assert!(rate > 0.0 && rate.is_finite(), "disk rate {rate}");
+        assert_eq!(
+            counts.checked.load(Relaxed),
+            (len / crate::os::page_size()) as u64
+        );
+        assert_eq!(counts.resident.load(Relaxed), 0);
+        let (resident, pages) = page_cache::residency(addr, len as u64).unwrap();
+        assert_eq!(resident, pages, "the read-ahead brought the whole file in");
+    }
+
+    #[test]
+    fn the_cached_set_is_streamed_blocks_under_the_cap() {
         let blocks = [
             Some((10, true)),
             Some((50, false)), // kept in VRAM: its bytes are on the device
             None,              // not file-backed
+            Some((30, true)),  // ahead of its share (40 of 75 bytes by its end, 60% cached)
             Some((30, true)),
-            Some((30, true)), // over the cap
             Some((5, true)),
         ];
         let (cached, bytes) = plan(&blocks, 45);
-        assert_eq!(cached, [true, false, false, true, false, true]);
+        assert_eq!(cached, [true, false, false, false, true, true]);
         assert_eq!(bytes, 45);
         // The same inputs give the same set (stable from pass to pass).
         assert_eq!(plan(&blocks, 45).0, cached);
+        // Everything fits: everything streamed is cached.
+        assert_eq!(plan(&blocks, 1000).1, 75);
+    }
+
+    #[test]
+    fn the_cached_set_is_spread_over_the_pass() {
+        let blocks = vec![Some((256u64, true)); 12];
+        // Two thirds cached: never more than two cached blocks in a row, one uncached between.
+        let (cached, bytes) = plan(&blocks, 8 * 256);
+        assert_eq!(bytes, 8 * 256);
+        let pattern: String = cached.iter().map(|&c| if c { 'C' } else { '.' }).collect();
+        assert_eq!(pattern, "C.CC.CC.CC.C");
+        // A third: one in three.
+        let pattern: String = (plan(&blocks, 4 * 256).0.iter())
+            .map(|&c| if c { 'C' } else { '.' })
+            .collect();
+        assert_eq!(pattern, ".C..C..C..C.");
     }
 }

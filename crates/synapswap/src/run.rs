@@ -153,16 +153,22 @@ pub struct HostTierReport {
     pub cap_bytes: u64,
     /// Bytes the plan keeps cached in RAM.
     pub cached_bytes: u64,
-    /// Of the pages of the loads queued, the share already in RAM when queued (before their
-    /// read-ahead); 1 when every load was found in the page cache.
+    /// Of the bytes the timed passes copied from the model's files, the share that did not come
+    /// from the disk: `1 - disk_bytes_read / bytes_h2d` (at least 0); 1 when nothing was read.
+    /// Where the disk's counter is unknown (not Linux), the RAM tier's count of the pages found
+    /// in RAM when first read ahead ([`crate::RamTierStats`]) instead. (That count alone
+    /// undercounts hits: a cached block's copy can finish before the advisor thread looks.)
     pub page_cache_hit_rate: f64,
     /// Bytes this process read from storage (`/proc/self/io` `read_bytes`; 0 where unknown).
     pub disk_bytes_read: u64,
-    /// The disk's read rate, bytes/s, measured over the warm-up pass, which reads the model cold
-    /// (0 when nothing came from the disk: the file was in the page cache). Independent of the
-    /// timed passes the bound judges; it understates the disk when the warm-up was held back by
-    /// something else (its copies, its compute), so efficiency can exceed 1.
+    /// The disk's read rate, bytes/s: the RAM tier's measure on its read-aheads at the end of
+    /// the run ([`crate::RamTierStats::disk_bytes_per_s`]), or, where it has none (the tier is
+    /// off), the bytes read over the warm-up pass, which reads the model cold, over its time;
+    /// that one understates the disk when the warm-up was held back by something else (its
+    /// copies, its compute), so efficiency can exceed 1. 0 when nothing came from the disk.
     pub disk_bytes_per_s: f64,
+    /// Which of the two `disk_bytes_per_s` is: `"read-ahead"` or `"warm-up"`.
+    pub disk_rate_from: &'static str,
     /// What the disk allows: a pass must read what is neither on the device nor cached in RAM,
     /// `disk_bytes_per_s / (bytes per pass - V - C)`; the report's bound is the lesser of this
     /// and the link's. 0 when there is no such term (the timed passes read nothing from the disk,
@@ -635,16 +641,27 @@ fn run_inner(
         HostTierReport {
             cap_bytes: ram.cap_bytes,
             cached_bytes: ram.cached_bytes,
-            page_cache_hit_rate: if checked > 0 {
-                resident as f64 / checked as f64
-            } else {
-                1.0
+            page_cache_hit_rate: match (disk_at_timed, page_cache::storage_bytes_read()) {
+                (Some(a), Some(b)) if end.bytes_h2d > at_timed.bytes_h2d => {
+                    let copied = (end.bytes_h2d - at_timed.bytes_h2d) as f64;
+                    (1.0 - b.saturating_sub(a) as f64 / copied).max(0.0)
+                }
+                (Some(_), Some(_)) => 1.0,
+                _ if checked > 0 => resident as f64 / checked as f64,
+                _ => 1.0,
             },
             disk_bytes_read: read(disk_at_timed, page_cache::storage_bytes_read()),
-            disk_bytes_per_s: if warmup_s > 0.0 {
+            disk_bytes_per_s: if ram.disk_bytes_per_s > 0.0 {
+                ram.disk_bytes_per_s
+            } else if warmup_s > 0.0 {
                 read(disk_at_start, disk_at_timed) as f64 / warmup_s
             } else {
                 0.0
+            },
+            disk_rate_from: if ram.disk_bytes_per_s > 0.0 {
+                "read-ahead"
+            } else {
+                "warm-up"
             },
             disk_bound_tokens_per_s: 0.0,
         }

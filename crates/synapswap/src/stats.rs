@@ -25,7 +25,7 @@ impl PrefetchStats {
 }
 
 /// The RAM tier over file-backed blocks (`ram_tier.rs`; see [`crate::Engine::ram_tier`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct RamTierStats {
     /// Bytes of file-backed blocks it may keep cached ([`crate::EngineBuilder::ram_cap`]).
     pub cap_bytes: u64,
@@ -35,6 +35,11 @@ pub struct RamTierStats {
     pub pages_checked: u64,
     /// Of those, the pages already in RAM.
     pub pages_resident: u64,
+    /// The disk's read rate, bytes/s, measured on the read-aheads (a decaying, byte-weighted
+    /// average, as the link's): from a read-ahead's advice until its whole range was in RAM.
+    /// 0 before any read-ahead found its range missing (everything was cached, or the tier is
+    /// off: without read-ahead the copies fault the pages in themselves, unmeasured).
+    pub disk_bytes_per_s: f64,
 }
 
 /// A snapshot of the engine's counters. Every field is measured by the engine, none estimated.

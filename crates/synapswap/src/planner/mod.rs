@@ -78,6 +78,7 @@ use keep_plan::KeepPlan;
 use placement::{Mode, Placement};
 use prefetch::{MAX_LOOKAHEAD_S, MIN_LOOKAHEAD_S, SATURATED_DECAY};
 use schedule::{Schedule, EMA_ALPHA};
+pub(crate) use uses::BW_DECAY;
 
 mod blocks;
 mod counters;

@@ -37,6 +37,31 @@ impl Planner {
         }
     }
 
+    /// The blocks on the host (neither resident nor loading) that the coming steps use for
+    /// certain, in deadline order from the step after the current one, as often as they are
+    /// used, over at most `steps` steps: `f(index, bytes)` until it returns false. For the RAM
+    /// tier (`ram_tier.rs`), which reads file-backed blocks from the disk further ahead than
+    /// their loads are queued. O(uses walked); nothing while the schedule's index is stale.
+    pub(crate) fn upcoming_host_blocks(&self, steps: usize, mut f: impl FnMut(u32, u64) -> bool) {
+        if self.schedule.stale {
+            return;
+        }
+        let len = self.schedule.len() as usize;
+        for k in 1..len.min(steps.saturating_add(1)) {
+            let p = (self.pos + k) % len;
+            for (j, &i) in self.schedule.uses[p].iter().enumerate() {
+                let b = self.b(i);
+                if self.schedule.is_certain(p, j)
+                    && b.state == State::Host
+                    && b.error.is_none()
+                    && !f(i, b.spec.size)
+                {
+                    return;
+                }
+            }
+        }
+    }
+
     /// Current lookahead horizon in seconds.
     pub fn lookahead_s(&self) -> f64 {
         self.lookahead_s

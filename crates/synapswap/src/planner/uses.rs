@@ -7,7 +7,7 @@ use crate::block::BlockId;
 use crate::{Error, Result};
 
 /// Per-copy decay of the bandwidth estimate's byte and second sums.
-pub(super) const BW_DECAY: f64 = 0.05;
+pub(crate) const BW_DECAY: f64 = 0.05;
 
 impl Planner {
     /// Ends the protection a hint gave `block` (it stays on the device until space is needed).
