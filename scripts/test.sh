@@ -22,6 +22,7 @@ VENV=${SYNAPSWAP_VENV:-$PWD/target/pyenv}
 # The build backend (maturin) runs as a program: the environment's bin/ goes first on PATH.
 export PATH="$VENV/bin:$PATH"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q maturin pytest numpy torch
+# transformers is pinned: from_pretrained is tested against this release (README, "Hugging Face").
+"$VENV/bin/python" -m pip install -q maturin pytest numpy torch "transformers==5.24.0"
 "$VENV/bin/python" -m pip install -q --no-build-isolation --force-reinstall --no-deps ./crates/synapswap-py
 "$VENV/bin/python" -m pytest -q crates/synapswap-py/tests

@@ -428,6 +428,35 @@ impl PyEngine {
         })
     }
 
+    /// Registers a read-only memory-mapped model file, `ptr..ptr + size`, as `register_buffer`
+    /// does, and puts the blocks cut from it in the RAM tier (read ahead before their copy,
+    /// dropped from RAM after it unless the plan keeps them cached: a file larger than RAM runs
+    /// from the disk). The caller keeps the mapping alive until every block cut from it is freed
+    /// and the returned buffer is gone, and never writes it while the engine may read it.
+    fn register_mapping(&self, ptr: usize, size: &Bound<'_, PyAny>) -> PyResult<PyHostBuffer> {
+        let size = size_arg(size)?;
+        // SAFETY: the caller's contract above, as documented for Python callers;
+        // `synapswap.torch.from_pretrained` keeps each file's mapping (a torch storage) alive
+        // until it frees the blocks cut from it, and the model holds meta stand-ins meanwhile.
+        let b = unsafe { self.inner.register_mapping(ptr as *mut u8, size) };
+        Ok(PyHostBuffer {
+            inner: b.map_err(err)?,
+        })
+    }
+
+    /// The RAM tier over file mappings, as a dict: cap_bytes, cached_bytes, pages_checked,
+    /// pages_resident, disk_bytes_per_s.
+    fn ram_tier<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let r = self.inner.ram_tier();
+        let d = PyDict::new(py);
+        d.set_item("cap_bytes", r.cap_bytes)?;
+        d.set_item("cached_bytes", r.cached_bytes)?;
+        d.set_item("pages_checked", r.pages_checked)?;
+        d.set_item("pages_resident", r.pages_resident)?;
+        d.set_item("disk_bytes_per_s", r.disk_bytes_per_s)?;
+        Ok(d)
+    }
+
     /// A block whose host copy is `buffer`'s bytes `offset..offset + size`, used in place.
     #[pyo3(signature = (buffer, offset, size, name=None, priority=5, policy="auto", mutable=false))]
     #[allow(clippy::too_many_arguments)]
@@ -622,6 +651,36 @@ fn parse_size(s: &str) -> PyResult<u64> {
     engine::size::parse_size(s).map_err(err)
 }
 
+/// The tensors of a model file (a `.safetensors` file, a Hugging Face directory of shards, or a
+/// GGUF file), read by the engine's model reader with its checks: a list of dicts with `name`,
+/// `dtype` (as the file spells it: `BF16`, `F32`, ...), `shape`, `file` (the path of the file
+/// that holds it), `offset` (its first byte in that file) and `nbytes`. Nothing is read beyond
+/// the headers.
+#[pyfunction]
+fn model_tensors<'py>(py: Python<'py>, path: &str) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let model = py
+        .allow_threads(|| engine::model::Model::open(std::path::Path::new(path)))
+        .map_err(err)?;
+    let files: Vec<String> = model
+        .files()
+        .map(|(p, _)| p.display().to_string())
+        .collect();
+    model
+        .tensors
+        .iter()
+        .map(|t| {
+            let d = PyDict::new(py);
+            d.set_item("name", &t.name)?;
+            d.set_item("dtype", &t.dtype)?;
+            d.set_item("shape", &t.shape)?;
+            d.set_item("file", &files[t.file])?;
+            d.set_item("offset", t.offset)?;
+            d.set_item("nbytes", t.bytes)?;
+            Ok(d)
+        })
+        .collect()
+}
+
 /// Whether the CUDA backend can run here, and why not.
 #[pyfunction]
 fn cuda_available() -> (bool, String) {
@@ -638,5 +697,6 @@ fn _synapswap(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyHostBuffer>()?;
     m.add_function(wrap_pyfunction!(parse_size, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_available, m)?)?;
+    m.add_function(wrap_pyfunction!(model_tensors, m)?)?;
     Ok(())
 }

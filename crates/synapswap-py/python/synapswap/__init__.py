@@ -5,7 +5,7 @@ thread copies blocks in ahead of use. ``Engine`` is the engine itself; ``synapsw
 puts a PyTorch model on it in one line.
 """
 
-from ._synapswap import DeviceView, Engine, HostBuffer, cuda_available, parse_size
+from ._synapswap import DeviceView, Engine, HostBuffer, cuda_available, model_tensors, parse_size
 
-__all__ = ["Engine", "DeviceView", "HostBuffer", "parse_size", "cuda_available"]
+__all__ = ["Engine", "DeviceView", "HostBuffer", "parse_size", "cuda_available", "model_tensors"]
 __version__ = "0.1.0"

@@ -23,13 +23,14 @@ On a machine without a GPU, ``device="cpu"`` runs the same path on the sim backe
 from __future__ import annotations
 
 import json as _json
+import logging as _logging
 
 import torch as _torch
 from torch.overrides import TorchFunctionMode as _TorchFunctionMode
 
-from . import Engine, cuda_available, parse_size
+from . import Engine, cuda_available, model_tensors, parse_size
 
-__all__ = ["offload", "OffloadHandle"]
+__all__ = ["offload", "from_pretrained", "OffloadHandle"]
 
 _ATTR = "_synapswap_offload"
 
@@ -208,6 +209,23 @@ def _tensors(model):
                 yield module, name, False, b
 
 
+def _device(device):
+    if device is None:
+        device = "cuda" if (_torch.cuda.is_available() and cuda_available()[0]) else "cpu"
+    device = _torch.device(device)
+    if device.type not in ("cpu", "cuda") or device.index not in (None, 0):
+        raise ValueError(f"device must be 'cpu' (sim backend) or 'cuda' (device 0), not {device}")
+    return device
+
+
+def _check_budget(budget, tensors):
+    largest = max((t.numel() * t.element_size() for *_, t in tensors), default=0)
+    if budget < largest:
+        raise ValueError(
+            f"the budget ({budget} bytes) is smaller than the largest tensor ({largest} bytes)"
+        )
+
+
 def offload(model, vram_budget, device=None, policy="auto") -> OffloadHandle:
     """Streams ``model``'s parameters and buffers through ``vram_budget`` bytes of device memory
     (an int, or a string such as "4GiB"). ``device``: "cuda" (the default when a GPU is present)
@@ -227,16 +245,20 @@ def offload(model, vram_budget, device=None, policy="auto") -> OffloadHandle:
                 f"{name} is on {t.device}: offload a model whose weights are in CPU memory"
             )
     budget = parse_size(vram_budget) if isinstance(vram_budget, str) else int(vram_budget)
-    largest = max((t.numel() * t.element_size() for *_, t in tensors), default=0)
-    if budget < largest:
-        raise ValueError(
-            f"the budget ({budget} bytes) is smaller than the largest tensor ({largest} bytes)"
-        )
-    if device is None:
-        device = "cuda" if (_torch.cuda.is_available() and cuda_available()[0]) else "cpu"
-    device = _torch.device(device)
-    if device.type not in ("cpu", "cuda") or device.index not in (None, 0):
-        raise ValueError(f"device must be 'cpu' (sim backend) or 'cuda' (device 0), not {device}")
+    _check_budget(budget, tensors)
+    device = _device(device)
+    entries = []
+    for module, name, is_param, t in tensors:
+        host = t.data if t.is_contiguous() else t.data.contiguous()
+        entries.append((module, name, is_param, t, host))
+    return _bind(model, entries, budget, device, policy, mapped=())
+
+
+def _bind(model, entries, budget, device, policy, mapped) -> OffloadHandle:
+    """Puts every ``(module, name, is_param, original, host)`` of ``entries`` on an engine of
+    ``budget`` bytes: a block per distinct host range, the module holding a meta stand-in, and
+    ``original`` given back by ``remove()``. Storages whose address is in ``mapped`` are file
+    mappings (``register_mapping``: the RAM tier); the others are registered as buffers."""
     engine = Engine(budget, backend="cuda" if device.type == "cuda" else "sim")
     handle = OffloadHandle(model, engine, device)
     # Blocks first: nothing on the model changes until every block exists.
@@ -252,17 +274,19 @@ def offload(model, vram_budget, device=None, policy="auto") -> OffloadHandle:
         # small allocations side by side) cannot be registered; its tensors then register alone
         # or stay pageable, as before. The registrations end with their blocks.
         storages = {}
-        for module, name, is_param, t in tensors:
-            host = t.data if t.is_contiguous() else t.data.contiguous()
+        for module, name, is_param, t, host in entries:
             nbytes = host.numel() * host.element_size()
             if nbytes == 0:
                 continue
             storage = host.untyped_storage()
             if storage.data_ptr() not in storages:
                 try:
-                    storages[storage.data_ptr()] = engine.register_buffer(
-                        storage.data_ptr(), storage.nbytes()
+                    register = (
+                        engine.register_mapping
+                        if storage.data_ptr() in mapped
+                        else engine.register_buffer
                     )
+                    storages[storage.data_ptr()] = register(storage.data_ptr(), storage.nbytes())
                 except RuntimeError as e:
                     if "already registered" not in str(e):
                         raise
@@ -300,3 +324,265 @@ def offload(model, vram_budget, device=None, policy="auto") -> OffloadHandle:
     handle._hooks.append(model.register_forward_hook(handle._end))
     setattr(model, _ATTR, handle)
     return handle
+
+
+# -- from_pretrained -------------------------------------------------------------------------
+
+# The safetensors dtypes torch can view in place.
+_FILE_DTYPES = {
+    "F64": _torch.float64,
+    "F32": _torch.float32,
+    "F16": _torch.float16,
+    "BF16": _torch.bfloat16,
+    "I64": _torch.int64,
+    "I32": _torch.int32,
+    "I16": _torch.int16,
+    "I8": _torch.int8,
+    "U8": _torch.uint8,
+    "BOOL": _torch.bool,
+}
+for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
+    if hasattr(_torch, _attr):
+        _FILE_DTYPES[_name] = getattr(_torch, _attr)
+
+_log = _logging.getLogger("synapswap")
+
+
+class _ParamsOnMeta:
+    """While active, every parameter a module registers is replaced by a meta tensor of its
+    shape and dtype (what ``accelerate.init_empty_weights()`` does): building the model allocates
+    no weight memory and initialises nothing, while buffers (a rotary embedding's ``inv_freq``,
+    computed from the config) are made on the CPU as usual."""
+
+    def __enter__(self):
+        self._register = _torch.nn.Module.register_parameter
+        register = self._register
+
+        def on_meta(module, name, param):
+            register(module, name, param)
+            p = module._parameters.get(name)
+            if p is not None and p.device.type != "meta":
+                module._parameters[name] = _torch.nn.Parameter(
+                    p.to("meta"), requires_grad=p.requires_grad
+                )
+
+        _torch.nn.Module.register_parameter = on_meta
+        return self
+
+    def __exit__(self, *exc):
+        _torch.nn.Module.register_parameter = self._register
+        return False
+
+
+def _config_int(config, *names, default=None):
+    for n in names:
+        v = getattr(config, n, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return default
+
+
+def _reserve(config, dtype, max_context):
+    """What generation needs on the device besides the weights, estimated from the config for
+    one sequence of ``max_context`` tokens, the way llama.cpp's fit sizes it: the KV cache
+    (2 x layers x KV heads x head size x context, in ``dtype``), the prefill's activations (the
+    context times the hidden and MLP widths), its logits (context x vocabulary in float32) and
+    256 MiB for the allocator and kernels' workspaces. Returns a dict of the terms."""
+    text = getattr(config, "text_config", None) or config
+    layers = _config_int(text, "num_hidden_layers", "n_layer", "num_layers", default=1)
+    hidden = _config_int(text, "hidden_size", "n_embd", "d_model", default=1)
+    heads = _config_int(text, "num_attention_heads", "n_head", default=1)
+    kv_heads = _config_int(text, "num_key_value_heads", default=heads)
+    head_dim = _config_int(text, "head_dim", default=max(hidden // heads, 1))
+    inter = _config_int(text, "intermediate_size", "n_inner", "ffn_dim", default=4 * hidden)
+    vocab = _config_int(text, "vocab_size", default=1)
+    positions = _config_int(text, "max_position_embeddings", "n_positions", default=4096)
+    context = int(max_context) if max_context is not None else min(positions, 4096)
+    elt = _torch.empty(0, dtype=dtype).element_size()
+    kv = 2 * layers * kv_heads * head_dim * context * elt
+    activations = context * (4 * hidden + 2 * inter) * elt + context * vocab * 4
+    workspace = 256 << 20
+    return {
+        "max_context": context,
+        "kv_cache_bytes": kv,
+        "activation_bytes": activations,
+        "workspace_bytes": workspace,
+        "reserve_bytes": kv + activations + workspace,
+    }
+
+
+def _free_bytes(device):
+    """Free memory of the device: CUDA's, or on the sim backend (whose arena is host memory)
+    the host's available memory (``MemAvailable``)."""
+    if device.type == "cuda":
+        return _torch.cuda.mem_get_info(device.index or 0)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    raise ValueError("vram_budget='auto' needs the free memory, unknown here: give a size")
+
+
+def from_pretrained(
+    path_or_dir,
+    vram_budget="auto",
+    device=None,
+    dtype=None,
+    *,
+    max_context=None,
+    model_class=None,
+    policy="auto",
+    **config_kwargs,
+):
+    """Loads a Hugging Face model from a local directory (``config.json`` and safetensors: one
+    file or shards with ``model.safetensors.index.json``), or a ``.safetensors`` file beside its
+    ``config.json``, without a copy of its weights in RAM, and offloads it.
+
+    The transformers model is built with its parameters on ``meta``; each parameter is then bound
+    to its bytes in the memory-mapped file (a private, copy-on-write mapping: pages are read from
+    the disk when the engine copies them, and count as page cache, not anonymous memory). The
+    engine registers each file as a mapping, so its blocks are in the RAM tier: a model larger
+    than RAM runs from the disk. The result is an ordinary transformers model (``generate()``
+    works), with the handle as ``model._synapswap_offload``; ``handle.remove()`` gives every
+    parameter a CPU tensor over the mapping.
+
+    - ``vram_budget``: a size, or "auto": the device's free memory less a reserve for the KV
+      cache and activations estimated from the config and ``max_context`` (default: the model's
+      positions, at most 4096), at most the model's size. What it chose is logged
+      (``logging.getLogger("synapswap")``) and kept as ``handle.budget``.
+    - ``dtype``: the parameters' dtype; None (the default) is the file's. A dtype that differs
+      from the file's would need a converted copy in RAM, and is a ValueError.
+    - ``model_class``: default ``transformers.AutoModelForCausalLM``.
+    - Further keyword arguments go to ``transformers.AutoConfig.from_pretrained``.
+
+    Not yet: checkpoints whose layout differs from the parameters (transformers 5 packs each
+    layer's experts into one 3-D parameter): such a parameter has no tensor of its own in the
+    file, and is a ValueError naming it. Hub names are not downloaded: fetch the directory first
+    (``huggingface_hub.snapshot_download``)."""
+    import os
+
+    import transformers
+
+    path = os.fspath(path_or_dir)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file or directory (a local model is needed)")
+    directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    config = transformers.AutoConfig.from_pretrained(directory, **config_kwargs)
+    tensors = {t["name"]: t for t in model_tensors(path)}
+    floating = [t["dtype"] for t in tensors.values() if t["dtype"] in ("F32", "F16", "BF16")]
+    if dtype is None:
+        if not floating:
+            raise ValueError(f"{path}: no floating-point tensors to take the dtype from")
+        dtype = _FILE_DTYPES[max(set(floating), key=floating.count)]
+    device = _device(device)
+    cls = model_class or transformers.AutoModelForCausalLM
+    with _ParamsOnMeta():
+        model = cls.from_config(config, dtype=dtype)
+    model.eval()
+
+    # Each file is mapped once, privately (copy-on-write: the engine only reads it; a write
+    # after remove() copies the page, never the file).
+    storages = {}
+    for t in tensors.values():
+        f = t["file"]
+        if f not in storages:
+            size = os.path.getsize(f)
+            storages[f] = _torch.UntypedStorage.from_file(f, shared=False, nbytes=size)
+
+    prefix = getattr(model, "base_model_prefix", "") or ""
+
+    def lookup(name):
+        for key in (name, f"{prefix}.{name}", name.split(".", 1)[-1] if prefix else None):
+            if key is not None and key in tensors:
+                return tensors[key]
+        if prefix and name.startswith(prefix + "."):
+            return tensors.get(name[len(prefix) + 1 :])
+        return None
+
+    # Every name a parameter has (tied weights have several; the file holds one of them).
+    names, params = {}, {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+        params[id(p)] = p
+    views = {}  # id(parameter) -> its CPU tensor over the mapping
+    missing = []
+    for pid, pnames in names.items():
+        found = next((t for t in map(lookup, pnames) if t is not None), None)
+        param = params[pid]
+        if found is None:
+            missing.append(pnames[0])
+            continue
+        want = _FILE_DTYPES.get(found["dtype"])
+        if want != param.dtype:
+            raise ValueError(
+                f"{pnames[0]} is {found['dtype']} in {found['file']} but the model wants "
+                f"{param.dtype}: binding it would need a converted copy in RAM (pass dtype=None "
+                f"for the file's dtype)"
+            )
+        if tuple(found["shape"]) != tuple(param.shape):
+            raise ValueError(
+                f"{pnames[0]}: the file's shape {tuple(found['shape'])} is not the model's "
+                f"{tuple(param.shape)}"
+            )
+        elt = param.element_size()
+        if found["offset"] % elt:
+            raise ValueError(
+                f"{pnames[0]} starts at byte {found['offset']} of {found['file']}, not a "
+                f"multiple of its {elt}-byte elements: torch cannot view it in place"
+            )
+        host = _torch.empty(0, dtype=param.dtype).set_(
+            storages[found["file"]], found["offset"] // elt, tuple(param.shape)
+        )
+        views[pid] = _torch.nn.Parameter(host, requires_grad=False)
+    if missing:
+        raise ValueError(
+            f"{len(missing)} parameter(s) have no tensor of their own in {path} (a checkpoint "
+            f"laid out unlike the model, such as experts packed at load time, is not bound yet): "
+            + ", ".join(missing[:5])
+        )
+    # Persistent buffers the file holds take its values (small); the others keep the ones the
+    # model computed when it was built.
+    for name, b in model.named_buffers():
+        t = lookup(name)
+        if t is not None and _FILE_DTYPES.get(t["dtype"]) is not None:
+            src = _torch.empty(0, dtype=_FILE_DTYPES[t["dtype"]])
+            src = src.set_(storages[t["file"]], t["offset"] // src.element_size(), tuple(t["shape"]))
+            b.copy_(src.reshape(b.shape))
+
+    entries = []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            entries.append((module, name, True, views[id(p)], views[id(p)].data))
+        for name, b in module.named_buffers(recurse=False):
+            if b is not None:
+                entries.append((module, name, False, b, b.data if b.is_contiguous() else b.contiguous()))
+    weight_bytes = sum(v.numel() * v.element_size() for v in views.values())
+    budget_report = None
+    if isinstance(vram_budget, str) and vram_budget == "auto":
+        budget_report = _reserve(config, dtype, max_context)
+        free = _free_bytes(device)
+        total = weight_bytes + sum(
+            b.numel() * b.element_size() for *_, b in entries if not isinstance(b, _torch.nn.Parameter)
+        )
+        budget = min(free - budget_report["reserve_bytes"], total)
+        budget_report.update(free_bytes=free, vram_budget_bytes=budget)
+        if budget <= 0:
+            raise ValueError(
+                f"vram_budget='auto': {free} bytes free on {device}, less a reserve of "
+                f"{budget_report['reserve_bytes']} bytes for the KV cache and activations "
+                f"(max_context={budget_report['max_context']}) leaves nothing for weights: "
+                f"give a smaller max_context or a size"
+            )
+        _log.info("synapswap: vram_budget='auto' chose %s", budget_report)
+    else:
+        budget = parse_size(vram_budget) if isinstance(vram_budget, str) else int(vram_budget)
+    _check_budget(budget, [(None, None, None, h) for *_, h in entries])
+    mapped = {s.data_ptr() for s in storages.values()}
+    handle = _bind(model, entries, budget, device, policy, mapped)
+    # What the engine made of it (its pool rounds down to whole granules).
+    handle.budget = dict(budget_report or {}, vram_budget_bytes=handle.engine.vram_budget)
+    handle._storages = storages
+    return model
