@@ -123,10 +123,12 @@ struct DLManagedTensor {
     deleter: Option<unsafe extern "C" fn(*mut DLManagedTensor)>,
 }
 
-/// What an exported tensor owns: a hold on its block, released on the consumer's stream.
+/// What an exported tensor owns: a hold on its block, released on the consumer's stream; or,
+/// for the whole arena ([`Arena`]), no hold (`block` None), only the engine, which keeps the
+/// arena's memory alive.
 struct Export {
     engine: Arc<RsEngine>,
-    block: BlockId,
+    block: Option<BlockId>,
     stream: u64,
     shape: [i64; 1],
 }
@@ -143,7 +145,9 @@ unsafe extern "C" fn dl_deleter(t: *mut DLManagedTensor) {
     // SAFETY: as above.
     let ctx = unsafe { Box::from_raw(t.manager_ctx.cast::<Export>()) };
     // The engine may be shut down already; the hold is then gone with it.
-    let _ = ctx.engine.unacquire_on_stream(ctx.block, ctx.stream);
+    if let Some(block) = ctx.block {
+        let _ = ctx.engine.unacquire_on_stream(block, ctx.stream);
+    }
 }
 
 const DLTENSOR: &CStr = c"dltensor";
@@ -228,11 +232,7 @@ impl DeviceView {
         copy: Option<bool>,
     ) -> PyResult<PyObject> {
         let _ = (max_version, dl_device);
-        if copy == Some(true) {
-            return Err(PyValueError::new_err(
-                "synapswap views cannot be copied by DLPack",
-            ));
-        }
+        refuse_copy(copy)?;
         if !self.held {
             return Err(PyRuntimeError::new_err("the view was released"));
         }
@@ -246,18 +246,35 @@ impl DeviceView {
             Some(s) if s > 0 => s as u64,
             _ => 0,
         };
-        let mut ctx = Box::new(Export {
+        let ctx = Box::new(Export {
             engine: self.engine.clone(),
-            block,
+            block: Some(block),
             stream,
             shape: [self.nbytes as i64],
         });
+        export(py, ctx, ptr, self.device_type)
+    }
+}
+
+/// DLPack's `copy=True`: device memory is handed out in place, never copied.
+fn refuse_copy(copy: Option<bool>) -> PyResult<()> {
+    if copy == Some(true) {
+        return Err(PyValueError::new_err(
+            "synapswap device memory cannot be copied by DLPack",
+        ));
+    }
+    Ok(())
+}
+
+/// A DLPack capsule of `ctx.shape[0]` bytes at `ptr` on `device_type`, owning `ctx`.
+fn export(py: Python<'_>, mut ctx: Box<Export>, ptr: u64, device_type: i32) -> PyResult<PyObject> {
+    {
         let shape = ctx.shape.as_mut_ptr();
         let managed = Box::new(DLManagedTensor {
             dl_tensor: DLTensor {
                 data: ptr as usize as *mut c_void,
                 device: DLDevice {
-                    device_type: self.device_type,
+                    device_type,
                     device_id: 0,
                 },
                 ndim: 1,
@@ -294,6 +311,57 @@ impl Drop for DeviceView {
         if self.held {
             let _ = self.engine.unacquire(self.block);
         }
+    }
+}
+
+/// The whole device arena, for DLPack (`Engine.arena()`): one tensor made once and sliced at
+/// the addresses `Engine.acquire_step` returns, instead of a capsule per use. It holds no block:
+/// a slice is valid only while its block is held. The exported tensor keeps the engine, and so
+/// the arena's memory, alive.
+#[pyclass(module = "synapswap")]
+struct Arena {
+    engine: Arc<RsEngine>,
+    ptr: u64,
+    nbytes: u64,
+    device_type: i32,
+}
+
+#[pymethods]
+impl Arena {
+    /// The arena's first address.
+    #[getter]
+    fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// Its size in bytes.
+    #[getter]
+    fn nbytes(&self) -> u64 {
+        self.nbytes
+    }
+
+    fn __dlpack_device__(&self) -> (i32, i32) {
+        (self.device_type, 0)
+    }
+
+    #[pyo3(signature = (stream=None, max_version=None, dl_device=None, copy=None))]
+    fn __dlpack__(
+        &self,
+        py: Python<'_>,
+        stream: Option<i64>,
+        max_version: Option<&Bound<'_, PyAny>>,
+        dl_device: Option<&Bound<'_, PyAny>>,
+        copy: Option<bool>,
+    ) -> PyResult<PyObject> {
+        let _ = (stream, max_version, dl_device);
+        refuse_copy(copy)?;
+        let ctx = Box::new(Export {
+            engine: self.engine.clone(),
+            block: None,
+            stream: 0,
+            shape: [self.nbytes as i64],
+        });
+        export(py, ctx, self.ptr, self.device_type)
     }
 }
 
@@ -589,6 +657,93 @@ impl PyEngine {
         Ok(ptr)
     }
 
+    /// The device arena (see `Arena`): every address `acquire` returns lies inside it.
+    fn arena(&self) -> Arena {
+        let (ptr, nbytes) = self.inner.arena();
+        Arena {
+            engine: self.inner.clone(),
+            ptr,
+            nbytes,
+            device_type: if self.backend == "cuda" {
+                KDL_CUDA
+            } else {
+                KDL_CPU
+            },
+        }
+    }
+
+    /// One operation's use of `blocks`: execution is at `step` (unless None), then each block
+    /// is held; returns their device addresses, in order. With a `stream` (a CUstream as an
+    /// int), for work queued there, as `acquire` does: the stream waits for a copy in flight.
+    /// Without one (None), for work done by the caller's thread: this returns once every byte
+    /// is on the device, as `wait` does (the sim backend's "device" is host memory that CPU
+    /// operations read at once). On an error the holds already taken are released, so nothing
+    /// is left held. One call instead of a `hint` and an `acquire` per block (the torch
+    /// integration's hit path); pair with `release_many` and the same `stream`.
+    #[pyo3(signature = (step, blocks, stream=None))]
+    fn acquire_step(
+        &self,
+        py: Python<'_>,
+        step: Option<u64>,
+        blocks: Vec<u64>,
+        stream: Option<u64>,
+    ) -> PyResult<Vec<u64>> {
+        if let Some(step) = step {
+            self.inner.hint(step).map_err(err)?;
+        }
+        let mut ptrs = Vec::with_capacity(blocks.len());
+        for &b in &blocks {
+            let held = match stream {
+                Some(s) => self.acquire(py, b, s),
+                None => self.acquire_here(py, b),
+            };
+            match held {
+                Ok(p) => ptrs.push(p),
+                Err(e) => {
+                    let _ = self.release_many(blocks[..ptrs.len()].to_vec(), stream);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(ptrs)
+    }
+
+    /// Releases one hold of `acquire_step` on each of `blocks` (with its `stream`: once the work
+    /// queued there has completed). Every block is released even if one fails; the first error
+    /// is raised.
+    #[pyo3(signature = (blocks, stream=None))]
+    fn release_many(&self, blocks: Vec<u64>, stream: Option<u64>) -> PyResult<()> {
+        let mut first = Ok(());
+        for b in blocks {
+            let released = match stream {
+                Some(s) => self.inner.unacquire_on_stream(block_arg(b), s),
+                None => self.inner.unacquire(block_arg(b)),
+            };
+            if let Err(e) = released {
+                if first.is_ok() {
+                    first = Err(err(e));
+                }
+            }
+        }
+        first
+    }
+
+    /// A hold for work on the caller's thread: returns once the bytes are on the device (as
+    /// `wait`, without a view); a mutable block counts as written.
+    fn acquire_here(&self, py: Python<'_>, block: u64) -> PyResult<u64> {
+        let e = self.inner.clone();
+        let id = block_arg(block);
+        let mutable = self.inner.spec(id).map_err(err)?.mutable;
+        let ptr = py.allow_threads(|| e.acquire(id)).map_err(err)?;
+        if mutable {
+            if let Err(x) = self.inner.mark_dirty(id) {
+                let _ = self.inner.unacquire(id);
+                return Err(err(x));
+            }
+        }
+        Ok(ptr)
+    }
+
     /// Releases a hold of `acquire` once the work queued on `stream` has completed.
     #[pyo3(signature = (block, stream=0))]
     fn release(&self, block: u64, stream: u64) -> PyResult<()> {
@@ -695,6 +850,7 @@ fn _synapswap(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEngine>()?;
     m.add_class::<DeviceView>()?;
     m.add_class::<PyHostBuffer>()?;
+    m.add_class::<Arena>()?;
     m.add_function(wrap_pyfunction!(parse_size, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_available, m)?)?;
     m.add_function(wrap_pyfunction!(model_tensors, m)?)?;

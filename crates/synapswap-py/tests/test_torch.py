@@ -261,3 +261,138 @@ def test_bad_input_leaves_the_model_as_it_was():
         offload(model, "1MiB", device="cpu")
     handle.remove()
     assert {n: (p, p.data_ptr()) for n, p in model.named_parameters()} == before
+
+
+class ReturnsItsWeight(nn.Module):
+    """A module whose output is a view of its own weight (an alias of device memory)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n, n))
+
+    def forward(self, x):
+        return self.weight.t()
+
+
+class UsesChildWeight(nn.Module):
+    """A parent that reads its child's weight directly (the child's forward never runs), as
+    nn.MultiheadAttention reads out_proj.weight."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.child = nn.Linear(n, n)
+
+    def forward(self, x):
+        return F.linear(x, self.child.weight, self.child.bias)
+
+
+class Raises(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.lin = nn.Linear(n, n)
+
+    def forward(self, x):
+        self.lin(x)
+        raise KeyError("inside forward")
+
+
+class AliasModel(nn.Module):
+    def __init__(self, n, layers):
+        super().__init__()
+        self.first = ReturnsItsWeight(n)
+        self.layers = nn.ModuleList(nn.Linear(n, n) for _ in range(layers))
+
+    def forward(self, x):
+        w = self.first(x)  # a view of first.weight's device copy
+        for layer in self.layers:
+            x = layer(x)
+        return w, x
+
+
+def test_an_output_that_views_a_weight_keeps_it_on_the_device():
+    torch.manual_seed(0)
+    n = 64
+    model = AliasModel(n, 6)
+    plain = copy.deepcopy(model)
+    # Room for the aliased weight and two layers: the others evict each other to run.
+    handle = offload(model, vram_budget=3 * (n * n * 4 + 256), device="cpu")
+    x = torch.randn(1, n)
+    with torch.no_grad():
+        want_w, want_x = plain(x)
+        kept, _ = model(x)
+        for _ in range(3):
+            w, y = model(x)
+            assert torch.equal(y, want_x)
+        assert handle.stats()["evictions"] > 0
+        # The layers streamed through the budget meanwhile; the first view still reads the
+        # weight (its block stayed held), as does the last.
+        assert torch.equal(kept, want_w)
+        assert torch.equal(w, want_w)
+    del kept, w
+    handle.remove()
+
+
+def test_a_weight_used_outside_its_module_forward_goes_op_by_op():
+    torch.manual_seed(0)
+    model = nn.Sequential(UsesChildWeight(32), nn.Linear(32, 32), UsesChildWeight(32))
+    plain = copy.deepcopy(model)
+    x = torch.randn(2, 32)
+    with torch.no_grad():
+        want = plain(x)
+        offload(model, vram_budget=2 * 33 * 32 * 4 + 4096, device="cpu")
+        for _ in range(3):
+            assert torch.equal(model(x), want)
+
+
+def test_an_exception_in_forward_leaves_nothing_active():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), Raises(16))
+    handle = offload(model, vram_budget="1MiB", device="cpu")
+    with pytest.raises(KeyError):
+        with torch.no_grad():
+            model(torch.randn(1, 16))
+    assert handle._depth == 0
+    # Outside a forward the placeholders compute as plain meta tensors again, and hold nothing
+    # (their device is the engine's, where inputs go).
+    assert model[0].weight.device.type == "cpu"
+    assert (model[0].weight + 1).device.type == "meta"
+    stats = handle.stats()
+    assert stats["device_used_bytes"] <= stats["vram_budget_bytes"]
+    handle.remove()
+    with torch.no_grad():
+        model[0](torch.randn(1, 16))  # plain again
+
+
+class ReadsMetadata(nn.Module):
+    """Reads its sibling's weight's metadata inside a forward (as transformers reads
+    ``embed_tokens.weight.device``)."""
+
+    def __init__(self, other):
+        super().__init__()
+        self.other = [other]  # not a submodule
+        self.seen = None
+
+    def forward(self, x):
+        w = self.other[0].weight
+        self.seen = (w.device, w.is_cuda, w.stride(), w.data_ptr(), w.dtype, w.shape, w.dim())
+        return x
+
+
+def test_metadata_never_loads_a_block():
+    torch.manual_seed(0)
+    lin = nn.Linear(32, 32)
+    model = nn.Sequential(ReadsMetadata(lin), lin)
+    handle = offload(model, vram_budget="1MiB", device="cpu")
+    with torch.no_grad():
+        model(torch.randn(1, 32))
+        # Not even a use of a resident block: nothing is waited for.
+        loads = handle.stats()["loads"], handle.stats()["waits"]
+        model[0](torch.randn(1, 32))  # outside the model's forward
+        handle._begin(None, None)  # inside one, but lin's forward is not running
+        model[0](torch.randn(1, 32))
+        handle._end(None, None, None)
+    assert (handle.stats()["loads"], handle.stats()["waits"]) == loads
+    device, is_cuda, stride, ptr, dtype, shape, dim = model[0].seen
+    assert (device.type, is_cuda, stride, dtype, tuple(shape), dim) == (
+        "cpu", False, (32, 1), torch.float32, (32, 32), 2)
+    handle.remove()

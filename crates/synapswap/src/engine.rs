@@ -502,6 +502,13 @@ impl Engine {
         self.lock().planner.budget()
     }
 
+    /// The device arena every block's device copy is cut from: (address, bytes). It lives as long
+    /// as the engine (until its last handle is dropped, shut down or not), so a view of it made
+    /// once can be sliced at the addresses [`Engine::acquire`] returns.
+    pub fn arena(&self) -> (u64, u64) {
+        (self.shared.arena.addr(), self.shared.arena.len())
+    }
+
     /// What the backend is.
     pub fn backend_info(&self) -> BackendInfo {
         self.shared.backend.info()

@@ -3,14 +3,25 @@ do not fit on the device.
 
 Every parameter and buffer becomes one engine block whose host copy is the tensor's own CPU
 memory, used in place (registered with CUDA, never duplicated); the module keeps a ``meta``
-placeholder of the same shape and dtype. While the model's forward runs, a torch-function mode
-sees every tensor operation: an operation that takes one of these tensors gets a device view
-instead (DLPack), waited for by the engine, and the view is released (on the current stream) when
-the operation's result no longer needs it. Operations, not modules, are the unit, so a module that
-reads a child's weights directly (``nn.MultiheadAttention`` reads ``out_proj.weight``) or a
-functional call on a weight works like any other.
+placeholder of the same shape and dtype, of a tensor subclass. Two paths hand the weights to the
+operations of a forward, both on device tensors that are slices of the engine's arena (one tensor
+made once, sliced again only when a block moves):
 
-The first forward records which blocks each weight-using operation takes, in order, and declares
+- each module's own weights: its ``forward`` is wrapped, and for its duration its placeholders are
+  swapped for device tensors, all held by one engine call and released (on the current stream)
+  when it returns. Its operations then take plain tensors and are not intercepted: this is the
+  hit path, a few engine calls a module;
+- any other use (a parent reading a child's weight directly, as ``nn.MultiheadAttention`` reads
+  ``out_proj.weight``; a functional call on a weight; a module whose weights do not fit on the
+  device together): the placeholder's ``__torch_function__`` holds the operation's blocks for that
+  operation alone. Operations, not modules, are the unit there.
+
+A result that is a view of a weight (``.t()``, an index, a split) keeps its block held while it
+lives. Operations that take no placeholder (activations) are never intercepted. Outside a forward
+the placeholders compute as plain ``meta`` tensors; their metadata (shape, dtype, stride, and the
+engine's device as ``device``) never loads a block.
+
+The first forward records which blocks each module or operation takes, in order, and declares
 that as the schedule, so later forwards are prefetched in deadline order. A forward that deviates
 (a skipped or reordered layer, a branch, a router picking experts) still computes the right result
 through demand loads, and its order is declared for the next one.
@@ -24,9 +35,9 @@ from __future__ import annotations
 
 import json as _json
 import logging as _logging
+import weakref as _weakref
 
 import torch as _torch
-from torch.overrides import TorchFunctionMode as _TorchFunctionMode
 
 from . import Engine, cuda_available, model_tensors, parse_size
 
@@ -47,15 +58,30 @@ _METADATA = {
     _torch.Tensor.ndim.__get__,
     _torch.Tensor.requires_grad.__get__,
     _torch.Tensor.is_nested.__get__,
+    _torch.Tensor.stride,
+    _torch.Tensor.element_size,
+    _torch.Tensor.data_ptr,  # 0, as a meta tensor's: the block has no fixed address
+    _torch.Tensor.__hash__,
+}
+# Where the weights are used: the engine's device, answered without a load (in a forward and
+# outside one, so that `model.device` names where inputs go).
+_DEVICE = {
+    _torch.Tensor.device.__get__: lambda h: h.device,
+    _torch.Tensor.is_cuda.__get__: lambda h: h._cuda,
+    _torch.Tensor.get_device: lambda h: 0 if h._cuda else -1,
 }
 
 
 class _Slot:
     """One parameter or buffer: its block and its CPU tensor (the block's host copy)."""
 
-    __slots__ = ("module", "name", "is_param", "host", "block", "tensor", "original")
+    __slots__ = (
+        "handle", "module", "name", "is_param", "host", "block", "tensor", "original", "nbytes",
+        "view", "view_ptr", "param_view",
+    )
 
-    def __init__(self, module, name, is_param, host, block, tensor):
+    def __init__(self, handle, module, name, is_param, host, block, tensor):
+        self.handle = handle
         self.module = module
         self.name = name
         self.is_param = is_param
@@ -63,27 +89,61 @@ class _Slot:
         self.block = block
         self.tensor = tensor  # what the module holds meanwhile: a meta stand-in
         self.original = None  # the tensor it held before
+        self.nbytes = host.numel() * host.element_size()
+        self.view = None  # a slice of the arena tensor at view_ptr, in the tensor's dtype and shape
+        self.view_ptr = None
+        self.param_view = None  # the same as a Parameter, for its module's forward
 
 
-class _Mode(_TorchFunctionMode):
-    def __init__(self, handle):
-        super().__init__()
-        self.handle = handle
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in _METADATA:
+def _dispatch(func, args, kwargs):
+    """Every operation that takes a placeholder (``_OffloadedParameter``, ``_OffloadedBuffer``)."""
+    kwargs = kwargs or {}
+    used = []
+    _collect(args, used)
+    if kwargs:
+        _collect(kwargs.values(), used)
+    h = used[0].handle if used else None
+    if h is not None and not h._removed and len(args) == 1:
+        answer = _DEVICE.get(func)
+        if answer is not None:
+            return answer(h)
+    if h is None or h._depth == 0 or h._removed or func in _METADATA:
+        # Outside a forward, or only metadata: the placeholder is a plain meta tensor.
+        with _torch._C.DisableTorchFunctionSubclass():
             return func(*args, **kwargs)
-        h = self.handle
-        used = []
-        h._collect(args, used)
-        h._collect(kwargs.values(), used)
-        if not used:
-            return func(*args, **kwargs)
-        views = h._views(used)
-        args = h._substitute(args, views)
-        kwargs = {k: h._substitute(v, views) for k, v in kwargs.items()}
-        return func(*args, **kwargs)
+    if any(s.handle is not h for s in used):
+        raise RuntimeError("an operation takes the weights of two offloaded models at once")
+    return h._run(func, args, kwargs, used)
+
+
+def _collect(values, used):
+    for v in values:
+        if isinstance(v, (list, tuple)):
+            _collect(v, used)
+        else:
+            slot = getattr(v, "_synapswap_slot", None) if isinstance(v, _PLACEHOLDERS) else None
+            if slot is not None and slot not in used:
+                used.append(slot)
+
+
+class _OffloadedParameter(_torch.nn.Parameter):
+    """What a module holds for an offloaded parameter: a ``meta`` tensor of its shape and dtype
+    (no memory), whose operations are handed the weight on the device during a forward."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        return _dispatch(func, args, kwargs)
+
+
+class _OffloadedBuffer(_torch.Tensor):
+    """As ``_OffloadedParameter``, for a buffer."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        return _dispatch(func, args, kwargs)
+
+
+_PLACEHOLDERS = (_OffloadedParameter, _OffloadedBuffer)
 
 
 class OffloadHandle:
@@ -94,31 +154,82 @@ class OffloadHandle:
         self.engine = engine
         self.device = device
         self._slots = []
-        self._by_id = {}
         self._hooks = []
         self._order = []  # block tuples of each step, as last declared
         self._pass = []  # block tuples of the steps of the running forward
         self._depth = 0
-        self._mode = None
+        self._wrapped = []  # (module, whether it had a forward of its own, that forward)
+        self._own = {}  # id(module) -> the slots of its own parameters and buffers, one a block
         self._removed = False
         self._names = {}  # block -> its tensor's name in the model's state_dict (the first, if tied)
+        self._cuda = device.type == "cuda"
+        arena = engine.arena()
+        self._arena = _torch.from_dlpack(arena)  # the whole device arena, as uint8
+        self._arena_ptr = arena.ptr
+        self._arena_end = arena.ptr + arena.nbytes
 
     # -- the running forward -----------------------------------------------------------------
     def _begin(self, module, args):
         if self._depth == 0:
             self._pass = []
-            self._mode = _Mode(self)
-            self._mode.__enter__()
         self._depth += 1
 
     def _end(self, module, args, output):
+        # Registered with always_call: it also runs when the forward raises (output None), so a
+        # failed forward leaves nothing active; its partial order is not declared.
         self._depth -= 1
-        if self._depth == 0:
-            mode, self._mode = self._mode, None
-            mode.__exit__(None, None, None)
-            if self._pass != self._order:
-                self._declare(self._pass)
+        if self._depth == 0 and output is not None and self._pass != self._order:
+            self._declare(self._pass)
         return output
+
+    def _wrap_forward(self, module):
+        """Wraps ``module.forward``: for its duration the module's own weights are their device
+        tensors (one engine call holds them all), so the operations of its forward take plain
+        tensors and are not intercepted; then its placeholders are back and its holds released,
+        or, if the output is a view of one of its weights, kept until that output is garbage.
+        A weight used outside its module's forward (a parent reading a child's weight directly)
+        still reaches ``_dispatch``. A wrapper, not hooks: a module with hooks leaves torch's
+        fast call path, which cost more than the holds."""
+        slots = self._own[id(module)]
+        blocks = [s.block for s in slots]
+        inner = module.forward
+        engine, place, cuda = self.engine, self._place, self._cuda
+
+        def forward(*args, **kwargs):
+            if self._depth == 0:
+                return inner(*args, **kwargs)
+            stream = _torch.cuda.current_stream().cuda_stream if cuda else None
+            step = len(self._pass) if self._order else None
+            try:
+                ptrs = engine.acquire_step(step, blocks, stream)
+            except MemoryError:
+                # Its weights do not fit on the device together: its operations take them one
+                # operation at a time instead (through ``_dispatch``), as any direct use does.
+                return inner(*args, **kwargs)
+            self._pass.append(tuple(blocks))
+            params, buffers = module._parameters, module._buffers
+            for slot, ptr in zip(slots, ptrs):
+                if slot.view_ptr != ptr:
+                    place(slot, ptr)
+                (params if slot.is_param else buffers)[slot.name] = slot.param_view
+            output = None
+            try:
+                output = inner(*args, **kwargs)
+                return output
+            finally:
+                for slot in slots:
+                    (params if slot.is_param else buffers)[slot.name] = slot.tensor
+                if output is not None and self._aliases_arena(output):
+                    keep = output if isinstance(output, _torch.Tensor) else next(
+                        o for o in output if isinstance(o, _torch.Tensor) and self._aliases_arena(o)
+                    )
+                    _weakref.finalize(keep, engine.release_many, blocks, stream)
+                else:
+                    engine.release_many(blocks, stream)
+
+        had = "forward" in module.__dict__
+        self._wrapped.append((module, had, module.__dict__.get("forward")))
+        module.forward = forward
 
     def _declare(self, order):
         self.engine.clear_schedule()
@@ -127,21 +238,80 @@ class OffloadHandle:
                 self.engine.declare(step, block)
         self._order = list(order)
 
-    def _collect(self, values, used):
-        for v in values:
-            if isinstance(v, (list, tuple)):
-                self._collect(v, used)
-            else:
-                slot = self._by_id.get(id(v))
-                if slot is not None and v is slot.tensor and slot not in used:
-                    used.append(slot)
+    def _run(self, func, args, kwargs, used):
+        """An operation of the running forward that takes the weights of ``used``."""
+        step, blocks = self._record(used)
+        name = getattr(func, "__name__", "")
+        if name.endswith("_") or "out" in kwargs:
+            # In place (a buffer updated, an out= argument): its result may be the tensor
+            # itself, so it goes through views that own their holds.
+            if step is not None:
+                self.engine.hint(step)
+            return self._call_owning(func, args, kwargs, used)
+        # The hit path: one engine call says where execution is and holds every block, the op
+        # runs on slices of the arena made once per block placement, and the holds are
+        # released when it returns ...
+        stream = self._stream()
+        views = self._hold(step, blocks, used, stream)
+        try:
+            out = func(
+                *self._substitute(args, views),
+                **{k: self._substitute(v, views) for k, v in kwargs.items()},
+            )
+        finally:
+            self.engine.release_many(blocks, stream)
+        # ... unless the result is a view of a weight (`.t()`, an index, a split): then the op
+        # runs again (a view has no side effects) on views that own their holds, so the blocks
+        # stay held while the result, or any view of it, lives.
+        if self._aliases_arena(out):
+            return self._call_owning(func, args, kwargs, used)
+        return out
 
-    def _views(self, used):
+    def _record(self, used):
+        """Records the operation's blocks as the running forward's next step. Returns the step
+        to hint (None before an order is declared) and the blocks."""
         step = len(self._pass)
-        blocks = tuple(s.block for s in used)
-        self._pass.append(blocks)
-        if self._order:
-            self.engine.hint(step)
+        blocks = [s.block for s in used]
+        self._pass.append(tuple(blocks))
+        return (step if self._order else None), blocks
+
+    def _stream(self):
+        # On the sim backend CPU operations read the arena at once: no stream, the hold waits
+        # for the bytes (a stream-ordered hold would let the op read a copy still in flight).
+        return _torch.cuda.current_stream().cuda_stream if self._cuda else None
+
+    def _hold(self, step, blocks, used, stream):
+        """Hints ``step`` (unless None) and holds ``blocks`` for work on ``stream``; returns the
+        slots' device tensors, slices of the arena tensor (remade only when a block moved)."""
+        ptrs = self.engine.acquire_step(step, blocks, stream)
+        views = {}
+        for slot, ptr in zip(used, ptrs):
+            if slot.view_ptr != ptr:
+                self._place(slot, ptr)
+            views[id(slot.tensor)] = slot.view
+        return views
+
+    def _place(self, slot, ptr):
+        """The slot's block is at ``ptr``: its device tensor, a slice of the arena, and the same
+        as what its module holds during its forward (a Parameter for a parameter)."""
+        at = ptr - self._arena_ptr
+        flat = self._arena[at : at + slot.nbytes]
+        slot.view = flat.view(slot.host.dtype).view(slot.host.shape)
+        slot.param_view = (
+            _torch.nn.Parameter(slot.view, requires_grad=False) if slot.is_param else slot.view
+        )
+        slot.view_ptr = ptr
+
+    def _aliases_arena(self, out):
+        if isinstance(out, _torch.Tensor):
+            return self._arena_ptr <= out.data_ptr() < self._arena_end and out.numel() > 0
+        if isinstance(out, (list, tuple)):
+            return any(self._aliases_arena(o) for o in out)
+        return False
+
+    def _call_owning(self, func, args, kwargs, used):
+        """Runs ``func`` on DLPack views that each own a hold on their block, released when the
+        view (and every view of it: they share its storage) dies."""
         views = {}
         for slot in used:
             view = self.engine.wait(slot.block)
@@ -149,11 +319,14 @@ class OffloadHandle:
             # The tensor holds its own reference to the block, released when it is freed.
             view.release()
             views[id(slot.tensor)] = raw.view(slot.host.dtype).view(slot.host.shape)
-        return views
+        args = self._substitute(args, views)
+        kwargs = {k: self._substitute(v, views) for k, v in kwargs.items()}
+        return func(*args, **kwargs)
 
-    def _substitute(self, value, views):
+    @staticmethod
+    def _substitute(value, views):
         if isinstance(value, (list, tuple)):
-            return type(value)(self._substitute(v, views) for v in value)
+            return type(value)(OffloadHandle._substitute(v, views) for v in value)
         t = views.get(id(value))
         return value if t is None else t
 
@@ -182,6 +355,11 @@ class OffloadHandle:
             return
         for h in self._hooks:
             h.remove()
+        for module, had, forward in self._wrapped:
+            if had:
+                module.forward = forward
+            else:
+                del module.forward
         for slot in self._slots:
             if not slot.is_param:
                 data = self.engine.read(slot.block)
@@ -195,6 +373,9 @@ class OffloadHandle:
             if slot.block not in freed:
                 self.engine.free(slot.block)
                 freed.add(slot.block)
+        for slot in self._slots:
+            slot.view = slot.view_ptr = slot.param_view = None
+        self._arena = None
         self.engine.shutdown()
         delattr(self.model, _ATTR)
         self._removed = True
@@ -311,17 +492,30 @@ def _bind(model, entries, budget, device, policy, mapped) -> OffloadHandle:
         # The module gets a meta stand-in (same shape and dtype, no memory); the original
         # tensor, whose memory is the block's host copy, is kept for remove().
         tensor = swapped.get(id(t))
+        slot = _Slot(handle, module, name, is_param, host, block, tensor)
         if tensor is None:
             meta = _torch.empty(host.shape, dtype=host.dtype, device="meta")
-            tensor = _torch.nn.Parameter(meta, requires_grad=t.requires_grad) if is_param else meta
+            if is_param:
+                tensor = _OffloadedParameter(meta, requires_grad=t.requires_grad)
+            else:
+                tensor = _torch.Tensor._make_subclass(_OffloadedBuffer, meta)
+            # The first slot of a tied tensor stands for all of its names (one block).
+            tensor._synapswap_slot = slot
             swapped[id(t)] = tensor
+        slot.tensor = tensor
         (module._parameters if is_param else module._buffers)[name] = tensor
-        slot = _Slot(module, name, is_param, host, block, tensor)
         slot.original = t
         handle._slots.append(slot)
-        handle._by_id[id(tensor)] = slot
     handle._hooks.append(model.register_forward_pre_hook(handle._begin))
-    handle._hooks.append(model.register_forward_hook(handle._end))
+    # Each module with weights of its own holds them for its forward (see _enter_module); the
+    # model's own hooks go first and last.
+    for slot in handle._slots:
+        own = handle._own.setdefault(id(slot.module), [])
+        if not any(o.block == slot.block for o in own):
+            own.append(slot)
+    for module in {id(s.module): s.module for s in handle._slots}.values():
+        handle._wrap_forward(module)
+    handle._hooks.append(model.register_forward_hook(handle._end, always_call=True))
     setattr(model, _ATTR, handle)
     return handle
 
