@@ -4,7 +4,9 @@
 1. all weights resident on the GPU (the compute floor);
 2. accelerate's ``dispatch_model`` with a 4 GiB budget for weights (its offload hooks);
 3. ``synapswap.torch.offload`` with the same budget;
-4. the bound: (weight bytes - budget) / pinned host-to-device bandwidth measured here, or the
+4. ``synapswap.torch.from_pretrained`` of the same model saved with ``save_pretrained`` (its
+   weights stay in the memory-mapped safetensors; --no-from-pretrained skips it);
+5. the bound: (weight bytes - budget) / pinned host-to-device bandwidth measured here, or the
    resident speed if that is lower.
 
 Prints a Markdown table (and JSON with --json). Needs torch, transformers and accelerate, and the
@@ -26,6 +28,7 @@ p.add_argument("--layers", type=int, default=32)
 p.add_argument("--tokens", type=int, default=16)
 p.add_argument("--accelerate-tokens", type=int, default=4)
 p.add_argument("--json", action="store_true")
+p.add_argument("--no-from-pretrained", action="store_true")
 args = p.parse_args()
 assert torch.cuda.is_available(), "needs a GPU"
 dev = torch.device("cuda", 0)
@@ -117,6 +120,20 @@ rows["synapswap"] = decode(m, args.tokens, dev)
 stats = handle.stats()
 handle.remove()
 del m
+
+if not args.no_from_pretrained:
+    import tempfile
+
+    from synapswap.torch import from_pretrained  # noqa: E402
+
+    with tempfile.TemporaryDirectory() as d:
+        base.save_pretrained(d)
+        m = from_pretrained(d, vram_budget=budget, device="cuda")
+        decode(m, 2, dev)
+        rows["synapswap from_pretrained"] = decode(m, args.tokens, dev)
+        m._synapswap_offload.remove()
+        del m
+        gc.collect()
 
 bw = pinned_bandwidth()
 bound = min(rows["all weights resident"], bw / max(1, weight_bytes - budget))

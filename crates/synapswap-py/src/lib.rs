@@ -549,11 +549,48 @@ impl PyEngine {
         py.allow_threads(|| e.free(block_arg(block))).map_err(err)
     }
 
-    /// Writes bytes into the block at `offset` (host copy and, if resident, device copy).
+    /// Writes `data` into the block at `offset` (host copy and, if resident, device copy):
+    /// `bytes`, or any object with the buffer protocol (`bytearray`, `memoryview`, a numpy
+    /// array) or a torch tensor, taken as its raw bytes in C order (a tensor on another device
+    /// is copied to the CPU first). Anything but `bytes` is copied once into a `bytes` on the
+    /// way (the bindings use Python's stable ABI, which has no buffer access before 3.11).
     #[pyo3(signature = (block, data, offset=0))]
-    fn write(&self, block: u64, data: &[u8], offset: u64) -> PyResult<()> {
+    fn write(
+        &self,
+        py: Python<'_>,
+        block: u64,
+        data: &Bound<'_, PyAny>,
+        offset: u64,
+    ) -> PyResult<()> {
+        let owned;
+        let bytes: &[u8] = if let Ok(b) = data.downcast::<PyBytes>() {
+            b.as_bytes()
+        } else {
+            let mut obj = data.clone();
+            // A torch tensor: its CPU, contiguous numpy view (no copy for a CPU tensor).
+            if obj.hasattr("numpy")? && obj.hasattr("detach")? {
+                obj = obj
+                    .call_method0("detach")?
+                    .call_method0("cpu")?
+                    .call_method0("contiguous")?
+                    .call_method0("numpy")?;
+            }
+            let builtins = py.import("builtins")?;
+            let view = builtins.getattr("memoryview")?.call1((obj,)).map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "write needs bytes, a buffer (bytearray, memoryview, numpy array) or a torch \
+                     tensor, not {}",
+                    data.get_type().name().map_or("?".into(), |n| n.to_string())
+                ))
+            })?;
+            // Raw bytes in C order (a non-contiguous buffer is copied in order by tobytes).
+            owned = view
+                .call_method1("tobytes", ("C",))?
+                .downcast_into::<PyBytes>()?;
+            owned.as_bytes()
+        };
         self.inner
-            .write(block_arg(block), offset, data)
+            .write(block_arg(block), offset, bytes)
             .map_err(err)
     }
 
@@ -750,6 +787,12 @@ impl PyEngine {
         self.inner
             .unacquire_on_stream(block_arg(block), stream)
             .map_err(err)
+    }
+
+    /// Whether anything holds the block (a view, an `acquire`, a release waiting for its
+    /// stream): `free` of a held block fails.
+    fn is_held(&self, block: u64) -> PyResult<bool> {
+        self.inner.is_held(block_arg(block)).map_err(err)
     }
 
     /// Where the block is: "host", "loading", "resident" or "writing-back".

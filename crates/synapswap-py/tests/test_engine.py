@@ -142,3 +142,29 @@ def test_errors_are_python_exceptions():
     e.shutdown()
     with pytest.raises(RuntimeError):
         e.alloc(10)
+
+
+def test_write_takes_any_buffer():
+    torch = pytest.importorskip("torch")
+    e = synapswap.Engine("64KiB", backend="sim")
+    b = e.alloc(16)
+    want = bytes(range(16))
+    for data in [
+        want,
+        bytearray(want),
+        memoryview(want),
+        np.arange(16, dtype=np.uint8),
+        np.arange(16, dtype=np.uint8).reshape(4, 4).T.copy().T,  # Fortran order: C bytes
+        torch.arange(16, dtype=torch.uint8),
+        torch.arange(16, dtype=torch.uint8).reshape(4, 4).t().contiguous().t(),  # a strided view
+    ]:
+        e.write(b, bytes(16))
+        e.write(b, data)
+        assert e.read(b) == want, type(data)
+    e.write(b, np.arange(4, dtype=np.int32), offset=0)
+    assert e.read(b) == np.arange(4, dtype=np.int32).tobytes()
+    with pytest.raises(TypeError, match="write needs bytes"):
+        e.write(b, 12345)
+    with pytest.raises(ValueError):
+        e.write(b, bytes(17))
+    e.shutdown()

@@ -388,11 +388,109 @@ def test_metadata_never_loads_a_block():
         # Not even a use of a resident block: nothing is waited for.
         loads = handle.stats()["loads"], handle.stats()["waits"]
         model[0](torch.randn(1, 32))  # outside the model's forward
-        handle._begin(None, None)  # inside one, but lin's forward is not running
+        handle._begin()  # inside one, but lin's forward is not running
         model[0](torch.randn(1, 32))
-        handle._end(None, None, None)
+        handle._end(False)
     assert (handle.stats()["loads"], handle.stats()["waits"]) == loads
     device, is_cuda, stride, ptr, dtype, shape, dim = model[0].seen
     assert (device.type, is_cuda, stride, dtype, tuple(shape), dim) == (
         "cpu", False, (32, 1), torch.float32, (32, 32), 2)
+    handle.remove()
+
+
+def test_a_forward_with_grad_enabled_warns_that_no_gradient_flows():
+    model = nn.Sequential(nn.Linear(8, 8))
+    handle = offload(model, vram_budget="1MiB", device="cpu")
+    with pytest.warns(UserWarning, match="get no gradient"):
+        model(torch.randn(1, 8))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad():
+            model(torch.randn(1, 8))  # no warning under no_grad
+    handle.remove()
+
+
+def test_a_model_dropped_without_remove_stops_its_engine_first():
+    import gc
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Linear(8, 8))
+    model.train()  # its buffers change: dirty blocks to write back into CPU memory
+    handle = offload(model, 1024, device="cpu")
+    with torch.no_grad():
+        model(torch.randn(16, 8))
+    engine = handle.engine
+    del model, handle
+    gc.collect()
+    # The engine stopped before the tensors holding its host copies were freed (a write-back
+    # into freed memory corrupted the heap): it takes nothing more.
+    with pytest.raises(RuntimeError, match="shut down"):
+        engine.alloc(16)
+
+
+class NestedAlias(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n, n))
+
+    def forward(self, x):
+        return x, [self.weight.t()[:2]], {"w": self.weight[0]}
+
+
+class ReplacesBuffer(nn.Module):
+    def __init__(self, n, shape=None):
+        super().__init__()
+        self.register_buffer("scale", torch.ones(n))
+        self.shape = shape
+
+    def forward(self, x):
+        self.scale = torch.full(self.shape or self.scale.shape, 2.0)
+        return x * self.scale
+
+
+def test_views_nested_in_outputs_are_kept_and_remove_waits_for_them():
+    torch.manual_seed(0)
+    n = 32
+    model = nn.Sequential(NestedAlias(n))
+    want = model[0].weight.detach().clone()
+    handle = offload(model, vram_budget="1MiB", device="cpu")
+    with torch.no_grad():
+        x, (rows,), d = model(torch.zeros(1, n))
+    assert torch.equal(rows, want.t()[:2]) and torch.equal(d["w"], want[0])
+    # A kept view holds its block: remove() says so and changes nothing.
+    with pytest.raises(RuntimeError, match="still viewed"):
+        handle.remove()
+    assert type(model[0].weight).__name__ == "_OffloadedParameter"
+    del rows, d
+    handle.remove()
+    assert torch.equal(model[0].weight, want)
+
+
+def test_a_buffer_replaced_in_forward_is_kept_or_refused():
+    model = nn.Sequential(ReplacesBuffer(4))
+    handle = offload(model, vram_budget="1MiB", device="cpu")
+    with torch.no_grad():
+        assert torch.equal(model(torch.ones(1, 4)), torch.full((1, 4), 2.0))
+    handle.remove()
+    assert torch.equal(model[0].scale, torch.full((4,), 2.0))
+    model = nn.Sequential(ReplacesBuffer(4, shape=(8,)))
+    handle = offload(model, vram_budget="1MiB", device="cpu")
+    with pytest.raises(RuntimeError, match="another shape or dtype"):
+        with torch.no_grad():
+            model(torch.ones(1, 8))
+    handle.remove()
+
+
+def test_a_submodule_called_on_its_own_computes_on_the_device():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+    plain = copy.deepcopy(model)
+    handle = offload(model, vram_budget="1MiB", device="cpu")
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        model(x)
+        order = list(handle._order)
+        assert torch.equal(model[1](x), plain[1](x))  # as an encoder is run alone
+        assert handle._order == order  # not recorded as a pass
     handle.remove()

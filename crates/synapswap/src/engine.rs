@@ -1140,6 +1140,12 @@ impl Engine {
         }
     }
 
+    /// Whether anything holds `id` (see [`Planner::is_held`](crate::planner::Planner::is_held)):
+    /// [`Engine::free`] of a held block fails.
+    pub fn is_held(&self, id: BlockId) -> Result<bool> {
+        self.lock_live()?.planner.is_held(id)
+    }
+
     /// Where the block is now.
     pub fn residency(&self, id: BlockId) -> Result<Residency> {
         self.lock_live()?.planner.residency(id)

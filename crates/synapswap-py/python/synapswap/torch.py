@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json as _json
 import logging as _logging
-import weakref as _weakref
+import warnings as _warnings
 
 import torch as _torch
 
@@ -154,82 +154,192 @@ class OffloadHandle:
         self.engine = engine
         self.device = device
         self._slots = []
-        self._hooks = []
+        self._freed = set()  # blocks remove() freed already
         self._order = []  # block tuples of each step, as last declared
         self._pass = []  # block tuples of the steps of the running forward
         self._depth = 0
+        self._trainable = []  # names of parameters that require grad
+        self._warned_grad = False
         self._wrapped = []  # (module, whether it had a forward of its own, that forward)
         self._own = {}  # id(module) -> the slots of its own parameters and buffers, one a block
         self._removed = False
         self._names = {}  # block -> its tensor's name in the model's state_dict (the first, if tied)
         self._cuda = device.type == "cuda"
+        self._cuda_device = _torch.device("cuda", 0) if self._cuda else None
+        self._unrecorded = 0  # > 0: inside a module called outside the model's forward
         arena = engine.arena()
         self._arena = _torch.from_dlpack(arena)  # the whole device arena, as uint8
         self._arena_ptr = arena.ptr
         self._arena_end = arena.ptr + arena.nbytes
 
+    def __del__(self):
+        # A model dropped without remove(): the engine must stop before the tensors whose memory
+        # is its blocks' host copies are freed (its transfer thread would otherwise copy from,
+        # or write buffers back into, freed memory). The handle and the model reference each
+        # other, so they are collected together, and finalizers run before anything in the
+        # cycle is cleared: the tensors are still alive here.
+        if not getattr(self, "_removed", True):
+            try:
+                self.engine.shutdown()
+            except Exception:
+                pass
+
     # -- the running forward -----------------------------------------------------------------
-    def _begin(self, module, args):
+    def _wrap_root(self, model):
+        """Wraps the model's ``forward``: a pass begins and ends with it, in a ``finally``, so
+        that any exception (a KeyboardInterrupt too) leaves no pass open."""
+        inner = model.forward
+
+        def forward(*args, **kwargs):
+            if self._removed:
+                return inner(*args, **kwargs)
+            self._begin()
+            done = False
+            try:
+                out = inner(*args, **kwargs)
+                done = True
+                return out
+            finally:
+                self._end(done)
+
+        had = "forward" in model.__dict__
+        self._wrapped.append((model, had, model.__dict__.get("forward")))
+        model.forward = forward
+
+    def _begin(self):
         if self._depth == 0:
             self._pass = []
+            if self._trainable and _torch.is_grad_enabled() and not self._warned_grad:
+                # The device tensors an operation gets are not the parameters autograd knows:
+                # a backward would silently leave these without gradients.
+                self._warned_grad = True
+                _warnings.warn(
+                    f"offload is for inference: {len(self._trainable)} parameter(s) require "
+                    f"grad (the first: {self._trainable[0]}) and get no gradient through an "
+                    f"offloaded forward; run it under torch.no_grad() (or torch.inference_mode()), "
+                    f"or call model.requires_grad_(False) first",
+                    stacklevel=2,
+                )
         self._depth += 1
 
-    def _end(self, module, args, output):
-        # Registered with always_call: it also runs when the forward raises (output None), so a
-        # failed forward leaves nothing active; its partial order is not declared.
+    def _end(self, done):
+        # A forward that raised (not done) does not declare its partial order.
         self._depth -= 1
-        if self._depth == 0 and output is not None and self._pass != self._order:
+        if self._depth == 0 and done and not self._unrecorded and self._pass != self._order:
             self._declare(self._pass)
-        return output
 
     def _wrap_forward(self, module):
         """Wraps ``module.forward``: for its duration the module's own weights are their device
         tensors (one engine call holds them all), so the operations of its forward take plain
-        tensors and are not intercepted; then its placeholders are back and its holds released,
-        or, if the output is a view of one of its weights, kept until that output is garbage.
-        A weight used outside its module's forward (a parent reading a child's weight directly)
-        still reaches ``_dispatch``. A wrapper, not hooks: a module with hooks leaves torch's
-        fast call path, which cost more than the holds."""
+        tensors and are not intercepted; then its placeholders are back and its holds released
+        (a result that views one of its weights is first rehomed: ``_rehome``). A weight used
+        outside its module's forward (a parent reading a child's weight directly) still reaches
+        ``_dispatch``. A wrapper, not hooks: a module with hooks leaves torch's fast call path,
+        which cost more than the holds. A module called outside the model's forward (an
+        encoder run on its own) holds its weights the same way, unrecorded."""
         slots = self._own[id(module)]
         blocks = [s.block for s in slots]
         inner = module.forward
-        engine, place, cuda = self.engine, self._place, self._cuda
+        engine, place = self.engine, self._place
 
         def forward(*args, **kwargs):
-            if self._depth == 0:
+            if self._removed:
                 return inner(*args, **kwargs)
-            stream = _torch.cuda.current_stream().cuda_stream if cuda else None
-            step = len(self._pass) if self._order else None
+            outside = self._depth == 0
+            self._depth += 1
+            self._unrecorded += outside
             try:
-                ptrs = engine.acquire_step(step, blocks, stream)
-            except MemoryError:
-                # Its weights do not fit on the device together: its operations take them one
-                # operation at a time instead (through ``_dispatch``), as any direct use does.
-                return inner(*args, **kwargs)
-            self._pass.append(tuple(blocks))
-            params, buffers = module._parameters, module._buffers
-            for slot, ptr in zip(slots, ptrs):
-                if slot.view_ptr != ptr:
-                    place(slot, ptr)
-                (params if slot.is_param else buffers)[slot.name] = slot.param_view
-            output = None
-            try:
-                output = inner(*args, **kwargs)
-                return output
+                stream = self._stream()
+                step = len(self._pass) if self._order and not self._unrecorded else None
+                try:
+                    ptrs = engine.acquire_step(step, blocks, stream)
+                except MemoryError:
+                    # Its weights do not fit on the device together: its operations take them
+                    # one operation at a time instead (through ``_dispatch``), as any direct use.
+                    return inner(*args, **kwargs)
+                params, buffers = module._parameters, module._buffers
+                try:
+                    if not self._unrecorded:
+                        self._pass.append(tuple(blocks))
+                    for slot, ptr in zip(slots, ptrs):
+                        if slot.view_ptr != ptr:
+                            place(slot, ptr)
+                        (params if slot.is_param else buffers)[slot.name] = slot.param_view
+                    return self._rehome(inner(*args, **kwargs), slots)
+                finally:
+                    try:
+                        self._put_back(module, slots)
+                    finally:
+                        engine.release_many(blocks, stream)
             finally:
-                for slot in slots:
-                    (params if slot.is_param else buffers)[slot.name] = slot.tensor
-                if output is not None and self._aliases_arena(output):
-                    keep = output if isinstance(output, _torch.Tensor) else next(
-                        o for o in output if isinstance(o, _torch.Tensor) and self._aliases_arena(o)
-                    )
-                    _weakref.finalize(keep, engine.release_many, blocks, stream)
-                else:
-                    engine.release_many(blocks, stream)
+                self._depth -= 1
+                self._unrecorded -= outside
 
         had = "forward" in module.__dict__
         self._wrapped.append((module, had, module.__dict__.get("forward")))
         module.forward = forward
+
+    def _put_back(self, module, slots):
+        """The module's placeholders back in place of its device tensors. A buffer the forward
+        replaced (``self.inv_freq = ...``) is copied into the block, which is still held here,
+        if it has the block's shape and dtype; else it is an error, not a silent loss."""
+        params, buffers = module._parameters, module._buffers
+        for slot in slots:
+            where = params if slot.is_param else buffers
+            now = where.get(slot.name)
+            if not slot.is_param and now is not slot.param_view and now is not None:
+                if now.shape != slot.view.shape or now.dtype != slot.view.dtype:
+                    where[slot.name] = slot.tensor
+                    raise RuntimeError(
+                        f"{slot.name} was replaced during the forward by a tensor of another "
+                        f"shape or dtype ({tuple(now.shape)}, {now.dtype}): an offloaded buffer "
+                        f"keeps its block's"
+                    )
+                slot.view.copy_(now)
+            where[slot.name] = slot.tensor
+
+    def _rehome(self, out, held):
+        """``out`` with every tensor in it that views the arena (a weight's ``.t()``, an index,
+        a split, the tensor itself) rebuilt on a DLPack view that owns a hold on its block, one
+        of the slots ``held`` (those the call held): the block then stays held while that
+        tensor, or any view of it (they share its storage), lives. Searched: tensors, tuples,
+        lists, dicts (transformers' ``ModelOutput`` too)."""
+        if isinstance(out, _torch.Tensor):
+            ptr = out.data_ptr()
+            if self._arena_ptr <= ptr < self._arena_end and out.numel() > 0:
+                return self._owned_view(out, held)
+            return out
+        if isinstance(out, (list, tuple)):
+            new = [self._rehome(o, held) for o in out]
+            if all(a is b for a, b in zip(new, out)):
+                return out
+            if isinstance(out, list):
+                return new
+            return type(out)(*new) if hasattr(out, "_fields") else type(out)(new)
+        if isinstance(out, dict):
+            for k, v in list(out.items()):
+                r = self._rehome(v, held)
+                if r is not v:
+                    out[k] = r
+        return out
+
+    def _owned_view(self, t, held):
+        """``t``, a view of the bytes of one of the ``held`` slots' blocks in the arena, rebuilt
+        on a DLPack tensor of that block that owns a hold of its own."""
+        ptr = t.data_ptr()
+        slot = next((s for s in held if s.view_ptr <= ptr < s.view_ptr + s.nbytes), None)
+        if slot is None:
+            # A view of another block's memory: it is not held by this call, and a weight the
+            # result could read after it moved. Not expected from any operation.
+            raise RuntimeError("a result views device memory of a block this call did not hold")
+        view = self.engine.wait(slot.block)
+        raw = _torch.from_dlpack(view)  # its own hold, released when raw's storage dies
+        view.release()
+        if view.ptr != slot.view_ptr:
+            raise RuntimeError("an offloaded block moved while a view of it was being kept")
+        elt = t.element_size()
+        typed = raw.view(t.dtype)
+        return typed.as_strided(t.size(), t.stride(), (ptr - slot.view_ptr) // elt)
 
     def _declare(self, order):
         self.engine.clear_schedule()
@@ -239,18 +349,10 @@ class OffloadHandle:
         self._order = list(order)
 
     def _run(self, func, args, kwargs, used):
-        """An operation of the running forward that takes the weights of ``used``."""
+        """An operation that takes the weights of ``used`` outside their modules' forwards: one
+        engine call says where execution is and holds every block, the operation runs on slices
+        of the arena, a result that views a weight is rehomed, and the holds are released."""
         step, blocks = self._record(used)
-        name = getattr(func, "__name__", "")
-        if name.endswith("_") or "out" in kwargs:
-            # In place (a buffer updated, an out= argument): its result may be the tensor
-            # itself, so it goes through views that own their holds.
-            if step is not None:
-                self.engine.hint(step)
-            return self._call_owning(func, args, kwargs, used)
-        # The hit path: one engine call says where execution is and holds every block, the op
-        # runs on slices of the arena made once per block placement, and the holds are
-        # released when it returns ...
         stream = self._stream()
         views = self._hold(step, blocks, used, stream)
         try:
@@ -258,27 +360,25 @@ class OffloadHandle:
                 *self._substitute(args, views),
                 **{k: self._substitute(v, views) for k, v in kwargs.items()},
             )
+            return self._rehome(out, used)
         finally:
             self.engine.release_many(blocks, stream)
-        # ... unless the result is a view of a weight (`.t()`, an index, a split): then the op
-        # runs again (a view has no side effects) on views that own their holds, so the blocks
-        # stay held while the result, or any view of it, lives.
-        if self._aliases_arena(out):
-            return self._call_owning(func, args, kwargs, used)
-        return out
 
     def _record(self, used):
         """Records the operation's blocks as the running forward's next step. Returns the step
-        to hint (None before an order is declared) and the blocks."""
-        step = len(self._pass)
+        to hint (None before an order is declared, or outside the model's forward) and the
+        blocks."""
         blocks = [s.block for s in used]
+        if self._unrecorded:
+            return None, blocks
+        step = len(self._pass)
         self._pass.append(tuple(blocks))
         return (step if self._order else None), blocks
 
     def _stream(self):
         # On the sim backend CPU operations read the arena at once: no stream, the hold waits
         # for the bytes (a stream-ordered hold would let the op read a copy still in flight).
-        return _torch.cuda.current_stream().cuda_stream if self._cuda else None
+        return _torch.cuda.current_stream(self._cuda_device).cuda_stream if self._cuda else None
 
     def _hold(self, step, blocks, used, stream):
         """Hints ``step`` (unless None) and holds ``blocks`` for work on ``stream``; returns the
@@ -301,27 +401,6 @@ class OffloadHandle:
             _torch.nn.Parameter(slot.view, requires_grad=False) if slot.is_param else slot.view
         )
         slot.view_ptr = ptr
-
-    def _aliases_arena(self, out):
-        if isinstance(out, _torch.Tensor):
-            return self._arena_ptr <= out.data_ptr() < self._arena_end and out.numel() > 0
-        if isinstance(out, (list, tuple)):
-            return any(self._aliases_arena(o) for o in out)
-        return False
-
-    def _call_owning(self, func, args, kwargs, used):
-        """Runs ``func`` on DLPack views that each own a hold on their block, released when the
-        view (and every view of it: they share its storage) dies."""
-        views = {}
-        for slot in used:
-            view = self.engine.wait(slot.block)
-            raw = _torch.from_dlpack(view)
-            # The tensor holds its own reference to the block, released when it is freed.
-            view.release()
-            views[id(slot.tensor)] = raw.view(slot.host.dtype).view(slot.host.shape)
-        args = self._substitute(args, views)
-        kwargs = {k: self._substitute(v, views) for k, v in kwargs.items()}
-        return func(*args, **kwargs)
 
     @staticmethod
     def _substitute(value, views):
@@ -349,30 +428,43 @@ class OffloadHandle:
             _json.dump({"format": "synapswap-order", "version": 1, "steps": steps}, f, indent=1)
 
     def remove(self) -> None:
-        """Removes the hooks and gives every parameter and buffer its CPU tensor back (buffers
-        with what the device last wrote)."""
+        """Gives every parameter and buffer its CPU tensor back (buffers with what the device
+        last wrote) and the modules their own ``forward``. A tensor that still views an
+        offloaded weight (a result kept from a forward) holds its block: then this raises
+        RuntimeError having changed nothing but the buffers' CPU copies; drop that tensor and
+        call it again."""
         if self._removed:
             return
-        for h in self._hooks:
-            h.remove()
-        for module, had, forward in self._wrapped:
-            if had:
-                module.forward = forward
-            else:
-                del module.forward
+        import gc
+
         for slot in self._slots:
-            if not slot.is_param:
+            if not slot.is_param and slot.block not in self._freed:
                 data = self.engine.read(slot.block)
                 flat = slot.host.reshape(-1).view(_torch.uint8)
                 flat.copy_(_torch.frombuffer(bytearray(data), dtype=_torch.uint8))
-        freed = set()
+                if slot.original.data_ptr() != slot.host.data_ptr():
+                    slot.original.copy_(slot.host)  # it was not contiguous: host was a copy
+        gc.collect()  # results no longer referenced release their holds
+        held = [s for s in self._slots if s.block not in self._freed and self.engine.is_held(s.block)]
+        if held:
+            raise RuntimeError(
+                f"{held[0].name} is still viewed by a tensor from a forward (it holds its "
+                f"block): delete it, then call remove() again"
+            )
+        for slot in self._slots:
+            if slot.block not in self._freed:
+                self.engine.free(slot.block)
+                self._freed.add(slot.block)
+        for module, had, forward in reversed(self._wrapped):
+            if had:
+                module.forward = forward
+            else:
+                module.__dict__.pop("forward", None)
+        self._wrapped = []
         for slot in self._slots:
             (slot.module._parameters if slot.is_param else slot.module._buffers)[
                 slot.name
             ] = slot.original
-            if slot.block not in freed:
-                self.engine.free(slot.block)
-                freed.add(slot.block)
         for slot in self._slots:
             slot.view = slot.view_ptr = slot.param_view = None
         self._arena = None
@@ -442,6 +534,7 @@ def _bind(model, entries, budget, device, policy, mapped) -> OffloadHandle:
     mappings (``register_mapping``: the RAM tier); the others are registered as buffers."""
     engine = Engine(budget, backend="cuda" if device.type == "cuda" else "sim")
     handle = OffloadHandle(model, engine, device)
+    handle._trainable = [n for _, n, is_param, t, _ in entries if is_param and t.requires_grad]
     # Blocks first: nothing on the model changes until every block exists.
     qualified = {}
     for mod_name, m in model.named_modules(remove_duplicate=False):
@@ -506,16 +599,15 @@ def _bind(model, entries, budget, device, policy, mapped) -> OffloadHandle:
         (module._parameters if is_param else module._buffers)[name] = tensor
         slot.original = t
         handle._slots.append(slot)
-    handle._hooks.append(model.register_forward_pre_hook(handle._begin))
-    # Each module with weights of its own holds them for its forward (see _enter_module); the
-    # model's own hooks go first and last.
+    # Each module with weights of its own holds them for its forward (see _wrap_forward); the
+    # model's forward begins and ends a pass around it all (_wrap_root).
     for slot in handle._slots:
         own = handle._own.setdefault(id(slot.module), [])
         if not any(o.block == slot.block for o in own):
             own.append(slot)
     for module in {id(s.module): s.module for s in handle._slots}.values():
         handle._wrap_forward(module)
-    handle._hooks.append(model.register_forward_hook(handle._end, always_call=True))
+    handle._wrap_root(model)
     setattr(model, _ATTR, handle)
     return handle
 
@@ -606,18 +698,31 @@ def _reserve(config, dtype, max_context):
 
 
 def _free_bytes(device):
-    """Free memory of the device: CUDA's, or on the sim backend (whose arena is host memory)
-    the host's available memory (``MemAvailable``)."""
+    """Free memory of the device: CUDA's, or on the sim backend half the host's available memory
+    (``MemAvailable``): its arena is host memory, and the page cache under the model's files (the
+    RAM tier, what a model larger than RAM streams from) needs the rest."""
     if device.type == "cuda":
         return _torch.cuda.mem_get_info(device.index or 0)[0]
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    return int(line.split()[1]) * 1024 // 2
     except OSError:
         pass
     raise ValueError("vram_budget='auto' needs the free memory, unknown here: give a size")
+
+
+def _copy_buffer(b, t, storages):
+    """Copies a buffer's values from the file's tensor ``t`` (None: the file has none)."""
+    if t is None or _FILE_DTYPES.get(t["dtype"]) is None:
+        return
+    src = _torch.empty(0, dtype=_FILE_DTYPES[t["dtype"]])
+    elt = src.element_size()
+    if t["offset"] % elt or t["nbytes"] != b.numel() * elt:
+        raise ValueError(f"buffer {t['name']} in {t['file']} does not match the model's")
+    src = src.set_(storages[t["file"]], t["offset"] // elt, (b.numel(),))
+    b.copy_(src.reshape(b.shape))
 
 
 def from_pretrained(
@@ -643,8 +748,9 @@ def from_pretrained(
     works), with the handle as ``model._synapswap_offload``; ``handle.remove()`` gives every
     parameter a CPU tensor over the mapping.
 
-    - ``vram_budget``: a size, or "auto": the device's free memory less a reserve for the KV
-      cache and activations estimated from the config and ``max_context`` (default: the model's
+    - ``vram_budget``: a size, or "auto": the device's free memory (on the sim backend, half the
+      host's available memory: the rest is the page cache's) less a reserve for the KV cache and
+      activations estimated from the config and ``max_context`` (default: the model's
       positions, at most 4096), at most the model's size. What it chose is logged
       (``logging.getLogger("synapswap")``) and kept as ``handle.budget``.
     - ``dtype``: the parameters' dtype; None (the default) is the file's. A dtype that differs
@@ -689,9 +795,12 @@ def from_pretrained(
     prefix = getattr(model, "base_model_prefix", "") or ""
 
     def lookup(name):
-        for key in (name, f"{prefix}.{name}", name.split(".", 1)[-1] if prefix else None):
-            if key is not None and key in tensors:
-                return tensors[key]
+        # The file's name, or the base model's (a checkpoint saved without, or with, the
+        # `base_model_prefix`).
+        if name in tensors:
+            return tensors[name]
+        if prefix and f"{prefix}.{name}" in tensors:
+            return tensors[f"{prefix}.{name}"]
         if prefix and name.startswith(prefix + "."):
             return tensors.get(name[len(prefix) + 1 :])
         return None
@@ -739,12 +848,12 @@ def from_pretrained(
         )
     # Persistent buffers the file holds take its values (small); the others keep the ones the
     # model computed when it was built.
-    for name, b in model.named_buffers():
-        t = lookup(name)
-        if t is not None and _FILE_DTYPES.get(t["dtype"]) is not None:
-            src = _torch.empty(0, dtype=_FILE_DTYPES[t["dtype"]])
-            src = src.set_(storages[t["file"]], t["offset"] // src.element_size(), tuple(t["shape"]))
-            b.copy_(src.reshape(b.shape))
+    for mod_name, module in model.named_modules():
+        for local, b in module.named_buffers(recurse=False):
+            if local in module._non_persistent_buffers_set:
+                continue
+            name = f"{mod_name}.{local}" if mod_name else local
+            _copy_buffer(b, lookup(name), storages)
 
     entries = []
     for module in model.modules():
@@ -759,7 +868,7 @@ def from_pretrained(
         budget_report = _reserve(config, dtype, max_context)
         free = _free_bytes(device)
         total = weight_bytes + sum(
-            b.numel() * b.element_size() for *_, b in entries if not isinstance(b, _torch.nn.Parameter)
+            h.numel() * h.element_size() for _, _, is_param, _, h in entries if not is_param
         )
         budget = min(free - budget_report["reserve_bytes"], total)
         budget_report.update(free_bytes=free, vram_budget_bytes=budget)

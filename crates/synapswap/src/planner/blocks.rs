@@ -198,6 +198,12 @@ impl Planner {
         Ok(&self.block(id)?.spec)
     }
 
+    /// Whether anything holds the block: a use not yet released (a guard, an `acquire`, a
+    /// stream-ordered release still waiting for its fence), or the runtime's own hold.
+    pub fn is_held(&self, id: BlockId) -> Result<bool> {
+        Ok(self.block(id)?.is_held())
+    }
+
     /// Where the block is.
     pub fn residency(&self, id: BlockId) -> Result<Residency> {
         Ok(match self.block(id)?.state {
