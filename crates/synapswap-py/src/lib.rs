@@ -647,29 +647,15 @@ impl PyEngine {
 
     /// Waits until the block is on the device; returns a view that holds it there.
     fn wait(&self, py: Python<'_>, block: u64) -> PyResult<DeviceView> {
-        let e = self.inner.clone();
         let id = block_arg(block);
-        let spec = self.inner.spec(id).map_err(err)?;
-        let nbytes = spec.size;
-        let ptr = py.allow_threads(|| e.acquire(id)).map_err(err)?;
-        if spec.mutable {
-            // A view hands out raw device memory that any torch op may write: a held mutable
-            // block counts as written, so it is written back before eviction.
-            if let Err(x) = self.inner.mark_dirty(id) {
-                let _ = self.inner.unacquire(id);
-                return Err(err(x));
-            }
-        }
+        let nbytes = self.inner.spec(id).map_err(err)?.size;
+        let ptr = self.hold(py, id, None)?;
         Ok(DeviceView {
             engine: self.inner.clone(),
             block: id,
             ptr,
             nbytes,
-            device_type: if self.backend == "cuda" {
-                KDL_CUDA
-            } else {
-                KDL_CPU
-            },
+            device_type: self.device_type(),
             held: true,
         })
     }
@@ -678,20 +664,7 @@ impl PyEngine {
     /// device address; pair with `release`.
     #[pyo3(signature = (block, stream=0))]
     fn acquire(&self, py: Python<'_>, block: u64, stream: u64) -> PyResult<u64> {
-        let e = self.inner.clone();
-        let id = block_arg(block);
-        let mutable = self.inner.spec(id).map_err(err)?.mutable;
-        let ptr = py
-            .allow_threads(|| e.acquire_on_stream(id, stream))
-            .map_err(err)?;
-        // As in `wait`: the caller may write a mutable block through the address.
-        if mutable {
-            if let Err(x) = self.inner.mark_dirty(id) {
-                let _ = self.inner.unacquire_on_stream(id, stream);
-                return Err(err(x));
-            }
-        }
-        Ok(ptr)
+        self.hold(py, block_arg(block), Some(stream))
     }
 
     /// The device arena (see `Arena`): every address `acquire` returns lies inside it.
@@ -701,11 +674,7 @@ impl PyEngine {
             engine: self.inner.clone(),
             ptr,
             nbytes,
-            device_type: if self.backend == "cuda" {
-                KDL_CUDA
-            } else {
-                KDL_CPU
-            },
+            device_type: self.device_type(),
         }
     }
 
@@ -730,11 +699,7 @@ impl PyEngine {
         }
         let mut ptrs = Vec::with_capacity(blocks.len());
         for &b in &blocks {
-            let held = match stream {
-                Some(s) => self.acquire(py, b, s),
-                None => self.acquire_here(py, b),
-            };
-            match held {
+            match self.hold(py, block_arg(b), stream) {
                 Ok(p) => ptrs.push(p),
                 Err(e) => {
                     let _ = self.release_many(blocks[..ptrs.len()].to_vec(), stream);
@@ -752,33 +717,13 @@ impl PyEngine {
     fn release_many(&self, blocks: Vec<u64>, stream: Option<u64>) -> PyResult<()> {
         let mut first = Ok(());
         for b in blocks {
-            let released = match stream {
-                Some(s) => self.inner.unacquire_on_stream(block_arg(b), s),
-                None => self.inner.unacquire(block_arg(b)),
-            };
-            if let Err(e) = released {
+            if let Err(e) = self.unhold(block_arg(b), stream) {
                 if first.is_ok() {
                     first = Err(err(e));
                 }
             }
         }
         first
-    }
-
-    /// A hold for work on the caller's thread: returns once the bytes are on the device (as
-    /// `wait`, without a view); a mutable block counts as written.
-    fn acquire_here(&self, py: Python<'_>, block: u64) -> PyResult<u64> {
-        let e = self.inner.clone();
-        let id = block_arg(block);
-        let mutable = self.inner.spec(id).map_err(err)?.mutable;
-        let ptr = py.allow_threads(|| e.acquire(id)).map_err(err)?;
-        if mutable {
-            if let Err(x) = self.inner.mark_dirty(id) {
-                let _ = self.inner.unacquire(id);
-                return Err(err(x));
-            }
-        }
-        Ok(ptr)
     }
 
     /// Releases a hold of `acquire` once the work queued on `stream` has completed.
@@ -840,6 +785,48 @@ impl PyEngine {
     fn shutdown(&self, py: Python<'_>) {
         let e = self.inner.clone();
         py.allow_threads(|| e.shutdown());
+    }
+}
+
+impl PyEngine {
+    /// Takes a hold on `id` and returns its device address: with a `stream`, for work queued
+    /// there (the stream waits for a copy in flight); without one, once the bytes are on the
+    /// device. The holder may write a mutable block through the address (a DLPack view hands
+    /// out raw memory any torch op may write), so a held mutable block counts as written and
+    /// is written back before eviction; if that cannot be recorded, the hold is released.
+    fn hold(&self, py: Python<'_>, id: BlockId, stream: Option<u64>) -> PyResult<u64> {
+        let e = self.inner.clone();
+        let mutable = self.inner.spec(id).map_err(err)?.mutable;
+        let ptr = py
+            .allow_threads(|| match stream {
+                Some(s) => e.acquire_on_stream(id, s),
+                None => e.acquire(id),
+            })
+            .map_err(err)?;
+        if mutable {
+            if let Err(x) = self.inner.mark_dirty(id) {
+                let _ = self.unhold(id, stream);
+                return Err(err(x));
+            }
+        }
+        Ok(ptr)
+    }
+
+    /// Releases a hold of [`PyEngine::hold`] taken with `stream`.
+    fn unhold(&self, id: BlockId, stream: Option<u64>) -> engine::Result<()> {
+        match stream {
+            Some(s) => self.inner.unacquire_on_stream(id, s),
+            None => self.inner.unacquire(id),
+        }
+    }
+
+    /// The DLPack device type of the arena's memory.
+    fn device_type(&self) -> i32 {
+        if self.backend == "cuda" {
+            KDL_CUDA
+        } else {
+            KDL_CPU
+        }
     }
 }
 

@@ -37,6 +37,7 @@ pub mod planner;
 pub mod pool;
 pub mod probe;
 pub(crate) mod ram_tier;
+mod rate;
 pub mod run;
 pub mod simulate;
 pub mod size;

@@ -67,19 +67,18 @@ pub fn advise(addr: u64, len: u64, advice: Advice) {
     }
 }
 
-/// (resident pages, pages) of the pages `addr..addr + len` touches; `None` where unknown (a range
-/// not mapped, another platform).
-pub fn residency(addr: u64, len: u64) -> Option<(u64, u64)> {
+/// The first page-aligned address of the pages `addr..addr + len` touches, and one `mincore`
+/// byte per page (bit 0: in RAM); `None` where unknown (a range not mapped, another platform).
+fn mincore(addr: u64, len: u64) -> Option<(u64, Vec<u8>)> {
     #[cfg(target_os = "linux")]
     {
         let page = crate::os::page_size() as u64;
         let start = addr / page * page;
         let end = addr.checked_add(len)?.div_ceil(page) * page;
-        let pages = ((end - start) / page) as usize;
-        if pages == 0 {
-            return Some((0, 0));
+        let mut vec = vec![0u8; ((end - start) / page) as usize];
+        if vec.is_empty() {
+            return Some((start, vec));
         }
-        let mut vec = vec![0u8; pages];
         // SAFETY: the kernel checks that the page-aligned range is mapped (else ENOMEM) and
         // writes one byte per page into `vec`, which has that many; nothing else is touched.
         let r = unsafe {
@@ -89,10 +88,7 @@ pub fn residency(addr: u64, len: u64) -> Option<(u64, u64)> {
                 vec.as_mut_ptr().cast(),
             )
         };
-        (r == 0).then(|| {
-            let resident = vec.iter().filter(|&&b| b & 1 == 1).count() as u64;
-            (resident, pages as u64)
-        })
+        (r == 0).then_some((start, vec))
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -101,34 +97,20 @@ pub fn residency(addr: u64, len: u64) -> Option<(u64, u64)> {
     }
 }
 
+/// (resident pages, pages) of the pages `addr..addr + len` touches; `None` where unknown (a range
+/// not mapped, another platform).
+pub fn residency(addr: u64, len: u64) -> Option<(u64, u64)> {
+    let (_, vec) = mincore(addr, len)?;
+    let resident = vec.iter().filter(|&&b| b & 1 == 1).count() as u64;
+    Some((resident, vec.len() as u64))
+}
+
 /// The first page of `addr..addr + len` that is not in RAM: `Some(None)` when every page is,
 /// `None` where unknown (as [`residency`]).
 pub fn first_missing(addr: u64, len: u64) -> Option<Option<u64>> {
-    #[cfg(target_os = "linux")]
-    {
-        let page = crate::os::page_size() as u64;
-        let start = addr / page * page;
-        let end = addr.checked_add(len)?.div_ceil(page) * page;
-        let mut vec = vec![0u8; ((end - start) / page) as usize];
-        if vec.is_empty() {
-            return Some(None);
-        }
-        // SAFETY: as in `residency`: the kernel checks the range and writes one byte per page
-        // into `vec`, which has that many.
-        let r = unsafe {
-            libc::mincore(
-                start as usize as *mut libc::c_void,
-                (end - start) as usize,
-                vec.as_mut_ptr().cast(),
-            )
-        };
-        (r == 0).then(|| (vec.iter().position(|&b| b & 1 == 0)).map(|i| start + i as u64 * page))
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = (addr, len);
-        None
-    }
+    let (start, vec) = mincore(addr, len)?;
+    let page = crate::os::page_size() as u64;
+    Some((vec.iter().position(|&b| b & 1 == 0)).map(|i| start + i as u64 * page))
 }
 
 /// Bytes this process has caused to be read from storage (`/proc/self/io`, `read_bytes`).

@@ -26,7 +26,7 @@
 //! and a `PAGEOUT`'s reclaim before it returns (0.3-0.5 s of kernel time a GiB each, measured by
 //! `scripts/measure-page-cache-costs.py`, BENCHMARKS.md): on the transfer thread that stalled the
 //! copies. It also watches each read-ahead until its range is in RAM, which measures the disk
-//! ([`DiskRate`]).
+//! (`PageCacheCounts::disk`).
 //!
 //! Only blocks cut from a buffer registered as a file mapping ([`crate::Engine::register_mapping`])
 //! are in this tier. Cost: O(blocks) per keep plan (a replan), O(1) per load, and per planner call
@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use crate::page_cache::{self, Advice};
 use crate::planner::Planner;
+use crate::rate::Rate;
 use crate::BlockId;
 
 /// One piece of advice on `addr..addr + len`; `advice` `None`: only count how much of the range
@@ -61,35 +62,10 @@ pub(crate) struct Item {
 pub(crate) struct PageCacheCounts {
     pub checked: AtomicU64,
     pub resident: AtomicU64,
-    pub disk: Mutex<DiskRate>,
-}
-
-/// The disk's read rate, measured by the advisor thread on its read-aheads: decaying sums of the
-/// bytes a read-ahead brought into RAM and the seconds from its advice until the whole range was
-/// resident, byte-weighted as the link's rate is (`planner/uses.rs`), so a small tensor's
-/// latency does not count as much as a large one's throughput.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct DiskRate {
-    bytes: f64,
-    secs: f64,
-}
-
-impl DiskRate {
-    /// One read-ahead brought `bytes` in, in `secs`.
-    pub fn add(&mut self, bytes: u64, secs: f64) {
-        let decay = 1.0 - crate::planner::BW_DECAY;
-        self.bytes = self.bytes * decay + bytes as f64;
-        self.secs = self.secs * decay + secs;
-    }
-
-    /// Bytes/s; 0 before any measurement.
-    pub fn bytes_per_s(&self) -> f64 {
-        if self.secs > 0.0 {
-            self.bytes / self.secs
-        } else {
-            0.0
-        }
-    }
+    /// The disk's read rate, measured by the advisor thread on its read-aheads: the bytes a
+    /// read-ahead brought into RAM over the seconds from its advice until the whole range was
+    /// resident, as the link's rate is measured.
+    pub disk: Mutex<Rate>,
 }
 
 /// How long a read-ahead is watched before it is given up on (no sample): a range the kernel
@@ -124,7 +100,7 @@ pub(crate) struct Advisor {
 }
 
 /// Starts the thread that gives advice sent to it until the sender is dropped: read-aheads in
-/// order, each watched until its range is in RAM to measure the disk ([`DiskRate`]); page-outs
+/// order, each watched until its range is in RAM to measure the disk (`PageCacheCounts::disk`); page-outs
 /// that arrive meanwhile are given at once (they keep the tier under its cap), read-aheads wait
 /// their turn (one at a time keeps each measurement to its own bytes; the kernel still has a
 /// whole tensor's reads queued).

@@ -520,11 +520,16 @@ def offload(model, vram_budget, device=None, policy="auto") -> OffloadHandle:
     budget = parse_size(vram_budget) if isinstance(vram_budget, str) else int(vram_budget)
     _check_budget(budget, tensors)
     device = _device(device)
-    entries = []
-    for module, name, is_param, t in tensors:
-        host = t.data if t.is_contiguous() else t.data.contiguous()
-        entries.append((module, name, is_param, t, host))
+    entries = [_entry(*t) for t in tensors]
     return _bind(model, entries, budget, device, policy, mapped=())
+
+
+def _entry(module, name, is_param, original):
+    """What ``_bind`` takes for one tensor: its module and name, whether it is a parameter, the
+    tensor ``remove()`` gives back, and its host copy (the tensor's own memory, or a contiguous
+    copy of a tensor that is not contiguous)."""
+    host = original.data if original.is_contiguous() else original.data.contiguous()
+    return module, name, is_param, original, host
 
 
 def _bind(model, entries, budget, device, policy, mapped) -> OffloadHandle:
@@ -855,13 +860,10 @@ def from_pretrained(
             name = f"{mod_name}.{local}" if mod_name else local
             _copy_buffer(b, lookup(name), storages)
 
-    entries = []
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            entries.append((module, name, True, views[id(p)], views[id(p)].data))
-        for name, b in module.named_buffers(recurse=False):
-            if b is not None:
-                entries.append((module, name, False, b, b.data if b.is_contiguous() else b.contiguous()))
+    entries = [
+        _entry(module, name, is_param, views[id(t)] if is_param else t)
+        for module, name, is_param, t in _tensors(model)
+    ]
     weight_bytes = sum(v.numel() * v.element_size() for v in views.values())
     budget_report = None
     if isinstance(vram_budget, str) and vram_budget == "auto":

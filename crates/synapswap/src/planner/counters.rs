@@ -77,7 +77,7 @@ impl Planner {
             stall_s: self.n.stall_s,
             transfer_busy_s: self.n.transfer_busy_s,
             copy_idle_s: self.n.copy_idle_s,
-            h2d_bytes_per_s: self.ema_bw,
+            h2d_bytes_per_s: self.bw.bytes_per_s(),
             lookahead_s: self.lookahead_s,
             kept_blocks: self.kept_blocks,
             kept_bytes: self.kept_bytes,

@@ -78,7 +78,6 @@ use keep_plan::KeepPlan;
 use placement::{Mode, Placement};
 use prefetch::{MAX_LOOKAHEAD_S, MIN_LOOKAHEAD_S, SATURATED_DECAY};
 use schedule::{Schedule, EMA_ALPHA};
-pub(crate) use uses::BW_DECAY;
 
 mod blocks;
 mod counters;
@@ -173,9 +172,8 @@ pub struct Planner {
     step_stall_s: f64,
     last_hint: Option<(usize, f64)>,
     lookahead_s: f64,
-    ema_bw: f64,
-    bw_bytes: f64,
-    bw_secs: f64,
+    /// The link's measured rate over recent copies.
+    bw: crate::rate::Rate,
     /// Bytes loading or loaded by prefetch and not used yet.
     pipeline_bytes: u64,
     /// Bytes of prefetches still being copied.
@@ -254,9 +252,7 @@ impl Planner {
             step_stall_s: 0.0,
             last_hint: None,
             lookahead_s,
-            ema_bw: 0.0,
-            bw_bytes: 0.0,
-            bw_secs: 0.0,
+            bw: crate::rate::Rate::default(),
             pipeline_bytes: 0,
             loading_bytes: 0,
             space_blocked: false,
@@ -340,7 +336,7 @@ impl Planner {
             // Once every step's work and the link's bandwidth are measured, size the streaming
             // reserve from them (once per declared schedule).
             if !self.plan_timed
-                && self.ema_bw > 0.0
+                && self.bw.bytes_per_s() > 0.0
                 && self.schedule.measured == self.schedule.ema_compute.len()
             {
                 self.plan_timed = true;

@@ -177,9 +177,9 @@ impl Planner {
             candidates: &cands,
             steps: &steps,
             room: self.budget().saturating_sub(self.pinned_bytes),
-            timing: (self.plan_timed && self.ema_bw > 0.0).then_some(keep_plan::Timing {
+            timing: (self.plan_timed && self.bw.bytes_per_s() > 0.0).then_some(keep_plan::Timing {
                 compute_s: &compute,
-                bytes_per_s: self.ema_bw,
+                bytes_per_s: self.bw.bytes_per_s(),
             }),
         };
         let plan = keep_plan::plan(&inputs, self.keep_plan.as_ref());

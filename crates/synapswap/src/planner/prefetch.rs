@@ -77,8 +77,9 @@ impl Planner {
 
     /// Time to copy `bytes` at the measured bandwidth (unbounded before any measurement).
     pub(super) fn copy_time(&self, bytes: u64) -> f64 {
-        if self.ema_bw > 0.0 {
-            bytes as f64 / self.ema_bw
+        let bw = self.bw.bytes_per_s();
+        if bw > 0.0 {
+            bytes as f64 / bw
         } else {
             f64::INFINITY
         }

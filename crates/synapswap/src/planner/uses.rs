@@ -6,9 +6,6 @@ use super::{Acquire, Command, Planner, State};
 use crate::block::BlockId;
 use crate::{Error, Result};
 
-/// Per-copy decay of the bandwidth estimate's byte and second sums.
-pub(crate) const BW_DECAY: f64 = 0.05;
-
 impl Planner {
     /// Ends the protection a hint gave `block` (it stays on the device until space is needed).
     pub fn release(&mut self, id: BlockId) -> Result<()> {
@@ -194,11 +191,7 @@ impl Planner {
             self.n.loads += 1;
             self.n.transfer_busy_s += busy_s.max(0.0);
             if busy_s > 0.0 {
-                // Byte-weighted: a 16 KiB norm dominated by per-copy latency must not count as
-                // much as a 400 MiB matrix. Decaying sums of bytes and seconds over recent copies.
-                self.bw_bytes = self.bw_bytes * (1.0 - BW_DECAY) + size as f64;
-                self.bw_secs = self.bw_secs * (1.0 - BW_DECAY) + busy_s;
-                self.ema_bw = self.bw_bytes / self.bw_secs;
+                self.bw.add(size, busy_s);
             }
         } else {
             self.pool.free(alloc.region);
