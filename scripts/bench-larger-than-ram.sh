@@ -14,8 +14,11 @@ RAM_GIB=$(awk '/MemTotal/ {print int($2 / 1048576 + 0.5)}' /proc/meminfo)
 GIB=${2:-$((RAM_GIB + 4))}
 VRAM=${VRAM:-4GiB}
 TOKENS=${TOKENS:-3}
-BIN=target/release/synapswap
-cargo build --release -q -p synapswap-cli
+# BIN: a binary built before (so that a build meanwhile cannot change it between the runs).
+if [ -z "${BIN:-}" ]; then
+    BIN=target/release/synapswap
+    cargo build --release -q -p synapswap-cli
+fi
 mkdir -p "$DIR"
 MODEL="$DIR/model.safetensors"
 LAYERS=$((GIB * 4))
@@ -68,4 +71,16 @@ echo
 echo "| run | tokens/s | disk bound | of bound | disk GiB / pass | M - V - C GiB | ratio | page cache hit | cached GiB of cap | disk GB/s | measured on | peak RSS GiB | CPU user / sys of wall s | mismatches |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 run
+# The disk on its own, in the same script run, for comparison with the rate the tier measured:
+# four `dd iflag=direct` of 4 MiB requests at once (the tier's readers: `ram_tier/disk_reader.rs`),
+# 1 GiB each, from the middle of the cold file.
+sync
+echo 1 > /proc/sys/vm/drop_caches
+t0=$(date +%s.%N)
+for k in 0 1 2 3; do
+    dd if="$MODEL" of=/dev/null bs=4M count=256 skip=$((LAYERS * 64 / 2 + k * 256)) iflag=direct 2>/dev/null &
+done
+wait
+t1=$(date +%s.%N)
+python3 -c "import sys; print(f'\nThe disk alone (4 x dd iflag=direct bs=4M, 4 GiB): {4 * 2**30 / (float(sys.argv[2]) - float(sys.argv[1])) / 1e9:.2f} GB/s\n')" "$t0" "$t1"
 run --no-ram-tier

@@ -499,21 +499,38 @@ impl PyEngine {
     /// Registers a read-only memory-mapped model file, `ptr..ptr + size`, as `register_buffer`
     /// does, and puts the blocks cut from it in the RAM tier (read ahead before their copy,
     /// dropped from RAM after it unless the plan keeps them cached: a file larger than RAM runs
-    /// from the disk). The caller keeps the mapping alive until every block cut from it is freed
-    /// and the returned buffer is gone, and never writes it while the engine may read it.
-    fn register_mapping(&self, ptr: usize, size: &Bound<'_, PyAny>) -> PyResult<PyHostBuffer> {
+    /// from the disk). With `path`, the mapping holds that file's bytes from `offset`: blocks
+    /// the tier does not keep are read from the disk past the page cache, into memory of its
+    /// own (`Engine::register_file_mapping`; refused if the file's first or last page differs).
+    /// The caller keeps the mapping alive until every block cut from it is freed and the
+    /// returned buffer is gone, and never writes it while the engine may read it.
+    #[pyo3(signature = (ptr, size, path=None, offset=0))]
+    fn register_mapping(
+        &self,
+        ptr: usize,
+        size: &Bound<'_, PyAny>,
+        path: Option<std::path::PathBuf>,
+        offset: u64,
+    ) -> PyResult<PyHostBuffer> {
         let size = size_arg(size)?;
         // SAFETY: the caller's contract above, as documented for Python callers;
         // `synapswap.torch.from_pretrained` keeps each file's mapping (a torch storage) alive
         // until it frees the blocks cut from it, and the model holds meta stand-ins meanwhile.
-        let b = unsafe { self.inner.register_mapping(ptr as *mut u8, size) };
+        let b = unsafe {
+            match &path {
+                Some(p) => self
+                    .inner
+                    .register_file_mapping(ptr as *mut u8, size, p, offset),
+                None => self.inner.register_mapping(ptr as *mut u8, size),
+            }
+        };
         Ok(PyHostBuffer {
             inner: b.map_err(err)?,
         })
     }
 
     /// The RAM tier over file mappings, as a dict: cap_bytes, cached_bytes, pages_checked,
-    /// pages_resident, disk_bytes_per_s.
+    /// pages_resident, disk_bytes_per_s, direct_bytes_read, direct_busy_s.
     fn ram_tier<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let r = self.inner.ram_tier();
         let d = PyDict::new(py);
@@ -522,6 +539,8 @@ impl PyEngine {
         d.set_item("pages_checked", r.pages_checked)?;
         d.set_item("pages_resident", r.pages_resident)?;
         d.set_item("disk_bytes_per_s", r.disk_bytes_per_s)?;
+        d.set_item("direct_bytes_read", r.direct_bytes_read)?;
+        d.set_item("direct_busy_s", r.direct_busy_s)?;
         Ok(d)
     }
 

@@ -89,9 +89,12 @@ impl EngineBuilder {
 
     /// Bytes of file-backed blocks the RAM tier keeps cached (`ram_tier.rs`). Default:
     /// [`default_ram_cap`] of the host memory available when the engine is built (after its
-    /// arena). The
-    /// cached pages are page cache, which the kernel reclaims under memory pressure rather than
-    /// failing an allocation, so the cap bounds what the tier plans for, not what it can hold.
+    /// arena). For a mapping registered with [`Engine::register_file_mapping`] the cached set
+    /// and the blocks read ahead are the tier's own memory (its landing buffer, pinned on CUDA),
+    /// allocated once the set is chosen if the memory available then holds it (else the tier
+    /// falls back to advising the kernel); otherwise they are page cache, which the kernel
+    /// reclaims under memory pressure rather than failing an allocation, so the cap bounds what
+    /// the tier plans for, not what it can hold.
     pub fn ram_cap(mut self, bytes: u64) -> Self {
         self.ram_cap = Some(bytes);
         self
@@ -296,19 +299,30 @@ impl State {
     pub fn apply_commands(&mut self, shared: &Shared) {
         self.ram.refresh(&self.planner);
         let (hosts, ram) = (&self.hosts, &mut self.ram);
+        let mut awaiting = Vec::new();
         let host_of = |block: BlockId, dir: Direction| {
             let host = Self::host_in(hosts, block);
             if dir == Direction::HostToDevice {
                 if let Some(Some(m)) = hosts.get(block.index as usize) {
-                    ram.queued(block, host.0, m.len());
+                    // Read into the RAM tier's landing buffer: copied from there (pinned).
+                    if let Some((at, mapping, wait)) = ram.queued(block, host.0, m.len()) {
+                        if wait {
+                            awaiting.push(block);
+                        }
+                        return (at, mapping, false);
+                    }
                 }
             }
             host
         };
-        if queue_commands(&mut self.planner, &mut self.queue, self.arena_base, host_of) {
-            shared.work.notify_one();
+        let queued = queue_commands(&mut self.planner, &mut self.queue, self.arena_base, host_of);
+        for block in awaiting {
+            self.queue.await_read(block);
         }
         self.ram.look_ahead(&self.planner);
+        if queued || self.ram.landing_requested() {
+            shared.work.notify_one();
+        }
     }
 
     /// The fences of pending stream-ordered releases, to query outside the lock.
@@ -647,6 +661,84 @@ impl Engine {
             self.lock().ram.unreserve_lock(len);
         }
         buffer
+    }
+
+    /// [`Engine::register_mapping`] of a mapping of the file at `path`: `ptr..ptr + len` holds
+    /// the file's bytes from `offset`. Knowing the file, the RAM tier reads the blocks it does
+    /// not keep cached straight from the disk (`O_DIRECT`, past the page cache) into a buffer of
+    /// its own, pinned on CUDA, a disk horizon ahead of their copy (`ram_tier/disk_reader.rs`),
+    /// instead of advising the kernel to read them into the page cache and drop them again.
+    /// Fails, registering nothing, when the file cannot be opened, is shorter than
+    /// `offset + len`, or its first or last page differs from the mapping's.
+    ///
+    /// # Safety
+    /// As [`Engine::register_mapping`].
+    pub unsafe fn register_file_mapping(
+        &self,
+        ptr: *mut u8,
+        len: u64,
+        path: &std::path::Path,
+        offset: u64,
+    ) -> Result<HostBuffer> {
+        use crate::ram_tier::{DiskFile, DiskReader, OnDone};
+        let bad = |why: String| Error::Model(format!("{}: {why}", path.display()));
+        if ptr.is_null() || len == 0 {
+            return Err(bad("an empty or NULL mapping".into()));
+        }
+        let file = DiskFile::open(path).map_err(|e| bad(e.to_string()))?;
+        let file_len = file.len().map_err(|e| bad(e.to_string()))?;
+        if offset.checked_add(len).is_none_or(|end| end > file_len) {
+            return Err(bad(format!(
+                "{len} bytes at offset {offset} run past the file's end ({file_len} bytes)"
+            )));
+        }
+        // The mapping must hold this file's bytes: its first and last page are compared.
+        let page = len.min(4096);
+        for at in [0, len - page] {
+            let mut disk = vec![0u8; page as usize];
+            file.read_exact_at(&mut disk, offset + at)
+                .map_err(|e| bad(e.to_string()))?;
+            // SAFETY: `ptr..ptr + len` is a live mapping (this function's contract) and
+            // `at + page <= len`.
+            let mapped = unsafe { std::slice::from_raw_parts(ptr.add(at as usize), page as usize) };
+            if mapped != disk {
+                return Err(bad(format!(
+                    "the mapping at {ptr:p} is not this file's bytes from offset {offset} \
+                     (they differ at {})",
+                    offset + at
+                )));
+            }
+        }
+        // SAFETY: forwarded from this function's contract.
+        let buffer = unsafe { self.register_mapping(ptr, len) }?;
+        if !self.lock_live()?.ram.has_reader() {
+            let shared = self.shared.clone();
+            let on_done: StdArc<OnDone> = StdArc::new(move |token, result| {
+                let mut st = sync::lock(&shared.state);
+                let ok = result.is_ok();
+                let st = &mut *st;
+                if let Some(index) = st.ram.read_done(token, result) {
+                    // A load waits for this read: it goes, from its own mapping if the read
+                    // failed.
+                    if let Some(id) = st.planner.id_at(index) {
+                        let fallback = (!ok).then(|| State::host_in(&st.hosts, id));
+                        st.queue.read_released(id, fallback);
+                    }
+                }
+                st.ram.look_ahead(&st.planner);
+                shared.work.notify_one();
+            });
+            if let Ok(reader) = DiskReader::start(self.shared.page_cache.clone(), on_done) {
+                let extra = self.lock().ram.set_reader(reader);
+                for t in extra.map(DiskReader::close).unwrap_or_default() {
+                    let _ = t.join();
+                }
+            }
+        }
+        self.lock()
+            .ram
+            .add_disk_file(ptr as u64, len, offset, StdArc::new(file));
+        Ok(buffer)
     }
 
     /// [`Engine::register_buffer`] and [`Engine::register_mapping`]: `lock` asks the backend to
@@ -1186,11 +1278,15 @@ impl Engine {
     /// The RAM tier over file-backed blocks ([`Engine::register_mapping`]).
     pub fn ram_tier(&self) -> RamTierStats {
         use std::sync::atomic::Ordering::Relaxed;
-        let (cap_bytes, cached_bytes) = {
+        let (cap_bytes, cached_bytes, direct_reads_off) = {
             let mut st = self.lock();
             let State { ram, planner, .. } = &mut *st;
             ram.refresh(planner);
-            (ram.cap(), ram.cached_bytes())
+            (
+                ram.cap(),
+                ram.cached_bytes(),
+                ram.direct_off().map(str::to_string),
+            )
         };
         RamTierStats {
             cap_bytes,
@@ -1198,6 +1294,9 @@ impl Engine {
             pages_checked: self.shared.page_cache.checked.load(Relaxed),
             pages_resident: self.shared.page_cache.resident.load(Relaxed),
             disk_bytes_per_s: (self.shared.page_cache.disk.lock()).map_or(0.0, |d| d.bytes_per_s()),
+            direct_bytes_read: self.shared.page_cache.direct.load(Relaxed),
+            direct_busy_s: self.shared.page_cache.direct_busy_ns.load(Relaxed) as f64 * 1e-9,
+            direct_reads_off,
         }
     }
 
@@ -1211,16 +1310,17 @@ impl Engine {
     /// [`Error::ShutDown`]; [`Engine::stats`] still answers. The device pool itself is freed when
     /// the engine is dropped (guards may still point into it). Idempotent.
     pub fn shutdown(&self) {
-        let advisor;
+        let ram_threads;
         {
             let mut st = self.lock();
             st.shutdown = true;
-            advisor = st.ram.close();
+            ram_threads = st.ram.close();
         }
         // The advisor gives what was sent to it, then ends: after this, no advice reaches
-        // memory the caller may unmap once the engine is shut down.
-        if let Some(a) = advisor {
-            let _ = a.join();
+        // memory the caller may unmap once the engine is shut down. The disk readers end once
+        // the reads sent to them are done (into the tier's own memory).
+        for t in ram_threads {
+            let _ = t.join();
         }
         self.shared.ready.notify_all();
         self.shared.work.notify_all();

@@ -20,6 +20,19 @@
 //!   is dropped (`MADV_PAGEOUT`) once its copy completed, so the cached set is never pushed out
 //!   by bytes that will not be needed again for a whole pass.
 //!
+//! # With the file known: direct reads
+//! A mapping registered with [`crate::Engine::register_file_mapping`] names its file. Then the
+//! page cache is not used at all (`ram_tier/disk_reader.rs` says why): the cached set and the
+//! uncached blocks read ahead live in a landing buffer of the tier's own (`ram_tier/landing.rs`;
+//! pinned on CUDA, so copies from it need no staging), allocated by the transfer thread once the
+//! set is chosen, if the memory available then holds it. Each block of the set is read into its
+//! place once, just ahead of its first use; the uncached ones are read into the landing's ring
+//! (three of the largest, [`RamTier::landing_bytes`]) in the schedule's order, by reader
+//! threads, with `O_DIRECT`; a load queued while its block's read is on the disk waits for it
+//! (`TransferQueue::await_read`) while the loads behind it go on. A read that fails, or a
+//! landing that cannot be had, ends direct reads: the kernel is advised instead, as below.
+//!
+//! # Without: advice to the kernel
 //! The decisions are made here, under the engine's lock, and only recorded; a thread of its own
 //! (`synapswap-ram`, started by the first [`crate::Engine::register_mapping`]) gives the advice,
 //! outside the lock and off the transfer thread, because the kernel submits a `WILLNEED`'s reads
@@ -38,6 +51,13 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod disk_reader;
+mod landing;
+
+pub(crate) use disk_reader::{DiskFile, DiskReader, OnDone};
+use landing::Landing;
+
+use crate::backend::Memory;
 use crate::page_cache::{self, Advice};
 use crate::planner::Planner;
 use crate::rate::Rate;
@@ -62,10 +82,14 @@ pub(crate) struct Item {
 pub(crate) struct PageCacheCounts {
     pub checked: AtomicU64,
     pub resident: AtomicU64,
-    /// The disk's read rate, measured by the advisor thread on its read-aheads: the bytes a
+    /// The disk's read rate, measured by the advisor thread on its read-aheads (the bytes a
     /// read-ahead brought into RAM over the seconds from its advice until the whole range was
-    /// resident, as the link's rate is measured.
+    /// resident) or by the reader threads on their direct reads (`disk_reader.rs`), as the
+    /// link's rate is measured.
     pub disk: Mutex<Rate>,
+    /// Bytes of direct reads done (`disk_reader.rs`), and the nanoseconds a read was on the disk.
+    pub direct: AtomicU64,
+    pub direct_busy_ns: AtomicU64,
 }
 
 /// How long a read-ahead is watched before it is given up on (no sample): a range the kernel
@@ -242,6 +266,33 @@ pub(crate) struct RamTier {
     /// Bytes of the largest streamed, uncached file-backed block (0: none; nothing to read
     /// ahead).
     largest_uncached: u64,
+    /// The file mappings whose file is known ([`crate::Engine::register_file_mapping`]): the
+    /// mapping's address and bytes, the file offset of its first byte, the file.
+    disk_files: Vec<(u64, u64, u64, Arc<DiskFile>)>,
+    /// The reader threads, once a file is known: uncached blocks are read into `landing`.
+    reader: Option<DiskReader>,
+    /// Where the next uncached blocks are read to (`landing.rs`), and its memory.
+    landing: Option<Landing>,
+    landing_mem: Option<Box<dyn Memory>>,
+    /// The landing buffer asked of the transfer thread ([`RamTier::take_landing_request`]):
+    /// its bytes and its ring's.
+    landing_asked: Option<(u64, u64)>,
+    /// The transfer thread took the request (it is allocating it): it no longer changes.
+    landing_taken: bool,
+    /// A file-backed block's load was queued: the blocks are declared and the keep plan has
+    /// settled, so the landing (sized from it) may be asked for.
+    loading: bool,
+    /// The most the cached set may hold at the last choice of it, bytes: the landing holds
+    /// that past its ring.
+    room: u64,
+    /// A landing just arrived: blocks of the cached set loaded from their mapping meanwhile
+    /// are read into their places ([`RamTier::land_ahead`]).
+    refill: bool,
+    /// A landing buffer given up (too small), for the transfer thread to free outside the lock.
+    landing_old: Option<Box<dyn Memory>>,
+    /// Why direct reads ended (a read or the landing's allocation failed): the kernel is
+    /// advised instead.
+    direct_off: Option<String>,
 }
 
 /// How many steps [`RamTier::look_ahead`] walks at most, looking for the next uncached blocks
@@ -288,6 +339,39 @@ pub(crate) fn plan(blocks: &[Option<(u64, bool)>], cap: u64) -> (Vec<bool>, u64)
         })
         .collect();
     (cached, used)
+}
+
+/// [`plan`], keeping what `was` cached: a block of the previous set that still streams stays
+/// (in block order, while under `cap`), and [`plan`] spreads what room is left over the others.
+/// The VRAM keep plan moves a few blocks at a replan, and the whole set chosen afresh would move
+/// with them (the error diffusion shifts): each block that leaves it and each that joins is read
+/// again, a stable set only those that must.
+pub(crate) fn plan_keeping(
+    blocks: &[Option<(u64, bool)>],
+    cap: u64,
+    was: &[bool],
+) -> (Vec<bool>, u64) {
+    let mut used = 0u64;
+    let mut cached: Vec<bool> = (blocks.iter().enumerate())
+        .map(|(i, b)| match b {
+            Some((bytes, true)) if was.get(i).copied().unwrap_or(false) && used + bytes <= cap => {
+                used += bytes;
+                true
+            }
+            _ => false,
+        })
+        .collect();
+    if used == 0 {
+        return plan(blocks, cap);
+    }
+    let rest: Vec<Option<(u64, bool)>> = (blocks.iter().zip(&cached))
+        .map(|(b, &c)| b.filter(|_| !c))
+        .collect();
+    let (more, bytes) = plan(&rest, cap - used);
+    for (c, m) in cached.iter_mut().zip(more) {
+        *c |= m;
+    }
+    (cached, used + bytes)
 }
 
 impl RamTier {
@@ -337,6 +421,9 @@ impl RamTier {
         if let Some(flag) = self.pending.remove(&index) {
             flag.store(false, Relaxed);
         }
+        if let Some(l) = self.landing.as_mut() {
+            l.release(index);
+        }
         if let Some((_, bytes)) = self.file.get_mut(i).and_then(Option::take) {
             self.files -= 1;
             if std::mem::take(&mut self.cached[i]) {
@@ -369,12 +456,20 @@ impl RamTier {
             .filter_map(|b| b.filter(|&(_, streamed)| streamed).map(|(bytes, _)| bytes))
             .max()
             .unwrap_or(0);
+        // With direct reads, the landing's ring instead of both ([`RamTier::landing_bytes`]):
+        // the streamed blocks are read into it, not into the page cache, so the cached set
+        // does not depend on the streaming zone (which the planner resizes as it replans: a set
+        // chosen from it changed between replans, and each change read its blocks again).
+        let in_flight = if self.can_read_directly() {
+            Self::landing_for(largest)
+        } else {
+            planner.streaming_bytes() + 2 * largest
+        };
         let room = self
             .cap
-            .saturating_sub(planner.streaming_bytes())
             .saturating_sub(self.staging_bytes)
-            .saturating_sub(2 * largest);
-        let (cached, bytes) = plan(&blocks, room);
+            .saturating_sub(in_flight);
+        let (cached, bytes) = plan_keeping(&blocks, room, &self.cached);
         self.largest_uncached = (blocks.iter().zip(&cached))
             .filter_map(|(b, &c)| b.filter(|&(_, streamed)| streamed && !c).map(|(n, _)| n))
             .max()
@@ -395,7 +490,259 @@ impl RamTier {
                 }
             }
         }
-        (self.cached, self.cached_bytes) = (cached, bytes);
+        // Each block of the set takes whole pages in the landing: up to two more than its bytes.
+        let pages = 2 * disk_reader::ALIGN * cached.iter().filter(|&&c| c).count() as u64;
+        (self.cached, self.cached_bytes, self.room) = (cached, bytes, room + pages);
+        // Blocks that left the set leave the landing; the others keep their places.
+        if let Some(l) = self.landing.as_mut() {
+            let cached = &self.cached;
+            l.release_kept(|b| cached.get(b as usize).copied().unwrap_or(false));
+        }
+        self.size_landing();
+    }
+
+    /// Block `index`'s offset in its file, its bytes and the file, when the file is known.
+    fn file_offset(&self, index: u32) -> Option<(u64, u64, &Arc<DiskFile>)> {
+        let (addr, bytes) = (*self.file.get(index as usize)?)?;
+        let (map, _, offset, file) = (self.disk_files.iter())
+            .find(|(a, len, _, _)| addr >= *a && addr + bytes <= a + len)?;
+        Some((offset + (addr - map), bytes, file))
+    }
+
+    /// Whether blocks can be read directly into a landing buffer (`disk_reader.rs`): a file is
+    /// known and no direct read failed.
+    fn can_read_directly(&self) -> bool {
+        self.on && self.reader.is_some() && self.direct_off.is_none()
+    }
+
+    /// Whether they are: only when some streamed block is not cached (the files exceed the
+    /// cap). When every one is, the page cache holds them, which costs no anonymous memory and
+    /// gives it back under pressure, and each is read from the disk once either way.
+    fn direct(&self) -> bool {
+        self.can_read_directly() && self.largest_uncached > 0
+    }
+
+    /// Bytes of landing buffer for uncached blocks of at most `largest` bytes: three of them
+    /// (one being copied, one read and waiting for its copy, one being read: the disk never
+    /// waits for the copies), each with a page of alignment either side.
+    fn landing_for(largest: u64) -> u64 {
+        3 * (largest + 2 * disk_reader::ALIGN)
+    }
+
+    /// The landing buffer the cached set leaves room for, bytes (0: no direct reads).
+    pub fn landing_bytes(&self) -> u64 {
+        if self.direct() {
+            Self::landing_for(self.largest_uncached)
+        } else {
+            0
+        }
+    }
+
+    /// Asks for a landing buffer (of the transfer thread, which allocates it outside the lock)
+    /// when there is none or it is too small for the largest uncached block and empty.
+    fn size_landing(&mut self) {
+        let ring = self.landing_bytes();
+        if ring == 0 || self.landing_taken || !self.loading {
+            return;
+        }
+        // Not taken yet: the request follows the latest choice of the set (the first ones are
+        // made while the blocks are declared, before the keep plan settles).
+        if self.landing_asked.is_some() {
+            self.landing_asked = Some((ring + self.room, ring));
+            return;
+        }
+        // A ring too small is replaced once empty (the largest uncached block grew); a cached
+        // set grown past the landing is not (what does not fit is copied from its mapping).
+        match &self.landing {
+            Some(l) if l.ring >= ring || !l.is_empty() => {}
+            _ => {
+                self.landing = None;
+                self.landing_old = self.landing_mem.take();
+                self.landing_asked = Some((ring + self.room, ring));
+            }
+        }
+    }
+
+    /// Whether a landing buffer is asked for ([`RamTier::take_landing_request`]).
+    pub fn landing_requested(&self) -> bool {
+        self.landing_asked.is_some() && !self.landing_taken
+    }
+
+    /// A landing buffer to allocate (bytes), and one to free first: for the transfer thread,
+    /// which gives the new one back with [`RamTier::set_landing`].
+    pub fn take_landing_request(&mut self) -> Option<(u64, Option<Box<dyn Memory>>)> {
+        let (bytes, _) = self.landing_asked.filter(|_| !self.landing_taken)?;
+        self.landing_taken = true;
+        Some((bytes, self.landing_old.take()))
+    }
+
+    /// The landing buffer asked for, or why there is none: then no more direct reads.
+    pub fn set_landing(&mut self, mem: Result<Box<dyn Memory>, crate::Error>) {
+        self.landing_taken = false;
+        let Some((_, ring)) = self.landing_asked.take() else {
+            return;
+        };
+        match mem {
+            Ok(m) => {
+                self.landing = Some(Landing::new(m.addr(), m.len(), ring));
+                self.landing_mem = Some(m);
+                self.refill = true;
+            }
+            Err(e) => {
+                self.direct_off = Some(format!("no landing buffer: {e}"));
+            }
+        }
+    }
+
+    /// A file mapping whose file is known: `addr..addr + len` holds the file's bytes from
+    /// `offset`.
+    pub fn add_disk_file(&mut self, addr: u64, len: u64, offset: u64, file: Arc<DiskFile>) {
+        self.disk_files.push((addr, len, offset, file));
+        self.planned_at = None;
+    }
+
+    /// Whether the reader threads are started.
+    pub fn has_reader(&self) -> bool {
+        self.reader.is_some()
+    }
+
+    /// Sends uncached blocks' reads to `reader` (the first one set stays; another is given
+    /// back, to close).
+    pub fn set_reader(&mut self, reader: DiskReader) -> Option<DiskReader> {
+        if self.reader.is_some() {
+            return Some(reader);
+        }
+        self.reader = Some(reader);
+        self.planned_at = None;
+        None
+    }
+
+    /// A direct read (by its token) was reported: the block whose load waits for it, if one does
+    /// (release it: from the landing buffer if `ok`, else from its mapping). A failed read ends
+    /// direct reads (the kernel is advised instead).
+    pub fn read_done(&mut self, token: u64, result: Result<(), String>) -> Option<u32> {
+        let ok = result.is_ok();
+        if let Err(e) = result {
+            self.direct_off
+                .get_or_insert(format!("a direct read failed: {e}"));
+        }
+        self.landing.as_mut()?.read_done(token, ok)
+    }
+
+    /// Why direct reads ended, if they did.
+    pub fn direct_off(&self) -> Option<&str> {
+        self.direct_off.as_deref()
+    }
+
+    /// Reads the next file-backed blocks whose file is known into the landing buffer, in the
+    /// schedule's order: the uncached ones into its ring, as many as it holds (a landed one no
+    /// longer among them gives way), and those of the cached set not read yet into their place.
+    fn land_ahead(&mut self, planner: &Planner) {
+        if self.landing.is_none() {
+            return;
+        }
+        // The blocks of the cached set loaded before the landing existed (the first steps'
+        // prefetches) went from their mapping: read now, not from the disk again next pass.
+        // (The others are read in the schedule's order, below and at their load.)
+        if std::mem::take(&mut self.refill) {
+            for i in 0..self.cached.len() as u32 {
+                let host = (planner.id_at(i)).and_then(|id| planner.residency(id).ok());
+                if host != Some(crate::Residency::Host) {
+                    self.land_kept(i);
+                }
+            }
+        }
+        let Some(landing) = &self.landing else {
+            return;
+        };
+        let kept_missing = landing.kept() < self.cached.iter().filter(|&&c| c).count();
+        let room = landing.largest_free();
+        if room < self.largest_uncached + 2 * disk_reader::ALIGN
+            && !landing.has_idle()
+            && !kept_missing
+        {
+            return;
+        }
+        let ring = landing.ring;
+        // (block, its offset in the file, bytes, the file, in the cached set)
+        let mut want: Vec<(u32, u64, u64, Arc<DiskFile>, bool)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut pages = 0;
+        planner.upcoming_host_blocks(LOOK_AHEAD_STEPS, |i, _| {
+            if !seen.insert(i) {
+                return true;
+            }
+            let Some((at, bytes, file)) = self.file_offset(i) else {
+                return true;
+            };
+            let kept = self.cached.get(i as usize).copied().unwrap_or(false);
+            // A block of the set already landed needs nothing (and never gives way).
+            if kept && landing.get(i).is_some() {
+                return true;
+            }
+            if !kept {
+                let need = Landing::pages(at % disk_reader::ALIGN, bytes);
+                if pages + need > ring {
+                    return false;
+                }
+                pages += need;
+            }
+            want.push((i, at, bytes, file.clone(), kept));
+            true
+        });
+        if let Some(l) = self.landing.as_mut() {
+            let wanted: std::collections::HashSet<u32> = want.iter().map(|w| w.0).collect();
+            l.evict_idle(|b| wanted.contains(&b));
+        }
+        for (i, at, bytes, file, kept) in want {
+            if self.landing.as_ref().is_none_or(|l| l.get(i).is_some()) {
+                continue;
+            }
+            // A block of the set with no room is copied from its mapping; the ring's next one
+            // waits for room.
+            if !self.land(i, at, bytes, file, kept) && !kept {
+                break;
+            }
+        }
+    }
+
+    /// Reads block `index` (`bytes` at `at` in `file`) into the landing: into a place of its
+    /// own past the ring if `kept` (of the cached set), else into the ring. False when there is
+    /// no room for it.
+    fn land(&mut self, index: u32, at: u64, bytes: u64, file: Arc<DiskFile>, kept: bool) -> bool {
+        let (Some(landing), Some(reader)) = (self.landing.as_mut(), &self.reader) else {
+            return false;
+        };
+        let skip = at % disk_reader::ALIGN;
+        let base = landing.base;
+        let placed = if kept {
+            landing.place_kept(index, skip, bytes)
+        } else {
+            landing.place(index, skip, bytes)
+        };
+        let Some(e) = placed else {
+            return false;
+        };
+        reader.send(disk_reader::Read {
+            token: e.token,
+            file,
+            offset: at - skip,
+            need: skip + bytes,
+            dst: base + e.start,
+        });
+        true
+    }
+
+    /// [`RamTier::land`]s block `index` of the cached set, if it is of the set and its file is
+    /// known.
+    fn land_kept(&mut self, index: u32) {
+        if !self.cached.get(index as usize).copied().unwrap_or(false) {
+            return;
+        }
+        if let Some((at, bytes, file)) = self.file_offset(index).map(|(a, b, f)| (a, b, f.clone()))
+        {
+            self.land(index, at, bytes, file, true);
+        }
     }
 
     /// How far ahead the disk reads ([`RamTier::look_ahead`]): uncached blocks read ahead and
@@ -412,6 +759,11 @@ impl RamTier {
     /// O(steps walked), at most [`LOOK_AHEAD_STEPS`].
     pub fn look_ahead(&mut self, planner: &Planner) {
         if !self.on || self.largest_uncached == 0 {
+            return;
+        }
+        if self.direct() {
+            self.size_landing();
+            self.land_ahead(planner);
             return;
         }
         let horizon = self.horizon_bytes(planner.streaming_bytes());
@@ -453,8 +805,30 @@ impl RamTier {
     }
 
     /// A load of `block` (host bytes `addr..addr + len`) was queued: read a file-backed block
-    /// ahead, unless [`RamTier::look_ahead`] did.
-    pub fn queued(&mut self, block: BlockId, addr: u64, len: u64) {
+    /// ahead, unless [`RamTier::look_ahead`] did. Returns where to copy it from instead when
+    /// it was read into the landing buffer: the address, the buffer's (the copy's mapping), and
+    /// whether the load must wait for the read ([`RamTier::read_done`]).
+    pub fn queued(&mut self, block: BlockId, addr: u64, len: u64) -> Option<(u64, u64, bool)> {
+        if !self.loading && self.is_file(block) {
+            self.loading = true;
+            self.size_landing();
+        }
+        // A block of the cached set not read yet (its first use: the look-ahead reads only as
+        // far as the ring holds) is read into its place now, and its load waits for that: from
+        // the mapping it would be read from the disk again next pass.
+        if self.direct()
+            && self
+                .landing
+                .as_ref()
+                .is_some_and(|l| l.get(block.index).is_none())
+        {
+            self.land_kept(block.index);
+        }
+        if let Some(l) = self.landing.as_mut() {
+            if let Some((at, wait)) = l.start_copy(block.index) {
+                return Some((at, l.base, wait));
+            }
+        }
         if self.is_file(block) && !self.pending.contains_key(&block.index) {
             let flag = Arc::new(AtomicBool::new(true));
             self.pending.insert(block.index, flag.clone());
@@ -465,15 +839,38 @@ impl RamTier {
                 pending: Some(flag),
             });
         }
+        None
+    }
+
+    /// A load of `block` failed: its landing space is free.
+    pub fn load_failed(&mut self, block: BlockId) {
+        if let Some(flag) = self.pending.remove(&block.index) {
+            flag.store(false, Relaxed);
+        }
+        if let Some(l) = self.landing.as_mut() {
+            l.copied(block.index);
+        }
     }
 
     /// A load of `block` completed: a file-backed block not in the cached set leaves RAM.
     pub fn loaded(&mut self, block: BlockId, addr: u64, len: u64) {
         let i = block.index as usize;
+        // Copied from the landing buffer: its page cache was never used.
+        if let Some(l) = self.landing.as_mut() {
+            if l.get(block.index)
+                .is_some_and(|e| e.stage == landing::Stage::Copying { read: true })
+            {
+                l.copied(block.index);
+                return;
+            }
+        }
         if let Some(flag) = self.pending.remove(&block.index) {
             flag.store(false, Relaxed);
         }
-        if self.on && self.is_file(block) && !self.cached.get(i).copied().unwrap_or(false) {
+        // Copied from its mapping: unless it stays cached there (with direct reads the cached
+        // set is the landing's, not the page cache's), it leaves RAM.
+        let cached = self.cached.get(i).copied().unwrap_or(false) && !self.direct();
+        if self.on && self.is_file(block) && !cached {
             self.push(Item {
                 addr,
                 len,
@@ -517,8 +914,12 @@ impl RamTier {
 
     /// Stops the advisor thread (at shutdown): it ends once the advice sent is given. Returns
     /// its handle, to join outside the engine's lock.
-    pub fn close(&mut self) -> Option<std::thread::JoinHandle<()>> {
-        self.advisor.take().map(|a| a.thread)
+    pub fn close(&mut self) -> Vec<std::thread::JoinHandle<()>> {
+        let mut threads: Vec<_> = self.advisor.take().map(|a| a.thread).into_iter().collect();
+        if let Some(r) = self.reader.take() {
+            threads.extend(r.close());
+        }
+        threads
     }
 
     /// Whether a file mapping of `len` bytes may be page-locked: while every mapping locked so
@@ -699,6 +1100,29 @@ mod tests {
         assert_eq!(plan(&blocks, 45).0, cached);
         // Everything fits: everything streamed is cached.
         assert_eq!(plan(&blocks, 1000).1, 75);
+    }
+
+    #[test]
+    fn a_keep_plan_that_moves_one_block_moves_only_that_one_in_the_cached_set() {
+        let mut blocks = vec![Some((256u64, true)); 12];
+        let (was, _) = plan(&blocks, 8 * 256);
+        // The VRAM keep plan now keeps block 0 (a cached one): it leaves the set, and the room
+        // it leaves goes to one block that was not cached; the other seven stay.
+        blocks[0] = Some((256, false));
+        let (now, bytes) = plan_keeping(&blocks, 8 * 256, &was);
+        assert_eq!(bytes, 8 * 256);
+        let moved = was.iter().zip(&now).filter(|(a, b)| a != b).count();
+        assert_eq!(moved, 2, "{was:?} -> {now:?}");
+        assert!(!now[0]);
+        // Chosen afresh, the set would shift by more.
+        let fresh = plan(&blocks, 8 * 256).0;
+        assert!(was.iter().zip(&fresh).filter(|(a, b)| a != b).count() > moved);
+        // Less room: the later ones of the old set go first.
+        let (small, bytes) = plan_keeping(&blocks, 4 * 256, &now);
+        assert_eq!(bytes, 4 * 256);
+        let kept: Vec<usize> = (0..12).filter(|&i| small[i]).collect();
+        let first: Vec<usize> = (0..12).filter(|&i| now[i]).take(4).collect();
+        assert_eq!(kept, first);
     }
 
     #[test]

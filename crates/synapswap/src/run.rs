@@ -167,8 +167,12 @@ pub struct HostTierReport {
     /// that one understates the disk when the warm-up was held back by something else (its
     /// copies, its compute), so efficiency can exceed 1. 0 when nothing came from the disk.
     pub disk_bytes_per_s: f64,
-    /// Which of the two `disk_bytes_per_s` is: `"read-ahead"` or `"warm-up"`.
+    /// Which `disk_bytes_per_s` is: `"direct reads"` (the tier's reads into its landing buffer),
+    /// `"read-ahead"` (its advice to the kernel) or `"warm-up"`.
     pub disk_rate_from: &'static str,
+    /// Why the RAM tier stopped reading blocks directly, if it did
+    /// ([`crate::RamTierStats::direct_reads_off`]).
+    pub direct_reads_off: Option<String>,
     /// What the disk allows: a pass must read what is neither on the device nor cached in RAM,
     /// `disk_bytes_per_s / (bytes per pass - V - C)`; the report's bound is the lesser of this
     /// and the link's. 0 when there is no such term (the timed passes read nothing from the disk,
@@ -422,14 +426,34 @@ fn run_inner(
         Source::Pattern => Vec::new(),
         Source::Model(m) => m
             .files()
-            .map(|(_, bytes)| {
+            .map(|(path, bytes)| {
                 // SAFETY: the mapping is read-only and lives in `m`, which outlives every copy
                 // from it: copies run only while the run does (`run_impl` frees every block
                 // before it returns, and after a shutdown no copy runs at all); a registration
                 // that outlives the mapping is only unregistered later, never read.
-                unsafe { engine.register_mapping(bytes.as_ptr().cast_mut(), bytes.len() as u64) }
+                // Known as the file's mapping (from its start): the RAM tier reads the blocks it
+                // does not keep cached straight from the disk.
+                unsafe {
+                    engine.register_file_mapping(
+                        bytes.as_ptr().cast_mut(),
+                        bytes.len() as u64,
+                        path,
+                        0,
+                    )
+                }
             })
             .collect::<Result<_>>()?,
+    };
+    // A sampled check reads what the bytes must be from the files directly: through the
+    // mapping, each sample's page fault would read ahead the kernel's window (8 MiB on the build
+    // machine's disk) of a model larger than RAM, more than the check reads by 100x, and count
+    // against the RAM tier's disk reads.
+    let disk_files: Vec<crate::ram_tier::DiskFile> = match source {
+        Source::Model(m) if cfg.verify == Verify::Sampled => m
+            .files()
+            .map_while(|(path, _)| crate::ram_tier::DiskFile::open(path).ok())
+            .collect(),
+        _ => Vec::new(),
     };
     for (i, b) in workload.blocks.iter().enumerate() {
         let spec = BlockSpec::new(b.bytes)
@@ -526,8 +550,17 @@ fn run_inner(
                 let expected = |off: u64, bytes: &[u8]| match source {
                     Source::Pattern => pattern::verify(seeds[*b], off, bytes),
                     Source::Model(m) => {
-                        let data = m.piece_data(&pieces[*b]);
-                        data.get(off as usize..off as usize + bytes.len()) == Some(bytes)
+                        let p = &pieces[*b];
+                        match disk_files.get(p.file) {
+                            Some(f) => {
+                                let mut want = vec![0u8; bytes.len()];
+                                f.read_exact_at(&mut want, p.offset + off).is_ok() && want == bytes
+                            }
+                            None => {
+                                let data = m.piece_data(p);
+                                data.get(off as usize..off as usize + bytes.len()) == Some(bytes)
+                            }
+                        }
                     }
                 };
                 let ok = match &mut kv[*b] {
@@ -638,6 +671,10 @@ fn run_inner(
             _ => 0,
         };
         let warmup_s = (t_timed - t_start).as_secs_f64();
+        // Direct reads over the timed passes: their bytes over the time a read was on the disk
+        // (the end-of-run average would weigh only the last few reads).
+        let direct = ram.direct_bytes_read - ram_at_timed.direct_bytes_read;
+        let direct_s = ram.direct_busy_s - ram_at_timed.direct_busy_s;
         HostTierReport {
             cap_bytes: ram.cap_bytes,
             cached_bytes: ram.cached_bytes,
@@ -651,19 +688,24 @@ fn run_inner(
                 _ => 1.0,
             },
             disk_bytes_read: read(disk_at_timed, page_cache::storage_bytes_read()),
-            disk_bytes_per_s: if ram.disk_bytes_per_s > 0.0 {
+            disk_bytes_per_s: if direct > 0 && direct_s > 0.0 {
+                direct as f64 / direct_s
+            } else if ram.disk_bytes_per_s > 0.0 {
                 ram.disk_bytes_per_s
             } else if warmup_s > 0.0 {
                 read(disk_at_start, disk_at_timed) as f64 / warmup_s
             } else {
                 0.0
             },
-            disk_rate_from: if ram.disk_bytes_per_s > 0.0 {
+            disk_rate_from: if direct > 0 && direct_s > 0.0 {
+                "direct reads"
+            } else if ram.disk_bytes_per_s > 0.0 {
                 "read-ahead"
             } else {
                 "warm-up"
             },
             disk_bound_tokens_per_s: 0.0,
+            direct_reads_off: ram.direct_reads_off.clone(),
         }
     });
     // The disk's term of the bound (`HostTierReport::disk_bound_tokens_per_s`).

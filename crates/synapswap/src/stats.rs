@@ -25,7 +25,7 @@ impl PrefetchStats {
 }
 
 /// The RAM tier over file-backed blocks (`ram_tier.rs`; see [`crate::Engine::ram_tier`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RamTierStats {
     /// Bytes of file-backed blocks it may keep cached ([`crate::EngineBuilder::ram_cap`]).
     pub cap_bytes: u64,
@@ -35,11 +35,22 @@ pub struct RamTierStats {
     pub pages_checked: u64,
     /// Of those, the pages already in RAM.
     pub pages_resident: u64,
-    /// The disk's read rate, bytes/s, measured on the read-aheads (a decaying, byte-weighted
-    /// average, as the link's): from a read-ahead's advice until its whole range was in RAM.
-    /// 0 before any read-ahead found its range missing (everything was cached, or the tier is
-    /// off: without read-ahead the copies fault the pages in themselves, unmeasured).
+    /// The disk's read rate, bytes/s (a decaying, byte-weighted average, as the link's),
+    /// measured on the direct reads of uncached blocks (each read request's time, from its start
+    /// or the previous one's end), or, for a mapping whose file the engine does not know, on
+    /// the read-aheads: from a read-ahead's advice until its whole range was in RAM. 0 before
+    /// any was measured (everything was cached, or the tier is off: then the copies fault the
+    /// pages in themselves, unmeasured).
     pub disk_bytes_per_s: f64,
+    /// Bytes read from the disk straight into the tier's landing buffer
+    /// ([`crate::Engine::register_file_mapping`]).
+    pub direct_bytes_read: u64,
+    /// Seconds a direct read was on the disk (each read request's time, from its start or the
+    /// previous one's end): `direct_bytes_read` over this is the disk's average rate.
+    pub direct_busy_s: f64,
+    /// Why direct reads ended, if they did (a read failed, or the landing buffer could not be
+    /// allocated): the tier advises the kernel instead.
+    pub direct_reads_off: Option<String>,
 }
 
 /// A snapshot of the engine's counters. Every field is measured by the engine, none estimated.

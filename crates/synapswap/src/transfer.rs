@@ -71,6 +71,9 @@ pub(crate) struct Job {
     /// A consumer's stream will wait on this load: submit all of it at once, past the
     /// pipeline's depth, so its last ticket is known soon.
     eager: bool,
+    /// Its host bytes are still being read from the disk (`ram_tier/disk_reader.rs`): not
+    /// ready until [`TransferQueue::read_released`].
+    awaiting_read: bool,
 }
 
 /// Which jobs [`TransferQueue::next_chunk`] may take a chunk from.
@@ -181,6 +184,7 @@ impl TransferQueue {
             queued: 0,
             last_ticket: None,
             eager: false,
+            awaiting_read: false,
         };
         if len > 0 {
             self.ready.insert(Self::rank(&job));
@@ -211,12 +215,45 @@ impl TransferQueue {
         let was = Self::rank(j);
         j.demand = true;
         j.eager |= eager;
-        let open = j.submitted < j.len && j.failed.is_none();
+        let open = j.submitted < j.len && j.failed.is_none() && !j.awaiting_read;
         if open && self.ready.remove(&was) {
             self.ready.insert(Self::rank(j));
         }
         if open && j.eager {
             self.eager.insert(seq);
+        }
+    }
+
+    /// `block`'s load (just queued) copies bytes still being read from the disk: it waits for
+    /// [`TransferQueue::read_released`].
+    pub fn await_read(&mut self, block: BlockId) {
+        let Some(j) = self.loads.get(&block).and_then(|s| self.jobs.get_mut(s)) else {
+            return;
+        };
+        if j.submitted == 0 {
+            j.awaiting_read = true;
+            self.ready.remove(&Self::rank(j));
+            self.eager.remove(&j.seq);
+        }
+    }
+
+    /// The read `block`'s load waited for is over: it may go, from where it was queued, or,
+    /// when the read failed, from `fallback` (host address, mapping, staged: its own host copy).
+    pub fn read_released(&mut self, block: BlockId, fallback: Option<(u64, u64, bool)>) {
+        let Some(j) = self.loads.get(&block).and_then(|s| self.jobs.get_mut(s)) else {
+            return;
+        };
+        if !std::mem::take(&mut j.awaiting_read) {
+            return;
+        }
+        if let Some((host, mapping, staged)) = fallback {
+            (j.host, j.mapping, j.staged) = (host, mapping, staged);
+        }
+        if j.submitted < j.len && j.failed.is_none() {
+            self.ready.insert(Self::rank(j));
+            if j.eager {
+                self.eager.insert(j.seq);
+            }
         }
     }
 
@@ -504,6 +541,26 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
             }
             st = sync::lock(&shared.state);
         }
+        // The RAM tier's landing buffer (`ram_tier/landing.rs`): allocated here, outside the
+        // lock, as every driver call is (pinned on CUDA).
+        if let Some((bytes, old)) = st.ram.take_landing_request() {
+            drop(st);
+            drop(old);
+            // Checked first: unlike the page cache, this memory is not given back under
+            // pressure. Refused, the tier advises the kernel instead (`RamTier::set_landing`).
+            let mem = match crate::os::available_memory() {
+                Some(a) if bytes > a.bytes => Err(Error::HostMemory {
+                    needed: bytes,
+                    available: a.bytes,
+                    limit: a.limit,
+                }),
+                _ => backend.alloc_host(bytes),
+            };
+            st = sync::lock(&shared.state);
+            let State { ram, planner, .. } = &mut *st;
+            ram.set_landing(mem);
+            ram.look_ahead(planner);
+        }
         // Completed stream fences first: the holds they drop can let queued placements through,
         // whose copies the fill below then submits.
         st = poll_fences(&shared, st, false);
@@ -634,8 +691,12 @@ fn finish_job(shared: &Shared, st: &mut State, job: &Job) {
             )),
         );
     }
-    if ok && job.dir == Direction::HostToDevice {
-        st.ram.loaded(job.block, job.host, job.len);
+    if job.dir == Direction::HostToDevice {
+        if ok {
+            st.ram.loaded(job.block, job.host, job.len);
+        } else {
+            st.ram.load_failed(job.block);
+        }
     }
     report(&mut st.planner, job);
     st.apply_commands(shared);

@@ -1,6 +1,8 @@
 //! The RAM tier over a memory-mapped file (`Engine::register_mapping`): the blocks the plan keeps
 //! cached stay in the page cache, the other streamed ones leave RAM after their copy, every byte
-//! still arrives, and with the tier off the page cache is left alone.
+//! still arrives, and with the tier off the page cache is left alone. With the file known
+//! (`Engine::register_file_mapping`), blocks are read from the disk into the tier's own memory
+//! and copied from there, at any offset in the file.
 
 #![cfg(target_os = "linux")]
 
@@ -20,8 +22,14 @@ const BLOCKS: u64 = 16;
 
 /// A 64 MiB file of 16 patterned 4 MiB blocks, written and synced (its pages clean), mapped.
 fn mapped_file(name: &str) -> (std::path::PathBuf, memmap2::Mmap) {
+    mapped_file_after(name, 0)
+}
+
+/// [`mapped_file`] with the blocks after `prefix` bytes (a header).
+fn mapped_file_after(name: &str, prefix: u64) -> (std::path::PathBuf, memmap2::Mmap) {
     let path = std::env::temp_dir().join(format!("synapswap-ram-{name}-{}", std::process::id()));
     let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(&vec![0xA5; prefix as usize]).unwrap();
     let mut buf = vec![0u8; BLOCK as usize];
     for b in 0..BLOCKS {
         pattern::fill(pattern::seed(b), 0, &mut buf);
@@ -41,10 +49,15 @@ fn run(engine: &Engine, map: &memmap2::Mmap) -> Vec<BlockId> {
     // is read-only.
     let buffer =
         unsafe { engine.register_mapping(map.as_ptr().cast_mut(), map.len() as u64) }.unwrap();
+    run_blocks(engine, &buffer, 0)
+}
+
+/// [`run`] over blocks cut from `buffer` after `prefix` bytes.
+fn run_blocks(engine: &Engine, buffer: &synapswap::HostBuffer, prefix: u64) -> Vec<BlockId> {
     let ids: Vec<BlockId> = (0..BLOCKS)
         .map(|b| {
             engine
-                .alloc_in(&buffer, b * BLOCK, BlockSpec::new(BLOCK))
+                .alloc_in(buffer, prefix + b * BLOCK, BlockSpec::new(BLOCK))
                 .unwrap()
         })
         .collect();
@@ -72,11 +85,15 @@ fn resident(map: &memmap2::Mmap, b: u64) -> f64 {
 }
 
 fn engine(on: bool) -> Engine {
+    // Less the ring (8 MiB: the budget less two kept blocks), the staging ring (8 slots of the
+    // 1 MiB chunk) and two blocks read ahead: 8 MiB, two blocks, stay cached.
+    engine_capped(on, 32 * MIB)
+}
+
+fn engine_capped(on: bool, cap: u64) -> Engine {
     Engine::builder()
         .budget(16 * MIB)
-        // Less the ring (8 MiB: the budget less two kept blocks), the staging ring (8 slots
-        // of the 1 MiB chunk) and two blocks read ahead: 8 MiB, two blocks, stay cached.
-        .ram_cap(32 * MIB)
+        .ram_cap(cap)
         .chunk_bytes(MIB)
         .ram_tier(on)
         .backend(Arc::new(SimBackend::new(SimConfig::unpaced()).unwrap()))
@@ -162,4 +179,65 @@ fn with_the_tier_off_the_page_cache_is_left_alone() {
     e.shutdown();
     drop(map);
     let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn with_the_file_known_blocks_are_read_from_the_disk_into_the_tiers_memory() {
+    // Blocks at an offset that is no multiple of a page: each read is of the pages around it.
+    let prefix = 4096 + 100;
+    let (path, map) = mapped_file_after("direct", prefix);
+    // Less the staging ring (8 MiB) and the landing's ring (three blocks and their alignment,
+    // 12 MiB + 24 KiB; the streamed blocks in flight are there, not in the page cache): two
+    // blocks stay cached, in the landing buffer.
+    let e = engine_capped(true, 29 * MIB);
+    // SAFETY: as in `run`.
+    let buffer =
+        unsafe { e.register_file_mapping(map.as_ptr().cast_mut(), map.len() as u64, &path, 0) }
+            .unwrap();
+    let ids = run_blocks(&e, &buffer, prefix);
+    let tier = e.ram_tier();
+    assert_eq!(tier.cached_bytes, 2 * BLOCK, "{tier:?}");
+    let streamed = (ids.iter()).filter(|&&id| !e.is_kept(id).unwrap()).count() as u64;
+    // Of three passes, the last two read every streamed block not cached from the disk, and the
+    // cached ones once; the first may copy a few from the mapping before the landing exists.
+    let uncached = (streamed - 2) * BLOCK;
+    assert!(
+        tier.direct_bytes_read >= 2 * uncached,
+        "{} bytes read directly, {uncached} uncached a pass: {tier:?}",
+        tier.direct_bytes_read
+    );
+    assert!(
+        tier.direct_busy_s > 0.0 && tier.disk_bytes_per_s > 0.0,
+        "{tier:?}"
+    );
+    e.shutdown();
+    drop(buffer);
+    drop(map);
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn a_file_mapping_that_is_not_the_files_bytes_is_refused_and_nothing_is_registered() {
+    let (path, map) = mapped_file("refused");
+    let (other, _other_map) = mapped_file_after("refused-other", 1);
+    let e = engine(true);
+    let (ptr, len) = (map.as_ptr().cast_mut(), map.len() as u64);
+    // SAFETY: as in `run` (each call fails before it registers anything).
+    let err = unsafe { e.register_file_mapping(ptr, len, &other, 0) }.unwrap_err();
+    assert!(err.to_string().contains("not this file's bytes"), "{err}");
+    // SAFETY: as above.
+    let err = unsafe { e.register_file_mapping(ptr, len, &path, 1) }.unwrap_err();
+    assert!(err.to_string().contains("past the file's end"), "{err}");
+    // SAFETY: as above.
+    let err = unsafe { e.register_file_mapping(ptr, len, &path.with_extension("missing"), 0) }
+        .unwrap_err();
+    assert!(err.to_string().contains("missing"), "{err}");
+    // Nothing was registered: the mapping registers now.
+    // SAFETY: as in `run`.
+    let buffer = unsafe { e.register_file_mapping(ptr, len, &path, 0) }.unwrap();
+    drop(buffer);
+    e.shutdown();
+    drop(map);
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(other);
 }

@@ -521,7 +521,7 @@ def offload(model, vram_budget, device=None, policy="auto") -> OffloadHandle:
     _check_budget(budget, tensors)
     device = _device(device)
     entries = [_entry(*t) for t in tensors]
-    return _bind(model, entries, budget, device, policy, mapped=())
+    return _bind(model, entries, budget, device, policy, mapped={})
 
 
 def _entry(module, name, is_param, original):
@@ -535,8 +535,9 @@ def _entry(module, name, is_param, original):
 def _bind(model, entries, budget, device, policy, mapped) -> OffloadHandle:
     """Puts every ``(module, name, is_param, original, host)`` of ``entries`` on an engine of
     ``budget`` bytes: a block per distinct host range, the module holding a meta stand-in, and
-    ``original`` given back by ``remove()``. Storages whose address is in ``mapped`` are file
-    mappings (``register_mapping``: the RAM tier); the others are registered as buffers."""
+    ``original`` given back by ``remove()``. Storages whose address is a key of ``mapped`` are
+    mappings of the file it names (``register_mapping`` with its path: the RAM tier, which reads
+    what it does not keep from the disk directly); the others are registered as buffers."""
     engine = Engine(budget, backend="cuda" if device.type == "cuda" else "sim")
     handle = OffloadHandle(model, engine, device)
     handle._trainable = [n for _, n, is_param, t, _ in entries if is_param and t.requires_grad]
@@ -560,12 +561,12 @@ def _bind(model, entries, budget, device, policy, mapped) -> OffloadHandle:
             storage = host.untyped_storage()
             if storage.data_ptr() not in storages:
                 try:
-                    register = (
-                        engine.register_mapping
-                        if storage.data_ptr() in mapped
-                        else engine.register_buffer
+                    ptr = storage.data_ptr()
+                    storages[ptr] = (
+                        engine.register_mapping(ptr, storage.nbytes(), path=mapped[ptr])
+                        if ptr in mapped
+                        else engine.register_buffer(ptr, storage.nbytes())
                     )
-                    storages[storage.data_ptr()] = register(storage.data_ptr(), storage.nbytes())
                 except RuntimeError as e:
                     if "already registered" not in str(e):
                         raise
@@ -885,7 +886,7 @@ def from_pretrained(
     else:
         budget = parse_size(vram_budget) if isinstance(vram_budget, str) else int(vram_budget)
     _check_budget(budget, [(None, None, None, h) for *_, h in entries])
-    mapped = {s.data_ptr() for s in storages.values()}
+    mapped = {s.data_ptr(): f for f, s in storages.items()}
     handle = _bind(model, entries, budget, device, policy, mapped)
     # What the engine made of it (its pool rounds down to whole granules).
     handle.budget = dict(budget_report or {}, vram_budget_bytes=handle.engine.vram_budget)
