@@ -305,11 +305,12 @@ impl State {
             if dir == Direction::HostToDevice {
                 if let Some(Some(m)) = hosts.get(block.index as usize) {
                     // Read into the RAM tier's landing buffer: copied from there (pinned).
-                    if let Some((at, mapping, wait)) = ram.queued(block, host.0, m.len()) {
+                    if let Some((at, mapping, pageable, wait)) = ram.queued(block, host.0, m.len())
+                    {
                         if wait {
                             awaiting.push(block);
                         }
-                        return (at, mapping, false);
+                        return (at, mapping, pageable);
                     }
                 }
             }
@@ -660,6 +661,9 @@ impl Engine {
         if lock && !buffer.as_ref().is_ok_and(HostBuffer::pinned) {
             self.lock().ram.unreserve_lock(len);
         }
+        if buffer.is_ok() {
+            self.lock().ram.forget_disk_files(ptr as u64, len);
+        }
         buffer
     }
 
@@ -729,7 +733,15 @@ impl Engine {
                 shared.work.notify_one();
             });
             if let Ok(reader) = DiskReader::start(self.shared.page_cache.clone(), on_done) {
-                let extra = self.lock().ram.set_reader(reader);
+                // Shut down meanwhile: closed here (shutdown joined the tier's threads already).
+                let extra = {
+                    let mut st = self.lock();
+                    if st.shutdown {
+                        Some(reader)
+                    } else {
+                        st.ram.set_reader(reader)
+                    }
+                };
                 for t in extra.map(DiskReader::close).unwrap_or_default() {
                     let _ = t.join();
                 }

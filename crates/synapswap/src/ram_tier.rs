@@ -526,7 +526,8 @@ impl RamTier {
     /// (one being copied, one read and waiting for its copy, one being read: the disk never
     /// waits for the copies), each with a page of alignment either side.
     fn landing_for(largest: u64) -> u64 {
-        3 * (largest + 2 * disk_reader::ALIGN)
+        // Whole pages: the cached set's places start where the ring ends, aligned for O_DIRECT.
+        (3 * (largest + 2 * disk_reader::ALIGN)).div_ceil(disk_reader::ALIGN) * disk_reader::ALIGN
     }
 
     /// The landing buffer the cached set leaves room for, bytes (0: no direct reads).
@@ -597,8 +598,15 @@ impl RamTier {
     /// A file mapping whose file is known: `addr..addr + len` holds the file's bytes from
     /// `offset`.
     pub fn add_disk_file(&mut self, addr: u64, len: u64, offset: u64, file: Arc<DiskFile>) {
+        self.forget_disk_files(addr, len);
         self.disk_files.push((addr, len, offset, file));
         self.planned_at = None;
+    }
+
+    /// A mapping was registered at `addr..addr + len`: a file known for an earlier mapping there
+    /// (unmapped since, its address reused) is not this one's.
+    pub fn forget_disk_files(&mut self, addr: u64, len: u64) {
+        (self.disk_files).retain(|(a, l, _, _)| *a + *l <= addr || addr + len <= *a);
     }
 
     /// Whether the reader threads are started.
@@ -806,9 +814,14 @@ impl RamTier {
 
     /// A load of `block` (host bytes `addr..addr + len`) was queued: read a file-backed block
     /// ahead, unless [`RamTier::look_ahead`] did. Returns where to copy it from instead when
-    /// it was read into the landing buffer: the address, the buffer's (the copy's mapping), and
-    /// whether the load must wait for the read ([`RamTier::read_done`]).
-    pub fn queued(&mut self, block: BlockId, addr: u64, len: u64) -> Option<(u64, u64, bool)> {
+    /// it was read into the landing buffer: the address, the buffer's (the copy's mapping), whether
+    /// it is pageable (staged), and whether the load must wait for the read ([`RamTier::read_done`]).
+    pub fn queued(
+        &mut self,
+        block: BlockId,
+        addr: u64,
+        len: u64,
+    ) -> Option<(u64, u64, bool, bool)> {
         if !self.loading && self.is_file(block) {
             self.loading = true;
             self.size_landing();
@@ -826,7 +839,8 @@ impl RamTier {
         }
         if let Some(l) = self.landing.as_mut() {
             if let Some((at, wait)) = l.start_copy(block.index) {
-                return Some((at, l.base, wait));
+                let pageable = self.landing_mem.as_ref().is_some_and(|m| m.pageable());
+                return Some((at, l.base, pageable, wait));
             }
         }
         if self.is_file(block) && !self.pending.contains_key(&block.index) {

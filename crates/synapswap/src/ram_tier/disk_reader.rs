@@ -25,7 +25,6 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -79,14 +78,17 @@ impl DiskFile {
     /// Reads `buf.len()` bytes at `offset` (buffered: for checks, not for blocks).
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         if !self.direct {
-            return self.file.read_exact_at(buf, offset);
+            return match read_fully(&self.file, buf, offset, false)? {
+                n if n == buf.len() => Ok(()),
+                _ => Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            };
         }
         // A direct read needs aligned offsets, lengths and memory: read the aligned pages around
         // the range into an aligned buffer of our own.
         let start = offset / ALIGN * ALIGN;
         let end = (offset + buf.len() as u64).div_ceil(ALIGN) * ALIGN;
         let mut tmp = Aligned::new((end - start) as usize)?;
-        let got = read_fully(&self.file, tmp.as_mut_slice(), start)?;
+        let got = read_fully(&self.file, tmp.as_mut_slice(), start, true)?;
         let skip = (offset - start) as usize;
         if got < skip + buf.len() {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
@@ -127,13 +129,33 @@ impl Drop for Aligned {
     }
 }
 
-/// Reads into `buf` at `offset` until it is full or the file ends; the bytes read.
-fn read_fully(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+/// One positioned read (`pread`; on Windows `ReadFile` at an offset, which also moves the
+/// file's cursor, unused here).
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_at(file, buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        std::os::windows::fs::FileExt::seek_read(file, buf, offset)
+    }
+}
+
+/// Reads into `buf` at `offset` until it is full or the file ends; the bytes read. `direct`: a
+/// short read that is not whole [`ALIGN`]ed pages is the file's end (another read at that
+/// unaligned offset may fail rather than return 0).
+fn read_fully(file: &File, buf: &mut [u8], offset: u64, direct: bool) -> io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
-        match file.read_at(&mut buf[got..], offset + got as u64) {
+        match read_at(file, &mut buf[got..], offset + got as u64) {
             Ok(0) => break,
-            Ok(n) => got += n,
+            Ok(n) => {
+                got += n;
+                if direct && n % ALIGN as usize != 0 {
+                    break;
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -315,7 +337,8 @@ fn read_piece(r: &Read, at: u64, len: u64) -> Result<u64, String> {
     // are disjoint, so no two threads write the same bytes.
     let buf =
         unsafe { std::slice::from_raw_parts_mut((r.dst + at) as usize as *mut u8, len as usize) };
-    let got = read_fully(&r.file.file, buf, r.offset + at).map_err(|e| e.to_string())?;
+    let got =
+        read_fully(&r.file.file, buf, r.offset + at, r.file.direct).map_err(|e| e.to_string())?;
     let need = r.need.saturating_sub(at).min(len) as usize;
     if got < need {
         return Err(format!(

@@ -194,6 +194,9 @@ impl Landing {
             Stage::Reading if ok => e.stage = Stage::Read,
             Stage::Copying { read: false } => {
                 e.stage = Stage::Copying { read: true };
+                // Failed: its load goes from the mapping, and the entry never serves another
+                // (not kept: `copied` frees it).
+                e.kept &= ok;
                 return Some(e.block);
             }
             // Failed before its load, or an orphan: its space is free.
@@ -223,11 +226,20 @@ impl Landing {
     /// bytes are read), any other's space is free (once its read is reported, if that is still
     /// on the disk).
     pub fn copied(&mut self, block: u32) {
-        match self.position(block).map(|i| &mut self.entries[i]) {
-            Some(e) if e.kept && e.stage == (Stage::Copying { read: true }) => {
-                e.stage = Stage::Read
+        let Some(i) = self.position(block) else {
+            return;
+        };
+        let e = &mut self.entries[i];
+        match e.stage {
+            Stage::Copying { read: true } if e.kept => e.stage = Stage::Read,
+            // Failed while it waited for its read: the disk still writes there.
+            Stage::Copying { read: false } | Stage::Reading => {
+                e.stage = Stage::Orphan;
+                e.kept = false;
             }
-            _ => self.release(block),
+            _ => {
+                self.entries.remove(i);
+            }
         }
     }
 
@@ -238,14 +250,14 @@ impl Landing {
             return;
         };
         match self.entries[i].stage {
-            Stage::Reading | Stage::Copying { read: false } => {
+            Stage::Reading => {
                 self.entries[i].stage = Stage::Orphan;
                 self.entries[i].kept = false;
             }
-            Stage::Copying { read: true } if self.entries[i].kept => {
-                // Its copy is still running: freed after it, as the ring's are.
-                self.entries[i].kept = false;
-            }
+            // A load from here is queued (and may wait for the read): its end frees it
+            // (`copied`), as the ring's are; freed now, the read's report would find no load
+            // to release.
+            Stage::Copying { .. } => self.entries[i].kept = false,
             _ => {
                 self.entries.remove(i);
             }
@@ -347,6 +359,27 @@ mod tests {
         l.release_kept(|_| false);
         assert!(l.get(8).is_none());
         assert!(l.place_kept(10, 0, 3 * P).is_none());
+    }
+
+    #[test]
+    fn a_block_leaving_the_cached_set_while_its_load_waits_for_its_read_is_still_released() {
+        let mut l = Landing::new(0, 8 * P, 4 * P);
+        let k = l.place_kept(7, 0, P).unwrap().clone();
+        assert_eq!(l.start_copy(7).map(|(_, w)| w), Some(true));
+        l.release_kept(|_| false);
+        assert_eq!(l.read_done(k.token, true), Some(7), "its waiting load goes");
+        l.copied(7);
+        assert!(
+            l.get(7).is_none() && l.is_empty(),
+            "and its place is free after it"
+        );
+        // A failed read of a kept block releases its load (from the mapping) and never
+        // serves another.
+        let k = l.place_kept(8, 0, P).unwrap().clone();
+        l.start_copy(8);
+        assert_eq!(l.read_done(k.token, false), Some(8));
+        l.copied(8);
+        assert!(l.get(8).is_none());
     }
 
     #[test]
