@@ -58,9 +58,11 @@ passes = r["tokens"]
 disk_pass = h["disk_bytes_read"] / passes
 need = max(m - v - c, 0)
 bw = h["disk_bytes_per_s"]
-bound = h["disk_bound_tokens_per_s"] or float("nan")
+bound = h["bound_tokens_per_s"] or float("nan")
+disk_bound = h["disk_bound_tokens_per_s"] or float("nan")
 G = 1 << 30
 print(f"| {sys.argv[3] or 'RAM tier on'} | {r['tokens_per_s']:.4f} | {bound:.4f} | {r['tokens_per_s'] / bound:.2f} | "
+      f"{disk_bound:.4f} | {r['tokens_per_s'] / disk_bound:.2f} | {h['link_bytes_per_s'] / 1e9:.2f} of {r['h2d_bytes_per_s'] / 1e9:.2f} | "
       f"{disk_pass / G:.2f} | {need / G:.2f} | {disk_pass / need if need else float('nan'):.2f} | "
       f"{h['page_cache_hit_rate']:.3f} | {c / G:.2f} of {h['cap_bytes'] / G:.2f} | {bw / 1e9:.2f} | "
       f"{h['disk_rate_from']} | {rss_kib / 1048576:.2f} | {float(user_s):.0f} / {float(sys_s):.0f} of {float(wall_s):.0f} | {r['integrity']['mismatches']} |")
@@ -68,8 +70,8 @@ PY
 }
 echo "Model $GIB GiB on $RAM_GIB GiB of RAM, $VRAM budget (sim arena), --h2d max, $TOKENS timed passes after a cold warm-up."
 echo
-echo "| run | tokens/s | disk bound | of bound | disk GiB / pass | M - V - C GiB | ratio | page cache hit | cached GiB of cap | disk GB/s | measured on | peak RSS GiB | CPU user / sys of wall s | mismatches |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| run | tokens/s | bound | of bound | disk bound | of disk bound | link GB/s (of memcpy alone) | disk GiB / pass | M - V - C GiB | ratio | page cache hit | cached GiB of cap | disk GB/s | measured on | peak RSS GiB | CPU user / sys of wall s | mismatches |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 run
 # The disk on its own, in the same script run, for comparison with the rate the tier measured:
 # four `dd iflag=direct` of 4 MiB requests at once (the tier's readers: `ram_tier/disk_reader.rs`),

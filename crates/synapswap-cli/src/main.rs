@@ -856,6 +856,15 @@ fn print_summary(r: &RunReport) {
             format_bandwidth(h.disk_bytes_per_s),
             h.disk_rate_from
         );
+        if h.bound_tokens_per_s > 0.0 {
+            println!(
+                "  in the timed passes: link {}, bound {:.4} tokens/s (efficiency {:.3}; the disk alone allows {:.4})",
+                format_bandwidth(h.link_bytes_per_s),
+                h.bound_tokens_per_s,
+                r.tokens_per_s / h.bound_tokens_per_s,
+                h.disk_bound_tokens_per_s
+            );
+        }
     }
 }
 

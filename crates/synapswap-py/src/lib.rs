@@ -530,7 +530,8 @@ impl PyEngine {
     }
 
     /// The RAM tier over file mappings, as a dict: cap_bytes, cached_bytes, pages_checked,
-    /// pages_resident, disk_bytes_per_s, direct_bytes_read, direct_busy_s.
+    /// pages_resident, disk_bytes_per_s, direct_bytes_read, direct_busy_s, and direct_reads_off
+    /// (why direct reads from the disk ended, or None).
     fn ram_tier<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let r = self.inner.ram_tier();
         let d = PyDict::new(py);
@@ -541,6 +542,7 @@ impl PyEngine {
         d.set_item("disk_bytes_per_s", r.disk_bytes_per_s)?;
         d.set_item("direct_bytes_read", r.direct_bytes_read)?;
         d.set_item("direct_busy_s", r.direct_busy_s)?;
+        d.set_item("direct_reads_off", r.direct_reads_off)?;
         Ok(d)
     }
 

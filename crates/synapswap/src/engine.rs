@@ -28,7 +28,7 @@ use crate::host_tier::HostTier;
 use crate::planner::{Acquire, Planner, PlannerConfig};
 use crate::ram_tier::{PageCacheCounts, RamTier};
 use crate::sync::{self, Arc, Condvar, Instant, Mutex, MutexGuard};
-use crate::trace::Trace;
+use crate::trace::{Trace, Track};
 use crate::transfer::{queue_commands, transfer_thread, LoadTicket, TransferQueue};
 use crate::{BlockId, BlockSpec, Error, RamTierStats, Residency, Result, Stats};
 
@@ -717,10 +717,27 @@ impl Engine {
         let buffer = unsafe { self.register_mapping(ptr, len) }?;
         if !self.lock_live()?.ram.has_reader() {
             let shared = self.shared.clone();
-            let on_done: StdArc<OnDone> = StdArc::new(move |token, result| {
+            let on_done: StdArc<OnDone> = StdArc::new(move |token, result, (start, end)| {
                 let mut st = sync::lock(&shared.state);
                 let ok = result.is_ok();
                 let st = &mut *st;
+                if let (Some(t), Some((index, kept))) = (st.trace.as_mut(), st.ram.read_of(token)) {
+                    let name = (st.planner.id_at(index))
+                        .and_then(|id| st.planner.spec(id).ok())
+                        .map(|s| s.name.clone())
+                        .unwrap_or_default();
+                    let secs = |i: std::time::Instant| {
+                        i.saturating_duration_since(shared.epoch).as_secs_f64()
+                    };
+                    t.push(
+                        Track::Disk,
+                        format!("read {name}"),
+                        if kept { "read-cached" } else { "read" },
+                        secs(start),
+                        secs(end) - secs(start),
+                        0,
+                    );
+                }
                 if let Some(index) = st.ram.read_done(token, result) {
                     // A load waits for this read: it goes, from its own mapping if the read
                     // failed.

@@ -637,6 +637,11 @@ impl RamTier {
         self.landing.as_mut()?.read_done(token, ok)
     }
 
+    /// The block a direct read (by its token) is for, and whether it is of the cached set.
+    pub fn read_of(&self, token: u64) -> Option<(u32, bool)> {
+        self.landing.as_ref()?.read_of(token)
+    }
+
     /// Why direct reads ended, if they did.
     pub fn direct_off(&self) -> Option<&str> {
         self.direct_off.as_deref()

@@ -178,6 +178,15 @@ pub struct HostTierReport {
     /// and the link's. 0 when there is no such term (the timed passes read nothing from the disk,
     /// or everything fits).
     pub disk_bound_tokens_per_s: f64,
+    /// The link's rate in the timed passes: bytes copied to the device over the time it was
+    /// busy (`wall_s - copy_idle_s`), measured as the disk's is, in the same passes. On the sim
+    /// at `--h2d max` the link is memcpy, which shares the machine's memory with the disk's
+    /// reads: below `h2d_bytes_per_s` (memcpy alone, measured before the passes).
+    pub link_bytes_per_s: f64,
+    /// The bound with both rates measured in the timed passes: a pass takes at least its
+    /// compute, `(bytes per pass - V) / link_bytes_per_s` and `(bytes per pass - V - C) /
+    /// disk_bytes_per_s` (the last only when the passes read the disk). 0 when unmeasured.
+    pub bound_tokens_per_s: f64,
 }
 
 /// Progress, reported after every token (by `run` in wall time, by the simulator in virtual time).
@@ -516,6 +525,27 @@ fn run_inner(
         for s in 0..resolved.steps.len() {
             resolved.realize(token, s, &mut blocks);
             engine.hint(s as u64)?;
+            // A sampled check of a model's block reads its expected bytes from the file now,
+            // before the wait, not while the block is held: a read queued on the disk behind the
+            // RAM tier's own would hold the block, and the copies waiting for its room, for its
+            // latency (a few ms a read, three a block; seen on `--trace`'s copy track as a gap
+            // after every copy).
+            let mut sampled: Vec<(usize, u64, Vec<u8>)> = Vec::new();
+            if let (Source::Model(_), Verify::Sampled) = (source, cfg.verify) {
+                for &b in &blocks {
+                    let (p, size) = (&pieces[b], workload.blocks[b].bytes);
+                    let Some(f) = disk_files.get(p.file) else {
+                        continue;
+                    };
+                    let nonce = token.wrapping_mul(0x1_0000) ^ (s as u64) ^ ((b as u64) << 40);
+                    for (off, len) in sample_ranges(size, nonce) {
+                        let mut want = vec![0u8; len as usize];
+                        if f.read_exact_at(&mut want, p.offset + off).is_ok() {
+                            sampled.push((b, off, want));
+                        }
+                    }
+                }
+            }
             let wait_start = engine.now_s();
             // A cache written on the device is dirty until it is written back; clean before its
             // wait (which marks it used), it went to the host and comes back from there.
@@ -551,7 +581,11 @@ fn run_inner(
                     Source::Pattern => pattern::verify(seeds[*b], off, bytes),
                     Source::Model(m) => {
                         let p = &pieces[*b];
+                        let read = sampled
+                            .iter()
+                            .find(|(sb, so, w)| *sb == *b && *so == off && w.len() == bytes.len());
                         match disk_files.get(p.file) {
+                            Some(_) if read.is_some() => read.is_some_and(|(_, _, w)| w == bytes),
                             Some(f) => {
                                 let mut want = vec![0u8; bytes.len()];
                                 f.read_exact_at(&mut want, p.offset + off).is_ok() && want == bytes
@@ -705,6 +739,8 @@ fn run_inner(
                 "warm-up"
             },
             disk_bound_tokens_per_s: 0.0,
+            link_bytes_per_s: 0.0,
+            bound_tokens_per_s: 0.0,
             direct_reads_off: ram.direct_reads_off.clone(),
         }
     });
@@ -714,9 +750,23 @@ fn run_inner(
     if let Some(h) = host_tier.as_mut() {
         // Bytes per pass, not the model's: routed experts are read only when drawn.
         let uncached = workload.bytes_per_pass()? - engine.budget() as f64 - h.cached_bytes as f64;
-        if h.disk_bytes_read > 0 && h.disk_bytes_per_s > 0.0 && uncached > 0.0 {
+        let disk_s = if h.disk_bytes_read > 0 && h.disk_bytes_per_s > 0.0 && uncached > 0.0 {
             h.disk_bound_tokens_per_s = h.disk_bytes_per_s / uncached;
             bound = bound.min(h.disk_bound_tokens_per_s);
+            uncached / h.disk_bytes_per_s
+        } else {
+            0.0
+        };
+        let busy_s = wall_s - (end.copy_idle_s - at_timed.copy_idle_s);
+        let copied = (end.bytes_h2d - at_timed.bytes_h2d) as f64;
+        if busy_s > 0.0 && copied > 0.0 {
+            h.link_bytes_per_s = copied / busy_s;
+            let link_s =
+                (workload.bytes_per_pass()? - engine.budget() as f64).max(0.0) / h.link_bytes_per_s;
+            let pass_s = workload.compute_s_per_pass().max(link_s).max(disk_s);
+            if pass_s > 0.0 {
+                h.bound_tokens_per_s = 1.0 / pass_s;
+            }
         }
     }
     let model_bytes = workload.model_bytes();

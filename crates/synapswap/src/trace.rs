@@ -1,10 +1,12 @@
 //! Timelines: what computed and what copied when, written as Chrome trace-event JSON (opens in
 //! Perfetto or `chrome://tracing`).
 //!
-//! Two tracks: `compute` (one span per step, and a `stall` span wherever the caller waited for a
-//! block before the step could start) and `copy` (one span per copy job on the link, split only
-//! where a more urgent job cut in). Seeing the copy track busy under the compute spans is seeing
-//! the overlap; a `stall` span is where it failed.
+//! Tracks: `compute` (one span per step, and a `stall` span wherever the caller waited for a
+//! block before the step could start), `copy` (one span per copy job on the link, split only
+//! where a more urgent job cut in) and, when the RAM tier reads a model file directly, `disk`
+//! (one span per block read). Seeing the copy track busy under the compute spans is seeing the
+//! overlap; a `stall` span is where it failed; a gap on the disk track where copies wait for
+//! the disk is a read that came too late.
 
 use std::io::Write;
 
@@ -20,6 +22,9 @@ pub enum Track {
     Compute,
     /// Copies on the link (host-to-device loads and device-to-host write-backs).
     Copy,
+    /// The RAM tier's direct reads from the disk (`ram_tier/disk_reader.rs`), one span per
+    /// block read: `read` for a streamed block, `read-cached` for one of the cached set.
+    Disk,
 }
 
 /// One span.
@@ -112,11 +117,13 @@ impl Trace {
                                "args": {"name": title}}),
             meta(1, "compute"),
             meta(2, "copy"),
+            meta(3, "disk"),
         ];
         for s in &self.spans {
             let (tid, args) = match s.track {
                 Track::Compute => (1, serde_json::json!({ "pass": s.value })),
                 Track::Copy => (2, serde_json::json!({ "bytes": s.value })),
+                Track::Disk => (3, serde_json::json!({})),
             };
             let e = ChromeEvent {
                 name: &s.name,

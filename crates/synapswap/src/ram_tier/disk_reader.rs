@@ -188,6 +188,8 @@ struct ReadState {
     read: Read,
     pieces_left: AtomicUsize,
     failed: Mutex<Option<String>>,
+    /// When its first piece went on the disk (for the trace's span of the read).
+    started: Mutex<Option<Instant>>,
 }
 
 /// The reader threads' work list.
@@ -197,8 +199,8 @@ struct Work {
     closed: bool,
 }
 
-/// Reports a read: its token and its result.
-pub(crate) type OnDone = dyn Fn(u64, Result<(), String>) + Send + Sync;
+/// Reports a read: its token, its result, and when its first piece started and its last ended.
+pub(crate) type OnDone = dyn Fn(u64, Result<(), String>, (Instant, Instant)) + Send + Sync;
 
 /// The reader threads (see the module docs).
 pub(crate) struct DiskReader {
@@ -251,6 +253,7 @@ impl DiskReader {
             read,
             pieces_left: AtomicUsize::new(n as usize),
             failed: Mutex::new(None),
+            started: Mutex::new(None),
         });
         let (lock, cv) = &*self.work;
         let mut w = lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -298,6 +301,12 @@ fn reader(
         };
         let r = &piece.read.read;
         let start = Instant::now();
+        piece
+            .read
+            .started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(start);
         let result = read_piece(r, piece.at, piece.len);
         let end = Instant::now();
         match &result {
@@ -325,7 +334,10 @@ fn reader(
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
-            on_done(r.token, failed.map_or(Ok(()), Err));
+            let started = (piece.read.started.lock())
+                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or(start);
+            on_done(r.token, failed.map_or(Ok(()), Err), (started, end));
         }
     }
 }

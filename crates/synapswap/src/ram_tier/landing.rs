@@ -82,6 +82,14 @@ impl Landing {
         (self.entries.iter()).position(|e| e.block == block && e.stage != Stage::Orphan)
     }
 
+    /// The block and the cached-set flag of the entry whose read has `token` (an orphan's
+    /// block is gone: `None`).
+    pub fn read_of(&self, token: u64) -> Option<(u32, bool)> {
+        (self.entries.iter())
+            .find(|e| e.token == token && e.stage != Stage::Orphan)
+            .map(|e| (e.block, e.kept))
+    }
+
     /// Whether any entry is live.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
