@@ -151,3 +151,36 @@ def test_packed_experts_are_a_clear_error_not_a_copy(tmp_path):
         pytest.skip("this transformers keeps the experts as the file does")
     with pytest.raises(ValueError, match="no tensor of their own"):
         from_pretrained(tmp_path, vram_budget="1GiB", device="cpu")
+
+
+def test_files_are_mapped_private_and_unreserved(tmp_path):
+    # The mapping from_pretrained binds parameters to: private (a write after remove() copies
+    # the page, never the file) and, on Linux, MAP_NORESERVE (the kernel's overcommit limit
+    # refuses a private writable mapping larger than RAM otherwise: a 28 GiB model on 24 GiB,
+    # BENCHMARKS.md "Models larger than RAM"). The flag is seen in /proc/self/smaps.
+    from synapswap.torch import _map_file
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(range(256)) * 64)
+    m = _map_file(path)
+    t = torch.frombuffer(m, dtype=torch.uint8)
+    assert t[:4].tolist() == [0, 1, 2, 3]
+    t[0] = 200
+    assert path.read_bytes()[0] == 0, "the file is never written"
+    if os.path.exists("/proc/self/smaps"):
+        addr = t.data_ptr()
+        flags = None
+        with open("/proc/self/smaps") as f:
+            current = None
+            for line in f:
+                head = line.split()
+                if "-" in head[0] and len(head) >= 5:
+                    lo, hi = (int(x, 16) for x in head[0].split("-"))
+                    current = lo <= addr < hi
+                elif current and line.startswith("VmFlags:"):
+                    flags = line.split()[1:]
+                    break
+        assert flags is not None and "nr" in flags, flags
+    with pytest.raises(ValueError, match="empty"):
+        (tmp_path / "empty.bin").write_bytes(b"")
+        _map_file(tmp_path / "empty.bin")

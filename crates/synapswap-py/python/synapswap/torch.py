@@ -719,6 +719,42 @@ def _free_bytes(device):
     raise ValueError("vram_budget='auto' needs the free memory, unknown here: give a size")
 
 
+def _map_file(path):
+    """A private (copy-on-write), writable mapping of the whole file at ``path``.
+
+    Not ``torch.UntypedStorage.from_file(shared=False)``: its private mapping counts against the
+    kernel's overcommit limit, and one larger than RAM is refused (ENOMEM, seen for a 28 GiB file
+    on 24 GiB: BENCHMARKS.md, "Models larger than RAM"). With ``MAP_NORESERVE`` the kernel
+    reserves nothing for pages never written, and the engine never writes them; under strict
+    overcommit (``vm.overcommit_memory = 2``) the flag is ignored and such a file is still
+    refused, with the kernel's error."""
+    import mmap
+    import os
+    import sys
+
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise ValueError(f"{path} is empty")
+        if sys.platform == "win32":
+            return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
+        # MAP_NORESERVE's value on Linux (Python 3.11's mmap module does not name it).
+        noreserve = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
+        try:
+            return mmap.mmap(
+                f.fileno(),
+                size,
+                flags=mmap.MAP_PRIVATE | noreserve,
+                prot=mmap.PROT_READ | mmap.PROT_WRITE,
+            )
+        except OSError as e:
+            raise OSError(
+                e.errno,
+                f"cannot map {path} ({size} bytes) privately: {e.strerror}"
+                + (" (vm.overcommit_memory is strict?)" if e.errno == 12 else ""),
+            ) from e
+
+
 def _copy_buffer(b, t, storages):
     """Copies a buffer's values from the file's tensor ``t`` (None: the file has none)."""
     if t is None or _FILE_DTYPES.get(t["dtype"]) is None:
@@ -791,12 +827,13 @@ def from_pretrained(
 
     # Each file is mapped once, privately (copy-on-write: the engine only reads it; a write
     # after remove() copies the page, never the file).
-    storages = {}
+    storages, maps = {}, []
     for t in tensors.values():
         f = t["file"]
         if f not in storages:
-            size = os.path.getsize(f)
-            storages[f] = _torch.UntypedStorage.from_file(f, shared=False, nbytes=size)
+            m = _map_file(f)
+            maps.append(m)
+            storages[f] = _torch.frombuffer(m, dtype=_torch.uint8).untyped_storage()
 
     prefix = getattr(model, "base_model_prefix", "") or ""
 
@@ -891,4 +928,5 @@ def from_pretrained(
     # What the engine made of it (its pool rounds down to whole granules).
     handle.budget = dict(budget_report or {}, vram_budget_bytes=handle.engine.vram_budget)
     handle._storages = storages
+    handle._maps = maps
     return model
