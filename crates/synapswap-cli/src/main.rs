@@ -857,12 +857,16 @@ fn print_summary(r: &RunReport) {
             h.disk_rate_from
         );
         if h.bound_tokens_per_s > 0.0 {
+            let disk = if h.disk_bound_tokens_per_s > 0.0 {
+                format!("; the disk alone allows {:.4}", h.disk_bound_tokens_per_s)
+            } else {
+                String::new()
+            };
             println!(
-                "  in the timed passes: link {}, bound {:.4} tokens/s (efficiency {:.3}; the disk alone allows {:.4})",
+                "  in the timed passes: link {}, bound {:.4} tokens/s (efficiency {:.3}{disk})",
                 format_bandwidth(h.link_bytes_per_s),
                 h.bound_tokens_per_s,
                 r.tokens_per_s / h.bound_tokens_per_s,
-                h.disk_bound_tokens_per_s
             );
         }
     }

@@ -726,15 +726,17 @@ impl Engine {
                         .and_then(|id| st.planner.spec(id).ok())
                         .map(|s| s.name.clone())
                         .unwrap_or_default();
-                    let secs = |i: std::time::Instant| {
-                        i.saturating_duration_since(shared.epoch).as_secs_f64()
-                    };
+                    // The reader's clock is std's; the engine's is its epoch (frozen under
+                    // loom): the span is placed back from now on the engine's clock.
+                    let (now, now_s) = (std::time::Instant::now(), shared.epoch.elapsed());
+                    let ago = |i: std::time::Instant| now.saturating_duration_since(i);
+                    let start_s = now_s.saturating_sub(ago(start)).as_secs_f64();
                     t.push(
                         Track::Disk,
                         format!("read {name}"),
                         if kept { "read-cached" } else { "read" },
-                        secs(start),
-                        secs(end) - secs(start),
+                        start_s,
+                        end.saturating_duration_since(start).as_secs_f64(),
                         0,
                     );
                 }

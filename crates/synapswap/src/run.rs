@@ -179,9 +179,11 @@ pub struct HostTierReport {
     /// or everything fits).
     pub disk_bound_tokens_per_s: f64,
     /// The link's rate in the timed passes: bytes copied to the device over the time it was
-    /// busy (`wall_s - copy_idle_s`), measured as the disk's is, in the same passes. On the sim
-    /// at `--h2d max` the link is memcpy, which shares the machine's memory with the disk's
-    /// reads: below `h2d_bytes_per_s` (memcpy alone, measured before the passes).
+    /// busy (`wall_s - copy_idle_s`: some copy in flight), measured as the disk's is, in the
+    /// same passes. On the sim at `--h2d max` the link is memcpy, which shares the machine's
+    /// memory with the disk's reads: below `h2d_bytes_per_s` (memcpy alone, measured before the
+    /// passes). With the tier off a copy from the mapping waits for its page faults, so this is
+    /// then the disk's rate as much as the link's.
     pub link_bytes_per_s: f64,
     /// The bound with both rates measured in the timed passes: a pass takes at least its
     /// compute, `(bytes per pass - V) / link_bytes_per_s` and `(bytes per pass - V - C) /
@@ -750,7 +752,10 @@ fn run_inner(
     if let Some(h) = host_tier.as_mut() {
         // Bytes per pass, not the model's: routed experts are read only when drawn.
         let uncached = workload.bytes_per_pass()? - engine.budget() as f64 - h.cached_bytes as f64;
-        let disk_s = if h.disk_bytes_read > 0 && h.disk_bytes_per_s > 0.0 && uncached > 0.0 {
+        // Read from the disk in the timed passes: the kernel's count (`/proc/self/io`), or the
+        // tier's own direct reads where that count is unknown (not Linux).
+        let read_disk = h.disk_bytes_read > 0 || h.disk_rate_from == "direct reads";
+        let disk_s = if read_disk && h.disk_bytes_per_s > 0.0 && uncached > 0.0 {
             h.disk_bound_tokens_per_s = h.disk_bytes_per_s / uncached;
             bound = bound.min(h.disk_bound_tokens_per_s);
             uncached / h.disk_bytes_per_s

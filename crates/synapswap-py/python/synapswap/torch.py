@@ -725,9 +725,14 @@ def _map_file(path):
     Not ``torch.UntypedStorage.from_file(shared=False)``: its private mapping counts against the
     kernel's overcommit limit, and one larger than RAM is refused (ENOMEM, seen for a 28 GiB file
     on 24 GiB: BENCHMARKS.md, "Models larger than RAM"). With ``MAP_NORESERVE`` the kernel
-    reserves nothing for pages never written, and the engine never writes them; under strict
-    overcommit (``vm.overcommit_memory = 2``) the flag is ignored and such a file is still
-    refused, with the kernel's error."""
+    reserves nothing for pages never written, and the engine never writes them (a page written
+    after ``remove()`` is copied then; under memory pressure with nothing reserved, such a write
+    can fail as SIGSEGV rather than an exception). Under strict overcommit
+    (``vm.overcommit_memory = 2``) the flag is ignored and such a file is still refused, with the
+    kernel's error. Linux only (x86-64 and arm64, where the flag is 0x4000; Python 3.11 does not
+    name it): elsewhere the mapping is an ordinary private one, and on Windows a copy-on-write
+    view is charged against the commit limit in full, so a file larger than RAM plus the page
+    file is refused there."""
     import mmap
     import os
     import sys
@@ -738,8 +743,13 @@ def _map_file(path):
             raise ValueError(f"{path} is empty")
         if sys.platform == "win32":
             return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
-        # MAP_NORESERVE's value on Linux (Python 3.11's mmap module does not name it).
-        noreserve = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
+        # MAP_NORESERVE's value on Linux x86-64 and arm64 (Python 3.11's mmap does not name it;
+        # other architectures number it differently, and go without).
+        import platform
+
+        known = sys.platform.startswith("linux") and platform.machine() in (
+            "x86_64", "aarch64", "arm64")
+        noreserve = getattr(mmap, "MAP_NORESERVE", 0x4000 if known else 0)
         try:
             return mmap.mmap(
                 f.fileno(),
@@ -827,13 +837,11 @@ def from_pretrained(
 
     # Each file is mapped once, privately (copy-on-write: the engine only reads it; a write
     # after remove() copies the page, never the file).
-    storages, maps = {}, []
+    storages = {}
     for t in tensors.values():
         f = t["file"]
         if f not in storages:
-            m = _map_file(f)
-            maps.append(m)
-            storages[f] = _torch.frombuffer(m, dtype=_torch.uint8).untyped_storage()
+            storages[f] = _torch.frombuffer(_map_file(f), dtype=_torch.uint8).untyped_storage()
 
     prefix = getattr(model, "base_model_prefix", "") or ""
 
@@ -927,6 +935,7 @@ def from_pretrained(
     handle = _bind(model, entries, budget, device, policy, mapped)
     # What the engine made of it (its pool rounds down to whole granules).
     handle.budget = dict(budget_report or {}, vram_budget_bytes=handle.engine.vram_budget)
+    # (The storages keep their mappings alive, as every tensor over them does; nothing closes
+    # a mapping while one lives.)
     handle._storages = storages
-    handle._maps = maps
     return model
