@@ -402,20 +402,64 @@ struct PyEngine {
     backend: String,
 }
 
+/// The sim's link from `sim_h2d` (see `Engine.__init__`).
+fn sim_link(v: &Bound<'_, PyAny>) -> PyResult<SimConfig> {
+    let rate = if let Ok(s) = v.extract::<String>() {
+        if s.trim().eq_ignore_ascii_case("max") {
+            return Ok(SimConfig::unpaced());
+        }
+        engine::size::parse_bandwidth(&s).map_err(err)?
+    } else if let Ok(x) = v.extract::<f64>() {
+        x
+    } else {
+        return Err(PyTypeError::new_err(
+            "sim_h2d is a bandwidth: a string such as \"25GB/s\", bytes/s as a number, or \"max\"",
+        ));
+    };
+    if !(rate.is_finite() && rate > 0.0) {
+        return Err(PyValueError::new_err(format!(
+            "sim_h2d must be a positive bandwidth, not {rate}"
+        )));
+    }
+    Ok(SimConfig {
+        h2d_bytes_per_s: Some(rate),
+        ..SimConfig::default()
+    })
+}
+
 #[pymethods]
 impl PyEngine {
-    /// `Engine(vram_budget, backend="auto", chunk_bytes=None)`: sizes are ints or strings like
-    /// "2GiB"; backend "auto" (CUDA when present, else sim), "sim" or "cuda".
+    /// `Engine(vram_budget, backend="auto", chunk_bytes=None, sim_h2d=None)`: sizes are ints or
+    /// strings like "2GiB"; backend "auto" (CUDA when present, else sim), "sim" or "cuda".
+    /// `sim_h2d`: the sim's host-to-device link, a bandwidth ("25GB/s", or bytes/s as a number;
+    /// a copy also pays the sim's 10 us latency) or "max" (unpaced memcpy, no latency); None: the
+    /// sim's default, 2 GB/s + 10 us. Only for the sim: with `backend="cuda"` it is a ValueError
+    /// (a GPU's link is what it is).
     #[new]
-    #[pyo3(signature = (vram_budget, backend="auto", chunk_bytes=None))]
+    #[pyo3(signature = (vram_budget, backend="auto", chunk_bytes=None, sim_h2d=None))]
     fn new(
         vram_budget: &Bound<'_, PyAny>,
         backend: &str,
         chunk_bytes: Option<&Bound<'_, PyAny>>,
+        sim_h2d: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let budget = size_arg(vram_budget)?;
         let kind: BackendKind = backend.parse().map_err(err)?;
-        let (b, _) = engine::backend::open(kind, SimConfig::default()).map_err(err)?;
+        let sim = match sim_h2d {
+            None => SimConfig::default(),
+            Some(_) if kind == BackendKind::Cuda => {
+                return Err(PyValueError::new_err(
+                    "sim_h2d paces the sim backend's link; backend=\"cuda\" has a real one",
+                ))
+            }
+            Some(v) => sim_link(v)?,
+        };
+        let (b, _) = engine::backend::open(kind, sim).map_err(err)?;
+        if sim_h2d.is_some() && b.info().name != "sim" {
+            return Err(PyValueError::new_err(
+                "sim_h2d paces the sim backend's link; backend=\"auto\" found a GPU",
+            ));
+        }
         let name = b.info().name.to_string();
         let mut builder = RsEngine::builder().budget(budget).backend(b);
         if let Some(c) = chunk_bytes {
@@ -431,6 +475,19 @@ impl PyEngine {
     #[getter]
     fn backend(&self) -> &str {
         &self.backend
+    }
+
+    /// The backend in words: the device's name, or the sim's link ("copies paced to 2.00 GB/s +
+    /// 10 us", "unpaced memcpy").
+    #[getter]
+    fn backend_description(&self) -> String {
+        self.inner.backend_info().description
+    }
+
+    /// The host-to-device bandwidth the sim models, bytes/s; None when unpaced or on a GPU.
+    #[getter]
+    fn sim_h2d_bytes_per_s(&self) -> Option<f64> {
+        self.inner.backend_info().modelled_h2d_bytes_per_s
     }
 
     /// The device budget in bytes.

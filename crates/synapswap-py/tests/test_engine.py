@@ -168,3 +168,22 @@ def test_write_takes_any_buffer():
     with pytest.raises(ValueError):
         e.write(b, bytes(17))
     e.shutdown()
+
+
+def test_the_sim_link_is_paced_as_asked():
+    # Default: 2 GB/s + 10 us a copy.
+    e = synapswap.Engine("1MiB", backend="sim")
+    assert e.sim_h2d_bytes_per_s == 2e9, e.backend_description
+    assert "2.00 GB/s" in e.backend_description
+    e = synapswap.Engine("1MiB", backend="sim", sim_h2d="25GB/s")
+    assert e.sim_h2d_bytes_per_s == 25e9, e.backend_description
+    assert synapswap.Engine("1MiB", backend="sim", sim_h2d=5e8).sim_h2d_bytes_per_s == 5e8
+    e = synapswap.Engine("1MiB", backend="sim", sim_h2d="max")
+    assert e.sim_h2d_bytes_per_s is None and "unpaced" in e.backend_description
+    for bad in ("fast", "-1GB/s", 0, float("nan")):
+        with pytest.raises(ValueError):
+            synapswap.Engine("1MiB", backend="sim", sim_h2d=bad)
+    with pytest.raises(TypeError):
+        synapswap.Engine("1MiB", backend="sim", sim_h2d=[1])
+    with pytest.raises(ValueError, match="sim"):
+        synapswap.Engine("1MiB", backend="cuda", sim_h2d="max")

@@ -499,10 +499,12 @@ def _check_budget(budget, tensors):
         )
 
 
-def offload(model, vram_budget, device=None, policy="auto") -> OffloadHandle:
+def offload(model, vram_budget, device=None, policy="auto", sim_h2d=None) -> OffloadHandle:
     """Streams ``model``'s parameters and buffers through ``vram_budget`` bytes of device memory
     (an int, or a string such as "4GiB"). ``device``: "cuda" (the default when a GPU is present)
-    or "cpu" (the sim backend). Returns a handle with ``stats()`` and ``remove()``.
+    or "cpu" (the sim backend). ``sim_h2d``: on the sim, the link's pace ("25GB/s", bytes/s, or
+    "max" for unpaced memcpy; default 2 GB/s + 10 us a copy; see ``Engine``). Returns a handle
+    with ``stats()`` and ``remove()``.
 
     Errors leave the model as it was: a non-Module (TypeError), a model already offloaded
     (RuntimeError), a model with tensors not in CPU memory (ValueError), a budget smaller than
@@ -521,7 +523,7 @@ def offload(model, vram_budget, device=None, policy="auto") -> OffloadHandle:
     _check_budget(budget, tensors)
     device = _device(device)
     entries = [_entry(*t) for t in tensors]
-    return _bind(model, entries, budget, device, policy, mapped={})
+    return _bind(model, entries, budget, device, policy, mapped={}, sim_h2d=sim_h2d)
 
 
 def _entry(module, name, is_param, original):
@@ -532,13 +534,13 @@ def _entry(module, name, is_param, original):
     return module, name, is_param, original, host
 
 
-def _bind(model, entries, budget, device, policy, mapped) -> OffloadHandle:
+def _bind(model, entries, budget, device, policy, mapped, sim_h2d=None) -> OffloadHandle:
     """Puts every ``(module, name, is_param, original, host)`` of ``entries`` on an engine of
     ``budget`` bytes: a block per distinct host range, the module holding a meta stand-in, and
     ``original`` given back by ``remove()``. Storages whose address is a key of ``mapped`` are
     mappings of the file it names (``register_mapping`` with its path: the RAM tier, which reads
     what it does not keep from the disk directly); the others are registered as buffers."""
-    engine = Engine(budget, backend="cuda" if device.type == "cuda" else "sim")
+    engine = Engine(budget, backend="cuda" if device.type == "cuda" else "sim", sim_h2d=sim_h2d)
     handle = OffloadHandle(model, engine, device)
     handle._trainable = [n for _, n, is_param, t, _ in entries if is_param and t.requires_grad]
     # Blocks first: nothing on the model changes until every block exists.
@@ -786,6 +788,7 @@ def from_pretrained(
     max_context=None,
     model_class=None,
     policy="auto",
+    sim_h2d=None,
     **config_kwargs,
 ):
     """Loads a Hugging Face model from a local directory (``config.json`` and safetensors: one
@@ -808,6 +811,7 @@ def from_pretrained(
     - ``dtype``: the parameters' dtype; None (the default) is the file's. A dtype that differs
       from the file's would need a converted copy in RAM, and is a ValueError.
     - ``model_class``: default ``transformers.AutoModelForCausalLM``.
+    - ``sim_h2d``: on the sim backend, the link's pace (as ``offload``).
     - Further keyword arguments go to ``transformers.AutoConfig.from_pretrained``.
 
     Not yet: checkpoints whose layout differs from the parameters (transformers 5 packs each
@@ -932,7 +936,7 @@ def from_pretrained(
         budget = parse_size(vram_budget) if isinstance(vram_budget, str) else int(vram_budget)
     _check_budget(budget, [(None, None, None, h) for *_, h in entries])
     mapped = {s.data_ptr(): f for f, s in storages.items()}
-    handle = _bind(model, entries, budget, device, policy, mapped)
+    handle = _bind(model, entries, budget, device, policy, mapped, sim_h2d=sim_h2d)
     # What the engine made of it (its pool rounds down to whole granules).
     handle.budget = dict(budget_report or {}, vram_budget_bytes=handle.engine.vram_budget)
     # (The storages keep their mappings alive, as every tensor over them does; nothing closes
