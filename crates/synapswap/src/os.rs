@@ -183,6 +183,19 @@ pub fn available_memory() -> Option<AvailableMemory> {
     }
 }
 
+/// `needed` bytes fit in `available` ([`available_memory`]'s figure; unknown: they do), or the
+/// up-front error with both figures and the limit that sets the second.
+pub(crate) fn check_needed(needed: u64, available: Option<AvailableMemory>) -> crate::Result<()> {
+    match available {
+        Some(a) if needed > a.bytes => Err(crate::Error::HostMemory {
+            needed,
+            available: a.bytes,
+            limit: a.limit,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The soft `RLIMIT_AS`, `None` when unlimited.
 #[cfg(target_os = "linux")]
 fn rlimit_as() -> Option<u64> {

@@ -668,11 +668,11 @@ impl RamTier {
         let Some(landing) = &self.landing else {
             return;
         };
-        let kept_missing = landing.kept() < self.cached.iter().filter(|&&c| c).count();
-        let room = landing.largest_free();
-        if room < self.largest_uncached + 2 * disk_reader::ALIGN
+        // Nothing to do while the ring has no room, nothing in it gives way and every block of
+        // the set has its place (counted last: the cheap tests decide most calls).
+        if landing.largest_free() < self.largest_uncached + 2 * disk_reader::ALIGN
             && !landing.has_idle()
-            && !kept_missing
+            && landing.kept() >= self.cached.iter().filter(|&&c| c).count()
         {
             return;
         }
@@ -688,7 +688,7 @@ impl RamTier {
             let Some((at, bytes, file)) = self.file_offset(i) else {
                 return true;
             };
-            let kept = self.cached.get(i as usize).copied().unwrap_or(false);
+            let kept = self.is_cached(i);
             // A block of the set already landed needs nothing (and never gives way).
             if kept && landing.get(i).is_some() {
                 return true;
@@ -749,7 +749,7 @@ impl RamTier {
     /// [`RamTier::land`]s block `index` of the cached set, if it is of the set and its file is
     /// known.
     fn land_kept(&mut self, index: u32) {
-        if !self.cached.get(index as usize).copied().unwrap_or(false) {
+        if !self.is_cached(index) {
             return;
         }
         if let Some((at, bytes, file)) = self.file_offset(index).map(|(a, b, f)| (a, b, f.clone()))
@@ -873,7 +873,6 @@ impl RamTier {
 
     /// A load of `block` completed: a file-backed block not in the cached set leaves RAM.
     pub fn loaded(&mut self, block: BlockId, addr: u64, len: u64) {
-        let i = block.index as usize;
         // Copied from the landing buffer: its page cache was never used.
         if let Some(l) = self.landing.as_mut() {
             if l.get(block.index)
@@ -888,7 +887,7 @@ impl RamTier {
         }
         // Copied from its mapping: unless it stays cached there (with direct reads the cached
         // set is the landing's, not the page cache's), it leaves RAM.
-        let cached = self.cached.get(i).copied().unwrap_or(false) && !self.direct();
+        let cached = self.is_cached(block.index) && !self.direct();
         if self.on && self.is_file(block) && !cached {
             self.push(Item {
                 addr,

@@ -54,6 +54,12 @@ pub enum Verify {
 }
 
 /// Byte ranges of a `len`-byte block that a sampled check reads at `nonce`.
+/// The nonce of [`sample_ranges`] for block `b`'s use at step `s` of pass `token`: each use of a
+/// block checks other bytes.
+fn sample_nonce(token: u64, s: usize, b: usize) -> u64 {
+    token.wrapping_mul(0x1_0000) ^ (s as u64) ^ ((b as u64) << 40)
+}
+
 fn sample_ranges(len: u64, nonce: u64) -> Vec<(u64, u64)> {
     const EDGE: u64 = 4 << 10;
     const WINDOW: u64 = 64 << 10;
@@ -259,7 +265,7 @@ pub fn host_bytes_needed(workload: &Workload, budget: u64, arena_on_host: bool) 
 /// can get ([`os::available_memory`]): [`Error::HostMemory`] with both figures. Where that is
 /// unknown the run goes ahead; an allocation that then fails is still an error.
 pub fn check_host_memory(workload: &Workload, budget: u64, arena_on_host: bool) -> Result<()> {
-    check_needed(
+    os::check_needed(
         host_bytes_needed(workload, budget, arena_on_host),
         os::available_memory(),
     )
@@ -271,18 +277,7 @@ pub fn check_host_memory(workload: &Workload, budget: u64, arena_on_host: bool) 
 pub fn check_model_host_memory(model: &Model, budget: u64, arena_on_host: bool) -> Result<()> {
     let largest = model.tensors.iter().map(|t| t.bytes).max().unwrap_or(0);
     let arena = if arena_on_host { budget } else { 0 };
-    check_needed(arena.saturating_add(largest), os::available_memory())
-}
-
-fn check_needed(needed: u64, available: Option<os::AvailableMemory>) -> Result<()> {
-    match available {
-        Some(a) if needed > a.bytes => Err(Error::HostMemory {
-            needed,
-            available: a.bytes,
-            limit: a.limit,
-        }),
-        _ => Ok(()),
-    }
+    os::check_needed(arena.saturating_add(largest), os::available_memory())
 }
 
 /// Grows `buf` to `len` bytes: a failed allocation is an error, not an abort.
@@ -539,8 +534,7 @@ fn run_inner(
                     let Some(f) = disk_files.get(p.file) else {
                         continue;
                     };
-                    let nonce = token.wrapping_mul(0x1_0000) ^ (s as u64) ^ ((b as u64) << 40);
-                    for (off, len) in sample_ranges(size, nonce) {
+                    for (off, len) in sample_ranges(size, sample_nonce(token, s, b)) {
                         let mut want = vec![0u8; len as usize];
                         if f.read_exact_at(&mut want, p.offset + off).is_ok() {
                             sampled.push((b, off, want));
@@ -583,16 +577,15 @@ fn run_inner(
                     Source::Pattern => pattern::verify(seeds[*b], off, bytes),
                     Source::Model(m) => {
                         let p = &pieces[*b];
-                        let read = sampled
-                            .iter()
+                        let read = (sampled.iter())
                             .find(|(sb, so, w)| *sb == *b && *so == off && w.len() == bytes.len());
-                        match disk_files.get(p.file) {
-                            Some(_) if read.is_some() => read.is_some_and(|(_, _, w)| w == bytes),
-                            Some(f) => {
+                        match (read, disk_files.get(p.file)) {
+                            (Some((_, _, want)), _) => want == bytes,
+                            (None, Some(f)) => {
                                 let mut want = vec![0u8; bytes.len()];
                                 f.read_exact_at(&mut want, p.offset + off).is_ok() && want == bytes
                             }
-                            None => {
+                            (None, None) => {
                                 let data = m.piece_data(p);
                                 data.get(off as usize..off as usize + bytes.len()) == Some(bytes)
                             }
@@ -608,11 +601,10 @@ fn run_inner(
                             expected(0, &scratch)
                         }
                         (_, Verify::Sampled) => {
-                            let nonce =
-                                token.wrapping_mul(0x1_0000) ^ (s as u64) ^ ((*b as u64) << 40);
                             let mut ok = true;
                             checked = 0;
-                            for (off, len) in sample_ranges(guard.len(), nonce) {
+                            for (off, len) in sample_ranges(guard.len(), sample_nonce(token, s, *b))
+                            {
                                 grow(&mut scratch, len as usize)?;
                                 guard.read_device(off, &mut scratch)?;
                                 ok &= expected(off, &scratch[..len as usize]);
@@ -751,7 +743,8 @@ fn run_inner(
     let mut host_tier = host_tier;
     if let Some(h) = host_tier.as_mut() {
         // Bytes per pass, not the model's: routed experts are read only when drawn.
-        let uncached = workload.bytes_per_pass()? - engine.budget() as f64 - h.cached_bytes as f64;
+        let streamed = (workload.bytes_per_pass()? - engine.budget() as f64).max(0.0);
+        let uncached = streamed - h.cached_bytes as f64;
         // Read from the disk in the timed passes: the kernel's count (`/proc/self/io`), or the
         // tier's own direct reads where that count is unknown (not Linux).
         let read_disk = h.disk_bytes_read > 0 || h.disk_rate_from == "direct reads";
@@ -766,8 +759,7 @@ fn run_inner(
         let copied = (end.bytes_h2d - at_timed.bytes_h2d) as f64;
         if busy_s > 0.0 && copied > 0.0 {
             h.link_bytes_per_s = copied / busy_s;
-            let link_s =
-                (workload.bytes_per_pass()? - engine.budget() as f64).max(0.0) / h.link_bytes_per_s;
+            let link_s = streamed / h.link_bytes_per_s;
             let pass_s = workload.compute_s_per_pass().max(link_s).max(disk_s);
             if pass_s > 0.0 {
                 h.bound_tokens_per_s = 1.0 / pass_s;
@@ -853,7 +845,7 @@ mod tests {
             bytes: 5 << 30,
             limit: "cgroup memory.max",
         };
-        let e = check_needed(6 << 30, Some(short)).unwrap_err();
+        let e = os::check_needed(6 << 30, Some(short)).unwrap_err();
         assert_eq!(
             e,
             Error::HostMemory {
@@ -872,7 +864,11 @@ mod tests {
         ] {
             assert!(msg.contains(part), "{part}: {msg}");
         }
-        assert_eq!(check_needed(5 << 30, Some(short)), Ok(()));
-        assert_eq!(check_needed(u64::MAX, None), Ok(()), "unknown: go ahead");
+        assert_eq!(os::check_needed(5 << 30, Some(short)), Ok(()));
+        assert_eq!(
+            os::check_needed(u64::MAX, None),
+            Ok(()),
+            "unknown: go ahead"
+        );
     }
 }

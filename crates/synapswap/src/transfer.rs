@@ -548,14 +548,8 @@ pub(crate) fn transfer_thread(shared: Arc<Shared>) {
             drop(old);
             // Checked first: unlike the page cache, this memory is not given back under
             // pressure. Refused, the tier advises the kernel instead (`RamTier::set_landing`).
-            let mem = match crate::os::available_memory() {
-                Some(a) if bytes > a.bytes => Err(Error::HostMemory {
-                    needed: bytes,
-                    available: a.bytes,
-                    limit: a.limit,
-                }),
-                _ => backend.alloc_host(bytes),
-            };
+            let mem = crate::os::check_needed(bytes, crate::os::available_memory())
+                .and_then(|()| backend.alloc_host(bytes));
             st = sync::lock(&shared.state);
             let State { ram, planner, .. } = &mut *st;
             ram.set_landing(mem);
