@@ -22,7 +22,22 @@ CONFIGS = {
     "gemma": lambda: transformers.GemmaConfig(**TINY, head_dim=16),
     "gpt2": lambda: transformers.GPT2Config(vocab_size=128, n_embd=64, n_layer=3, n_head=4,
                                             n_positions=64),
+    # transformers 5 packs each layer's experts into 3-D parameters (gate_up_proj[expert]);
+    # the files keep one tensor per expert (Mixtral's w1/w2/w3, Qwen2-MoE's gate/up/down).
+    "mixtral": lambda: transformers.MixtralConfig(**TINY, num_local_experts=4,
+                                                  num_experts_per_tok=2),
+    "qwen2_moe": lambda: transformers.Qwen2MoeConfig(
+        **TINY, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+        shared_expert_intermediate_size=64),
 }
+MOE = {"mixtral", "qwen2_moe"}
+
+
+def load_plain(path, family, dtype=torch.float32):
+    # from_pretrained computes experts one by one (experts_implementation="eager": indexing
+    # gate_up_proj[expert] loads that expert alone); the plain model does the same arithmetic.
+    kw = dict(experts_implementation="eager") if family in MOE else {}
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw).eval()
 
 
 def save(tmp_path, family, dtype, seed=0):
@@ -58,7 +73,7 @@ def greedy(model, prompt, new, static=False):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_greedy_generate_matches_transformers(tmp_path, family, dtype):
     path = save(tmp_path, family, dtype)
-    plain = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+    plain = load_plain(path, family, dtype)
     prompt = torch.tensor([[1, 5, 9, 17, 33]])
     want = greedy(plain, prompt, 12)
     model = from_pretrained(path, vram_budget=weight_bytes(plain) // 2, device="cpu")
@@ -75,10 +90,10 @@ def test_greedy_generate_matches_transformers(tmp_path, family, dtype):
     assert torch.equal(greedy(model, prompt, 12), want)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "mixtral"])
 def test_static_cache_matches_too(tmp_path, family):
     path = save(tmp_path, family, torch.float32, seed=1)
-    plain = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
+    plain = load_plain(path, family)
     prompt = torch.tensor([[3, 4, 5]])
     want = greedy(plain, prompt, 8, static=True)
     model = from_pretrained(path, vram_budget=weight_bytes(plain) // 3, device="cpu")
@@ -138,19 +153,54 @@ def test_bad_input_is_a_clear_error(tmp_path):
         from_pretrained(path, device="cpu", max_context=1 << 40)
 
 
-def test_packed_experts_are_a_clear_error_not_a_copy(tmp_path):
-    # transformers 5 packs each layer's experts into one 3-D parameter at load time; the file
-    # keeps one tensor per expert. Binding those without a copy is not done yet.
+@pytest.mark.parametrize("family", sorted(MOE))
+def test_packed_experts_are_bound_in_place_one_block_per_expert(tmp_path, family):
+    # The file keeps one tensor per expert; the model packs them into 3-D parameters. Each
+    # expert's slice is bound to the file's bytes where they lie (no copy in RAM): Mixtral's
+    # gate_up_proj[e] is w1 and w3 of expert e, two ranges of the file, so two blocks,
+    # assembled on the device; Qwen2-MoE's gate and up projections lie side by side, so one.
+    path = save(tmp_path, family, torch.float32)
+    names = {t["name"] for t in model_tensors(str(path))}
+    model = from_pretrained(path, vram_budget="1GiB", device="cpu")
+    handle = model._synapswap_offload
+    packed = {p.name: p for p in handle._packed}
+    gate_up = packed["model.layers.0.mlp.experts.gate_up_proj"]
+    assert len(gate_up.experts) == 4
+    pieces = [len(slots) for slots in gate_up.experts]
+    assert pieces == ([2] * 4 if family == "mixtral" else [1] * 4)
+    for slots in gate_up.experts:
+        for s in slots:
+            # Each piece is a view of a mapped file (no anonymous copy), named as in the file.
+            assert handle._names[s.block] in names
+            assert not s.host.untyped_storage().resizable()
+    assert model.model.layers[0].mlp.experts.gate_up_proj.device.type == "cpu"
+    handle.remove()
+    plain = load_plain(path, family)
+    for name, p in model.named_parameters():
+        assert torch.equal(p, plain.get_parameter(name)), name
+
+
+def test_indexing_an_expert_loads_that_expert_alone(tmp_path):
+    # Everything fits: each block is copied at most once. One token through two layers of 8
+    # experts, top-2, loads the other weights and at most 2 experts a layer, not all 8.
     torch.manual_seed(0)
-    config = transformers.MixtralConfig(**TINY, num_local_experts=4, num_experts_per_tok=2)
+    config = transformers.MixtralConfig(**dict(TINY, num_hidden_layers=2), num_local_experts=8,
+                                        num_experts_per_tok=2)
     model = transformers.AutoModelForCausalLM.from_config(config)
     model.save_pretrained(tmp_path)
-    names = {t["name"] for t in model_tensors(str(tmp_path))}
-    params = {n for n, _ in model.named_parameters()}
-    if params <= names:
-        pytest.skip("this transformers keeps the experts as the file does")
-    with pytest.raises(ValueError, match="no tensor of their own"):
-        from_pretrained(tmp_path, vram_budget="1GiB", device="cpu")
+    model = from_pretrained(tmp_path, vram_budget="64MiB", device="cpu")
+    handle = model._synapswap_offload
+    expert = sum(s.nbytes for s in handle._packed[0].experts[0])
+    expert += sum(s.nbytes for s in handle._packed[1].experts[0])  # its down_proj
+    experts = 8 * expert * 2  # every expert of both layers
+    # Every other block: the dense weights, the routers, the rotary embedding's buffer.
+    others = sum({s.block: s.nbytes for s in handle._slots}.values())
+    with torch.no_grad():
+        model(torch.tensor([[7]]))
+    moved = handle.stats()["bytes_h2d"]
+    assert moved <= others + 2 * 2 * expert, (moved, others, experts)
+    assert moved >= others + 2 * expert  # an expert a layer at least
+    handle.remove()
 
 
 def _vm_flags(addr):

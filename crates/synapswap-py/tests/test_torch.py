@@ -494,3 +494,83 @@ def test_a_submodule_called_on_its_own_computes_on_the_device():
         assert torch.equal(model[1](x), plain[1](x))  # as an encoder is run alone
         assert handle._order == order  # not recorded as a pass
     handle.remove()
+
+
+class PackedExperts(nn.Module):
+    """Experts packed as transformers 5 packs them: 3-D parameters, a ``num_experts``
+    attribute. ``whole`` uses every expert's weights in one operation (as grouped matmuls do)."""
+
+    def __init__(self, n=6, d=16, ff=24, whole=False):
+        super().__init__()
+        self.num_experts = n
+        self.whole = whole
+        self.router = nn.Linear(d, n, bias=False)
+        self.gate_up_proj = nn.Parameter(torch.randn(n, 2 * ff, d) * 0.3)
+        self.down_proj = nn.Parameter(torch.randn(n, d, ff) * 0.3)
+
+    def forward(self, x):
+        top = self.router(x).argmax(-1)
+        out = torch.zeros_like(x)
+        if self.whole:
+            gate, up = torch.einsum("td,tfd->tf", x, self.gate_up_proj[top]).chunk(2, -1)
+            return torch.einsum("tf,tdf->td", F.silu(gate) * up, self.down_proj[top])
+        for e in top.unique():
+            rows = top == e
+            gate, up = F.linear(x[rows], self.gate_up_proj[e]).chunk(2, dim=-1)
+            out[rows] = F.linear(F.silu(gate) * up, self.down_proj[e])
+        return out
+
+
+@pytest.mark.parametrize("whole", [False, True])
+def test_packed_experts_are_a_block_each_and_stay_exact(whole):
+    torch.manual_seed(3)
+    model = nn.Sequential(PackedExperts(whole=whole), PackedExperts(whole=whole)).eval()
+    plain = copy.deepcopy(model)
+    expert = (2 * 24 * 16 + 16 * 24) * 4
+    # Two experts' worth of room: the rest stream.
+    handle = offload(model, 3 * expert, device="cpu")
+    assert len(handle._packed) == 4 and all(len(p.experts) == 6 for p in handle._packed)
+    with torch.no_grad():
+        # The first forward (no order declared yet, so nothing is prefetched): one token, one
+        # expert a layer; its weights and the routers cross, not every expert's.
+        x = torch.randn(1, 16)
+        assert torch.equal(model(x), plain(x))
+        one = handle.stats()["bytes_h2d"]
+        for i in range(6):
+            x = torch.randn(3, 16, generator=torch.Generator().manual_seed(200 + i))
+            assert torch.equal(model(x), plain(x))
+    routers = 2 * 6 * 16 * 4
+    if not whole:
+        assert one <= 2 * expert + routers, one
+    assert handle.stats()["evictions"] > 0
+    handle.remove()
+    for (n, p), (_, q) in zip(model.named_parameters(), plain.named_parameters()):
+        assert torch.equal(p, q), n
+    assert torch.equal(model(x), plain(x))
+
+
+def test_a_hugging_face_mixtral_offloaded_in_memory_decodes_exactly():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(4)
+    config = transformers.MixtralConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        num_local_experts=4, num_experts_per_tok=2)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5 if p.dim() > 1 else 0.1)
+    plain = copy.deepcopy(model)
+    plain.set_experts_implementation("eager")
+    before = model.config._experts_implementation
+    handle = offload(model, nbytes(model) // 2, device="cpu")
+    assert model.config._experts_implementation == "eager"
+    kw = dict(max_new_tokens=10, do_sample=False, pad_token_id=0)
+    prompt = torch.tensor([[1, 5, 9, 17]])
+    with torch.no_grad():
+        assert torch.equal(model.generate(prompt, **kw), plain.generate(prompt, **kw))
+    assert handle.stats()["evictions"] > 0
+    handle.remove()
+    assert model.config._experts_implementation == before
+    for (n, p), (_, q) in zip(model.named_parameters(), plain.named_parameters()):
+        assert torch.equal(p, q), n

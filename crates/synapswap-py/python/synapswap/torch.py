@@ -16,6 +16,10 @@ made once, sliced again only when a block moves):
   device together): the placeholder's ``__torch_function__`` holds the operation's blocks for that
   operation alone. Operations, not modules, are the unit there.
 
+A parameter that packs a layer's experts (transformers 5's 3-D ``gate_up_proj``, in a module
+with ``num_experts``) is one block per expert (``_Packed``): indexing it by an expert loads that
+expert alone, and any other use assembles the whole of it on the device for that operation.
+
 A result that is a view of a weight (``.t()``, an index, a split) keeps its block held while it
 lives. Operations that take no placeholder (activations) are never intercepted. Outside a forward
 the placeholders compute as plain ``meta`` tensors; their metadata (shape, dtype, stride, and the
@@ -72,6 +76,32 @@ _DEVICE = {
 }
 
 
+class _Packed:
+    """A parameter that packs a layer's experts along its first dimension (transformers 5's
+    ``gate_up_proj`` of shape ``[experts, 2 x intermediate, hidden]``): each expert's slice is
+    made of one or more blocks (``experts[e]``, ``_Slot``s in order along the slice's first
+    dimension), so that indexing the parameter by an expert loads that expert alone. An expert
+    of several blocks (a checkpoint's gate and up projections, which its file does not hold side
+    by side) is assembled on the device by one copy of its blocks into a tensor of the slice's
+    shape; one of a single block is a view of the arena. Any other use of the parameter gets the
+    whole of it, assembled expert by expert into a device tensor made for that operation."""
+
+    __slots__ = (
+        "handle", "module", "local", "name", "shape", "dtype", "experts", "original", "tensor"
+    )
+
+    def __init__(self, handle, module, local, name, shape, dtype, experts, original):
+        self.handle = handle
+        self.module = module
+        self.local = local  # its name in its module
+        self.name = name
+        self.shape = tuple(shape)
+        self.dtype = dtype
+        self.experts = experts  # [[_Slot, ...] per expert]
+        self.original = original  # the tensor remove() gives back (None: assembled from hosts)
+        self.tensor = None  # the placeholder the module holds
+
+
 class _Slot:
     """One parameter or buffer: its block and its CPU tensor (the block's host copy)."""
 
@@ -98,11 +128,11 @@ class _Slot:
 def _dispatch(func, args, kwargs):
     """Every operation that takes a placeholder (``_OffloadedParameter``, ``_OffloadedBuffer``)."""
     kwargs = kwargs or {}
-    used = []
-    _collect(args, used)
+    used, packed = [], []
+    _collect(args, used, packed)
     if kwargs:
-        _collect(kwargs.values(), used)
-    h = used[0].handle if used else None
+        _collect(kwargs.values(), used, packed)
+    h = used[0].handle if used else packed[0].handle if packed else None
     if h is not None and not h._removed and len(args) == 1:
         answer = _DEVICE.get(func)
         if answer is not None:
@@ -111,19 +141,52 @@ def _dispatch(func, args, kwargs):
         # Outside a forward, or only metadata: the placeholder is a plain meta tensor.
         with _torch._C.DisableTorchFunctionSubclass():
             return func(*args, **kwargs)
-    if any(s.handle is not h for s in used):
+    if any(s.handle is not h for s in used) or any(p.handle is not h for p in packed):
         raise RuntimeError("an operation takes the weights of two offloaded models at once")
+    if packed:
+        expert = _expert_index(func, args, kwargs, packed)
+        if expert is not None:
+            return h._run_expert(packed[0], *expert)
+        return h._run(func, args, kwargs, used, whole=packed)
     return h._run(func, args, kwargs, used)
 
 
-def _collect(values, used):
+def _collect(values, used, packed):
     for v in values:
         if isinstance(v, (list, tuple)):
-            _collect(v, used)
-        else:
-            slot = getattr(v, "_synapswap_slot", None) if isinstance(v, _PLACEHOLDERS) else None
+            _collect(v, used, packed)
+        elif isinstance(v, _PLACEHOLDERS):
+            slot = getattr(v, "_synapswap_slot", None)
             if slot is not None and slot not in used:
                 used.append(slot)
+            p = getattr(v, "_synapswap_packed", None)
+            if p is not None and p not in packed:
+                packed.append(p)
+
+
+def _expert_index(func, args, kwargs, packed):
+    """``(expert, rest)`` when the operation indexes one packed parameter by one expert
+    (``gate_up_proj[e]``, ``gate_up_proj[e, :, :8]``: ``e`` an int or a 0-d integer tensor,
+    ``rest`` the index after it, or None); else None (a use of the whole parameter)."""
+    if func is not _torch.Tensor.__getitem__ or len(packed) != 1 or kwargs or len(args) != 2:
+        return None
+    index, rest = args[1], None
+    if isinstance(index, tuple):
+        if not index:
+            return None
+        index, rest = index[0], (index[1:] or None)
+    if isinstance(index, _torch.Tensor):
+        # A 0-d integer tensor is one expert; a 1-D one is advanced indexing (a gather of
+        # several: the whole parameter's path).
+        if index.dim() != 0 or index.dtype.is_floating_point or index.dtype == _torch.bool:
+            return None
+        index = int(index.item())  # the router's choice (on CUDA: a sync, as the model's own)
+    elif not isinstance(index, int) or isinstance(index, bool):
+        return None
+    n = len(packed[0].experts)
+    if not -n <= index < n:
+        raise IndexError(f"index {index} is out of bounds for {n} experts of {packed[0].name}")
+    return index % n, rest
 
 
 class _OffloadedParameter(_torch.nn.Parameter):
@@ -154,6 +217,8 @@ class OffloadHandle:
         self.engine = engine
         self.device = device
         self._slots = []
+        self._packed = []  # _Packed parameters (experts' blocks)
+        self._experts_before = None  # the model's experts implementation before (_eager_experts)
         self._freed = set()  # blocks remove() freed already
         self._order = []  # block tuples of each step, as last declared
         self._pass = []  # block tuples of the steps of the running forward
@@ -348,13 +413,21 @@ class OffloadHandle:
                 self.engine.declare(step, block)
         self._order = list(order)
 
-    def _run(self, func, args, kwargs, used):
+    def _run(self, func, args, kwargs, used, whole=()):
         """An operation that takes the weights of ``used`` outside their modules' forwards: one
         engine call says where execution is and holds every block, the operation runs on slices
-        of the arena, a result that views a weight is rehomed, and the holds are released."""
+        of the arena, a result that views a weight is rehomed, and the holds are released. Each
+        packed parameter of ``whole`` is assembled first, in a device tensor of its own."""
+        assembled = {id(p.tensor): self._assemble(p) for p in whole}
+        if not used:
+            return func(
+                *self._substitute(args, assembled),
+                **{k: self._substitute(v, assembled) for k, v in kwargs.items()},
+            )
         step, blocks = self._record(used)
         stream = self._stream()
-        views = self._hold(step, blocks, used, stream)
+        views = {id(s.tensor): v for s, v in zip(used, self._hold(step, blocks, used, stream))}
+        views.update(assembled)
         try:
             out = func(
                 *self._substitute(args, views),
@@ -363,6 +436,43 @@ class OffloadHandle:
             return self._rehome(out, used)
         finally:
             self.engine.release_many(blocks, stream)
+
+    def _run_expert(self, packed, expert, rest):
+        """``packed[expert]`` (then ``[rest]``, if an index follows): that expert's blocks held
+        by one engine call; a single block's view is rehomed (its hold lives as long as the
+        result), several are copied into one tensor of the slice's shape and released."""
+        slots = packed.experts[expert]
+        step, blocks = self._record(slots)
+        stream = self._stream()
+        views = self._hold(step, blocks, slots, stream)
+        try:
+            shape = packed.shape[1:]
+            if len(slots) == 1:
+                out = self._rehome(views[0].view(shape), slots)
+            else:
+                out = _torch.cat(views, dim=0).view(shape)
+            return out if rest is None else out[rest]
+        finally:
+            self.engine.release_many(blocks, stream)
+
+    def _assemble(self, packed):
+        """The whole packed parameter as a device tensor of its own, filled expert by expert
+        (each expert's blocks held only while they are copied)."""
+        device = self._arena.device
+        out = _torch.empty(packed.shape, dtype=packed.dtype, device=device)
+        for e, slots in enumerate(packed.experts):
+            step, blocks = self._record(slots)
+            stream = self._stream()
+            views = self._hold(step, blocks, slots, stream)
+            try:
+                at = 0
+                for v in views:
+                    rows = v.numel() // max(1, out[e, 0].numel())
+                    out[e, at : at + rows].copy_(v.view(rows, *packed.shape[2:]))
+                    at += rows
+            finally:
+                self.engine.release_many(blocks, stream)
+        return out
 
     def _record(self, used):
         """Records the operation's blocks as the running forward's next step. Returns the step
@@ -382,14 +492,13 @@ class OffloadHandle:
 
     def _hold(self, step, blocks, used, stream):
         """Hints ``step`` (unless None) and holds ``blocks`` for work on ``stream``; returns the
-        slots' device tensors, slices of the arena tensor (remade only when a block moved)."""
+        slots' device tensors in order, slices of the arena tensor (remade only when a block
+        moved)."""
         ptrs = self.engine.acquire_step(step, blocks, stream)
-        views = {}
         for slot, ptr in zip(used, ptrs):
             if slot.view_ptr != ptr:
                 self._place(slot, ptr)
-            views[id(slot.tensor)] = slot.view
-        return views
+        return [slot.view for slot in used]
 
     def _place(self, slot, ptr):
         """The slot's block is at ``ptr``: its device tensor, a slice of the arena, and the same
@@ -445,13 +554,25 @@ class OffloadHandle:
                 if slot.original.data_ptr() != slot.host.data_ptr():
                     slot.original.copy_(slot.host)  # it was not contiguous: host was a copy
         gc.collect()  # results no longer referenced release their holds
-        held = [s for s in self._slots if s.block not in self._freed and self.engine.is_held(s.block)]
+        pieces = [s for p in self._packed for slots in p.experts for s in slots]
+        held = [
+            s for s in self._slots + pieces
+            if s.block not in self._freed and self.engine.is_held(s.block)
+        ]
         if held:
             raise RuntimeError(
                 f"{held[0].name} is still viewed by a tensor from a forward (it holds its "
                 f"block): delete it, then call remove() again"
             )
-        for slot in self._slots:
+        for p in self._packed:
+            if p.original.device.type == "meta":
+                # Bound from a checkpoint that lays it out otherwise: it had no tensor of its
+                # own, and gets a CPU copy assembled from its experts' host bytes.
+                whole = _torch.empty(p.shape, dtype=p.dtype)
+                for e, slots in enumerate(p.experts):
+                    whole[e].copy_(_torch.cat([s.host.reshape(-1) for s in slots]).view(p.shape[1:]))
+                p.original = _torch.nn.Parameter(whole, requires_grad=False)
+        for slot in self._slots + pieces:
             if slot.block not in self._freed:
                 self.engine.free(slot.block)
                 self._freed.add(slot.block)
@@ -465,8 +586,12 @@ class OffloadHandle:
             (slot.module._parameters if slot.is_param else slot.module._buffers)[
                 slot.name
             ] = slot.original
-        for slot in self._slots:
+        for p in self._packed:
+            p.module._parameters[p.local] = p.original
+        for slot in self._slots + pieces:
             slot.view = slot.view_ptr = slot.param_view = None
+        if self._experts_before is not None:
+            self.model.set_experts_implementation(self._experts_before)
         self._arena = None
         self.engine.shutdown()
         delattr(self.model, _ATTR)
@@ -482,6 +607,30 @@ def _tensors(model):
                 yield module, name, False, b
 
 
+def _packs_experts(module, param):
+    """Whether ``param`` packs a layer's experts (transformers 5's experts modules: a
+    ``num_experts`` attribute, and 3-D parameters such as ``gate_up_proj[expert]``): its
+    experts' slices become blocks of their own (``_Packed``). A router's 2-D weight is not."""
+    n = getattr(module, "num_experts", None)
+    return (
+        isinstance(n, int) and not isinstance(n, bool) and n > 1
+        and param.dim() == 3 and param.shape[0] == n and param.numel() > 0
+    )
+
+
+def _eager_experts(model):
+    """Makes a transformers model compute its experts one by one (``experts_implementation=
+    "eager"``: ``gate_up_proj[expert]`` for each expert the router chose, which loads that
+    expert alone), not with grouped matmuls over every expert's weights at once. Returns what
+    it was, for ``remove()`` (None: nothing changed)."""
+    config = getattr(model, "config", None)
+    before = getattr(config, "_experts_implementation", None)
+    if before in (None, "eager") or not hasattr(model, "set_experts_implementation"):
+        return None
+    model.set_experts_implementation("eager")
+    return before
+
+
 def _device(device):
     if device is None:
         device = "cuda" if (_torch.cuda.is_available() and cuda_available()[0]) else "cpu"
@@ -491,8 +640,13 @@ def _device(device):
     return device
 
 
-def _check_budget(budget, tensors):
+def _check_budget(budget, tensors, packed=()):
+    """Every tensor fits the budget, and every packed parameter's expert (its blocks are held
+    together)."""
     largest = max((t.numel() * t.element_size() for *_, t in tensors), default=0)
+    for *_, experts in packed:
+        for pieces in experts:
+            largest = max(largest, sum(h.numel() * h.element_size() for _, h in pieces))
     if budget < largest:
         raise ValueError(
             f"the budget ({budget} bytes) is smaller than the largest tensor ({largest} bytes)"
@@ -520,10 +674,21 @@ def offload(model, vram_budget, device=None, policy="auto", sim_h2d=None) -> Off
                 f"{name} is on {t.device}: offload a model whose weights are in CPU memory"
             )
     budget = parse_size(vram_budget) if isinstance(vram_budget, str) else int(vram_budget)
-    _check_budget(budget, tensors)
     device = _device(device)
-    entries = [_entry(*t) for t in tensors]
-    return _bind(model, entries, budget, device, policy, mapped={}, sim_h2d=sim_h2d)
+    # A parameter packing experts: each expert's slice (contiguous in it) is a block.
+    packed = [
+        (m, n, t, [[(None, t.data[e])] for e in range(t.shape[0])])
+        for m, n, is_param, t in tensors
+        if is_param and t.is_contiguous() and _packs_experts(m, t)
+    ]
+    is_packed = {id(t) for _, _, t, _ in packed}
+    entries = [_entry(*t) for t in tensors if id(t[3]) not in is_packed]
+    _check_budget(budget, [(None, None, None, h) for *_, h in entries], packed)
+    handle = _bind(model, entries, budget, device, policy, mapped={}, sim_h2d=sim_h2d,
+                   packed=packed)
+    if packed:
+        handle._experts_before = _eager_experts(model)
+    return handle
 
 
 def _entry(module, name, is_param, original):
@@ -534,57 +699,72 @@ def _entry(module, name, is_param, original):
     return module, name, is_param, original, host
 
 
-def _bind(model, entries, budget, device, policy, mapped, sim_h2d=None) -> OffloadHandle:
+def _bind(model, entries, budget, device, policy, mapped, sim_h2d=None, packed=()) -> OffloadHandle:
     """Puts every ``(module, name, is_param, original, host)`` of ``entries`` on an engine of
     ``budget`` bytes: a block per distinct host range, the module holding a meta stand-in, and
     ``original`` given back by ``remove()``. Storages whose address is a key of ``mapped`` are
     mappings of the file it names (``register_mapping`` with its path: the RAM tier, which reads
-    what it does not keep from the disk directly); the others are registered as buffers."""
+    what it does not keep from the disk directly); the others are registered as buffers. Each
+    ``(module, name, original, experts)`` of ``packed`` is a parameter packing experts
+    (``_Packed``): ``experts[e]`` lists the host tensors of expert ``e``'s slice, in order, each
+    with the name it gets in ``save_order``, as ``(name, host)``."""
     engine = Engine(budget, backend="cuda" if device.type == "cuda" else "sim", sim_h2d=sim_h2d)
     handle = OffloadHandle(model, engine, device)
     handle._trainable = [n for _, n, is_param, t, _ in entries if is_param and t.requires_grad]
+    handle._trainable += [n for _, n, t, _ in packed if t is not None and t.requires_grad]
     # Blocks first: nothing on the model changes until every block exists.
     qualified = {}
     for mod_name, m in model.named_modules(remove_duplicate=False):
         qualified.setdefault(id(m), mod_name)
-    pending = []
-    try:
-        blocks = {}
+    pending, pending_packed = [], []
+    blocks, storages = {}, {}
+
+    def block_of(host, label, full_name, mutable):
         # Each storage is registered with the device once, and its tensors are blocks cut from
         # it (`alloc_external` finds the registration): tensors sharing a storage share pages,
         # which CUDA registers only once. A storage that shares a page with another one (two
         # small allocations side by side) cannot be registered; its tensors then register alone
         # or stay pageable, as before. The registrations end with their blocks.
-        storages = {}
-        for module, name, is_param, t, host in entries:
-            nbytes = host.numel() * host.element_size()
-            if nbytes == 0:
-                continue
-            storage = host.untyped_storage()
-            if storage.data_ptr() not in storages:
-                try:
-                    ptr = storage.data_ptr()
-                    storages[ptr] = (
-                        engine.register_mapping(ptr, storage.nbytes(), path=mapped[ptr])
-                        if ptr in mapped
-                        else engine.register_buffer(ptr, storage.nbytes())
-                    )
-                except RuntimeError as e:
-                    if "already registered" not in str(e):
-                        raise
-                    storages[storage.data_ptr()] = None
-            key = (host.data_ptr(), nbytes)
-            if key not in blocks:  # tied weights share one block
-                blocks[key] = engine.alloc_external(
-                    host.data_ptr(),
-                    nbytes,
-                    name=f"{type(module).__name__}.{name}",
-                    policy=policy,
-                    mutable=not is_param,
+        nbytes = host.numel() * host.element_size()
+        storage = host.untyped_storage()
+        if storage.data_ptr() not in storages:
+            try:
+                ptr = storage.data_ptr()
+                storages[ptr] = (
+                    engine.register_mapping(ptr, storage.nbytes(), path=mapped[ptr])
+                    if ptr in mapped
+                    else engine.register_buffer(ptr, storage.nbytes())
                 )
+            except RuntimeError as e:
+                if "already registered" not in str(e):
+                    raise
+                storages[storage.data_ptr()] = None
+        key = (host.data_ptr(), nbytes)
+        if key not in blocks:  # tied weights share one block
+            blocks[key] = engine.alloc_external(
+                host.data_ptr(), nbytes, name=label, policy=policy, mutable=mutable
+            )
+        handle._names.setdefault(blocks[key], full_name)
+        return blocks[key]
+
+    try:
+        for module, name, is_param, t, host in entries:
+            if host.numel() == 0:
+                continue
             prefix = qualified.get(id(module), "")
-            handle._names.setdefault(blocks[key], f"{prefix}.{name}" if prefix else name)
-            pending.append((module, name, is_param, t, host, blocks[key]))
+            full = f"{prefix}.{name}" if prefix else name
+            block = block_of(host, f"{type(module).__name__}.{name}", full, not is_param)
+            pending.append((module, name, is_param, t, host, block))
+        for module, name, t, experts in packed:
+            prefix = qualified.get(id(module), "")
+            full = f"{prefix}.{name}" if prefix else name
+            blocks_of = [
+                [(piece, block_of(host, f"{type(module).__name__}.{name}[{e}]",
+                                  piece or f"{full}[{e}]", False), host)
+                 for piece, host in pieces]
+                for e, pieces in enumerate(experts)
+            ]
+            pending_packed.append((module, name, full, t, blocks_of))
     except Exception:
         engine.shutdown()
         raise
@@ -607,8 +787,30 @@ def _bind(model, entries, budget, device, policy, mapped, sim_h2d=None) -> Offlo
         (module._parameters if is_param else module._buffers)[name] = tensor
         slot.original = t
         handle._slots.append(slot)
+    for module, name, full, t, blocks_of in pending_packed:
+        sample = blocks_of[0][0][2]
+        shape = (len(blocks_of), *(t.shape[1:] if t is not None else ()))
+        if t is None:  # bound from a checkpoint: the parameter's shape is the meta one's
+            shape = tuple(module._parameters[name].shape)
+        p = _Packed(handle, module, name, full, shape, sample.dtype, [], t)
+        for e, pieces in enumerate(blocks_of):
+            p.experts.append(
+                [_Slot(handle, module, f"{name}[{e}]", True, host, block, None)
+                 for _, block, host in pieces]
+            )
+        meta = _torch.empty(shape, dtype=sample.dtype, device="meta")
+        tensor = _OffloadedParameter(meta, requires_grad=bool(t is not None and t.requires_grad))
+        tensor._synapswap_packed = p
+        p.tensor = tensor
+        for slots in p.experts:
+            for slot in slots:
+                slot.tensor = tensor
+        p.original = t if t is not None else module._parameters[name]
+        module._parameters[name] = tensor
+        handle._packed.append(p)
     # Each module with weights of its own holds them for its forward (see _wrap_forward); the
-    # model's forward begins and ends a pass around it all (_wrap_root).
+    # model's forward begins and ends a pass around it all (_wrap_root). A packed parameter is
+    # not among them: its experts are held by the operations that index it.
     for slot in handle._slots:
         own = handle._own.setdefault(id(slot.module), [])
         if not any(o.block == slot.block for o in own):
@@ -767,6 +969,108 @@ def _map_file(path):
             ) from e
 
 
+def _converted(model, tensors):
+    """The file's tensors that transformers' own loading converts into a model parameter (its
+    conversion mapping: ``WeightRenaming``s, then at most one ``WeightConverter``), found with
+    transformers' ``rename_source_key``, as its loader does. Returns ``(renamed, converted)``:
+    ``{parameter name: tensor}`` for those only renamed (Mixtral's ``block_sparse_moe.gate``
+    is ``mlp.gate``), and ``{parameter name: (converter, {(source pattern index, expert):
+    tensor})}``. Empty where transformers has no conversion mapping (before 5.0)."""
+    import re
+
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import (
+            WeightConverter,
+            WeightRenaming,
+            rename_source_key,
+        )
+    except ImportError:
+        return {}, {}
+    try:
+        from transformers.core_model_loading import apply_renamings
+    except ImportError:  # pragma: no cover - present in 5.x
+        def apply_renamings(key, _renamings):
+            return key
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    meta = model.state_dict()
+    prefix = getattr(model, "base_model_prefix", None) or None
+    out, renamed = {}, {}
+    for key, t in tensors.items():
+        target, pattern = rename_source_key(key, renamings, converters, prefix, meta)
+        if pattern is None:
+            if target != key:
+                renamed[target] = t
+            continue
+        conv = next(c for c in converters if pattern in c.source_patterns)
+        # The expert's number is what the pattern's `*` matched.
+        regex = re.escape(pattern).replace(r"\*", r"(\d+)")
+        m = re.search(regex, key) or re.search(regex, apply_renamings(key, renamings))
+        if m is None or not m.groups():
+            continue
+        k = conv.source_patterns.index(pattern)
+        out.setdefault(target, (conv, {}))[1][(k, int(m.group(1)))] = t
+    return renamed, out
+
+
+def _experts_from_file(name, param, converted, storages):
+    """The host tensors of each expert of the packed parameter ``name`` (shape ``[experts,
+    rows, ...]``), over the file's mapping: for transformers' conversions that stack each
+    expert's tensor (``MergeModulelist(dim=0)``), then concatenate several of them along the
+    rows (``Concatenate(dim=1)``: Mixtral's ``w1`` and ``w3`` into ``gate_up_proj``), each
+    expert's slice is its tensors in the conversion's order, one block each; tensors that lie
+    side by side in the file are one. Any other conversion would need a converted copy in RAM,
+    and is a ValueError naming it."""
+    if name not in converted:
+        raise ValueError(
+            f"{name} has no tensor of its own in the checkpoint, and no conversion of "
+            f"transformers' makes it"
+        )
+    conv, parts = converted[name]
+    ops = [(type(o).__name__, getattr(o, "dim", None)) for o in conv.operations]
+    sources = len(conv.source_patterns)
+    if ops not in ([("MergeModulelist", 0)], [("MergeModulelist", 0), ("Concatenate", 1)]) or (
+        sources > 1 and len(ops) != 2
+    ):
+        raise ValueError(
+            f"{name} is made by {ops} of {conv.source_patterns}: binding it in place would need "
+            f"a converted copy in RAM (supported: experts stacked, and concatenated along rows)"
+        )
+    experts, elt = [], param.element_size()
+    for e in range(param.shape[0]):
+        pieces = []
+        for k in range(sources):
+            t = parts.get((k, e))
+            if t is None:
+                raise ValueError(f"{name}: the checkpoint has no {conv.source_patterns[k]} for "
+                                 f"expert {e}")
+            shape = tuple(t["shape"])
+            if _FILE_DTYPES.get(t["dtype"]) != param.dtype or shape[1:] != tuple(param.shape[2:]):
+                raise ValueError(
+                    f"{t['name']} ({t['dtype']}, {shape}) does not fit {name} "
+                    f"({param.dtype}, {tuple(param.shape)})"
+                )
+            if t["offset"] % elt:
+                raise ValueError(f"{t['name']} is not aligned to its {elt}-byte elements")
+            last = pieces[-1] if pieces else None
+            if last is not None and last[0]["file"] == t["file"] and (
+                last[0]["offset"] + last[1] == t["offset"]
+            ):
+                pieces[-1] = (last[0], last[1] + t["nbytes"], last[2] + shape[0])
+            else:
+                pieces.append((t, t["nbytes"], shape[0]))
+        if sum(rows for *_, rows in pieces) != param.shape[1]:
+            raise ValueError(f"{name}: expert {e}'s tensors do not make its {param.shape[1]} rows")
+        experts.append([
+            (t["name"], _torch.empty(0, dtype=param.dtype).set_(
+                storages[t["file"]], t["offset"] // elt, (rows, *param.shape[2:])))
+            for t, _, rows in pieces
+        ])
+    return experts
+
+
 def _copy_buffer(b, t, storages):
     """Copies a buffer's values from the file's tensor ``t`` (None: the file has none)."""
     if t is None or _FILE_DTYPES.get(t["dtype"]) is None:
@@ -814,9 +1118,15 @@ def from_pretrained(
     - ``sim_h2d``: on the sim backend, the link's pace (as ``offload``).
     - Further keyword arguments go to ``transformers.AutoConfig.from_pretrained``.
 
-    Not yet: checkpoints whose layout differs from the parameters (transformers 5 packs each
-    layer's experts into one 3-D parameter): such a parameter has no tensor of its own in the
-    file, and is a ValueError naming it. Hub names are not downloaded: fetch the directory first
+    Checkpoints laid out unlike the parameters are bound in place too, as transformers' own
+    conversion mapping says they convert (5.x): a renamed tensor (Mixtral's
+    ``block_sparse_moe.gate`` is ``mlp.gate``), and experts that the model packs into 3-D
+    parameters (``gate_up_proj[expert]``: each expert's tensors stacked, and gate and up
+    concatenated along the rows). Each expert's slice is then its own blocks (``_Packed``), and
+    the model computes its experts one by one (``experts_implementation="eager"``), so that only
+    the experts the router chose are loaded. A conversion that changes the bytes themselves (a
+    transpose, an interleave) would need a converted copy in RAM, and is a ValueError naming
+    it. Hub names are not downloaded: fetch the directory first
     (``huggingface_hub.snapshot_download``)."""
     import os
 
@@ -838,6 +1148,7 @@ def from_pretrained(
     with _ParamsOnMeta():
         model = cls.from_config(config, dtype=dtype)
     model.eval()
+    experts_before = None
 
     # Each file is mapped once, privately (copy-on-write: the engine only reads it; a write
     # after remove() copies the page, never the file).
@@ -848,28 +1159,42 @@ def from_pretrained(
             storages[f] = _torch.frombuffer(_map_file(f), dtype=_torch.uint8).untyped_storage()
 
     prefix = getattr(model, "base_model_prefix", "") or ""
+    conversion = []  # what transformers' conversion mapping makes of the file (_converted)
+
+    def converted():
+        if not conversion:
+            conversion.extend(_converted(model, tensors))
+        return conversion
 
     def lookup(name):
         # The file's name, or the base model's (a checkpoint saved without, or with, the
-        # `base_model_prefix`).
+        # `base_model_prefix`), or what transformers' loading renames to it.
         if name in tensors:
             return tensors[name]
         if prefix and f"{prefix}.{name}" in tensors:
             return tensors[f"{prefix}.{name}"]
-        if prefix and name.startswith(prefix + "."):
-            return tensors.get(name[len(prefix) + 1 :])
-        return None
+        if prefix and name.startswith(prefix + ".") and name[len(prefix) + 1 :] in tensors:
+            return tensors[name[len(prefix) + 1 :]]
+        return converted()[0].get(name)
 
     # Every name a parameter has (tied weights have several; the file holds one of them).
     names, params = {}, {}
     for name, p in model.named_parameters(remove_duplicate=False):
         names.setdefault(id(p), []).append(name)
         params[id(p)] = p
+    owner = {
+        id(p): m for m in model.modules() for p in m.parameters(recurse=False)
+    }
     views = {}  # id(parameter) -> its CPU tensor over the mapping
+    packed = {}  # id(parameter) -> its experts' host tensors, for _bind
     missing = []
     for pid, pnames in names.items():
         found = next((t for t in map(lookup, pnames) if t is not None), None)
         param = params[pid]
+        packs = _packs_experts(owner[pid], param)
+        if found is None and packs:
+            packed[pid] = _experts_from_file(pnames[0], param, converted()[1], storages)
+            continue
         if found is None:
             missing.append(pnames[0])
             continue
@@ -894,13 +1219,17 @@ def from_pretrained(
         host = _torch.empty(0, dtype=param.dtype).set_(
             storages[found["file"]], found["offset"] // elt, tuple(param.shape)
         )
+        if packs:  # a checkpoint that holds the packed parameter as it is
+            packed[pid] = [[(None, host[e])] for e in range(param.shape[0])]
+            continue
         views[pid] = _torch.nn.Parameter(host, requires_grad=False)
     if missing:
         raise ValueError(
-            f"{len(missing)} parameter(s) have no tensor of their own in {path} (a checkpoint "
-            f"laid out unlike the model, such as experts packed at load time, is not bound yet): "
-            + ", ".join(missing[:5])
+            f"{len(missing)} parameter(s) have no tensor of their own in {path}, and are not "
+            f"experts a conversion of transformers' packs: " + ", ".join(missing[:5])
         )
+    if packed:
+        experts_before = _eager_experts(model)
     # Persistent buffers the file holds take its values (small); the others keep the ones the
     # model computed when it was built.
     for mod_name, module in model.named_modules():
@@ -913,8 +1242,17 @@ def from_pretrained(
     entries = [
         _entry(module, name, is_param, views[id(t)] if is_param else t)
         for module, name, is_param, t in _tensors(model)
+        if not (is_param and id(t) in packed)
     ]
-    weight_bytes = sum(v.numel() * v.element_size() for v in views.values())
+    packed_entries = [
+        (module, name, None, packed[id(t)])
+        for module, name, is_param, t in _tensors(model)
+        if is_param and id(t) in packed
+    ]
+    weight_bytes = sum(v.numel() * v.element_size() for v in views.values()) + sum(
+        h.numel() * h.element_size()
+        for experts in packed.values() for pieces in experts for _, h in pieces
+    )
     budget_report = None
     if isinstance(vram_budget, str) and vram_budget == "auto":
         budget_report = _reserve(config, dtype, max_context)
@@ -934,9 +1272,12 @@ def from_pretrained(
         _log.info("synapswap: vram_budget='auto' chose %s", budget_report)
     else:
         budget = parse_size(vram_budget) if isinstance(vram_budget, str) else int(vram_budget)
-    _check_budget(budget, [(None, None, None, h) for *_, h in entries])
+    _check_budget(budget, [(None, None, None, h) for *_, h in entries], packed_entries)
     mapped = {s.data_ptr(): f for f, s in storages.items()}
-    handle = _bind(model, entries, budget, device, policy, mapped, sim_h2d=sim_h2d)
+    handle = _bind(
+        model, entries, budget, device, policy, mapped, sim_h2d=sim_h2d, packed=packed_entries
+    )
+    handle._experts_before = experts_before
     # What the engine made of it (its pool rounds down to whole granules).
     handle.budget = dict(budget_report or {}, vram_budget_bytes=handle.engine.vram_budget)
     # (The storages keep their mappings alive, as every tensor over them does; nothing closes
