@@ -772,20 +772,27 @@ impl PyEngine {
         blocks: Vec<u64>,
         stream: Option<u64>,
     ) -> PyResult<Vec<u64>> {
-        if let Some(step) = step {
-            self.inner.hint(step).map_err(err)?;
-        }
-        let mut ptrs = Vec::with_capacity(blocks.len());
-        for &b in &blocks {
-            match self.hold(py, block_arg(b), stream) {
-                Ok(p) => ptrs.push(p),
-                Err(e) => {
-                    let _ = self.release_many(blocks[..ptrs.len()].to_vec(), stream);
-                    return Err(e);
+        // One release of the GIL for the hint and every hold (the hit path's cost per module).
+        let e = self.inner.clone();
+        py.allow_threads(move || {
+            if let Some(step) = step {
+                e.hint(step)?;
+            }
+            let mut ptrs = Vec::with_capacity(blocks.len());
+            for &b in &blocks {
+                match Self::hold_on(&e, block_arg(b), stream) {
+                    Ok(p) => ptrs.push(p),
+                    Err(x) => {
+                        for &held in &blocks[..ptrs.len()] {
+                            let _ = Self::unhold_on(&e, block_arg(held), stream);
+                        }
+                        return Err(x);
+                    }
                 }
             }
-        }
-        Ok(ptrs)
+            Ok(ptrs)
+        })
+        .map_err(err)
     }
 
     /// Releases one hold of `acquire_step` on each of `blocks` (with its `stream`: once the work
@@ -874,17 +881,22 @@ impl PyEngine {
     /// is written back before eviction; if that cannot be recorded, the hold is released.
     fn hold(&self, py: Python<'_>, id: BlockId, stream: Option<u64>) -> PyResult<u64> {
         let e = self.inner.clone();
-        let mutable = self.inner.spec(id).map_err(err)?.mutable;
-        let ptr = py
-            .allow_threads(|| match stream {
-                Some(s) => e.acquire_on_stream(id, s),
-                None => e.acquire(id),
-            })
-            .map_err(err)?;
+        py.allow_threads(move || Self::hold_on(&e, id, stream))
+            .map_err(err)
+    }
+
+    /// [`PyEngine::hold`] without the GIL: acquires `id` (for work on `stream`, if any) and
+    /// marks a mutable block dirty (the consumer may write it), releasing it if that fails.
+    fn hold_on(e: &RsEngine, id: BlockId, stream: Option<u64>) -> engine::Result<u64> {
+        let mutable = e.spec(id)?.mutable;
+        let ptr = match stream {
+            Some(s) => e.acquire_on_stream(id, s),
+            None => e.acquire(id),
+        }?;
         if mutable {
-            if let Err(x) = self.inner.mark_dirty(id) {
-                let _ = self.unhold(id, stream);
-                return Err(err(x));
+            if let Err(x) = e.mark_dirty(id) {
+                let _ = Self::unhold_on(e, id, stream);
+                return Err(x);
             }
         }
         Ok(ptr)
@@ -892,9 +904,13 @@ impl PyEngine {
 
     /// Releases a hold of [`PyEngine::hold`] taken with `stream`.
     fn unhold(&self, id: BlockId, stream: Option<u64>) -> engine::Result<()> {
+        Self::unhold_on(&self.inner, id, stream)
+    }
+
+    fn unhold_on(e: &RsEngine, id: BlockId, stream: Option<u64>) -> engine::Result<()> {
         match stream {
-            Some(s) => self.inner.unacquire_on_stream(id, s),
-            None => self.inner.unacquire(id),
+            Some(s) => e.unacquire_on_stream(id, s),
+            None => e.unacquire(id),
         }
     }
 

@@ -304,8 +304,16 @@ class OffloadHandle:
         encoder run on its own) holds its weights the same way, unrecorded."""
         slots = self._own[id(module)]
         blocks = [s.block for s in slots]
+        step_blocks = tuple(blocks)
         inner = module.forward
-        engine, place = self.engine, self._place
+        engine, place, rehome, put_back = self.engine, self._place, self._rehome, self._put_back
+        params, buffers = module._parameters, module._buffers
+        # Where each slot's device tensor goes, and whether any is a buffer (whose put-back
+        # checks for a replacement); the hit path below does no more than this per slot.
+        homes = [(params if s.is_param else buffers, s.name, s) for s in slots]
+        only_params = all(s.is_param for s in slots)
+        arena_lo, arena_hi = self._arena_ptr, self._arena_end
+        cuda = self._cuda
 
         def forward(*args, **kwargs):
             if self._removed:
@@ -314,26 +322,35 @@ class OffloadHandle:
             self._depth += 1
             self._unrecorded += outside
             try:
-                stream = self._stream()
-                step = len(self._pass) if self._order and not self._unrecorded else None
+                stream = self._stream() if cuda else None
+                recorded = not self._unrecorded
+                step = len(self._pass) if recorded and self._order else None
                 try:
                     ptrs = engine.acquire_step(step, blocks, stream)
                 except MemoryError:
                     # Its weights do not fit on the device together: its operations take them
                     # one operation at a time instead (through ``_dispatch``), as any direct use.
                     return inner(*args, **kwargs)
-                params, buffers = module._parameters, module._buffers
                 try:
-                    if not self._unrecorded:
-                        self._pass.append(tuple(blocks))
-                    for slot, ptr in zip(slots, ptrs):
+                    if recorded:
+                        self._pass.append(step_blocks)
+                    for (where, name, slot), ptr in zip(homes, ptrs):
                         if slot.view_ptr != ptr:
                             place(slot, ptr)
-                        (params if slot.is_param else buffers)[slot.name] = slot.param_view
-                    return self._rehome(inner(*args, **kwargs), slots)
+                        where[name] = slot.param_view
+                    out = inner(*args, **kwargs)
+                    if type(out) is _torch.Tensor and not (
+                        arena_lo <= out.data_ptr() < arena_hi
+                    ):
+                        return out  # the usual result: a new tensor, nothing to rehome
+                    return rehome(out, slots)
                 finally:
                     try:
-                        self._put_back(module, slots)
+                        if only_params:
+                            for where, name, slot in homes:
+                                where[name] = slot.tensor
+                        else:
+                            put_back(module, slots)
                     finally:
                         engine.release_many(blocks, stream)
             finally:
