@@ -98,7 +98,9 @@ class _Packed:
         self.shape = tuple(shape)
         self.dtype = dtype
         self.experts = experts  # [[_Slot, ...] per expert]
-        self.original = original  # the tensor remove() gives back (None: assembled from hosts)
+        # What the module held: the tensor remove() gives back, or (bound from a checkpoint
+        # that lays it out otherwise) a meta parameter, for which remove() assembles a copy.
+        self.original = original
         self.tensor = None  # the placeholder the module holds
 
 
@@ -475,18 +477,13 @@ class OffloadHandle:
     def _assemble(self, packed):
         """The whole packed parameter as a device tensor of its own, filled expert by expert
         (each expert's blocks held only while they are copied)."""
-        device = self._arena.device
-        out = _torch.empty(packed.shape, dtype=packed.dtype, device=device)
+        out = _torch.empty(packed.shape, dtype=packed.dtype, device=self._arena.device)
+        stream = self._stream()
         for e, slots in enumerate(packed.experts):
             step, blocks = self._record(slots)
-            stream = self._stream()
             views = self._hold(step, blocks, slots, stream)
             try:
-                at = 0
-                for v in views:
-                    rows = v.numel() // max(1, out[e, 0].numel())
-                    out[e, at : at + rows].copy_(v.view(rows, *packed.shape[2:]))
-                    at += rows
+                _join_into(out[e].view(-1), views)
             finally:
                 self.engine.release_many(blocks, stream)
         return out
@@ -587,7 +584,7 @@ class OffloadHandle:
                 # own, and gets a CPU copy assembled from its experts' host bytes.
                 whole = _torch.empty(p.shape, dtype=p.dtype)
                 for e, slots in enumerate(p.experts):
-                    whole[e].copy_(_torch.cat([s.host.reshape(-1) for s in slots]).view(p.shape[1:]))
+                    _join_into(whole[e].view(-1), [s.host for s in slots])
                 p.original = _torch.nn.Parameter(whole, requires_grad=False)
         for slot in self._slots + pieces:
             if slot.block not in self._freed:
@@ -622,6 +619,16 @@ def _tensors(model):
         for name, b in module.named_buffers(recurse=False):
             if b is not None:
                 yield module, name, False, b
+
+
+def _join_into(flat, parts):
+    """Copies the tensors ``parts`` one after another into the 1-D tensor ``flat`` (an expert's
+    slice from its blocks, in order)."""
+    at = 0
+    for t in parts:
+        n = t.numel()
+        flat[at : at + n].copy_(t.reshape(-1))
+        at += n
 
 
 def _packs_experts(module, param):
@@ -806,10 +813,10 @@ def _bind(model, entries, budget, device, policy, mapped, sim_h2d=None, packed=(
         handle._slots.append(slot)
     for module, name, full, t, blocks_of in pending_packed:
         sample = blocks_of[0][0][2]
-        shape = (len(blocks_of), *(t.shape[1:] if t is not None else ()))
-        if t is None:  # bound from a checkpoint: the parameter's shape is the meta one's
-            shape = tuple(module._parameters[name].shape)
-        p = _Packed(handle, module, name, full, shape, sample.dtype, [], t)
+        # t, or (bound from a checkpoint) the meta parameter the model was built with.
+        original = module._parameters[name]
+        shape = tuple(original.shape)
+        p = _Packed(handle, module, name, full, shape, sample.dtype, [], original)
         for e, pieces in enumerate(blocks_of):
             p.experts.append(
                 [_Slot(handle, module, f"{name}[{e}]", True, host, block, None)
@@ -822,7 +829,6 @@ def _bind(model, entries, budget, device, policy, mapped, sim_h2d=None, packed=(
         for slots in p.experts:
             for slot in slots:
                 slot.tensor = tensor
-        p.original = t if t is not None else module._parameters[name]
         module._parameters[name] = tensor
         handle._packed.append(p)
     # Each module with weights of its own holds them for its forward (see _wrap_forward); the
