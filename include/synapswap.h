@@ -120,6 +120,13 @@ void         synapswap_engine_destroy(ss_engine_t* engine);
 void*        synapswap_engine_malloc(ss_engine_t* engine, size_t size, int priority, ss_policy_t policy, const char* tag, uint32_t flags);
 ss_status_t  synapswap_engine_free(ss_engine_t* engine, void* ptr);
 ss_status_t  synapswap_engine_register_dependency(ss_engine_t* engine, int node_id, void* data_ptr, int next_node_id);
+/* Routed (MoE) nodes: node_id may use data_ptr with this probability per pass (k / n of its
+ * candidates). A candidate loads when waited for, or ahead once hint_choice names it. */
+ss_status_t  synapswap_engine_register_candidate(ss_engine_t* engine, int node_id, void* data_ptr, double probability);
+/* The router's output (probability 1) or a guess (< 1) for node_id's coming occurrence (the node
+ * being run, else its next one): these candidates load ahead in deadline order; the hint lapses
+ * once that occurrence is past. count 0 withdraws it. */
+ss_status_t  synapswap_engine_hint_choice(ss_engine_t* engine, int node_id, void* const* data_ptrs, const double* probabilities, size_t count);
 /* SS_ERR_NOT_FOUND for a node no dependency named. */
 ss_status_t  synapswap_engine_hint(ss_engine_t* engine, int node_id);
 ss_status_t  synapswap_engine_wait_for_data(ss_engine_t* engine, void* ptr);

@@ -12,7 +12,9 @@ model's `generate()` of TOKENS new tokens (greedy, a 16-token prompt) and then t
 one's, after one untimed warm-up of each (the first forward records the order it declares);
 medians over the rounds. The bound is the larger of the plain time and the bytes the engine
 copied during the timed `generate()` (its `bytes_h2d`) over the sim link's rate: the offloaded
-model cannot be faster than either. Prints a Markdown table; BENCHMARKS.md quotes it. Also checks
+model cannot be faster than either. Also reports the keep plan the engine settled on (kept MiB:
+the blocks it holds for good; the rest streams through what is left). Prints a Markdown table; BENCHMARKS.md
+quotes it. Also checks
 that both models give the same tokens. Nothing here is a timed test."""
 
 import argparse
@@ -66,8 +68,8 @@ def main():
           f"{a.rounds} rounds.")
     print()
     print("| sim link | plain s | synapswap s | of plain | MiB copied | copy time at the link's "
-          "rate s | bound s | of bound | stall s | same tokens |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "rate s | bound s | of bound | stall s | kept MiB | same tokens |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for link in a.links.split(","):
         model = copy.deepcopy(plain)
         handle = offload(model, vram_budget=size // 2, device="cpu", sim_h2d=link)
@@ -84,6 +86,7 @@ def main():
             ss.append(t)
             copied.append(after["bytes_h2d"] - before["bytes_h2d"])
             stalls.append(after["stall_s"] - before["stall_s"])
+            kept = after["kept_bytes"]
             same &= torch.equal(want, got)
         handle.remove()
         p, s, c = statistics.median(ps), statistics.median(ss), statistics.median(copied)
@@ -91,7 +94,7 @@ def main():
         bound = max(p, copy_s) if rate else p
         print(f"| {link} | {p:.3f} | {s:.3f} | {s / p:.2f}x | {c / 2**20:.1f} | {copy_s:.3f} | "
               f"{bound:.3f} | {s / bound:.2f}x | {statistics.median(stalls):.3f} | "
-              f"{'yes' if same else 'NO'} |")
+              f"{kept / 2**20:.1f} | {'yes' if same else 'NO'} |")
 
 
 if __name__ == "__main__":

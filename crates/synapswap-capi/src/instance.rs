@@ -57,6 +57,7 @@ pub fn status_of(e: &Error) -> i32 {
         Error::ZeroSize
         | Error::InvalidPriority(_)
         | Error::InvalidProbability(_)
+        | Error::NotACandidate { .. }
         | Error::OutOfBounds { .. }
         | Error::OutsideBuffer { .. }
         | Error::BlockInUse(_)
@@ -74,6 +75,8 @@ pub fn status_of(e: &Error) -> i32 {
 #[derive(Debug, Default)]
 struct Graph {
     uses: BTreeMap<i32, Vec<BlockId>>,
+    /// Routed candidates: node -> (block, probability of use per pass).
+    candidates: BTreeMap<i32, Vec<(BlockId, f64)>>,
     next: BTreeMap<i32, BTreeSet<i32>>,
     /// node -> step, valid when not `dirty`.
     steps: HashMap<i32, u64>,
@@ -87,6 +90,7 @@ impl Graph {
         let nodes: BTreeSet<i32> = self
             .uses
             .keys()
+            .chain(self.candidates.keys())
             .chain(self.next.keys())
             .chain(self.next.values().flatten())
             .copied()
@@ -285,7 +289,45 @@ impl Instance {
         for uses in st.graph.uses.values_mut() {
             uses.retain(|&b| b != id);
         }
+        for cands in st.graph.candidates.values_mut() {
+            cands.retain(|&(b, _)| b != id);
+        }
         st.graph.dirty = true;
+        Ok(())
+    }
+
+    /// Node `node` may use the block at `ptr`, with `probability` per pass (a routed expert).
+    pub fn register_candidate(&self, node: i32, ptr: usize, probability: f64) -> Res<()> {
+        if !(probability > 0.0 && probability <= 1.0) {
+            return Err(Error::InvalidProbability(probability).into());
+        }
+        let mut st = self.lock()?;
+        let id = Self::block_of(&st, ptr)?;
+        let cands = st.graph.candidates.entry(node).or_default();
+        match cands.iter_mut().find(|(b, _)| *b == id) {
+            Some((_, p)) => *p = probability,
+            None => cands.push((id, probability)),
+        }
+        st.graph.dirty = true;
+        Ok(())
+    }
+
+    /// The router's choice (or a guess) for `node`'s coming occurrence: `Engine::hint_choice`.
+    pub fn hint_choice(&self, node: i32, choices: &[(usize, f64)]) -> Res<()> {
+        let mut st = self.lock()?;
+        self.sync_schedule(&mut st)?;
+        let Some(&step) = st.graph.steps.get(&node) else {
+            return fail(
+                ERR_NOT_FOUND,
+                format!("node {node} was never named in a dependency or candidate"),
+            );
+        };
+        let mut ids = Vec::with_capacity(choices.len());
+        for &(ptr, p) in choices {
+            ids.push((Self::block_of(&st, ptr)?, p));
+        }
+        drop(st);
+        self.engine.hint_choice(step, &ids)?;
         Ok(())
     }
 
@@ -315,6 +357,11 @@ impl Instance {
             st.graph.steps.insert(*node, step as u64);
             for &b in st.graph.uses.get(node).into_iter().flatten() {
                 self.engine.declare(step as u64, b)?;
+            }
+            for &(b, p) in st.graph.candidates.get(node).into_iter().flatten() {
+                if !st.graph.uses.get(node).is_some_and(|u| u.contains(&b)) {
+                    self.engine.declare_candidate(step as u64, b, p)?;
+                }
             }
         }
         st.graph.dirty = false;

@@ -582,6 +582,65 @@ pub extern "C" fn synapswap_engine_register_dependency(
     })
 }
 
+/// Node `node_id` may use the block at `data_ptr`, with `probability` per pass (a routed
+/// expert: `k / n` of its candidates). A candidate is not loaded ahead on that alone (loading
+/// every one would move `n / k` times the bytes used): it loads when waited for, or ahead once
+/// `synapswap_engine_hint_choice` names it. `probability` lies in (0, 1]; registering the same
+/// pair again updates it.
+#[no_mangle]
+pub extern "C" fn synapswap_engine_register_candidate(
+    engine: *mut ss_engine_t,
+    node_id: c_int,
+    data_ptr: *mut c_void,
+    probability: f64,
+) -> ss_status_t {
+    on_engine(engine, |i| {
+        i.register_candidate(node_id, data_ptr as usize, probability)
+    })
+}
+
+/// A routed node's choice before it runs: the `count` blocks at `data_ptrs` (each a candidate
+/// registered for `node_id`) will be used at the node's coming occurrence (the node being run,
+/// else its next one), `probabilities[i]` each: 1 for a router's output, less for a guess. They
+/// are loaded ahead in deadline order; a wrong guess costs at most its own copy. The hint lapses
+/// once that occurrence is past; a new one for the node replaces it; `count` 0 withdraws it.
+/// `SS_ERR_NOT_FOUND` for an unknown node, `SS_ERR_INVALID_PTR` for an unknown block or NULL
+/// arrays with `count` > 0, `SS_ERR_UNKNOWN` for a block that is not a candidate of the node or
+/// a probability outside (0, 1]; nothing changes then.
+///
+/// # Safety
+/// With `count` > 0, `data_ptrs` and `probabilities` point to `count` readable elements each.
+#[no_mangle]
+pub unsafe extern "C" fn synapswap_engine_hint_choice(
+    engine: *mut ss_engine_t,
+    node_id: c_int,
+    data_ptrs: *const *mut c_void,
+    probabilities: *const f64,
+    count: usize,
+) -> ss_status_t {
+    on_engine(engine, |i| {
+        if count > 0 && (data_ptrs.is_null() || probabilities.is_null()) {
+            return fail(SS_ERR_INVALID_PTR, "NULL data_ptrs or probabilities");
+        }
+        let choices: Vec<(usize, f64)> = if count == 0 {
+            Vec::new()
+        } else {
+            // SAFETY: non-null, and `count` readable elements each by the caller's contract.
+            let (ptrs, probs) = unsafe {
+                (
+                    std::slice::from_raw_parts(data_ptrs, count),
+                    std::slice::from_raw_parts(probabilities, count),
+                )
+            };
+            ptrs.iter()
+                .zip(probs)
+                .map(|(&p, &q)| (p as usize, q))
+                .collect()
+        };
+        i.hint_choice(node_id, &choices)
+    })
+}
+
 /// `synapswap_precompute_hint` on `engine`; `SS_ERR_NOT_FOUND` for an unknown node.
 #[no_mangle]
 pub extern "C" fn synapswap_engine_hint(engine: *mut ss_engine_t, node_id: c_int) -> ss_status_t {

@@ -110,3 +110,69 @@ fn status_codes_follow_the_error_variant_not_its_message() {
     assert_eq!(code(unavailable), SS_ERR_CUDA);
     assert_eq!(code(Error::ShutDown), SS_ERR_INITIALIZATION);
 }
+
+#[test]
+fn routed_nodes_take_candidates_and_choice_hints() {
+    let e = synapswap_engine_create(4 << 20, SS_BACKEND_SIM, false);
+    assert!(!e.is_null());
+    // SAFETY: a valid engine handle, NULL tags.
+    let alloc = || unsafe {
+        let p = synapswap_engine_malloc(e, 1 << 20, 5, SS_POLICY_AUTO, std::ptr::null(), 0);
+        assert!(!p.is_null());
+        p
+    };
+    let dense = alloc();
+    let experts: Vec<*mut c_void> = (0..4).map(|_| alloc()).collect();
+    assert_eq!(
+        synapswap_engine_register_dependency(e, 0, dense, 1),
+        SS_SUCCESS
+    );
+    for &x in &experts {
+        assert_eq!(
+            synapswap_engine_register_candidate(e, 1, x, 0.25),
+            SS_SUCCESS
+        );
+    }
+    assert_eq!(
+        synapswap_engine_register_candidate(e, 1, experts[0], 1.5),
+        SS_ERR_UNKNOWN
+    );
+    assert!(last_error().contains("probability"), "{}", last_error());
+    assert_eq!(synapswap_engine_hint(e, 0), SS_SUCCESS);
+    let probs = [1.0f64];
+    // SAFETY: one readable element in each array.
+    let hint = |node: c_int, p: *mut c_void| unsafe {
+        synapswap_engine_hint_choice(e, node, &p, probs.as_ptr(), 1)
+    };
+    assert_eq!(hint(1, experts[2]), SS_SUCCESS);
+    // The hinted expert loads before node 1 runs; wait until it is on the device.
+    let mut s = ss_stats_t::default();
+    for _ in 0..1000 {
+        // SAFETY: a valid out pointer.
+        unsafe { synapswap_engine_get_stats(e, &mut s) };
+        // The dense block of node 0, and the hinted expert.
+        if s.total_transfers >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(
+        s.total_transfers, 2,
+        "the hinted candidate was not loaded ahead"
+    );
+    // Refused: an unknown node, a block that is not a candidate there, NULL arrays.
+    assert_eq!(hint(7, experts[2]), SS_ERR_NOT_FOUND);
+    assert_eq!(hint(1, dense), SS_ERR_UNKNOWN);
+    assert!(
+        last_error().contains("not declared at step"),
+        "{}",
+        last_error()
+    );
+    // SAFETY: NULL arrays with a count are refused before they are read.
+    let r = unsafe { synapswap_engine_hint_choice(e, 1, std::ptr::null(), std::ptr::null(), 1) };
+    assert_eq!(r, SS_ERR_INVALID_PTR);
+    // SAFETY: count 0 reads nothing.
+    let r = unsafe { synapswap_engine_hint_choice(e, 1, std::ptr::null(), std::ptr::null(), 0) };
+    assert_eq!(r, SS_SUCCESS);
+    synapswap_engine_destroy(e);
+}

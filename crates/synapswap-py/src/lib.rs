@@ -33,6 +33,7 @@ fn err(e: Error) -> PyErr {
         | Error::ZeroSize
         | Error::InvalidPriority(_)
         | Error::InvalidProbability(_)
+        | Error::NotACandidate { .. }
         | Error::InvalidBudget(_)
         | Error::OutOfBounds { .. }
         | Error::OutsideBuffer { .. }
@@ -721,6 +722,20 @@ impl PyEngine {
     /// Execution is at `step`.
     fn hint(&self, step: u64) -> PyResult<()> {
         self.inner.hint(step).map_err(err)
+    }
+
+    /// A routed step's choice before it runs: `choices` is a list of `(block, probability)`
+    /// pairs, each a candidate declared at `step`, for the step's coming occurrence (the step
+    /// being run, else its next one): probability 1 for a router's output, less for a guess.
+    /// They load ahead in deadline order; the hint lapses once that occurrence is past; an empty
+    /// list withdraws it. ValueError for an undeclared step or block, or a probability outside
+    /// (0, 1].
+    fn hint_choice(&self, step: u64, choices: Vec<(u64, f64)>) -> PyResult<()> {
+        let ids: Vec<(BlockId, f64)> = choices
+            .into_iter()
+            .map(|(b, p)| (block_arg(b), p))
+            .collect();
+        self.inner.hint_choice(step, &ids).map_err(err)
     }
 
     /// Waits until the block is on the device; returns a view that holds it there.

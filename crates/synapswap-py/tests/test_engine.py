@@ -1,5 +1,6 @@
 """synapswap.Engine from Python: sizes, blocks, DLPack views, schedule, statistics, errors."""
 
+import time
 import numpy as np
 import pytest
 
@@ -187,3 +188,28 @@ def test_the_sim_link_is_paced_as_asked():
         synapswap.Engine("1MiB", backend="sim", sim_h2d=[1])
     with pytest.raises(ValueError, match="sim"):
         synapswap.Engine("1MiB", backend="cuda", sim_h2d="max")
+
+
+def test_a_choice_hint_loads_a_routed_candidate_ahead():
+    e = synapswap.Engine("4MiB", backend="sim")
+    dense = e.alloc("1MiB")
+    experts = [e.alloc("1MiB") for _ in range(4)]
+    e.declare(0, dense)
+    for x in experts:
+        e.declare(1, x, 0.25)
+    e.hint(0)
+    e.hint_choice(1, [(experts[2], 1.0)])
+    # Only the hinted candidate loads ahead (beside step 0's own block).
+    for _ in range(1000):
+        if e.residency(experts[2]) == "resident":
+            break
+        time.sleep(0.001)
+    assert e.residency(experts[2]) == "resident"
+    assert [e.residency(x) for x in (experts[0], experts[1], experts[3])] == ["host"] * 3
+    with pytest.raises(ValueError, match="not declared at step"):
+        e.hint_choice(1, [(dense, 1.0)])
+    with pytest.raises(ValueError, match="not declared"):
+        e.hint_choice(9, [(experts[0], 1.0)])
+    with pytest.raises(ValueError, match="probability"):
+        e.hint_choice(1, [(experts[0], 0.0)])
+    e.hint_choice(1, [])

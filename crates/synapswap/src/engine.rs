@@ -992,6 +992,20 @@ impl Engine {
         self.lock_live()?.planner.declare_p(step, id, probability)
     }
 
+    /// A routed step's choice, before the step runs: these of `step`'s declared candidates will
+    /// be used at its coming occurrence (the step being run, if it is `step`, else the next one
+    /// ahead), each with a probability: 1 for a router's output, less for a guess (a predictor's
+    /// accuracy). They are loaded ahead in deadline order like certain uses; a wrong guess costs
+    /// at most its own copy. The hint lapses once that occurrence is past; a new hint for the
+    /// same step replaces it, an empty one withdraws it. Errors: a step that is not declared, a
+    /// block not declared at it ([`Error::NotACandidate`]), a probability outside (0, 1].
+    pub fn hint_choice(&self, step: u64, choices: &[(BlockId, f64)]) -> Result<()> {
+        let mut st = self.lock_live()?;
+        st.planner.hint_choice(step, choices)?;
+        st.apply_commands(&self.shared);
+        Ok(())
+    }
+
     /// Forgets the declared schedule (to declare a new one).
     pub fn clear_schedule(&self) -> Result<()> {
         self.lock_live()?.planner.clear_schedule();

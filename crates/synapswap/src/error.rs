@@ -35,6 +35,13 @@ pub enum Error {
     /// A declared use's probability must lie in (0, 1].
     #[error("probability {0} is out of range (0, 1]")]
     InvalidProbability(f64),
+    /// `hint_choice` names a step that is not declared (`block: None`), or a block that is not
+    /// declared at that step.
+    #[error("{}", match block {
+        Some(b) => format!("block {b} is not declared at step {step}: a choice hint names the step's declared candidates"),
+        None => format!("step {step} is not declared: a choice hint names a declared step"),
+    })]
+    NotACandidate { step: u64, block: Option<BlockId> },
     /// The device budget must be at least one allocation granule.
     #[error("device budget of {0} bytes is too small (minimum {min} bytes)", min = crate::pool::GRANULE)]
     InvalidBudget(u64),

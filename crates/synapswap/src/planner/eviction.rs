@@ -62,9 +62,14 @@ impl Planner {
             return lru();
         }
         let used_this_step = self.hinted && b.last_use_epoch == self.epoch;
-        self.schedule
+        let declared = self
+            .schedule
             .expected_next_use(index, self.pos, used_this_step)
-            .unwrap_or_else(lru)
+            .unwrap_or_else(lru);
+        match self.hinted_distance(index) {
+            Some(d) => declared.min(d),
+            None => declared,
+        }
     }
 
     /// Whether the block can be evicted at all right now, and its keep-key if so.

@@ -32,6 +32,8 @@
 //!   lookahead horizon (a time: widened by a wait the idle link could have hidden, narrowed by a
 //!   prefetch evicted unused); a prefetch never evicts a block needed no later than itself, and
 //!   the walk stops at the first block it cannot admit.
+//! - **Routing hints** (`choice.rs`): a router's output or a guess for a routed step's coming
+//!   occurrence: its candidates load ahead like certain uses, and rank for eviction by it.
 //! - **Uses and completions** (`uses.rs`): acquire, waits, the end of a hint's protection, and the
 //!   driver's reports of finished copies (which feed the bandwidth estimate).
 //! - **The counters** (`counters.rs`): what [`Planner::stats`] reports.
@@ -80,6 +82,7 @@ use prefetch::{MAX_LOOKAHEAD_S, MIN_LOOKAHEAD_S, SATURATED_DECAY};
 use schedule::{Schedule, EMA_ALPHA};
 
 mod blocks;
+mod choice;
 mod counters;
 mod eviction;
 mod keep_plan;
@@ -221,6 +224,8 @@ pub struct Planner {
     kept_bytes: u64,
     /// The last plan made (the previous plan of the next replan).
     keep_plan: Option<KeepPlan>,
+    /// Routing hints in force (`choice.rs`).
+    choices: Vec<choice::ChoiceHint>,
     n: Counters,
 }
 
@@ -277,6 +282,7 @@ impl Planner {
             kept_blocks: 0,
             kept_bytes: 0,
             keep_plan: None,
+            choices: Vec::new(),
             n: Counters::default(),
         })
     }
@@ -375,6 +381,7 @@ impl Planner {
             // The walk's done range starts at the new position; a step hinted again is looked at
             // afresh (the uses it skipped as "used this step" belong to the old epoch).
             let moved = (self.pos + len - old) % len;
+            self.lapse_choices(old, moved, len);
             self.scan = if moved == 0 {
                 0
             } else {
@@ -460,6 +467,8 @@ impl Planner {
     }
 }
 
+#[cfg(test)]
+mod choice_tests;
 #[cfg(test)]
 mod incremental_tests;
 #[cfg(test)]

@@ -311,7 +311,7 @@ impl Planner {
             return 0;
         }
         (j..self.schedule.uses[p].len())
-            .filter(|&k| self.schedule.is_certain(p, k))
+            .filter(|&k| self.loads_ahead(p, k))
             .map(|k| self.schedule.uses[p][k])
             .filter(|&i| {
                 self.b(i).state == State::Host

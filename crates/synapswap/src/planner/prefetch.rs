@@ -51,7 +51,7 @@ impl Planner {
             let p = (self.pos + k) % len;
             for (j, &i) in self.schedule.uses[p].iter().enumerate() {
                 let b = self.b(i);
-                if self.schedule.is_certain(p, j)
+                if self.loads_ahead(p, j)
                     && b.state == State::Host
                     && b.error.is_none()
                     && !f(i, b.spec.size)
@@ -106,7 +106,7 @@ impl Planner {
             for j in 0..self.schedule.uses[p].len() {
                 let i = self.schedule.uses[p][j];
                 let b = self.b(i);
-                if !self.schedule.is_certain(p, j)
+                if !self.loads_ahead(p, j)
                     || b.state != State::Host
                     || b.spec.policy == Policy::Lru
                     || b.error.is_some()

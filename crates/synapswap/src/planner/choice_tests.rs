@@ -1,0 +1,165 @@
+//! Routing hints (`choice.rs`): hinted candidates load ahead, lapse after their occurrence, and
+//! bad hints change nothing.
+
+use super::tests::{complete_all, use_block};
+use super::*;
+
+const KIB: u64 = 1 << 10;
+
+/// Step 0 uses a dense block, step 1 two of eight experts (declared `2 / 8` each), step 2 another
+/// dense block. Room for the dense blocks and three experts.
+fn routed() -> (Planner, [BlockId; 2], Vec<BlockId>) {
+    let mut p = Planner::new(PlannerConfig::new(64 * KIB * 5)).unwrap();
+    let dense = [
+        p.add_block(BlockSpec::new(64 * KIB)).unwrap(),
+        p.add_block(BlockSpec::new(64 * KIB)).unwrap(),
+    ];
+    let experts: Vec<BlockId> = (0..8)
+        .map(|_| p.add_block(BlockSpec::new(64 * KIB)).unwrap())
+        .collect();
+    p.declare(0, dense[0]).unwrap();
+    for &e in &experts {
+        p.declare_p(1, e, 0.25).unwrap();
+    }
+    p.declare(2, dense[1]).unwrap();
+    (p, dense, experts)
+}
+
+/// The blocks the planner asks to load now.
+fn loads(p: &mut Planner) -> Vec<BlockId> {
+    let mut out = Vec::new();
+    while let Some(c) = p.poll_command() {
+        if let Command::Load { block, .. } = c {
+            out.push(block);
+            p.transfer_done(block, true, "", 0.001);
+        }
+    }
+    out
+}
+
+/// One pass using experts `used` at step 1.
+fn pass(p: &mut Planner, dense: [BlockId; 2], used: &[BlockId]) {
+    p.hint(0, 0.0);
+    use_block(p, dense[0]);
+    p.hint(1, 0.0);
+    for &e in used {
+        use_block(p, e);
+    }
+    p.hint(2, 0.0);
+    use_block(p, dense[1]);
+    complete_all(p);
+}
+
+#[test]
+fn a_hinted_candidate_loads_ahead_and_an_unhinted_one_does_not() {
+    let (mut p, dense, e) = routed();
+    pass(&mut p, dense, &[e[0], e[1]]);
+    pass(&mut p, dense, &[e[2], e[3]]);
+    // At step 0, experts 6 and 7 (never used) are on the host; nothing loads them ahead.
+    p.hint(0, 0.0);
+    let ahead = loads(&mut p);
+    assert!(
+        !ahead.contains(&e[6]) && !ahead.contains(&e[7]),
+        "{ahead:?}"
+    );
+    // The router's output for step 1: both load now, before step 1 is hinted.
+    p.hint_choice(1, &[(e[6], 1.0), (e[7], 1.0)]).unwrap();
+    let ahead = loads(&mut p);
+    assert!(ahead.contains(&e[6]) && ahead.contains(&e[7]), "{ahead:?}");
+    use_block(&mut p, dense[0]);
+    p.hint(1, 0.0);
+    assert!(matches!(p.acquire(e[6]).unwrap(), Acquire::Ready(_)));
+    p.unhold(e[6]);
+    assert!(matches!(p.acquire(e[7]).unwrap(), Acquire::Ready(_)));
+    p.unhold(e[7]);
+    complete_all(&mut p);
+}
+
+#[test]
+fn a_hint_for_the_running_step_loads_its_choice_at_once() {
+    let (mut p, dense, e) = routed();
+    pass(&mut p, dense, &[e[0], e[1]]);
+    p.hint(0, 0.0);
+    use_block(&mut p, dense[0]);
+    p.hint(1, 0.0);
+    loads(&mut p);
+    // Known only at its own step (a router just ran): the hint is for this occurrence.
+    p.hint_choice(1, &[(e[5], 1.0)]).unwrap();
+    assert_eq!(loads(&mut p), vec![e[5]]);
+}
+
+#[test]
+fn a_hint_lapses_once_its_occurrence_is_past() {
+    let (mut p, dense, e) = routed();
+    pass(&mut p, dense, &[e[0], e[1]]);
+    p.hint(0, 0.0);
+    // A guess, then the step runs with other experts.
+    p.hint_choice(1, &[(e[6], 0.8)]).unwrap();
+    assert_eq!(loads(&mut p), vec![e[6]]);
+    assert_eq!(p.choices.len(), 1);
+    use_block(&mut p, dense[0]);
+    p.hint(1, 0.0);
+    use_block(&mut p, e[2]);
+    p.hint(2, 0.0);
+    assert!(p.choices.is_empty(), "{:?}", p.choices);
+    use_block(&mut p, dense[1]);
+    complete_all(&mut p);
+    // A wrong guess cost its own copy and nothing else: the next pass loads no expert ahead.
+    p.hint(0, 0.0);
+    let ahead = loads(&mut p);
+    assert!(ahead.iter().all(|b| !e.contains(b)), "{ahead:?}");
+    // The same step hinted again (a one-step cycle's next pass) ends the hint for it too.
+    p.hint_choice(0, &[(dense[0], 1.0)]).unwrap();
+    p.hint(0, 0.0);
+    assert!(p.choices.is_empty());
+}
+
+#[test]
+fn bad_hints_are_errors_and_change_nothing() {
+    let (mut p, dense, e) = routed();
+    pass(&mut p, dense, &[e[0], e[1]]);
+    p.hint(0, 0.0);
+    complete_all(&mut p);
+    assert_eq!(
+        p.hint_choice(7, &[(e[0], 1.0)]),
+        Err(Error::NotACandidate {
+            step: 7,
+            block: None
+        })
+    );
+    assert_eq!(
+        p.hint_choice(1, &[(e[6], 1.0), (dense[1], 1.0)]),
+        Err(Error::NotACandidate {
+            step: 1,
+            block: Some(dense[1])
+        })
+    );
+    for bad in [0.0, -1.0, 1.5, f64::NAN] {
+        assert!(matches!(
+            p.hint_choice(1, &[(e[6], bad)]),
+            Err(Error::InvalidProbability(_))
+        ));
+    }
+    assert!(p.choices.is_empty());
+    assert!(
+        p.poll_command().is_none(),
+        "nothing loads after a refused hint"
+    );
+    // An empty hint withdraws one.
+    p.hint_choice(1, &[(e[6], 0.5)]).unwrap();
+    loads(&mut p);
+    p.hint_choice(1, &[]).unwrap();
+    assert!(p.choices.is_empty());
+}
+
+#[test]
+fn a_hinted_block_ranks_as_needed_at_its_step() {
+    let (mut p, dense, e) = routed();
+    pass(&mut p, dense, &[e[0], e[1]]);
+    p.hint(0, 0.0);
+    complete_all(&mut p);
+    let before = p.distance(e[0].index);
+    p.hint_choice(1, &[(e[0], 1.0)]).unwrap();
+    assert_eq!(p.distance(e[0].index), 1);
+    assert!(before > 1, "declared 1/4 per pass: {before}");
+}
