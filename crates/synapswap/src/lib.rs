@@ -38,6 +38,7 @@ pub mod pool;
 pub mod probe;
 pub(crate) mod ram_tier;
 mod rate;
+pub mod routing;
 pub mod run;
 pub mod simulate;
 pub mod size;

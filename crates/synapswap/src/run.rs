@@ -503,6 +503,9 @@ fn run_inner(
         }
     }
     let mut blocks = Vec::new();
+    let mut draws = crate::routing::Draws::new(resolved);
+    let mut reveals = Vec::new();
+    let mut told = Vec::new();
 
     let total = cfg.warmup_tokens + cfg.tokens;
     let mut integrity = Integrity::default();
@@ -520,8 +523,15 @@ fn run_inner(
             ram_at_timed = engine.ram_tier();
         }
         for s in 0..resolved.steps.len() {
-            resolved.realize(token, s, &mut blocks);
+            draws.blocks(token, s, &mut blocks);
             engine.hint(s as u64)?;
+            // What the router (or a predictor) has said by now (`routing.rs`).
+            draws.reveals(token, s, &mut reveals);
+            for r in &reveals {
+                told.clear();
+                told.extend(r.blocks.iter().map(|&(b, p)| (ids[b], p)));
+                engine.hint_choice(r.step as u64, &told)?;
+            }
             // A sampled check of a model's block reads its expected bytes from the file now,
             // before the wait, not while the block is held: a read queued on the disk behind the
             // RAM tier's own would hold the block, and the copies waiting for its room, for its

@@ -29,6 +29,7 @@ use std::str::FromStr;
 use crate::backend::sim::DEFAULT_SIM_H2D;
 use crate::backend::{Direction, Ticket};
 use crate::planner::{Acquire, Planner, PlannerConfig};
+use crate::routing::Draws;
 use crate::run::{bound_tokens_per_s, min_bytes_h2d, Integrity, Progress, RunReport};
 use crate::trace::{Trace, Track};
 use crate::transfer::{copy_loop, queue_commands, report, Chunk, CopyLoop, Pick, TransferQueue};
@@ -248,9 +249,10 @@ impl Ctx<'_> {
         let steps = self.resolved.steps.len();
         let mut out = Vec::with_capacity(self.total() as usize * steps);
         let mut buf = Vec::new();
+        let mut draws = Draws::new(self.resolved);
         for token in 0..self.total() {
             for s in 0..steps {
-                self.resolved.realize(token, s, &mut buf);
+                draws.blocks(token, s, &mut buf);
                 out.push(buf.clone());
             }
         }
@@ -561,15 +563,26 @@ fn engine_policy(ctx: &mut Ctx<'_>, planned: bool) -> Result<Measured> {
     let mut t_timed = 0.0;
     let mut at_timed = Stats::default();
     let mut blocks = Vec::new();
+    let mut draws = Draws::new(ctx.resolved);
+    let (mut reveals, mut told) = (Vec::new(), Vec::new());
     for token in 0..ctx.total() {
         if token == cfg.warmup_tokens {
             t_timed = now;
             at_timed = rt.planner.stats();
         }
         for s in 0..ctx.resolved.steps.len() {
-            ctx.resolved.realize(token, s, &mut blocks);
+            draws.blocks(token, s, &mut blocks);
             rt.advance_to(now);
             rt.planner.hint(s as u64, now);
+            if planned {
+                // What the router (or a predictor) has said by now, as `synapswap run` tells it.
+                draws.reveals(token, s, &mut reveals);
+                for r in &reveals {
+                    told.clear();
+                    told.extend(r.blocks.iter().map(|&(b, p)| (ids[b], p)));
+                    rt.planner.hint_choice(r.step as u64, &told)?;
+                }
+            }
             rt.apply(now);
             let wait_start = now;
             for &b in &blocks {
@@ -780,13 +793,14 @@ fn stream_sync(ctx: &mut Ctx<'_>) -> Result<Measured> {
     let mut t_timed = 0.0;
     let mut at_timed = Stats::default();
     let mut blocks = Vec::new();
+    let mut draws = Draws::new(ctx.resolved);
     for token in 0..ctx.total() {
         if token == cfg.warmup_tokens {
             t_timed = now;
             at_timed = tally.stats.clone();
         }
         for s in 0..ctx.resolved.steps.len() {
-            ctx.resolved.realize(token, s, &mut blocks);
+            draws.blocks(token, s, &mut blocks);
             let wait_start = now;
             // Pre-forward hook: copy what is not on the device, synchronously.
             for &b in &blocks {

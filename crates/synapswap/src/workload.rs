@@ -31,8 +31,9 @@ fn default_priority() -> u8 {
 }
 
 /// Data-dependent use (mixture-of-experts routing): each pass the step uses `k` candidates drawn
-/// from `from` (seeded, uniform, without replacement). The engine is only told the candidates'
-/// blocks, each with probability `k / from.len()`.
+/// from `from` (seeded, without replacement; how, in `routing.rs`). The engine is declared the
+/// candidates' blocks, each with probability `k / from.len()`, and is told the draw itself
+/// `known_ahead` steps before the step (a router's output at the step, or a guess earlier).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Choose {
@@ -41,6 +42,37 @@ pub struct Choose {
     /// The candidates: in JSON each is a block name, or a list of the names of blocks that are
     /// drawn together (an expert's gate, up and down projections: `["e0.w1", "e0.w2", "e0.w3"]`).
     pub from: Vec<Expert>,
+    /// One weight per candidate (non-negative, at least `k` positive): the draw picks a
+    /// candidate in proportion to its weight. Uniform when absent. The engine is not told it: it
+    /// learns the skew from what is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub popularity: Option<Vec<f64>>,
+    /// The probability (0..=1) that each of the `k` draws repeats one of this step's choices in
+    /// the previous pass instead (consecutive tokens reuse experts). 0 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<f64>,
+    /// How many steps before its own step the draw is revealed to the engine (`hint_choice`),
+    /// less than the number of steps: 0 (the default) is a router's output at the step itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_ahead: Option<u32>,
+    /// The probability (0..=1) that each revealed expert is right; a wrong one reveals another
+    /// candidate instead, with this probability as its confidence. 1 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+}
+
+impl Choose {
+    /// `k` of `from`, uniform, independent from pass to pass, revealed at the step itself.
+    pub fn new(k: u32, from: Vec<Expert>) -> Choose {
+        Choose {
+            k,
+            from,
+            popularity: None,
+            repeat: None,
+            known_ahead: None,
+            accuracy: None,
+        }
+    }
 }
 
 /// One candidate of a [`Choose`]: a block, or blocks used together.
@@ -89,6 +121,14 @@ pub struct Routing {
     pub k: usize,
     /// The candidates, each the blocks drawn together.
     pub experts: Vec<Vec<usize>>,
+    /// Draw weight per candidate; `None`: uniform.
+    pub popularity: Option<Vec<f64>>,
+    /// Probability that a draw repeats one of the previous pass's choices.
+    pub repeat: f64,
+    /// Steps before its own step that the draw is revealed.
+    pub known_ahead: usize,
+    /// Probability that each revealed expert is right.
+    pub accuracy: f64,
 }
 
 impl Routing {
@@ -191,31 +231,6 @@ impl Resolved {
         out
     }
 
-    /// The blocks `step` really uses in `pass`: its fixed uses, then its draw (deterministic in
-    /// the seed, the pass and the step).
-    pub fn realize(&self, pass: u64, step: usize, out: &mut Vec<usize>) {
-        out.clear();
-        let st = &self.steps[step];
-        out.extend_from_slice(&st.uses);
-        if let Some(r) = &st.choose {
-            let mut pool: Vec<usize> = (0..r.experts.len()).collect();
-            let mut state = crate::pattern::seed(
-                self.seed ^ crate::pattern::seed(pass.wrapping_mul(0x1_0000_0001) ^ step as u64),
-            );
-            // Partial Fisher-Yates: the first k of a uniform permutation.
-            for i in 0..r.k.min(pool.len()) {
-                state = crate::pattern::seed(state);
-                let j = i + (state % (pool.len() - i) as u64) as usize;
-                pool.swap(i, j);
-                for &b in &r.experts[pool[i]] {
-                    if !out.contains(&b) {
-                        out.push(b);
-                    }
-                }
-            }
-        }
-    }
-
     /// Whether any step depends on data.
     pub fn is_routed(&self) -> bool {
         self.steps.iter().any(|s| s.choose.is_some())
@@ -310,9 +325,53 @@ impl Workload {
                             experts.len()
                         ));
                     }
+                    let unit = |v: Option<f64>, what: &str, default: f64| match v {
+                        None => Ok(default),
+                        Some(x) if (0.0..=1.0).contains(&x) => Ok(x),
+                        Some(x) => Err(Error::Workload(format!(
+                            "step {s}: choose.{what} is {x} but must lie in 0..=1"
+                        ))),
+                    };
+                    let repeat = unit(c.repeat, "repeat", 0.0)?;
+                    let accuracy = unit(c.accuracy, "accuracy", 1.0)?;
+                    let known_ahead = c.known_ahead.unwrap_or(0) as usize;
+                    if known_ahead >= self.steps.len() {
+                        return bad(format!(
+                            "step {s}: choose.known_ahead is {known_ahead} but must be below the \
+                             number of steps ({})",
+                            self.steps.len()
+                        ));
+                    }
+                    if let Some(w) = &c.popularity {
+                        if w.len() != experts.len() {
+                            return bad(format!(
+                                "step {s}: choose.popularity has {} weights for {} candidates",
+                                w.len(),
+                                experts.len()
+                            ));
+                        }
+                        if let Some(x) = w.iter().find(|x| !(x.is_finite() && **x >= 0.0)) {
+                            return bad(format!(
+                                "step {s}: choose.popularity has the weight {x}: weights are \
+                                 finite and non-negative"
+                            ));
+                        }
+                        let positive = w.iter().filter(|x| **x > 0.0).count();
+                        if positive < c.k as usize {
+                            return bad(format!(
+                                "step {s}: choose.popularity gives {positive} candidates a \
+                                 positive weight, fewer than k ({})",
+                                c.k
+                            ));
+                        }
+                    }
                     Some(Routing {
                         k: c.k as usize,
                         experts,
+                        popularity: c.popularity.clone(),
+                        repeat,
+                        known_ahead,
+                        accuracy,
                     })
                 }
             };
@@ -626,9 +685,11 @@ pub fn llama_batch(name: &str, shape: LlamaShape, device: DeviceModel, tokens: u
                 } else {
                     Vec::new()
                 },
-                choose: (active < experts).then(|| Choose {
-                    k: active as u32,
-                    from: names.iter().cloned().map(Expert::from).collect(),
+                choose: (active < experts).then(|| {
+                    Choose::new(
+                        active as u32,
+                        names.iter().cloned().map(Expert::from).collect(),
+                    )
                 }),
             });
             blocks.extend([norm2, router]);
@@ -649,6 +710,58 @@ pub fn llama_batch(name: &str, shape: LlamaShape, device: DeviceModel, tokens: u
         blocks,
         steps,
     }
+}
+
+/// Routing as real routers behave, for a routed preset: the parameters of every routed step's
+/// [`Choose`] (see `routing.rs` for what each does).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoutingShape {
+    /// Zipf exponent of the experts' popularity: weight `1 / (rank + 1)^s`, the ranking rotated
+    /// from layer to layer (each layer has its own popular experts). 0: uniform.
+    pub zipf: f64,
+    /// `Choose::repeat`.
+    pub repeat: f64,
+    /// `Choose::known_ahead`.
+    pub known_ahead: u32,
+    /// `Choose::accuracy`.
+    pub accuracy: f64,
+}
+
+impl RoutingShape {
+    /// Mixtral-8x7B decoding (sources and what is assumed: README, "Routed models").
+    pub const MIXTRAL: RoutingShape = RoutingShape {
+        zipf: 1.0,
+        repeat: 0.3,
+        known_ahead: 1,
+        accuracy: 0.85,
+    };
+}
+
+/// Sets every routed step of `w` to route as `shape` says.
+pub fn with_routing(mut w: Workload, shape: RoutingShape) -> Workload {
+    let mut layer = 0usize;
+    for st in &mut w.steps {
+        let Some(c) = st.choose.as_mut() else {
+            continue;
+        };
+        let n = c.from.len();
+        if shape.zipf > 0.0 {
+            // A stride coprime with most expert counts spreads the popular ones over the layers.
+            c.popularity = Some(
+                (0..n)
+                    .map(|e| {
+                        let rank = (e + n - (layer * 5) % n) % n;
+                        1.0 / ((rank + 1) as f64).powf(shape.zipf)
+                    })
+                    .collect(),
+            );
+        }
+        c.repeat = (shape.repeat > 0.0).then_some(shape.repeat);
+        c.known_ahead = (shape.known_ahead > 0).then_some(shape.known_ahead);
+        c.accuracy = (shape.accuracy < 1.0).then_some(shape.accuracy);
+        layer += 1;
+    }
+    w
 }
 
 /// The model `synapswap run` decodes: [`LlamaShape::LLAMA_8L`] with `layers` layers, the last
@@ -930,6 +1043,15 @@ pub fn preset(name: &str) -> Option<Workload> {
             CONSUMER_PCIE_H2D,
             32,
         ),
+        "mixtral-8x7b-routed" => with(
+            with_routing(
+                llama(name, LlamaShape::MIXTRAL_8X7B, dev),
+                RoutingShape::MIXTRAL,
+            ),
+            16 * GIB,
+            CONSUMER_PCIE_H2D,
+            64,
+        ),
         "unet-sdxl" => with(unet(name, dev), 2 * GIB, CONSUMER_PCIE_H2D, 10),
         "run" => {
             let w = run_model(LlamaShape::LLAMA_8L.layers);
@@ -1040,9 +1162,13 @@ mod tests {
         let s = r.steps.iter().position(|s| s.choose.is_some()).unwrap();
         let (mut a, mut b) = (Vec::new(), Vec::new());
         let mut counts = std::collections::HashMap::new();
+        let (mut da, mut db) = (
+            crate::routing::Draws::new(&r),
+            crate::routing::Draws::new(&r),
+        );
         for pass in 0..4000 {
-            r.realize(pass, s, &mut a);
-            r.realize(pass, s, &mut b);
+            da.blocks(pass, s, &mut a);
+            db.blocks(pass, s, &mut b);
             assert_eq!(a, b);
             assert_eq!(a.len(), 2);
             for &x in &a {
@@ -1058,10 +1184,10 @@ mod tests {
         let decl = r.declarations();
         assert!(decl.iter().any(|&(_, _, p)| (p - 0.25).abs() < 1e-9));
         let mut other = w.resolve_seeded(8).unwrap();
-        other.realize(0, s, &mut a);
+        crate::routing::Draws::new(&other).blocks(0, s, &mut a);
         other.seed = 7;
-        other.realize(0, s, &mut b);
-        r.realize(0, s, &mut a);
+        crate::routing::Draws::new(&other).blocks(0, s, &mut b);
+        crate::routing::Draws::new(&r).blocks(0, s, &mut a);
         assert_eq!(a, b);
     }
 
@@ -1079,8 +1205,9 @@ mod tests {
         let r = w.resolve_seeded(3).unwrap();
         let mut got = Vec::new();
         let mut seen = std::collections::HashSet::new();
+        let mut draws = crate::routing::Draws::new(&r);
         for pass in 0..300 {
-            r.realize(pass, 0, &mut got);
+            draws.blocks(pass, 0, &mut got);
             got.sort_unstable();
             assert!(
                 [vec![0, 1], vec![2, 3], vec![4]].contains(&got),

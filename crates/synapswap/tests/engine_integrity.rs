@@ -185,10 +185,10 @@ fn routed_steps_stay_exact() {
         StepDesc {
             compute_s: 0.0,
             uses: vec![],
-            choose: Some(Choose {
-                k: 2,
-                from: experts.iter().cloned().map(Into::into).collect(),
-            }),
+            choose: Some(Choose::new(
+                2,
+                experts.iter().cloned().map(Into::into).collect(),
+            )),
         },
     );
     let budget = w.model_bytes() / 3;

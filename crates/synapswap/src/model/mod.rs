@@ -223,12 +223,16 @@ impl Model {
                     };
                     params += flops_share * p.elements as f64;
                 }
-                let choose = active.map(|k| Choose {
-                    k: k as u32,
-                    from: experts
-                        .iter()
-                        .map(|(_, ps)| Expert::Blocks(ps.iter().map(|p| p.name.clone()).collect()))
-                        .collect(),
+                let choose = active.map(|k| {
+                    Choose::new(
+                        k as u32,
+                        experts
+                            .iter()
+                            .map(|(_, ps)| {
+                                Expert::Blocks(ps.iter().map(|p| p.name.clone()).collect())
+                            })
+                            .collect(),
+                    )
                 });
                 (!fixed.is_empty() || choose.is_some()).then(|| StepDesc {
                     compute_s: device.time(2.0 * params * batch as f64, bytes),

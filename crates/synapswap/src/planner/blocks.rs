@@ -180,6 +180,9 @@ impl Planner {
         if self.schedule.positions.len() < self.slots.len() {
             self.schedule.positions.resize(self.slots.len(), Vec::new());
             self.schedule.pos_probs.resize(self.slots.len(), Vec::new());
+            self.schedule
+                .pos_learned
+                .resize(self.slots.len(), Vec::new());
         }
         // A block with no declared use is no candidate of the keep plan: only a pinned one
         // changes it (pinned homes are packed first).

@@ -98,6 +98,27 @@ impl Planner {
         self.schedule.is_certain(p, j) || self.choice_p(p, self.schedule.uses[p][j]).is_some()
     }
 
+    /// Whether the `j`-th use of position `p`, `k` steps ahead, is only a guess (hinted with a
+    /// probability below 1, not a certain use) that must not load now. A guess loads only when a
+    /// wrong one would delay nothing that is needed: on an idle link (nothing loading, no demand
+    /// waiting), and when its copy would finish before its step starts (the measured step times
+    /// and bandwidth say so). At batch 1 an expert's copy outlasts the steps before it, so a
+    /// guess there stays a hint for the eviction rule and the copy waits for the real choice:
+    /// in a copy-bound pass a wrong guess's copy is time lost, a right one's saves none.
+    pub(super) fn guess_waits(&self, p: usize, j: usize, k: usize) -> bool {
+        if self.schedule.is_certain(p, j) {
+            return false;
+        }
+        let i = self.schedule.uses[p][j];
+        if !self.choice_p(p, i).is_some_and(|q| q < 1.0) {
+            return false;
+        }
+        let busy = self.loading_bytes > 0 || !self.pending_demands.is_empty();
+        let copy = self.copy_time(self.b(i).spec.size);
+        let until = self.schedule.time_ahead(self.pos, k);
+        busy || !(copy.is_finite() && until.is_finite() && copy <= until)
+    }
+
     /// Expected steps to the block's hinted use, if it has one still to come.
     pub(super) fn hinted_distance(&self, index: u32) -> Option<u64> {
         let len = self.schedule.len() as usize;

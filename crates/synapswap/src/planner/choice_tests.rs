@@ -7,9 +7,9 @@ use super::*;
 const KIB: u64 = 1 << 10;
 
 /// Step 0 uses a dense block, step 1 two of eight experts (declared `2 / 8` each), step 2 another
-/// dense block. Room for the dense blocks and three experts.
+/// dense block. Room for the dense blocks and five experts.
 fn routed() -> (Planner, [BlockId; 2], Vec<BlockId>) {
-    let mut p = Planner::new(PlannerConfig::new(64 * KIB * 5)).unwrap();
+    let mut p = Planner::new(PlannerConfig::new(64 * KIB * 7)).unwrap();
     let dense = [
         p.add_block(BlockSpec::new(64 * KIB)).unwrap(),
         p.add_block(BlockSpec::new(64 * KIB)).unwrap(),
@@ -88,11 +88,52 @@ fn a_hint_for_the_running_step_loads_its_choice_at_once() {
     assert_eq!(loads(&mut p), vec![e[5]]);
 }
 
+/// One pass as [`pass`] does, each step taking 4 ms from `*now` (copies take 1 ms: `use_block`).
+fn timed_pass(p: &mut Planner, dense: [BlockId; 2], used: &[BlockId], now: &mut f64) {
+    for (s, blocks) in [(0, vec![dense[0]]), (1, used.to_vec()), (2, vec![dense[1]])] {
+        p.hint(s, *now);
+        for b in blocks {
+            use_block(p, b);
+        }
+        *now += 0.004;
+    }
+    complete_all(p);
+}
+
+#[test]
+fn a_guess_loads_only_when_its_copy_fits_before_its_step() {
+    let (mut p, dense, e) = routed();
+    // Unmeasured: a guess (probability < 1) waits for the real choice.
+    pass(&mut p, dense, &[e[0], e[1]]);
+    p.hint(0, 0.0);
+    p.hint_choice(1, &[(e[6], 0.8)]).unwrap();
+    assert_eq!(loads(&mut p), vec![]);
+    assert_eq!(
+        p.distance(e[6].index),
+        1,
+        "it still ranks as needed at step 1"
+    );
+    // Measured: steps of 4 ms, copies of 1 ms: the guess loads at once.
+    let (mut p, dense, e) = routed();
+    let mut now = 0.0;
+    for _ in 0..3 {
+        timed_pass(&mut p, dense, &[e[0], e[1]], &mut now);
+    }
+    p.hint(0, now);
+    loads(&mut p);
+    p.hint_choice(1, &[(e[6], 0.8)]).unwrap();
+    assert_eq!(loads(&mut p), vec![e[6]]);
+}
+
 #[test]
 fn a_hint_lapses_once_its_occurrence_is_past() {
     let (mut p, dense, e) = routed();
-    pass(&mut p, dense, &[e[0], e[1]]);
-    p.hint(0, 0.0);
+    let mut now = 0.0;
+    for _ in 0..3 {
+        timed_pass(&mut p, dense, &[e[0], e[1]], &mut now);
+    }
+    p.hint(0, now);
+    loads(&mut p);
     // A guess, then the step runs with other experts.
     p.hint_choice(1, &[(e[6], 0.8)]).unwrap();
     assert_eq!(loads(&mut p), vec![e[6]]);

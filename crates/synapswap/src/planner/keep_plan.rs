@@ -46,7 +46,7 @@
 //! Measured times are noisy, and a plan that changes with the noise moves different bytes from
 //! one run to the next. So the measured inputs are quantized (to 1/16 octave, about 4.4%), and
 //! the previous plan, when it was made for the same candidates, uses and room (only the
-//! measurements differ), stays unless the best set is predicted at least [`HYSTERESIS`] (5%)
+//! measurements and the learned probabilities of routed uses differ, `popularity.rs`), stays unless the best set is predicted at least [`HYSTERESIS`] (5%)
 //! faster, or [`FIRST_MEASURED_HYSTERESIS`] (2%) when the previous plan was made before any
 //! measurement. Before measurements the plan is a function of the declarations alone, so the
 //! first measured plan of every run starts from the same one, and a run whose measurements fall
@@ -242,12 +242,14 @@ fn shape_of(input: &Inputs) -> u64 {
     let mut h = DefaultHasher::new();
     input.room.hash(&mut h);
     input.candidates.len().hash(&mut h);
+    // A routed use's probability is learned (`popularity.rs`): like the measured times it is
+    // not part of the shape, only whether a use is certain.
     for c in input.candidates {
-        (c.index, c.uses.to_bits(), c.size, c.priority, c.first).hash(&mut h);
+        (c.index, c.size, c.priority, c.first).hash(&mut h);
     }
     input.steps.starts.hash(&mut h);
     for u in &input.steps.uses {
-        (u.cand, u.size, u.prob.to_bits()).hash(&mut h);
+        (u.cand, u.size, u.prob >= 1.0).hash(&mut h);
     }
     h.finish()
 }

@@ -34,6 +34,8 @@
 //!   the walk stops at the first block it cannot admit.
 //! - **Routing hints** (`choice.rs`): a router's output or a guess for a routed step's coming
 //!   occurrence: its candidates load ahead like certain uses, and rank for eviction by it.
+//! - **Learned popularity** (`popularity.rs`): how often each routed candidate is really used,
+//!   long-run (for the keep plan) and recent (for eviction).
 //! - **Uses and completions** (`uses.rs`): acquire, waits, the end of a hint's protection, and the
 //!   driver's reports of finished copies (which feed the bandwidth estimate).
 //! - **The counters** (`counters.rs`): what [`Planner::stats`] reports.
@@ -88,6 +90,7 @@ mod eviction;
 mod keep_plan;
 mod layout;
 mod placement;
+mod popularity;
 mod prefetch;
 mod schedule;
 mod step;
@@ -355,6 +358,10 @@ impl Planner {
                 b.protected = false;
             }
         }
+        if self.hinted && self.schedule.len() > 0 {
+            // The step ends: what its routed candidates' uses teach (`popularity.rs`).
+            self.learn_step(self.pos);
+        }
         if self.hinted {
             let idle = self.step_idle_s > 0.0 || self.in_flight == 0;
             if self.step_stall_s > 0.0 && (idle || self.prev_step_idle_s > 0.0) {
@@ -471,6 +478,8 @@ impl Planner {
 mod choice_tests;
 #[cfg(test)]
 mod incremental_tests;
+#[cfg(test)]
+mod popularity_tests;
 #[cfg(test)]
 mod ring_tests;
 #[cfg(test)]

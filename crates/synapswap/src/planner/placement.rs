@@ -141,7 +141,10 @@ impl Planner {
             if b.spec.policy != Policy::Auto {
                 continue;
             }
-            let uses: f64 = self.schedule.pos_probs[i].iter().sum();
+            // Expected uses per cycle: a routed use at what its uses taught (`popularity.rs`).
+            let uses: f64 = (self.schedule.positions[i].iter())
+                .map(|&p| self.schedule.learned_p(i as u32, p as usize).unwrap_or(0.0))
+                .sum();
             if uses > 0.0 {
                 cand_of[i] = Some(cands.len() as u32);
                 cands.push(Candidate {
@@ -166,7 +169,11 @@ impl Planner {
                     .map(|(&i, &prob)| Use {
                         cand: cand_of[i as usize],
                         size: rounded(self.b(i).spec.size),
-                        prob,
+                        prob: if prob >= 1.0 {
+                            1.0
+                        } else {
+                            self.schedule.learned_p(i, p).unwrap_or(prob)
+                        },
                     }),
             );
         }

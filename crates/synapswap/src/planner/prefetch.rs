@@ -100,7 +100,9 @@ impl Planner {
         self.blocker = None;
         let len = self.schedule.len() as usize;
         let cap = self.budget() / 4;
-        while self.scan < len {
+        // The first step whose guess waited for an idle link: the walk comes back to it.
+        let mut guess_at: Option<usize> = None;
+        'walk: while self.scan < len {
             let k = self.scan;
             let p = (self.pos + k) % len;
             for j in 0..self.schedule.uses[p].len() {
@@ -115,6 +117,10 @@ impl Planner {
                 {
                     continue;
                 }
+                if self.guess_waits(p, j, k) {
+                    guess_at.get_or_insert(k);
+                    continue;
+                }
                 // Under a keep plan the ring bounds the pipeline and a prefetch cannot evict a
                 // kept block, so the horizon (which protects an emergent resident set) is moot.
                 let kept_safe = self.planned && self.placed_by_plan(i);
@@ -124,7 +130,7 @@ impl Planner {
                     let fed = self.loading_bytes > 0
                         && self.copy_time(self.loading_bytes + b.spec.size) > self.lookahead_s;
                     if ahead > cap || fed || est - self.copy_time(ahead) > self.lookahead_s {
-                        return;
+                        break 'walk;
                     }
                 }
                 let group = self.streamed_from(p, j);
@@ -132,7 +138,7 @@ impl Planner {
                     Placement::Placed => {}
                     Placement::Wait | Placement::Impossible => {
                         self.space_blocked = true;
-                        return;
+                        break 'walk;
                     }
                 }
             }
@@ -140,6 +146,9 @@ impl Planner {
             if self.scan == k {
                 self.scan = k + 1;
             }
+        }
+        if let Some(k) = guess_at {
+            self.scan = self.scan.min(k);
         }
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use super::popularity::Learned;
 use super::Planner;
 use crate::block::BlockId;
 use crate::{Error, Result};
@@ -23,6 +24,8 @@ pub(super) struct Schedule {
     pub(super) probs: Vec<Vec<f64>>,
     pub(super) positions: Vec<Vec<u32>>, // by block index: sorted positions
     pub(super) pos_probs: Vec<Vec<f64>>, // by block index: probability at each of `positions`
+    /// By block index, at each of `positions`: what its uses taught (`popularity.rs`).
+    pub(super) pos_learned: Vec<Vec<Learned>>,
     pub(super) ema_dur: Vec<Option<f64>>, // by position; None until measured
     /// By position: step duration minus the time its caller stalled (the step's own work).
     pub(super) ema_compute: Vec<Option<f64>>,
@@ -54,10 +57,12 @@ impl Schedule {
             .collect();
         self.positions = vec![Vec::new(); slots];
         self.pos_probs = vec![Vec::new(); slots];
+        self.pos_learned = vec![Vec::new(); slots];
         for (pos, blocks) in self.declared.values().enumerate() {
             for &(b, p) in blocks {
                 self.positions[b as usize].push(pos as u32);
                 self.pos_probs[b as usize].push(p);
+                self.pos_learned[b as usize].push(Learned::declared(p));
             }
         }
         self.ema_dur = vec![None; self.steps.len()];
@@ -84,6 +89,9 @@ impl Schedule {
         let b = block as usize;
         match self.positions[b].binary_search(&(pos as u32)) {
             Ok(k) => {
+                if self.pos_probs[b][k] != p {
+                    self.pos_learned[b][k] = Learned::declared(p);
+                }
                 self.pos_probs[b][k] = p;
                 match self.uses[pos].iter().position(|&x| x == block) {
                     Some(j) => self.probs[pos][j] = p,
@@ -93,6 +101,7 @@ impl Schedule {
             Err(k) => {
                 self.positions[b].insert(k, pos as u32);
                 self.pos_probs[b].insert(k, p);
+                self.pos_learned[b].insert(k, Learned::declared(p));
                 self.uses[pos].push(block);
                 self.probs[pos].push(p);
             }
@@ -121,6 +130,7 @@ impl Schedule {
         }
         self.positions[block as usize].clear();
         self.pos_probs[block as usize].clear();
+        self.pos_learned[block as usize].clear();
         true
     }
 
@@ -175,14 +185,20 @@ impl Schedule {
     /// Steps from `pos` to the block's next declared use and that use's probability; `after`
     /// skips a use at `pos` itself.
     pub(super) fn next_use_p(&self, block: u32, pos: usize, after: bool) -> Option<(u64, f64)> {
+        let (d, k) = self.next_use_at(block, pos, after)?;
+        Some((d, self.pos_probs[block as usize][k]))
+    }
+
+    /// Steps from `pos` to the block's next declared use, and that use's index in the block's
+    /// `positions`; `after` skips a use at `pos` itself.
+    fn next_use_at(&self, block: u32, pos: usize, after: bool) -> Option<(u64, usize)> {
         let ps = self.positions.get(block as usize)?;
         let first = *ps.first()?;
-        let probs = &self.pos_probs[block as usize];
         let pos = pos as u32;
         let i = ps.partition_point(|&p| if after { p <= pos } else { p < pos });
         Some(match ps.get(i) {
-            Some(&p) => (u64::from(p - pos), probs[i]),
-            None => (u64::from(first) + self.len() - u64::from(pos), probs[0]),
+            Some(&p) => (u64::from(p - pos), i),
+            None => (u64::from(first) + self.len() - u64::from(pos), 0),
         })
     }
 
@@ -192,12 +208,15 @@ impl Schedule {
     }
 
     /// Expected steps to the next use: a use that happens with probability `p` per pass is, on
-    /// average, `(1 - p) / p` cycles farther away than its declared step.
+    /// average, `(1 - p) / p` cycles farther away than its declared step. For a routed use `p`
+    /// is what its uses taught (`popularity.rs`: the larger of its long-run and recent rates).
     pub(super) fn expected_next_use(&self, block: u32, pos: usize, after: bool) -> Option<u64> {
-        let (d, p) = self.next_use_p(block, pos, after)?;
-        if p >= 1.0 {
+        let (d, k) = self.next_use_at(block, pos, after)?;
+        let b = block as usize;
+        if self.pos_probs[b][k] >= 1.0 {
             return Some(d);
         }
+        let p = self.pos_learned[b][k].eviction_p();
         let extra = (self.len() as f64 * (1.0 - p) / p.max(1e-6)).min(1e15) as u64;
         Some(d.saturating_add(extra))
     }
