@@ -215,7 +215,8 @@ fn cmd_plan(args: PlanArgs) -> Result<(), (u8, String)> {
 #[derive(clap::Args, Debug)]
 struct SimulateArgs {
     /// A workload JSON file (schema in the README), or a preset: llama-7b, llama-7b-prefill,
-    /// llama-70b, llama-70b-prefill, mixtral-8x7b, unet-sdxl, run.
+    /// llama-70b, llama-70b-prefill, mixtral-8x7b, mixtral-8x7b-routed, deepseek-v3,
+    /// deepseek-v3-routed, unet-sdxl, run, small-tensors, scattered-tensors.
     #[arg(long)]
     workload: String,
     /// Device budget [default: the workload's `vram_budget`, else half its bytes].
@@ -224,9 +225,13 @@ struct SimulateArgs {
     /// Host-to-device bandwidth [default: the workload's `h2d_bytes_per_s`, else 2GB/s].
     #[arg(long, value_parser = bandwidth_value)]
     h2d: Option<f64>,
-    /// Strategy: synapswap, oracle, demand-lru, stream-sync or lookahead.
+    /// Strategy: synapswap, oracle, demand-lru, stream-sync, lookahead or host-moe.
     #[arg(long, default_value = "synapswap", value_parser = policy_arg)]
     policy: SimPolicy,
+    /// Host memory bandwidth at which host-moe computes the experts it keeps on the host
+    /// [default: 60GB/s, assumed].
+    #[arg(long, value_parser = bandwidth_value)]
+    host_bw: Option<f64>,
     /// Timed passes (tokens) [default: the workload's `passes`, else 8], after one warm-up pass.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     tokens: Option<u64>,
@@ -631,6 +636,9 @@ fn cmd_simulate(args: SimulateArgs) -> Result<(), (u8, String)> {
     }
     if let Some(l) = args.latency {
         cfg.latency_s = l;
+    }
+    if let Some(bw) = args.host_bw {
+        cfg.host_bytes_per_s = bw;
     }
     cfg.chunk_bytes = args.chunk;
     cfg.seed = args.seed;

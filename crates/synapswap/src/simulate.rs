@@ -16,6 +16,10 @@
 //!   right before its step, with no overlap, and freed after it;
 //! - `lookahead`: as ZeRO-Inference does: nothing stays resident; the blocks of the next
 //!   `lookahead_steps` steps are prefetched in order as memory allows and freed after use;
+//! - `host-moe`: as llama.cpp's `--n-cpu-moe` does: the dense blocks stay on the device, and
+//!   so do whole layers' experts from the last layer back while they fit; the other layers'
+//!   experts never cross the link: they are computed on the host, reading their weights at the
+//!   host's memory bandwidth (batch-1 decode is memory-bound: `bytes / host_bytes_per_s`);
 //! - `oracle`: Belady (evict the block used farthest in the realized future) on byte capacity with
 //!   no fragmentation, its copies back to back at full bandwidth and free of latency: a lower
 //!   bound, `time = max(compute, bytes / bandwidth)`.
@@ -41,6 +45,11 @@ use crate::{BlockId, BlockSpec, Error, Policy, Result, Stats, DEFAULT_CHUNK_BYTE
 /// imply; not yet measured by this repository's `synapswap probe`.
 pub const DEFAULT_LATENCY_S: f64 = 2e-6;
 
+/// Host memory bandwidth at which the `host-moe` policy reads an expert's weights: 60 GB/s,
+/// assumed (a desktop's dual-channel DDR5-4800 peaks at 76.8 GB/s; a decode reaches some 80% of
+/// that). Not measured by this repository; `simulate --host-bw` sets another.
+pub const DEFAULT_HOST_BYTES_PER_S: f64 = 60e9;
+
 /// A strategy to simulate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SimPolicy {
@@ -50,6 +59,8 @@ pub enum SimPolicy {
     StreamSync,
     /// Prefetch the next k steps, free after use (ZeRO-Inference).
     Lookahead,
+    /// Experts that do not fit computed on the host (llama.cpp `--n-cpu-moe`).
+    HostMoe,
     /// SynapSwap's planner.
     Synapswap,
     /// Belady on the realized trace at full bandwidth: the lower bound.
@@ -58,10 +69,11 @@ pub enum SimPolicy {
 
 impl SimPolicy {
     /// Every policy, in table order.
-    pub const ALL: [SimPolicy; 5] = [
+    pub const ALL: [SimPolicy; 6] = [
         SimPolicy::DemandLru,
         SimPolicy::StreamSync,
         SimPolicy::Lookahead,
+        SimPolicy::HostMoe,
         SimPolicy::Synapswap,
         SimPolicy::Oracle,
     ];
@@ -72,6 +84,7 @@ impl SimPolicy {
             SimPolicy::DemandLru => "demand-lru",
             SimPolicy::StreamSync => "stream-sync",
             SimPolicy::Lookahead => "lookahead",
+            SimPolicy::HostMoe => "host-moe",
             SimPolicy::Synapswap => "synapswap",
             SimPolicy::Oracle => "oracle",
         }
@@ -93,7 +106,9 @@ impl FromStr for SimPolicy {
             .ok_or_else(|| Error::Parse {
                 what: "policy",
                 input: s.to_string(),
-                reason: "expected demand-lru, stream-sync, lookahead, synapswap or oracle".into(),
+                reason:
+                    "expected demand-lru, stream-sync, lookahead, host-moe, synapswap or oracle"
+                        .into(),
             })
     }
 }
@@ -123,6 +138,8 @@ pub struct SimulateConfig {
     pub policy: SimPolicy,
     /// Steps ahead the `lookahead` policy prefetches.
     pub lookahead_steps: usize,
+    /// Host memory bandwidth the `host-moe` policy computes experts at, bytes/s.
+    pub host_bytes_per_s: f64,
     /// Record a timeline.
     pub trace: bool,
 }
@@ -145,13 +162,18 @@ impl SimulateConfig {
             seed: 0,
             policy: SimPolicy::Synapswap,
             lookahead_steps: 2,
+            host_bytes_per_s: DEFAULT_HOST_BYTES_PER_S,
             trace: false,
         }
     }
 
     fn check(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::Workload(m.to_string()));
-        for bw in [self.h2d_bytes_per_s, self.d2h_bytes_per_s] {
+        for bw in [
+            self.h2d_bytes_per_s,
+            self.d2h_bytes_per_s,
+            self.host_bytes_per_s,
+        ] {
             if !(bw.is_finite() && bw > 0.0) {
                 return bad("bandwidths must be positive");
             }
@@ -211,6 +233,7 @@ pub fn simulate(
         SimPolicy::DemandLru => engine_policy(&mut ctx, false)?,
         SimPolicy::StreamSync => stream_sync(&mut ctx)?,
         SimPolicy::Lookahead => lookahead(&mut ctx)?,
+        SimPolicy::HostMoe => host_moe(&mut ctx)?,
         SimPolicy::Oracle => oracle(&mut ctx)?,
     };
     let report = ctx.report(m)?;
@@ -848,6 +871,137 @@ fn stream_sync(ctx: &mut Ctx<'_>) -> Result<Measured> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// host-moe: llama.cpp's `--n-cpu-moe`.
+
+fn host_moe(ctx: &mut Ctx<'_>) -> Result<Measured> {
+    let cfg = ctx.cfg;
+    let w = ctx.workload;
+    let n = w.blocks.len();
+    let steps = &ctx.resolved.steps;
+    // The dense blocks (every fixed use) in first-use order, then whole routed steps' candidates
+    // from the last routed step back, while they fit; a dense block that does not fit is copied
+    // before its step and freed after, as stream-sync does.
+    let dense_room = steps
+        .iter()
+        .map(|st| st.uses.iter().map(|&b| w.blocks[b].bytes).sum::<u64>())
+        .max()
+        .unwrap_or(0);
+    if dense_room > cfg.budget {
+        return Err(Error::Workload(format!(
+            "host-moe needs a step's dense blocks on the device at once: {dense_room} bytes, over the budget"
+        )));
+    }
+    let mut resident = vec![false; n];
+    let mut routed = vec![false; n];
+    for st in steps {
+        for b in st.choose.iter().flat_map(|r| r.blocks()) {
+            routed[b] = true;
+        }
+    }
+    let mut fill = 0u64;
+    let mut seen = vec![false; n];
+    for st in steps {
+        for &b in &st.uses {
+            if !routed[b] && !std::mem::replace(&mut seen[b], true) {
+                let size = w.blocks[b].bytes;
+                if fill + size + dense_room <= cfg.budget {
+                    fill += size;
+                    resident[b] = true;
+                }
+            }
+        }
+    }
+    let all_dense = (0..n).filter(|&b| seen[b]).all(|b| resident[b]);
+    let room = if all_dense { 0 } else { dense_room };
+    let mut on_device = vec![false; steps.len()];
+    let mut device_layers = 0;
+    for (s, st) in steps.iter().enumerate().rev() {
+        let Some(r) = &st.choose else { continue };
+        let bytes: u64 = r.blocks().map(|b| w.blocks[b].bytes).sum();
+        if fill + bytes + room <= cfg.budget {
+            fill += bytes;
+            on_device[s] = true;
+            device_layers += 1;
+            for b in r.blocks() {
+                resident[b] = true;
+            }
+        }
+    }
+    let routed_steps = steps.iter().filter(|st| st.choose.is_some()).count();
+    let mut tally = Tally::new(cfg.budget, n as u64);
+    let mut link = PeerLink::new(cfg);
+    let mut loaded = vec![false; n];
+    let (mut now, mut t_timed) = (0.0, 0.0);
+    let mut at_timed = Stats::default();
+    let mut draws = Draws::new(ctx.resolved);
+    let mut experts = Vec::new();
+    for token in 0..ctx.total() {
+        if token == cfg.warmup_tokens {
+            t_timed = now;
+            at_timed = tally.stats.clone();
+        }
+        for (s, st) in steps.iter().enumerate() {
+            experts.clear();
+            if let Some(r) = &st.choose {
+                for &e in draws.experts(token, s) {
+                    experts.extend(r.experts[e].iter().copied());
+                }
+            }
+            let on_host = st.choose.is_some() && !on_device[s];
+            let wait_start = now;
+            let copied = st
+                .uses
+                .iter()
+                .chain(if on_host { &[][..] } else { &experts[..] });
+            for &b in copied {
+                let ready = resident[b] && loaded[b];
+                tally.wait(ready);
+                if !ready {
+                    now = link.load(&mut tally, now, &w.blocks[b].name, w.blocks[b].bytes, true);
+                    loaded[b] = true;
+                }
+            }
+            tally.stats.stall_s += now - wait_start;
+            ctx.stall(token, wait_start, now);
+            let compute_start = now;
+            // The host reads the chosen experts' weights once each (memory-bound).
+            now += if on_host {
+                let bytes: u64 = experts.iter().map(|&b| w.blocks[b].bytes).sum();
+                bytes as f64 / cfg.host_bytes_per_s
+            } else {
+                st.compute_s
+            };
+            ctx.step(s, token, compute_start, now);
+            for &b in &st.uses {
+                if !resident[b] {
+                    let size = w.blocks[b].bytes;
+                    if w.blocks[b].mutable {
+                        now = link.write_back(&mut tally, now, &w.blocks[b].name, size);
+                    }
+                    tally.free(size);
+                    loaded[b] = false;
+                }
+            }
+        }
+        let stats = tally.stats.clone();
+        ctx.pass_done(token, now, t_timed, &stats, &at_timed);
+    }
+    link.finish(&mut ctx.trace);
+    Ok(Measured {
+        t_timed,
+        t_end: now,
+        at_timed,
+        end: tally.stats,
+        description: format!(
+            "host-moe (llama.cpp --n-cpu-moe): {} resident, experts of {device_layers} of {routed_steps} routed steps on the device, the rest computed on the host at {:.0} GB/s; link {:.2} GB/s",
+            crate::size::format_bytes(fill),
+            cfg.host_bytes_per_s / 1e9,
+            cfg.h2d_bytes_per_s / 1e9
+        ),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
 // lookahead: ZeRO-Inference.
 
 fn lookahead(ctx: &mut Ctx<'_>) -> Result<Measured> {
@@ -1129,6 +1283,9 @@ pub const BENCH_PRESETS: &[&str] = &[
     "llama-70b",
     "llama-70b-prefill",
     "mixtral-8x7b",
+    "mixtral-8x7b-routed",
+    "deepseek-v3",
+    "deepseek-v3-routed",
     "unet-sdxl",
 ];
 
@@ -1139,7 +1296,12 @@ pub fn bench(presets: &[&str]) -> Result<Vec<BenchRow>> {
         let w = crate::workload::preset(name)
             .ok_or_else(|| Error::Workload(format!("unknown preset '{name}'")))?;
         let mut reports = Vec::new();
-        for policy in SimPolicy::ALL {
+        let routed = w.resolve()?.is_routed();
+        // Host compute of experts is a policy for routed models only.
+        for policy in SimPolicy::ALL
+            .into_iter()
+            .filter(|&p| routed || p != SimPolicy::HostMoe)
+        {
             let cfg = SimulateConfig {
                 policy,
                 ..SimulateConfig::for_workload(&w)

@@ -524,6 +524,12 @@ pub struct LlamaShape {
     pub experts: u64,
     /// Experts each token is routed to.
     pub experts_per_token: u64,
+    /// MLP width of a routed expert (0: `intermediate`; fine-grained experts are narrower).
+    pub expert_intermediate: u64,
+    /// Shared experts of a routed layer, `expert_intermediate` wide, used by every token.
+    pub shared_experts: u64,
+    /// The first layers keep a dense MLP (`intermediate` wide) in a routed model.
+    pub dense_layers: u64,
 }
 
 impl LlamaShape {
@@ -539,6 +545,9 @@ impl LlamaShape {
         context: 256,
         experts: 0,
         experts_per_token: 0,
+        expert_intermediate: 0,
+        shared_experts: 0,
+        dense_layers: 0,
     };
 
     /// Llama-2-7B in fp16.
@@ -559,6 +568,9 @@ impl LlamaShape {
         context: 1024,
         experts: 0,
         experts_per_token: 0,
+        expert_intermediate: 0,
+        shared_experts: 0,
+        dense_layers: 0,
     };
 
     /// Mixtral-8x7B in fp16: 8 experts per layer, 2 per token.
@@ -572,6 +584,29 @@ impl LlamaShape {
         context: 1024,
         experts: 8,
         experts_per_token: 2,
+        expert_intermediate: 0,
+        shared_experts: 0,
+        dense_layers: 0,
+    };
+
+    /// DeepSeek-V3's shape (DeepSeek-V3 Technical Report, arXiv:2412.19437, section 4.2 and
+    /// its released config): 61 layers, hidden 7168, the first 3 dense (MLP 18432 wide), the
+    /// others 256 routed experts (MLP 2048 wide) of which 8 per token plus 1 shared expert,
+    /// vocabulary 129280, FP8 weights (1 byte). Its multi-head latent attention (about 187M
+    /// weights a layer) is modelled as Q, K, V and O of the same bytes: K and V 5860 wide.
+    pub const DEEPSEEK_V3: LlamaShape = LlamaShape {
+        hidden: 7168,
+        kv_dim: 5860,
+        intermediate: 18432,
+        layers: 61,
+        vocab: 129280,
+        dtype_bytes: 1,
+        context: 1024,
+        experts: 256,
+        experts_per_token: 8,
+        expert_intermediate: 2048,
+        shared_experts: 1,
+        dense_layers: 3,
     };
 
     /// A small model for tests: same structure, tiny tensors.
@@ -585,6 +620,9 @@ impl LlamaShape {
         context: 16,
         experts: 0,
         experts_per_token: 0,
+        expert_intermediate: 0,
+        shared_experts: 0,
+        dense_layers: 0,
     };
 }
 
@@ -625,7 +663,15 @@ pub fn llama_batch(name: &str, shape: LlamaShape, device: DeviceModel, tokens: u
         context,
         experts,
         experts_per_token,
+        expert_intermediate,
+        shared_experts,
+        dense_layers,
     } = shape;
+    let fe = if expert_intermediate == 0 {
+        f
+    } else {
+        expert_intermediate
+    };
     let t = tokens.max(1);
     let mut blocks = Vec::new();
     let mut steps = Vec::new();
@@ -658,7 +704,7 @@ pub fn llama_batch(name: &str, shape: LlamaShape, device: DeviceModel, tokens: u
         ));
         steps.push(step(matmul(h * h, h * d), &[&o]));
         blocks.extend([norm, q, k, v, kv, o]);
-        if experts == 0 {
+        if experts == 0 || l < dense_layers {
             let gate = block_desc(format!("l{l}.w_gate"), h * f * d, false, DEFAULT_PRIORITY);
             let up = block_desc(format!("l{l}.w_up"), h * f * d, false, DEFAULT_PRIORITY);
             let down = block_desc(format!("l{l}.w_down"), f * h * d, false, DEFAULT_PRIORITY);
@@ -671,14 +717,26 @@ pub fn llama_batch(name: &str, shape: LlamaShape, device: DeviceModel, tokens: u
             // they are always used together).
             let router = block_desc(format!("l{l}.router"), h * experts * d, false, 5);
             steps.push(step(matmul(h * experts, h * d), &[&norm2, &router]));
+            blocks.extend([norm2, router]);
+            if shared_experts > 0 {
+                // Shared experts: every token uses them, a dense MLP of their total width.
+                let shared = block_desc(
+                    format!("l{l}.shared_experts"),
+                    3 * h * fe * shared_experts * d,
+                    false,
+                    DEFAULT_PRIORITY,
+                );
+                steps.push(step(matmul(3 * h * fe * shared_experts, h * d), &[&shared]));
+                blocks.push(shared);
+            }
             let names: Vec<String> = (0..experts).map(|e| format!("l{l}.expert{e}")).collect();
             let k = experts_per_token.clamp(1, experts);
             // With many tokens every expert is used; with one, `k` of them.
             let active = (k * t).min(experts);
             steps.push(StepDesc {
                 compute_s: device.time(
-                    2.0 * (3 * h * f * k * t) as f64,
-                    (3 * h * f * d * active + h * d * t) as f64,
+                    2.0 * (3 * h * fe * k * t) as f64,
+                    (3 * h * fe * d * active + h * d * t) as f64,
                 ),
                 uses: if active == experts {
                     names.clone()
@@ -692,9 +750,8 @@ pub fn llama_batch(name: &str, shape: LlamaShape, device: DeviceModel, tokens: u
                     )
                 }),
             });
-            blocks.extend([norm2, router]);
             for n in names {
-                blocks.push(block_desc(n, 3 * h * f * d, false, DEFAULT_PRIORITY));
+                blocks.push(block_desc(n, 3 * h * fe * d, false, DEFAULT_PRIORITY));
             }
         }
     }
@@ -734,6 +791,14 @@ impl RoutingShape {
         repeat: 0.3,
         known_ahead: 1,
         accuracy: 0.85,
+    };
+
+    /// DeepSeek-V3 decoding (sources and what is assumed: README, "Routed models").
+    pub const DEEPSEEK_V3: RoutingShape = RoutingShape {
+        zipf: 0.8,
+        repeat: 0.2,
+        known_ahead: 1,
+        accuracy: 0.8,
     };
 }
 
@@ -992,6 +1057,18 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("llama-70b", "Llama-2-70B fp16 decode, 24 GiB budget, PCIe 4.0"),
     ("llama-70b-prefill", "Llama-2-70B fp16 prefill of a 4096-token prompt, 24 GiB budget"),
     ("mixtral-8x7b", "Mixtral-8x7B fp16 decode, 2 of 8 experts routed per layer, 16 GiB budget"),
+    (
+        "mixtral-8x7b-routed",
+        "the same, routed as real routers are: skewed, repeating, guessed a step ahead (0.85)",
+    ),
+    (
+        "deepseek-v3",
+        "DeepSeek-V3-shaped FP8 decode: 8 of 256 experts per layer plus a shared one, 24 GiB budget",
+    ),
+    (
+        "deepseek-v3-routed",
+        "the same, routed as real routers are: skewed, repeating, guessed a step ahead (0.8)",
+    ),
     ("unet-sdxl", "SDXL-shaped diffusion UNet fp16, skip connections, 2 GiB budget"),
     ("run", "the default `synapswap run` model: Llama-7B-shaped, 8 layers, half of it in budget, 2 GB/s"),
     ("small-tensors", "4,000 tensors of 64 KiB, 16 a step, no compute, half in budget, 2 GB/s"),
@@ -1049,6 +1126,21 @@ pub fn preset(name: &str) -> Option<Workload> {
                 RoutingShape::MIXTRAL,
             ),
             16 * GIB,
+            CONSUMER_PCIE_H2D,
+            64,
+        ),
+        "deepseek-v3" => with(
+            llama(name, LlamaShape::DEEPSEEK_V3, dev),
+            24 * GIB,
+            CONSUMER_PCIE_H2D,
+            32,
+        ),
+        "deepseek-v3-routed" => with(
+            with_routing(
+                llama(name, LlamaShape::DEEPSEEK_V3, dev),
+                RoutingShape::DEEPSEEK_V3,
+            ),
+            24 * GIB,
             CONSUMER_PCIE_H2D,
             64,
         ),

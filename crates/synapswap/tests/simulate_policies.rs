@@ -12,7 +12,12 @@ use synapswap::Engine;
 #[test]
 fn bench_meets_the_targets_and_is_deterministic() {
     let rows = simulate::bench(BENCH_PRESETS).unwrap();
-    assert_eq!(rows.len(), BENCH_PRESETS.len() * SimPolicy::ALL.len());
+    let is_routed = |p: &str| workload::preset(p).unwrap().resolve().unwrap().is_routed();
+    let expected: usize = BENCH_PRESETS
+        .iter()
+        .map(|p| SimPolicy::ALL.len() - usize::from(!is_routed(p)))
+        .sum();
+    assert_eq!(rows.len(), expected, "host-moe runs on routed presets only");
     for preset in BENCH_PRESETS {
         let of = |p: &str| {
             rows.iter()
@@ -40,8 +45,12 @@ fn bench_meets_the_targets_and_is_deterministic() {
                 of(p).tokens_per_s
             );
         }
-        // The oracle is a lower bound: no policy beats it.
-        for r in rows.iter().filter(|r| r.workload == *preset) {
+        // The oracle is a lower bound of every policy that copies what it computes on the
+        // device: none beats it. Host compute copies no expert, so it is not bound by it.
+        for r in rows
+            .iter()
+            .filter(|r| r.workload == *preset && r.policy != "host-moe")
+        {
             assert!(r.ratio_to_oracle <= 1.0 + 1e-9, "{r:?}");
         }
     }
