@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from synapswap.torch import offload
+import synapswap.torch as torch_mod
 
 
 class Block(nn.Module):
@@ -574,3 +575,75 @@ def test_a_hugging_face_mixtral_offloaded_in_memory_decodes_exactly():
     assert model.config._experts_implementation == before
     for (n, p), (_, q) in zip(model.named_parameters(), plain.named_parameters()):
         assert torch.equal(p, q), n
+
+
+def test_per_expert_blocks_move_fewer_bytes_a_token_than_whole_layers():
+    # The same two layers of six experts, one token at a time, through room for three experts:
+    # indexed by the routed expert, a token moves that expert's blocks (and the routers); used
+    # whole (a grouped matmul's gather), every expert of both layers crosses for every token.
+    def per_token(whole):
+        torch.manual_seed(3)
+        model = nn.Sequential(PackedExperts(whole=whole), PackedExperts(whole=whole)).eval()
+        expert = (2 * 24 * 16 + 16 * 24) * 4
+        handle = offload(model, 3 * expert, device="cpu")
+        with torch.no_grad():
+            for i in range(2):
+                model(torch.randn(1, 16, generator=torch.Generator().manual_seed(i)))
+            before = handle.stats()["bytes_h2d"]
+            for i in range(8):
+                model(torch.randn(1, 16, generator=torch.Generator().manual_seed(100 + i)))
+        moved = (handle.stats()["bytes_h2d"] - before) / 8
+        handle.remove()
+        return moved, expert
+    experts, expert = per_token(False)
+    whole, _ = per_token(True)
+    assert experts <= 2 * expert + 2 * 6 * 16 * 4, experts  # an expert a layer, and the routers
+    assert experts < whole / 4, (experts, whole)
+
+
+def test_the_routers_choice_is_hinted_before_its_experts_run():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(4)
+    config = transformers.MixtralConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        num_local_experts=4, num_experts_per_tok=2)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    plain = copy.deepcopy(model)
+    plain.set_experts_implementation("eager")
+    handle = offload(model, nbytes(model) // 2, device="cpu")
+
+    class Spy:
+        """The engine, recording hint_choice calls."""
+
+        def __init__(self, engine):
+            self._engine, self.hints = engine, []
+
+        def hint_choice(self, step, choices):
+            self.hints.append((step, tuple(b for b, _ in choices), tuple(p for _, p in choices)))
+            return self._engine.hint_choice(step, choices)
+
+        def __getattr__(self, name):
+            return getattr(self._engine, name)
+
+    spy = handle.engine = Spy(handle.engine)
+    declared = []
+    real_declare = handle._declare
+    handle._declare = lambda order: (declared.append(len(order)), real_declare(order))
+    with torch.no_grad():
+        model(torch.tensor([[3]]))  # the first forward declares the order (nothing hinted yet)
+        assert len(declared) == 1 and not spy.hints
+        for token in (5, 9, 17, 33):
+            spy.hints.clear()
+            ids = torch.tensor([[token]])
+            assert torch.equal(model(ids).logits, plain(ids).logits)
+            routed = [(s, e) for s, e in enumerate(handle._pass) if isinstance(e, torch_mod._Routed)]
+            # Two layers, two experts a token, gate_up and down each: 8 routed steps, each told
+            # the expert it then ran, with probability 1, before it ran.
+            assert len(routed) == 8
+            assert [(s, e.blocks) for s, e in routed] == [(s, b) for s, b, _ in spy.hints]
+            assert all(p == (1.0,) * len(p) for _, _, p in spy.hints)
+        # The router picked other experts, and the order stayed declared.
+        assert len(declared) == 1, declared
+    handle.engine = spy._engine
+    handle.remove()

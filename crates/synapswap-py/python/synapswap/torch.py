@@ -27,8 +27,11 @@ engine's device as ``device``) never loads a block.
 
 The first forward records which blocks each module or operation takes, in order, and declares
 that as the schedule, so later forwards are prefetched in deadline order. A forward that deviates
-(a skipped or reordered layer, a branch, a router picking experts) still computes the right result
-through demand loads, and its order is declared for the next one.
+(a skipped or reordered layer, a branch) still computes the right result through demand loads,
+and its order is declared for the next one. A packed expert's use is a routed step (``_Routed``):
+its every expert is declared a candidate there, so the order stays declared while the router
+picks other experts, and the router's top-k reaches the engine (``hint_choice``) as soon as the
+experts module is called with it, before its matmuls.
 
 Inference only: parameters are read-only; buffers may be updated in place and are written back.
 On a machine without a GPU, ``device="cpu"`` runs the same path on the sim backend, whose
@@ -102,6 +105,26 @@ class _Packed:
         # that lays it out otherwise) a meta parameter, for which remove() assembles a copy.
         self.original = original
         self.tensor = None  # the placeholder the module holds
+
+
+class _Routed:
+    """A step of a forward's order that uses one expert of a packed parameter: which expert is
+    the router's choice, so any two such steps of the same parameter are equal, and the order
+    declared once stays declared while the router picks other experts. ``_declare`` declares
+    every expert of the parameter at the step as a candidate; the router's choice reaches the
+    engine through ``hint_choice`` (``OffloadHandle._hint_router``)."""
+
+    __slots__ = ("packed", "blocks")
+
+    def __init__(self, packed, blocks):
+        self.packed = packed
+        self.blocks = blocks  # the blocks of the expert this pass used
+
+    def __eq__(self, other):
+        return isinstance(other, _Routed) and other.packed is self.packed
+
+    def __hash__(self):
+        return id(self.packed)
 
 
 class _Slot:
@@ -427,9 +450,18 @@ class OffloadHandle:
 
     def _declare(self, order):
         self.engine.clear_schedule()
-        for step, blocks in enumerate(order):
-            for block in blocks:
-                self.engine.declare(step, block)
+        for step, entry in enumerate(order):
+            if isinstance(entry, _Routed):
+                # Any of the n experts may be this step's: each a candidate, 1 / n per pass (a
+                # parameter's m such steps give each expert m / n uses a pass). What is really
+                # used, the engine learns; what the router chose, it is told.
+                experts = entry.packed.experts
+                for slots in experts:
+                    for slot in slots:
+                        self.engine.declare(step, slot.block, 1.0 / len(experts))
+            else:
+                for block in entry:
+                    self.engine.declare(step, block)
         self._order = list(order)
 
     def _run(self, func, args, kwargs, used, whole=()):
@@ -461,7 +493,12 @@ class OffloadHandle:
         by one engine call; a single block's view is rehomed (its hold lives as long as the
         result), several are copied into one tensor of the slice's shape and released."""
         slots = packed.experts[expert]
-        step, blocks = self._record(slots)
+        blocks = [s.block for s in slots]
+        step = None
+        if not self._unrecorded:
+            step = len(self._pass)
+            self._pass.append(_Routed(packed, tuple(blocks)))
+            step = step if self._order else None
         stream = self._stream()
         views = self._hold(step, blocks, slots, stream)
         try:
@@ -498,6 +535,52 @@ class OffloadHandle:
         step = len(self._pass)
         self._pass.append(tuple(blocks))
         return (step if self._order else None), blocks
+
+    def _wrap_router(self, module, packs):
+        """Wraps the forward of a module that holds packed experts (transformers' ``...Experts``,
+        called with the router's top-k index): before its matmuls, each expert the router chose
+        is told to the engine (``_hint_router``), so it loads ahead of its use."""
+        inner = module.forward
+
+        def forward(*args, **kwargs):
+            if not self._removed and self._order and self._depth and not self._unrecorded:
+                self._hint_router(packs, args, kwargs)
+            return inner(*args, **kwargs)
+
+        had = "forward" in module.__dict__
+        self._wrapped.append((module, had, module.__dict__.get("forward")))
+        module.forward = forward
+
+    def _hint_router(self, packs, args, kwargs):
+        """The router's choice, from the experts module's integer argument (its top-k index): the
+        experts it names, in ascending order as the experts loop runs them, go to the coming
+        ``_Routed`` steps of each packed parameter in the declared order, one expert each, by
+        ``hint_choice`` with probability 1."""
+        index = next(
+            (a for a in list(args) + list(kwargs.values())
+             if isinstance(a, _torch.Tensor) and not isinstance(a, _PLACEHOLDERS)
+             and not a.is_floating_point() and a.dtype != _torch.bool),
+            None,
+        )
+        if index is None:
+            return
+        chosen = sorted(set(index.reshape(-1).tolist()))  # on CUDA a sync, as the loop's own
+        want = {id(p): 0 for p in packs}
+        left = len(chosen) * len(packs)
+        order, step = self._order, len(self._pass)
+        # The module's steps come next; a few other steps between them are walked over.
+        limit = min(len(order), step + 4 * left + 8)
+        while left and step < limit:
+            entry = order[step]
+            if isinstance(entry, _Routed) and want.get(id(entry.packed), len(chosen)) < len(chosen):
+                i = want[id(entry.packed)]
+                want[id(entry.packed)] = i + 1
+                left -= 1
+                e = chosen[i]
+                experts = entry.packed.experts
+                if 0 <= e < len(experts):
+                    self.engine.hint_choice(step, [(s.block, 1.0) for s in experts[e]])
+            step += 1
 
     def _stream(self):
         # On the sim backend CPU operations read the arena at once: no stream, the hold waits
@@ -546,7 +629,13 @@ class OffloadHandle:
         down and up blocks interleave, an encoder-decoder runs in two halves)."""
         if not self._order:
             raise RuntimeError("no forward has run yet: there is no order to save")
-        steps = [[self._names[b] for b in blocks] for blocks in self._order]
+        # A routed expert's step names the expert that forward used (the file format has no
+        # candidates).
+        steps = [
+            [self._names.get(b, str(b)) for b in
+             (entry.blocks if isinstance(entry, _Routed) else entry)]
+            for entry in self._order
+        ]
         with open(path, "w") as f:
             _json.dump({"format": "synapswap-order", "version": 1, "steps": steps}, f, indent=1)
 
@@ -840,6 +929,11 @@ def _bind(model, entries, budget, device, policy, mapped, sim_h2d=None, packed=(
             own.append(slot)
     for module in {id(s.module): s.module for s in handle._slots}.values():
         handle._wrap_forward(module)
+    routers = {}
+    for p in handle._packed:
+        routers.setdefault(id(p.module), (p.module, []))[1].append(p)
+    for module, packs in routers.values():
+        handle._wrap_router(module, packs)
     handle._wrap_root(model)
     setattr(model, _ATTR, handle)
     return handle
