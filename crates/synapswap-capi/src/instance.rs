@@ -46,6 +46,8 @@ impl From<Error> for Failure {
 pub fn status_of(e: &Error) -> i32 {
     match e {
         Error::UnknownBlock(_) | Error::StaleBlock(_) | Error::NotHeld(_) => ERR_INVALID_PTR,
+        // A node that names no declared step (it has no dependency of its own).
+        Error::NotACandidate { block: None, .. } => ERR_NOT_FOUND,
         Error::BlockTooLarge { .. }
         | Error::PinnedOverBudget { .. }
         | Error::OutOfDeviceMemory { .. }
@@ -57,7 +59,7 @@ pub fn status_of(e: &Error) -> i32 {
         Error::ZeroSize
         | Error::InvalidPriority(_)
         | Error::InvalidProbability(_)
-        | Error::NotACandidate { .. }
+        | Error::NotACandidate { block: Some(_), .. }
         | Error::OutOfBounds { .. }
         | Error::OutsideBuffer { .. }
         | Error::BlockInUse(_)

@@ -8,8 +8,9 @@
 //!   picked yet, uniformly (consecutive tokens reuse experts);
 //! - otherwise a candidate not picked yet, in proportion to its `popularity` weight.
 //!
-//! Uniform weights and no repeat draw a uniform `k`-subset (a partial Fisher-Yates shuffle,
-//! the draw of workloads written before these fields, kept so that their figures stand).
+//! Without `popularity` and with no repeat the draw is a uniform `k`-subset by a partial
+//! Fisher-Yates shuffle (the draw of workloads written before these fields, kept so that their
+//! figures stand); explicit equal weights draw uniformly too, by the weighted rule.
 //! Every pick comes from SplitMix64 ([`crate::pattern::seed`]) of the seed, the pass and the step,
 //! so a pass's draw depends only on those and the previous pass's draw.
 //!

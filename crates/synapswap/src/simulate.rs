@@ -964,10 +964,17 @@ fn host_moe(ctx: &mut Ctx<'_>) -> Result<Measured> {
             tally.stats.stall_s += now - wait_start;
             ctx.stall(token, wait_start, now);
             let compute_start = now;
-            // The host reads the chosen experts' weights once each (memory-bound).
+            // The host reads the chosen experts' weights once each (memory-bound). A routed step
+            // with fixed uses of its own also runs its `compute_s` on the device (which may
+            // count its experts' device time too: an overestimate, never an underestimate).
             now += if on_host {
                 let bytes: u64 = experts.iter().map(|&b| w.blocks[b].bytes).sum();
-                bytes as f64 / cfg.host_bytes_per_s
+                let own = if st.uses.is_empty() {
+                    0.0
+                } else {
+                    st.compute_s
+                };
+                own + bytes as f64 / cfg.host_bytes_per_s
             } else {
                 st.compute_s
             };

@@ -356,6 +356,12 @@ impl Workload {
                                  finite and non-negative"
                             ));
                         }
+                        if !w.iter().sum::<f64>().is_finite() {
+                            return bad(format!(
+                                "step {s}: choose.popularity's weights sum to more than a \
+                                 float holds"
+                            ));
+                        }
                         let positive = w.iter().filter(|x| **x > 0.0).count();
                         if positive < c.k as usize {
                             return bad(format!(

@@ -564,7 +564,10 @@ class OffloadHandle:
         )
         if index is None:
             return
-        chosen = sorted(set(index.reshape(-1).tolist()))  # on CUDA a sync, as the loop's own
+        n = len(packs[0].experts)
+        # On CUDA a sync, as the loop's own. An index out of range (a padding -1, a dropped
+        # token's n) names no expert, and would shift every later one by a step.
+        chosen = sorted({e for e in index.reshape(-1).tolist() if 0 <= e < n})
         want = {id(p): 0 for p in packs}
         left = len(chosen) * len(packs)
         order, step = self._order, len(self._pass)

@@ -296,6 +296,7 @@ impl Planner {
         self.protected.retain(|&i| i != id.index);
         self.reserved.retain(|&(i, _)| i != id.index);
         self.pending_demands.retain(|&i| i != id.index);
+        self.forget_choices(id.index);
         // Its declared uses, found through the (synced) next-use index: O(its uses x step size),
         // not a walk of the schedule.
         self.sync_schedule();

@@ -22,7 +22,8 @@
 //!
 //! # Cost
 //! Hints are few at a time (a routed step's `k` experts, for the few steps revealed ahead), so
-//! they are one short list: `hint_choice` is O(hints + step uses), a lookup O(hints).
+//! they are one short list: `hint_choice` is O(choices x (hints + step uses)), a lookup
+//! O(hints).
 
 use super::Planner;
 use crate::block::BlockId;
@@ -102,7 +103,7 @@ impl Planner {
     /// probability below 1, not a certain use) that must not load now. A guess loads only when a
     /// wrong one would delay nothing that is needed: on an idle link (nothing loading, no demand
     /// waiting), and when its copy would finish before its step starts (the measured step times
-    /// and bandwidth say so). At batch 1 an expert's copy outlasts the steps before it, so a
+    /// and bandwidth say so, counted from the start of the current step). At batch 1 an expert's copy outlasts the steps before it, so a
     /// guess there stays a hint for the eviction rule and the copy waits for the real choice:
     /// in a copy-bound pass a wrong guess's copy is time lost, a right one's saves none.
     pub(super) fn guess_waits(&self, p: usize, j: usize, k: usize) -> bool {
@@ -138,14 +139,25 @@ impl Planner {
     }
 
     /// Execution moved from position `old` by `moved` positions (0: the same step again): the
-    /// hints for the occurrences it passed lapse.
-    pub(super) fn lapse_choices(&mut self, old: usize, moved: usize, len: usize) {
+    /// hints for the occurrences it passed lapse. `ran`: the step at `old` did run (it was
+    /// hinted and declared); if not (the first hint, or one of an undeclared step), a hint
+    /// for it is for an occurrence still to come and stays.
+    pub(super) fn lapse_choices(&mut self, old: usize, moved: usize, len: usize, ran: bool) {
         if self.choices.is_empty() || len == 0 {
             return;
         }
         self.choices.retain(|c| {
             let d = (c.pos + len - old) % len;
-            !(d < moved || (moved == 0 && d == 0))
+            let passed = if d == 0 { ran } else { d < moved };
+            !passed
         });
+    }
+
+    /// A block leaves: its hints go (its slot may be reused by another block).
+    pub(super) fn forget_choices(&mut self, index: u32) {
+        self.choices.retain(|c| c.block != index);
+        if self.waiting_guess.is_some() && self.choices.is_empty() {
+            self.waiting_guess = None;
+        }
     }
 }

@@ -204,3 +204,37 @@ fn a_hinted_block_ranks_as_needed_at_its_step() {
     assert_eq!(p.distance(e[0].index), 1);
     assert!(before > 1, "declared 1/4 per pass: {before}");
 }
+
+#[test]
+fn a_hint_given_before_its_steps_hint_stays_for_it() {
+    // The router's choice told before the step is hinted (here the very first step, where a
+    // fresh planner already sits): the hint is for that coming occurrence, not a lapsed one.
+    let mut p = Planner::new(PlannerConfig::new(64 * KIB * 7)).unwrap();
+    let e: Vec<BlockId> = (0..4)
+        .map(|_| p.add_block(BlockSpec::new(64 * KIB)).unwrap())
+        .collect();
+    let dense = p.add_block(BlockSpec::new(64 * KIB)).unwrap();
+    for &x in &e {
+        p.declare_p(0, x, 0.25).unwrap();
+    }
+    p.declare(1, dense).unwrap();
+    p.hint_choice(0, &[(e[2], 1.0)]).unwrap();
+    p.hint(0, 0.0);
+    assert_eq!(p.choices.len(), 1, "the hint survives its own step's hint");
+    use_block(&mut p, e[2]);
+    p.hint(1, 0.0);
+    assert!(p.choices.is_empty(), "and lapses once the step ran");
+}
+
+#[test]
+fn a_removed_blocks_hints_go_with_it() {
+    let (mut p, dense, e) = routed();
+    pass(&mut p, dense, &[e[0], e[1]]);
+    p.hint(0, 0.0);
+    complete_all(&mut p);
+    p.hint_choice(1, &[(e[6], 1.0), (e[7], 1.0)]).unwrap();
+    complete_all(&mut p);
+    p.remove_block(e[7]).unwrap();
+    assert_eq!(p.choices.len(), 1);
+    assert!(p.choices.iter().all(|c| c.block == e[6].index));
+}

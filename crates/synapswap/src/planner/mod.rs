@@ -229,6 +229,8 @@ pub struct Planner {
     keep_plan: Option<KeepPlan>,
     /// Routing hints in force (`choice.rs`).
     choices: Vec<choice::ChoiceHint>,
+    /// The position of a hinted guess that waited for an idle link, if any (`prefetch.rs`).
+    waiting_guess: Option<usize>,
     n: Counters,
 }
 
@@ -286,6 +288,7 @@ impl Planner {
             kept_bytes: 0,
             keep_plan: None,
             choices: Vec::new(),
+            waiting_guess: None,
             n: Counters::default(),
         })
     }
@@ -358,7 +361,12 @@ impl Planner {
                 b.protected = false;
             }
         }
-        if self.hinted && self.schedule.len() > 0 {
+        // Whether the step that now ends really ran: a hint of a step that is not declared
+        // (mapped to the next declared one) ran none of that one's uses.
+        let ran = self.hinted
+            && self.schedule.len() > 0
+            && self.last_step == self.schedule.steps.get(self.pos).copied();
+        if ran {
             // The step ends: what its routed candidates' uses teach (`popularity.rs`).
             self.learn_step(self.pos);
         }
@@ -388,7 +396,7 @@ impl Planner {
             // The walk's done range starts at the new position; a step hinted again is looked at
             // afresh (the uses it skipped as "used this step" belong to the old epoch).
             let moved = (self.pos + len - old) % len;
-            self.lapse_choices(old, moved, len);
+            self.lapse_choices(old, moved, len, ran);
             self.scan = if moved == 0 {
                 0
             } else {

@@ -7,8 +7,8 @@
 //! of each occurrence of its step: was the block used there (acquired during the step)? Two
 //! estimates of the probability of that use per pass follow from the answers:
 //! - **long-run** (the expert's popularity): a running mean with a prior of
-//!   [`PRIOR_OBSERVATIONS`] observations of the declared probability, then, after
-//!   [`LONG_WINDOW`] observations, an EMA over that many. The keep plan reads it once it differs
+//!   [`PRIOR_OBSERVATIONS`] observations of the declared probability, then, once prior and
+//!   observations reach [`LONG_WINDOW`], an EMA over that many. The keep plan reads it once it differs
 //!   from the declared probability by more than chance explains (`Learned::plan_p`): a candidate's
 //!   expected uses per cycle, and what it streams, are the learned figures (`placement.rs`,
 //!   `Planner::replan`), so the plan keeps the popular experts;

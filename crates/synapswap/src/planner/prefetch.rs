@@ -100,8 +100,14 @@ impl Planner {
         self.blocker = None;
         let len = self.schedule.len() as usize;
         let cap = self.budget() / 4;
-        // The first step whose guess waited for an idle link: the walk comes back to it.
-        let mut guess_at: Option<usize> = None;
+        // A guess waited for an idle link (`choice.rs`): once the link is idle, the walk looks
+        // again from its step (not at every pump: while it waits, a walk would stop there).
+        if let Some(g) = self.waiting_guess {
+            if self.loading_bytes == 0 && self.pending_demands.is_empty() && len > 0 {
+                self.waiting_guess = None;
+                self.scan = self.scan.min((g + len - self.pos % len) % len);
+            }
+        }
         'walk: while self.scan < len {
             let k = self.scan;
             let p = (self.pos + k) % len;
@@ -118,7 +124,7 @@ impl Planner {
                     continue;
                 }
                 if self.guess_waits(p, j, k) {
-                    guess_at.get_or_insert(k);
+                    self.waiting_guess.get_or_insert(p);
                     continue;
                 }
                 // Under a keep plan the ring bounds the pipeline and a prefetch cannot evict a
@@ -146,9 +152,6 @@ impl Planner {
             if self.scan == k {
                 self.scan = k + 1;
             }
-        }
-        if let Some(k) = guess_at {
-            self.scan = self.scan.min(k);
         }
     }
 }

@@ -280,6 +280,7 @@ impl Planner {
             // The step-duration history and the routing hints belong to the old positions.
             self.last_hint = None;
             self.choices.clear();
+            self.waiting_guess = None;
             self.scan = 0;
         }
     }
