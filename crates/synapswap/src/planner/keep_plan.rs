@@ -20,7 +20,10 @@
 //!
 //! - **Candidate sets** are greedy knapsacks in (priority, uses per cycle, size, spread over the
 //!   pass) order that leave at least `r` free, for a bounded list of reserves `r`: room for two
-//!   blocks of each of the 32 largest sizes, all of the room, and each tried set's own no-stall
+//!   blocks of each of the 32 largest sizes, 1/32, 2/32, ... 31/32 of the room (a tied
+//!   `lm_head` kept beside a ring deep enough to run ahead over the steps that use kept blocks
+//!   only sits at a reserve that is a difference of sizes, which no doubled size hits), all of
+//!   the room, and each tried set's own no-stall
 //!   reserve (the most two consecutive steps stream, or measured and compute-bound, the prefetch
 //!   deficit plus two blocks: [`prefetch_deficit`]). The spread (golden-ratio sequence over
 //!   first-use positions) breaks ties so that the kept blocks are spread evenly over the pass: a
@@ -69,6 +72,8 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 const RESERVE_STEPS: usize = 2;
 /// Distinct block sizes whose double is tried as a reserve.
 const SIZE_TRIES: usize = 32;
+/// Reserves tried at even fractions of the room (1/32, 2/32, ...).
+const GRID_TRIES: u64 = 32;
 /// Most reserves tried.
 const MAX_TRIES: usize = 97;
 /// How much faster a new plan must be predicted to replace the previous one when both were
@@ -427,6 +432,10 @@ pub(crate) fn plan(input: &Inputs, previous: Option<&KeepPlan>) -> KeepPlan {
     sizes.dedup();
     sizes.truncate(SIZE_TRIES);
     let mut tries: Vec<u64> = sizes.iter().map(|&s| 2 * s).collect();
+    // A grid over the room: the reserve at which a big kept block (a tied `lm_head`) still fits
+    // beside a ring deep enough to run ahead over the steps that use kept blocks only is a
+    // difference of sizes, which no doubled size need hit.
+    tries.extend((1..GRID_TRIES).map(|j| room / GRID_TRIES * j));
     tries.push(room);
     let mut tried: Vec<u64> = Vec::new();
     let mut best: Option<(Eval, Vec<bool>)> = None;
