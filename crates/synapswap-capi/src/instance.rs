@@ -317,13 +317,7 @@ impl Instance {
     /// The router's choice (or a guess) for `node`'s coming occurrence: `Engine::hint_choice`.
     pub fn hint_choice(&self, node: i32, choices: &[(usize, f64)]) -> Res<()> {
         let mut st = self.lock()?;
-        self.sync_schedule(&mut st)?;
-        let Some(&step) = st.graph.steps.get(&node) else {
-            return fail(
-                ERR_NOT_FOUND,
-                format!("node {node} was never named in a dependency or candidate"),
-            );
-        };
+        let step = self.step_of(&mut st, node)?;
         let mut ids = Vec::with_capacity(choices.len());
         for &(ptr, p) in choices {
             ids.push((Self::block_of(&st, ptr)?, p));
@@ -345,6 +339,22 @@ impl Instance {
         }
         st.graph.dirty = true;
         Ok(())
+    }
+
+    /// The engine's step of `node` (the schedule re-declared first if the graph changed), or
+    /// `ERR_NOT_FOUND`.
+    fn step_of(&self, st: &mut State, node: i32) -> Res<u64> {
+        self.sync_schedule(st)?;
+        match st.graph.steps.get(&node) {
+            Some(&step) => Ok(step),
+            None => fail(
+                ERR_NOT_FOUND,
+                format!(
+                    "node {node} was never named in a dependency or a candidate \
+                     (synapswap_register_dependency, synapswap_engine_register_candidate)"
+                ),
+            ),
+        }
     }
 
     /// Re-declares the engine's schedule from the graph if it changed.
@@ -372,13 +382,7 @@ impl Instance {
 
     pub fn hint(&self, node: i32) -> Res<()> {
         let mut st = self.lock()?;
-        self.sync_schedule(&mut st)?;
-        let Some(&step) = st.graph.steps.get(&node) else {
-            return fail(
-                ERR_NOT_FOUND,
-                format!("node {node} was never named in synapswap_register_dependency"),
-            );
-        };
+        let step = self.step_of(&mut st, node)?;
         // Moving past the node that took them ends the holds of wait/get_vram_ptr.
         let released: Vec<BlockId> = if st.current_node != Some(node) {
             st.current_node = Some(node);

@@ -550,14 +550,19 @@ def test_packed_experts_are_a_block_each_and_stay_exact(whole):
     assert torch.equal(model(x), plain(x))
 
 
-def test_a_hugging_face_mixtral_offloaded_in_memory_decodes_exactly():
+def _tiny_mixtral():
+    """A random in-memory Hugging Face Mixtral: 2 layers of 4 experts, 2 a token (seed 4)."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(4)
     config = transformers.MixtralConfig(
         vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
         num_local_experts=4, num_experts_per_tok=2)
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+def test_a_hugging_face_mixtral_offloaded_in_memory_decodes_exactly():
+    model = _tiny_mixtral()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.5 if p.dim() > 1 else 0.1)
@@ -602,13 +607,7 @@ def test_per_expert_blocks_move_fewer_bytes_a_token_than_whole_layers():
 
 
 def test_the_routers_choice_is_hinted_before_its_experts_run():
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(4)
-    config = transformers.MixtralConfig(
-        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        num_local_experts=4, num_experts_per_tok=2)
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    model = _tiny_mixtral()
     plain = copy.deepcopy(model)
     plain.set_experts_implementation("eager")
     handle = offload(model, nbytes(model) // 2, device="cpu")

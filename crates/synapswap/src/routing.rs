@@ -26,6 +26,7 @@ use std::collections::VecDeque;
 
 use crate::pattern::seed as mix;
 use crate::workload::{Resolved, Routing};
+use crate::BlockId;
 
 /// What the driver tells the engine before one step: `step`'s draw (or guesses), as
 /// `(block, probability)` pairs.
@@ -44,38 +45,76 @@ pub struct Draws<'a> {
     resolved: &'a Resolved,
     /// (pass, per step: the experts chosen), oldest first.
     passes: VecDeque<(u64, Vec<Vec<usize>>)>,
+    /// Per step: the routed steps whose draw is revealed right after its hint (`known_ahead`
+    /// steps before them, cyclically), so a reveal costs what it tells, not a walk of the steps.
+    reveal_at: Vec<Vec<usize>>,
+    /// Scratch of [`Draws::tell`].
+    revealed: Vec<Reveal>,
+    told: Vec<(BlockId, f64)>,
 }
 
 /// Passes kept: the current, the next (reveals reach into it) and the previous (repeats).
 const KEPT_PASSES: usize = 3;
 
-fn unit(x: u64) -> f64 {
-    (x >> 11) as f64 / (1u64 << 53) as f64
+/// The random stream of one step of one pass: SplitMix64 of the seed, the pass, the step and a
+/// salt (0 for the draw, another for the guesses), so each is independent of the others.
+struct Stream(u64);
+
+/// The salt of the guesses' stream.
+const GUESS_SALT: u64 = 0x6775_6573;
+
+impl Stream {
+    fn new(seed: u64, pass: u64, step: usize, salt: u64) -> Stream {
+        Stream(mix(seed
+            ^ mix(pass.wrapping_mul(0x1_0000_0001) ^ step as u64)
+            ^ salt))
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = mix(self.0);
+        self.0
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in 0..n (n > 0).
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
 }
 
 impl<'a> Draws<'a> {
     /// No pass drawn yet.
     pub fn new(resolved: &'a Resolved) -> Draws<'a> {
+        let len = resolved.steps.len();
+        let mut reveal_at = vec![Vec::new(); len];
+        for (t, st) in resolved.steps.iter().enumerate() {
+            if let Some(r) = &st.choose {
+                // known_ahead < len (checked when resolved).
+                reveal_at[(t + len - r.known_ahead % len) % len].push(t);
+            }
+        }
         Draws {
             resolved,
             passes: VecDeque::new(),
+            reveal_at,
+            revealed: Vec::new(),
+            told: Vec::new(),
         }
     }
 
     fn draw(&self, pass: u64, step: usize, r: &Routing, prev: Option<&[usize]>) -> Vec<usize> {
         let n = r.experts.len();
         let k = r.k.min(n);
-        let mut state =
-            mix(self.resolved.seed ^ mix(pass.wrapping_mul(0x1_0000_0001) ^ step as u64));
-        let mut next = || {
-            state = mix(state);
-            state
-        };
+        let mut rng = Stream::new(self.resolved.seed, pass, step, 0);
         if r.popularity.is_none() && r.repeat == 0.0 {
             // Partial Fisher-Yates: the first k of a uniform permutation.
             let mut pool: Vec<usize> = (0..n).collect();
             for i in 0..k {
-                let j = i + (next() % (n - i) as u64) as usize;
+                let j = i + rng.below(n - i);
                 pool.swap(i, j);
             }
             pool.truncate(k);
@@ -90,12 +129,12 @@ impl<'a> Draws<'a> {
                 .copied()
                 .filter(|e| !chosen.contains(e))
                 .collect();
-            if !again.is_empty() && unit(next()) < r.repeat {
-                chosen.push(again[(next() % again.len() as u64) as usize]);
+            if !again.is_empty() && rng.unit() < r.repeat {
+                chosen.push(again[rng.below(again.len())]);
                 continue;
             }
             let total: f64 = (0..n).filter(|e| !chosen.contains(e)).map(weight).sum();
-            let mut x = unit(next()) * total;
+            let mut x = rng.unit() * total;
             let mut pick = None;
             for e in (0..n).filter(|e| !chosen.contains(e)) {
                 let w = weight(e);
@@ -158,7 +197,7 @@ impl<'a> Draws<'a> {
         let st = &self.resolved.steps[step];
         out.extend_from_slice(&st.uses);
         if let Some(r) = &st.choose {
-            for &e in self.experts(pass, step).to_vec().iter() {
+            for &e in self.experts(pass, step) {
                 for &b in &r.experts[e] {
                     if !out.contains(&b) {
                         out.push(b);
@@ -172,32 +211,24 @@ impl<'a> Draws<'a> {
     /// reveal falls here (`known_ahead` steps before it), with its draw or guesses.
     pub fn reveals(&mut self, pass: u64, step: usize, out: &mut Vec<Reveal>) {
         out.clear();
-        let len = self.resolved.steps.len();
-        let g = pass * len as u64 + step as u64;
-        for t in 0..len {
-            let Some(r) = &self.resolved.steps[t].choose else {
+        let resolved = self.resolved;
+        let len = resolved.steps.len() as u64;
+        let g = pass * len + step as u64;
+        for i in 0..self.reveal_at[step].len() {
+            let t = self.reveal_at[step][i];
+            let Some(r) = &resolved.steps[t].choose else {
                 continue;
             };
-            let target = g + r.known_ahead as u64;
-            if target % len as u64 != t as u64 {
-                continue;
-            }
-            let tpass = target / len as u64;
-            let drawn = self.experts(tpass, t).to_vec();
-            let mut state = mix(self.resolved.seed
-                ^ mix(tpass.wrapping_mul(0x1_0000_0001) ^ t as u64)
-                ^ 0x6775_6573);
-            let mut next = || {
-                state = mix(state);
-                state
-            };
+            let tpass = (g + r.known_ahead as u64) / len;
+            let mut rng = Stream::new(resolved.seed, tpass, t, GUESS_SALT);
+            let drawn = self.experts(tpass, t);
             let mut shown: Vec<usize> = Vec::with_capacity(drawn.len());
-            for &e in &drawn {
+            for &e in drawn {
                 let wrong: Vec<usize> = (0..r.experts.len())
                     .filter(|x| !drawn.contains(x) && !shown.contains(x))
                     .collect();
-                if r.accuracy < 1.0 && !wrong.is_empty() && unit(next()) >= r.accuracy {
-                    shown.push(wrong[(next() % wrong.len() as u64) as usize]);
+                if r.accuracy < 1.0 && !wrong.is_empty() && rng.unit() >= r.accuracy {
+                    shown.push(wrong[rng.below(wrong.len())]);
                 } else {
                     shown.push(e);
                 }
@@ -212,6 +243,29 @@ impl<'a> Draws<'a> {
             }
             out.push(Reveal { step: t, blocks });
         }
+    }
+}
+
+impl Draws<'_> {
+    /// What the drivers (`synapswap run`, the simulator) do right after the hint of `step` in
+    /// `pass`: each reveal ([`Draws::reveals`]) goes to `hint_choice(step, choices)`, its blocks
+    /// the drivers' handles `ids` (indexed as the workload's blocks).
+    pub fn tell<E>(
+        &mut self,
+        pass: u64,
+        step: usize,
+        ids: &[BlockId],
+        mut hint_choice: impl FnMut(u64, &[(BlockId, f64)]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut revealed = std::mem::take(&mut self.revealed);
+        self.reveals(pass, step, &mut revealed);
+        for r in &revealed {
+            self.told.clear();
+            self.told.extend(r.blocks.iter().map(|&(b, p)| (ids[b], p)));
+            hint_choice(r.step as u64, &self.told)?;
+        }
+        self.revealed = revealed;
+        Ok(())
     }
 }
 

@@ -504,8 +504,6 @@ fn run_inner(
     }
     let mut blocks = Vec::new();
     let mut draws = crate::routing::Draws::new(resolved);
-    let mut reveals = Vec::new();
-    let mut told = Vec::new();
 
     let total = cfg.warmup_tokens + cfg.tokens;
     let mut integrity = Integrity::default();
@@ -526,12 +524,7 @@ fn run_inner(
             draws.blocks(token, s, &mut blocks);
             engine.hint(s as u64)?;
             // What the router (or a predictor) has said by now (`routing.rs`).
-            draws.reveals(token, s, &mut reveals);
-            for r in &reveals {
-                told.clear();
-                told.extend(r.blocks.iter().map(|&(b, p)| (ids[b], p)));
-                engine.hint_choice(r.step as u64, &told)?;
-            }
+            draws.tell(token, s, ids, |step, told| engine.hint_choice(step, told))?;
             // A sampled check of a model's block reads its expected bytes from the file now,
             // before the wait, not while the block is held: a read queued on the disk behind the
             // RAM tier's own would hold the block, and the copies waiting for its room, for its

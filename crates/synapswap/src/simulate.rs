@@ -587,7 +587,6 @@ fn engine_policy(ctx: &mut Ctx<'_>, planned: bool) -> Result<Measured> {
     let mut at_timed = Stats::default();
     let mut blocks = Vec::new();
     let mut draws = Draws::new(ctx.resolved);
-    let (mut reveals, mut told) = (Vec::new(), Vec::new());
     for token in 0..ctx.total() {
         if token == cfg.warmup_tokens {
             t_timed = now;
@@ -599,12 +598,9 @@ fn engine_policy(ctx: &mut Ctx<'_>, planned: bool) -> Result<Measured> {
             rt.planner.hint(s as u64, now);
             if planned {
                 // What the router (or a predictor) has said by now, as `synapswap run` tells it.
-                draws.reveals(token, s, &mut reveals);
-                for r in &reveals {
-                    told.clear();
-                    told.extend(r.blocks.iter().map(|&(b, p)| (ids[b], p)));
-                    rt.planner.hint_choice(r.step as u64, &told)?;
-                }
+                draws.tell(token, s, &ids, |step, told| {
+                    rt.planner.hint_choice(step, told)
+                })?;
             }
             rt.apply(now);
             let wait_start = now;
@@ -752,6 +748,51 @@ impl PeerLink {
         finish
     }
 
+    /// The pre-forward hook of the synchronous peers (stream-sync, host-moe): each of `blocks`
+    /// not on the device is copied, one after another, from `now`; returns when the last is in.
+    fn copy_in(
+        &mut self,
+        tally: &mut Tally,
+        w: &Workload,
+        blocks: impl IntoIterator<Item = usize>,
+        (resident, loaded): (&[bool], &mut [bool]),
+        mut now: f64,
+    ) -> f64 {
+        for b in blocks {
+            let ready = resident[b] && loaded[b];
+            tally.wait(ready);
+            if !ready {
+                now = self.load(tally, now, &w.blocks[b].name, w.blocks[b].bytes, true);
+                loaded[b] = true;
+            }
+        }
+        now
+    }
+
+    /// Their post-forward hook: each of `blocks` that is not resident for good leaves the
+    /// device, written back first if mutable; returns when the last write-back is done.
+    fn drop_offloaded(
+        &mut self,
+        tally: &mut Tally,
+        w: &Workload,
+        blocks: impl IntoIterator<Item = usize>,
+        (resident, loaded): (&[bool], &mut [bool]),
+        mut now: f64,
+    ) -> f64 {
+        for b in blocks {
+            if resident[b] {
+                continue;
+            }
+            let size = w.blocks[b].bytes;
+            if w.blocks[b].mutable {
+                now = self.write_back(tally, now, &w.blocks[b].name, size);
+            }
+            tally.free(size);
+            loaded[b] = false;
+        }
+        now
+    }
+
     /// Hands the copies to the simulation's timeline.
     fn finish(self, trace: &mut Trace) {
         if let Some(t) = self.trace {
@@ -826,32 +867,16 @@ fn stream_sync(ctx: &mut Ctx<'_>) -> Result<Measured> {
             draws.blocks(token, s, &mut blocks);
             let wait_start = now;
             // Pre-forward hook: copy what is not on the device, synchronously.
-            for &b in &blocks {
-                let size = w.blocks[b].bytes;
-                let on_device = resident[b] && loaded[b];
-                tally.wait(on_device);
-                if !on_device {
-                    now = link.load(&mut tally, now, &w.blocks[b].name, size, true);
-                    loaded[b] = true;
-                }
-            }
+            let state = (&resident[..], &mut loaded[..]);
+            now = link.copy_in(&mut tally, w, blocks.iter().copied(), state, now);
             tally.stats.stall_s += now - wait_start;
             ctx.stall(token, wait_start, now);
             let compute_start = now;
             now += ctx.resolved.steps[s].compute_s;
             ctx.step(s, token, compute_start, now);
             // Post-forward hook: offloaded blocks leave the device (written back if mutable).
-            for &b in &blocks {
-                if resident[b] {
-                    continue;
-                }
-                let size = w.blocks[b].bytes;
-                if w.blocks[b].mutable {
-                    now = link.write_back(&mut tally, now, &w.blocks[b].name, size);
-                }
-                tally.free(size);
-                loaded[b] = false;
-            }
+            let state = (&resident[..], &mut loaded[..]);
+            now = link.drop_offloaded(&mut tally, w, blocks.iter().copied(), state, now);
         }
         let stats = tally.stats.clone();
         ctx.pass_done(token, now, t_timed, &stats, &at_timed);
@@ -952,15 +977,9 @@ fn host_moe(ctx: &mut Ctx<'_>) -> Result<Measured> {
             let copied = st
                 .uses
                 .iter()
-                .chain(if on_host { &[][..] } else { &experts[..] });
-            for &b in copied {
-                let ready = resident[b] && loaded[b];
-                tally.wait(ready);
-                if !ready {
-                    now = link.load(&mut tally, now, &w.blocks[b].name, w.blocks[b].bytes, true);
-                    loaded[b] = true;
-                }
-            }
+                .chain(if on_host { &[][..] } else { &experts[..] })
+                .copied();
+            now = link.copy_in(&mut tally, w, copied, (&resident, &mut loaded), now);
             tally.stats.stall_s += now - wait_start;
             ctx.stall(token, wait_start, now);
             let compute_start = now;
@@ -979,16 +998,8 @@ fn host_moe(ctx: &mut Ctx<'_>) -> Result<Measured> {
                 st.compute_s
             };
             ctx.step(s, token, compute_start, now);
-            for &b in &st.uses {
-                if !resident[b] {
-                    let size = w.blocks[b].bytes;
-                    if w.blocks[b].mutable {
-                        now = link.write_back(&mut tally, now, &w.blocks[b].name, size);
-                    }
-                    tally.free(size);
-                    loaded[b] = false;
-                }
-            }
+            let state = (&resident[..], &mut loaded[..]);
+            now = link.drop_offloaded(&mut tally, w, st.uses.iter().copied(), state, now);
         }
         let stats = tally.stats.clone();
         ctx.pass_done(token, now, t_timed, &stats, &at_timed);

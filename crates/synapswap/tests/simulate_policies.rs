@@ -156,6 +156,13 @@ fn prediction_matches_the_runtime_in_bytes() {
     let w = llama("llama-2l", shape, DeviceModel::CONSUMER);
     let budget = w.model_bytes() / 2 / (1 << 20) * (1 << 20);
     let bw = 4e9;
+    run_and_simulate(&w, budget, bw, 4);
+}
+
+/// `w` through the real engine (real copies on a sim link of `bw`, every byte verified: no
+/// mismatch) and through the simulator, `tokens` timed passes each: the bytes moved agree
+/// within 15%. Returns what the engine measured.
+fn run_and_simulate(w: &workload::Workload, budget: u64, bw: f64, tokens: u64) -> run::RunReport {
     let backend: Arc<dyn Backend> = Arc::new(
         SimBackend::new(SimConfig {
             h2d_bytes_per_s: Some(bw),
@@ -171,26 +178,24 @@ fn prediction_matches_the_runtime_in_bytes() {
         .build()
         .unwrap();
     let cfg = RunConfig {
-        tokens: 4,
+        tokens,
         warmup_tokens: 1,
         bound_bytes_per_s: bw,
         bound_source: "test".into(),
         seed: 0,
         verify: synapswap::run::Verify::Full,
     };
-    let measured = run::run(&engine, &w, &cfg, &mut |_| {}).unwrap();
+    let measured = run::run(&engine, w, &cfg, &mut |_| {}).unwrap();
     engine.shutdown();
     assert_eq!(measured.integrity.mismatches, 0);
     let sim_cfg = SimulateConfig {
         budget,
         h2d_bytes_per_s: bw,
         d2h_bytes_per_s: bw,
-        tokens: 4,
-        ..SimulateConfig::for_workload(&w)
+        tokens,
+        ..SimulateConfig::for_workload(w)
     };
-    let predicted = simulate::simulate(&w, &sim_cfg, &mut |_| {})
-        .unwrap()
-        .report;
+    let predicted = simulate::simulate(w, &sim_cfg, &mut |_| {}).unwrap().report;
     let ratio = predicted.bytes_h2d as f64 / measured.bytes_h2d as f64;
     assert!(
         (0.85..=1.15).contains(&ratio),
@@ -198,6 +203,7 @@ fn prediction_matches_the_runtime_in_bytes() {
         predicted.bytes_h2d,
         measured.bytes_h2d
     );
+    measured
 }
 
 #[test]
@@ -252,47 +258,6 @@ fn routed_fields_drive_run_and_the_simulator_alike() {
     let w: workload::Workload = serde_json::from_str(&json).unwrap();
     let budget = 16 << 20;
     let bw = 4e9;
-    let backend: Arc<dyn Backend> = Arc::new(
-        SimBackend::new(SimConfig {
-            h2d_bytes_per_s: Some(bw),
-            d2h_bytes_per_s: None,
-            latency: std::time::Duration::from_secs_f64(simulate::DEFAULT_LATENCY_S),
-            ..SimConfig::unpaced()
-        })
-        .unwrap(),
-    );
-    let engine = Engine::builder()
-        .budget(budget)
-        .backend(backend)
-        .build()
-        .unwrap();
-    let cfg = RunConfig {
-        tokens: 24,
-        warmup_tokens: 1,
-        bound_bytes_per_s: bw,
-        bound_source: "test".into(),
-        seed: 0,
-        verify: synapswap::run::Verify::Full,
-    };
-    let measured = run::run(&engine, &w, &cfg, &mut |_| {}).unwrap();
-    engine.shutdown();
-    assert_eq!(measured.integrity.mismatches, 0);
+    let measured = run_and_simulate(&w, budget, bw, 24);
     assert!(measured.integrity.verified_blocks > 0);
-    let sim_cfg = SimulateConfig {
-        budget,
-        h2d_bytes_per_s: bw,
-        d2h_bytes_per_s: bw,
-        tokens: 24,
-        ..SimulateConfig::for_workload(&w)
-    };
-    let predicted = simulate::simulate(&w, &sim_cfg, &mut |_| {})
-        .unwrap()
-        .report;
-    let ratio = predicted.bytes_h2d as f64 / measured.bytes_h2d as f64;
-    assert!(
-        (0.85..=1.15).contains(&ratio),
-        "predicted {} bytes, measured {}",
-        predicted.bytes_h2d,
-        measured.bytes_h2d
-    );
 }

@@ -493,12 +493,7 @@ class OffloadHandle:
         by one engine call; a single block's view is rehomed (its hold lives as long as the
         result), several are copied into one tensor of the slice's shape and released."""
         slots = packed.experts[expert]
-        blocks = [s.block for s in slots]
-        step = None
-        if not self._unrecorded:
-            step = len(self._pass)
-            self._pass.append(_Routed(packed, tuple(blocks)))
-            step = step if self._order else None
+        step, blocks = self._record(slots, routed=packed)
         stream = self._stream()
         views = self._hold(step, blocks, slots, stream)
         try:
@@ -525,15 +520,15 @@ class OffloadHandle:
                 self.engine.release_many(blocks, stream)
         return out
 
-    def _record(self, used):
-        """Records the operation's blocks as the running forward's next step. Returns the step
-        to hint (None before an order is declared, or outside the model's forward) and the
-        blocks."""
+    def _record(self, used, routed=None):
+        """Records the operation's blocks as the running forward's next step (a ``_Routed`` one
+        when they are an expert of the packed parameter ``routed``). Returns the step to hint
+        (None before an order is declared, or outside the model's forward) and the blocks."""
         blocks = [s.block for s in used]
         if self._unrecorded:
             return None, blocks
         step = len(self._pass)
-        self._pass.append(tuple(blocks))
+        self._pass.append(tuple(blocks) if routed is None else _Routed(routed, tuple(blocks)))
         return (step if self._order else None), blocks
 
     def _wrap_router(self, module, packs):

@@ -76,10 +76,9 @@ impl Planner {
                 }),
             }
         }
-        self.n.choice_hints += choices.len() as u64;
         // The walk looks again from the hinted step.
         let len = self.schedule.len() as usize;
-        let ahead = (pos + len - self.pos % len.max(1)) % len.max(1);
+        let ahead = (pos + len - self.pos % len) % len; // `pos` was found: len > 0
         self.scan = self.scan.min(ahead);
         self.pump();
         Ok(())

@@ -1,29 +1,16 @@
 //! Routing hints (`choice.rs`): hinted candidates load ahead, lapse after their occurrence, and
 //! bad hints change nothing.
 
-use super::tests::{complete_all, use_block};
+use super::tests::{complete_all, routed, routed_pass, use_block};
 use super::*;
 use crate::block::Residency;
 
 const KIB: u64 = 1 << 10;
 
-/// Step 0 uses a dense block, step 1 two of eight experts (declared `2 / 8` each), step 2 another
-/// dense block. Room for the dense blocks and five experts.
-fn routed() -> (Planner, [BlockId; 2], Vec<BlockId>) {
-    let mut p = Planner::new(PlannerConfig::new(64 * KIB * 7)).unwrap();
-    let dense = [
-        p.add_block(BlockSpec::new(64 * KIB)).unwrap(),
-        p.add_block(BlockSpec::new(64 * KIB)).unwrap(),
-    ];
-    let experts: Vec<BlockId> = (0..8)
-        .map(|_| p.add_block(BlockSpec::new(64 * KIB)).unwrap())
-        .collect();
-    p.declare(0, dense[0]).unwrap();
-    for &e in &experts {
-        p.declare_p(1, e, 0.25).unwrap();
-    }
-    p.declare(2, dense[1]).unwrap();
-    (p, dense, experts)
+/// [`routed`] with two of eight experts a pass (declared `2 / 8` each) and room for the dense
+/// blocks and five experts.
+fn two_of_eight() -> (Planner, [BlockId; 2], Vec<BlockId>) {
+    routed(7, 0.25)
 }
 
 /// The blocks the planner asks to load now.
@@ -38,22 +25,14 @@ fn loads(p: &mut Planner) -> Vec<BlockId> {
     out
 }
 
-/// One pass using experts `used` at step 1.
+/// One pass using experts `used` at step 1, every hint at time 0 (nothing measured).
 fn pass(p: &mut Planner, dense: [BlockId; 2], used: &[BlockId]) {
-    p.hint(0, 0.0);
-    use_block(p, dense[0]);
-    p.hint(1, 0.0);
-    for &e in used {
-        use_block(p, e);
-    }
-    p.hint(2, 0.0);
-    use_block(p, dense[1]);
-    complete_all(p);
+    routed_pass(p, dense, used, &mut 0.0, 0.0);
 }
 
 #[test]
 fn a_hinted_candidate_loads_ahead_and_an_unhinted_one_does_not() {
-    let (mut p, dense, e) = routed();
+    let (mut p, dense, e) = two_of_eight();
     pass(&mut p, dense, &[e[0], e[1]]);
     pass(&mut p, dense, &[e[2], e[3]]);
     // Make room for both hinted experts at once (the plan may keep the experts used so far).
@@ -84,7 +63,7 @@ fn a_hinted_candidate_loads_ahead_and_an_unhinted_one_does_not() {
 
 #[test]
 fn a_hint_for_the_running_step_loads_its_choice_at_once() {
-    let (mut p, dense, e) = routed();
+    let (mut p, dense, e) = two_of_eight();
     pass(&mut p, dense, &[e[0], e[1]]);
     p.hint(0, 0.0);
     use_block(&mut p, dense[0]);
@@ -97,19 +76,12 @@ fn a_hint_for_the_running_step_loads_its_choice_at_once() {
 
 /// One pass as [`pass`] does, each step taking 4 ms from `*now` (copies take 1 ms: `use_block`).
 fn timed_pass(p: &mut Planner, dense: [BlockId; 2], used: &[BlockId], now: &mut f64) {
-    for (s, blocks) in [(0, vec![dense[0]]), (1, used.to_vec()), (2, vec![dense[1]])] {
-        p.hint(s, *now);
-        for b in blocks {
-            use_block(p, b);
-        }
-        *now += 0.004;
-    }
-    complete_all(p);
+    routed_pass(p, dense, used, now, 0.004);
 }
 
 #[test]
 fn a_guess_loads_only_when_its_copy_fits_before_its_step() {
-    let (mut p, dense, e) = routed();
+    let (mut p, dense, e) = two_of_eight();
     // Unmeasured: a guess (probability < 1) waits for the real choice.
     pass(&mut p, dense, &[e[0], e[1]]);
     p.hint(0, 0.0);
@@ -121,7 +93,7 @@ fn a_guess_loads_only_when_its_copy_fits_before_its_step() {
         "it still ranks as needed at step 1"
     );
     // Measured: steps of 4 ms, copies of 1 ms: the guess loads at once.
-    let (mut p, dense, e) = routed();
+    let (mut p, dense, e) = two_of_eight();
     let mut now = 0.0;
     for _ in 0..3 {
         timed_pass(&mut p, dense, &[e[0], e[1]], &mut now);
@@ -134,7 +106,7 @@ fn a_guess_loads_only_when_its_copy_fits_before_its_step() {
 
 #[test]
 fn a_hint_lapses_once_its_occurrence_is_past() {
-    let (mut p, dense, e) = routed();
+    let (mut p, dense, e) = two_of_eight();
     let mut now = 0.0;
     for _ in 0..3 {
         timed_pass(&mut p, dense, &[e[0], e[1]], &mut now);
@@ -164,7 +136,7 @@ fn a_hint_lapses_once_its_occurrence_is_past() {
 
 #[test]
 fn bad_hints_are_errors_and_change_nothing() {
-    let (mut p, dense, e) = routed();
+    let (mut p, dense, e) = two_of_eight();
     pass(&mut p, dense, &[e[0], e[1]]);
     p.hint(0, 0.0);
     complete_all(&mut p);
@@ -202,7 +174,7 @@ fn bad_hints_are_errors_and_change_nothing() {
 
 #[test]
 fn a_hinted_block_ranks_as_needed_at_its_step() {
-    let (mut p, dense, e) = routed();
+    let (mut p, dense, e) = two_of_eight();
     pass(&mut p, dense, &[e[0], e[1]]);
     p.hint(0, 0.0);
     complete_all(&mut p);
@@ -235,7 +207,7 @@ fn a_hint_given_before_its_steps_hint_stays_for_it() {
 
 #[test]
 fn a_removed_blocks_hints_go_with_it() {
-    let (mut p, dense, e) = routed();
+    let (mut p, dense, e) = two_of_eight();
     pass(&mut p, dense, &[e[0], e[1]]);
     p.hint(0, 0.0);
     complete_all(&mut p);

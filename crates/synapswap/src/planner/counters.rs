@@ -28,8 +28,6 @@ pub(super) struct Counters {
     pub(super) step_maps: u64,
     /// Keep plans made (see [`Planner::replan`]).
     pub(super) replans: u64,
-    /// Candidates named by routing hints (`choice.rs`).
-    pub(super) choice_hints: u64,
 }
 
 impl Planner {

@@ -142,9 +142,7 @@ impl Planner {
                 continue;
             }
             // Expected uses per cycle: a routed use at what its uses taught (`popularity.rs`).
-            let uses: f64 = (self.schedule.positions[i].iter())
-                .map(|&p| self.schedule.learned_p(i as u32, p as usize).unwrap_or(0.0))
-                .sum();
+            let uses = self.schedule.learned_uses(i as u32);
             if uses > 0.0 {
                 cand_of[i] = Some(cands.len() as u32);
                 cands.push(Candidate {

@@ -96,12 +96,26 @@ impl Schedule {
     pub(super) fn learned_p(&self, block: u32, pos: usize) -> Option<f64> {
         let b = block as usize;
         let k = self.positions.get(b)?.binary_search(&(pos as u32)).ok()?;
+        Some(self.plan_p_at(b, k))
+    }
+
+    /// The block's expected uses per cycle as the keep plan counts them: [`Self::learned_p`]
+    /// summed over its uses. O(uses of the block).
+    pub(super) fn learned_uses(&self, block: u32) -> f64 {
+        let b = block as usize;
+        (0..self.positions.get(b).map_or(0, Vec::len))
+            .map(|k| self.plan_p_at(b, k))
+            .sum()
+    }
+
+    /// The keep plan's probability of the block's `k`-th use (in `positions` order).
+    fn plan_p_at(&self, b: usize, k: usize) -> f64 {
         let declared = self.pos_probs[b][k];
-        Some(if declared >= 1.0 {
+        if declared >= 1.0 {
             1.0
         } else {
             self.pos_learned[b][k].plan_p(declared)
-        })
+        }
     }
 }
 

@@ -1,43 +1,24 @@
 //! Learned popularity (`popularity.rs`): the keep plan keeps what is really used, the eviction
 //! rule ranks recently used candidates nearer.
 
-use super::tests::{complete_all, use_block};
+use super::tests::{routed, routed_pass};
 use super::*;
 
-const KIB: u64 = 1 << 10;
-
-/// Step 0 dense, step 1 one of eight experts (declared 1/8 each), step 2 dense; each step 0.1
-/// ms, each copy 1 ms (copy-bound: what is kept decides the pass time). Room for the dense
+/// [`routed`] with one of eight experts a pass (declared 1/8 each) and room for the dense
 /// blocks and four experts.
-fn routed() -> (Planner, [BlockId; 2], Vec<BlockId>) {
-    let mut p = Planner::new(PlannerConfig::new(64 * KIB * 6)).unwrap();
-    let dense = [
-        p.add_block(BlockSpec::new(64 * KIB)).unwrap(),
-        p.add_block(BlockSpec::new(64 * KIB)).unwrap(),
-    ];
-    let experts: Vec<BlockId> = (0..8)
-        .map(|_| p.add_block(BlockSpec::new(64 * KIB)).unwrap())
-        .collect();
-    p.declare(0, dense[0]).unwrap();
-    for &e in &experts {
-        p.declare_p(1, e, 0.125).unwrap();
-    }
-    p.declare(2, dense[1]).unwrap();
-    (p, dense, experts)
+fn one_of_eight() -> (Planner, [BlockId; 2], Vec<BlockId>) {
+    routed(6, 0.125)
 }
 
+/// One pass using `expert`, each step 0.1 ms, each copy 1 ms (copy-bound: what is kept decides
+/// the pass time).
 fn pass(p: &mut Planner, dense: [BlockId; 2], expert: BlockId, now: &mut f64) {
-    for (s, b) in [(0, dense[0]), (1, expert), (2, dense[1])] {
-        p.hint(s, *now);
-        use_block(p, b);
-        *now += 0.0001;
-    }
-    complete_all(p);
+    routed_pass(p, dense, &[expert], now, 0.0001);
 }
 
 #[test]
 fn the_keep_plan_keeps_the_expert_that_is_used() {
-    let (mut p, dense, e) = routed();
+    let (mut p, dense, e) = one_of_eight();
     let mut now = 0.0;
     // Expert 7 (declared like the others, last in every order) in four passes of five.
     for i in 0..80u64 {
@@ -65,7 +46,7 @@ fn the_keep_plan_keeps_the_expert_that_is_used() {
 
 #[test]
 fn a_candidate_used_recently_ranks_nearer_than_one_that_was_not() {
-    let (mut p, dense, e) = routed();
+    let (mut p, dense, e) = one_of_eight();
     let mut now = 0.0;
     for &x in &e {
         pass(&mut p, dense, x, &mut now);

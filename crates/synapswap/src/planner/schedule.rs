@@ -293,7 +293,8 @@ impl Planner {
     /// Declares that `step` may use `block`, with `probability` per pass (a routed expert:
     /// `k / n`). Such a use is not prefetched on that alone (loading every candidate would move
     /// `n / k` times the bytes used): it is loaded when waited for, or ahead once a routing hint
-    /// names it ([`Planner::hint_choice`]), and its expected next use ranks it for eviction. Declaring the same use again updates its probability.
+    /// names it ([`Planner::hint_choice`]), and its expected next use ranks it for eviction.
+    /// Declaring the same use again updates its probability.
     pub fn declare_p(&mut self, step: u64, id: BlockId, probability: f64) -> Result<()> {
         self.block(id)?;
         if !(probability > 0.0 && probability <= 1.0) {

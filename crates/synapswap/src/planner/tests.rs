@@ -21,6 +21,46 @@ pub(super) fn complete_all(p: &mut Planner) -> u64 {
     loads
 }
 
+/// The routing tests' schedule (`choice_tests.rs`, `popularity_tests.rs`): step 0 uses a dense
+/// block, step 1 one or more of eight experts (each declared with probability `p`), step 2
+/// another dense block; every block 64 KiB, a pool of `room` of them.
+pub(super) fn routed(room: u64, p: f64) -> (Planner, [BlockId; 2], Vec<BlockId>) {
+    const KIB: u64 = 1 << 10;
+    let mut planner = Planner::new(PlannerConfig::new(64 * KIB * room)).unwrap();
+    let dense = [
+        planner.add_block(BlockSpec::new(64 * KIB)).unwrap(),
+        planner.add_block(BlockSpec::new(64 * KIB)).unwrap(),
+    ];
+    let experts: Vec<BlockId> = (0..8)
+        .map(|_| planner.add_block(BlockSpec::new(64 * KIB)).unwrap())
+        .collect();
+    planner.declare(0, dense[0]).unwrap();
+    for &e in &experts {
+        planner.declare_p(1, e, p).unwrap();
+    }
+    planner.declare(2, dense[1]).unwrap();
+    (planner, dense, experts)
+}
+
+/// One pass of [`routed`]'s schedule using `used` at step 1, each step `step_s` long from
+/// `*now` (copies take 1 ms: [`use_block`]).
+pub(super) fn routed_pass(
+    p: &mut Planner,
+    dense: [BlockId; 2],
+    used: &[BlockId],
+    now: &mut f64,
+    step_s: f64,
+) {
+    for (s, blocks) in [(0, &dense[..1]), (1, used), (2, &dense[1..])] {
+        p.hint(s, *now);
+        for &b in blocks {
+            use_block(p, b);
+        }
+        *now += step_s;
+    }
+    complete_all(p);
+}
+
 pub(super) fn use_block(p: &mut Planner, id: BlockId) -> u64 {
     let mut loads = 0;
     match p.acquire(id).unwrap() {
