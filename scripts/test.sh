@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: the Rust workspace (engine, CLI, simulator, C ABI and its C programs, real
 # models from PyPI packages), the loom
-# models of the engine's thread hand-off, and the Python package (bindings and the PyTorch
+# models of the engine's thread hand-off, the Windows build under Wine, and the Python package (bindings and the PyTorch
 # integration, on the sim backend) in a virtual environment it creates under target/ (first run:
 # ~2 minutes to install torch and friends).
 set -euo pipefail
@@ -17,6 +17,14 @@ cargo test --workspace --release
 # the engine's locks and threads for loom's.
 RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=1 cargo test --release -p synapswap --test engine_loom \
     --target-dir target/loom
+# Windows (MinGW): cross-built, and its tests, CLI and C programs run under Wine (README,
+# "Windows"); it installs the rustup target, mingw-w64 and Wine if missing (apt-get, as root).
+# SYNAPSWAP_SKIP_WINDOWS=1 skips it, saying so.
+if [ -n "${SYNAPSWAP_SKIP_WINDOWS:-}" ]; then
+    echo "test.sh: the Windows check is skipped (SYNAPSWAP_SKIP_WINDOWS is set)"
+else
+    scripts/windows-check.sh
+fi
 VENV=${SYNAPSWAP_VENV:-$PWD/target/pyenv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 # The build backend (maturin) runs as a program: the environment's bin/ goes first on PATH.

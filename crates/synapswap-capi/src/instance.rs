@@ -51,6 +51,7 @@ pub fn status_of(e: &Error) -> i32 {
         Error::BlockTooLarge { .. }
         | Error::PinnedOverBudget { .. }
         | Error::OutOfDeviceMemory { .. }
+        | Error::DeviceMemory { .. }
         | Error::BudgetTooSmall { .. }
         | Error::InvalidBudget(_) => ERR_OUT_OF_VRAM,
         Error::HostMemory { .. } | Error::OutOfHostMemory(_) => ERR_OUT_OF_RAM,

@@ -103,6 +103,13 @@ fn status_codes_follow_the_error_variant_not_its_message() {
         pinned: 0,
     };
     assert_eq!(code(oom), SS_ERR_OUT_OF_VRAM);
+    let short = Error::DeviceMemory {
+        needed: 8 << 30,
+        margin: 256 << 20,
+        free: 4 << 30,
+        total: 8 << 30,
+    };
+    assert_eq!(code(short), SS_ERR_OUT_OF_VRAM);
     let unavailable = Error::BackendUnavailable {
         name: "cuda".into(),
         reason: "no driver".into(),

@@ -438,6 +438,7 @@ fn cmd_run(args: RunArgs) -> Result<(), (u8, String)> {
             | synapswap::Error::InvalidBudget(_)
             | synapswap::Error::PinnedOverBudget { .. }
             | synapswap::Error::HostMemory { .. }
+            | synapswap::Error::DeviceMemory { .. }
             | synapswap::Error::Parse { .. } => 2u8,
             _ => 1,
         };

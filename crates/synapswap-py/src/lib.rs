@@ -24,6 +24,7 @@ fn err(e: Error) -> PyErr {
         Error::BlockTooLarge { .. }
         | Error::PinnedOverBudget { .. }
         | Error::OutOfDeviceMemory { .. }
+        | Error::DeviceMemory { .. }
         | Error::BudgetTooSmall { .. }
         | Error::HostMemory { .. }
         | Error::OutOfHostMemory(_) => PyMemoryError::new_err(msg),
@@ -976,6 +977,13 @@ fn model_tensors<'py>(py: Python<'py>, path: &str) -> PyResult<Vec<Bound<'py, Py
 }
 
 /// Whether the CUDA backend can run here, and why not.
+/// The device memory a CUDA pool leaves free on a device of `total` bytes (the engine refuses a
+/// pool larger than free memory less this, so `vram_budget="auto"` reserves at least this).
+#[pyfunction]
+fn vram_margin(total: u64) -> u64 {
+    engine::backend::cuda::vram_margin(total)
+}
+
 #[pyfunction]
 fn cuda_available() -> (bool, String) {
     match engine::backend::cuda::available() {
@@ -992,6 +1000,7 @@ fn _synapswap(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Arena>()?;
     m.add_function(wrap_pyfunction!(parse_size, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_available, m)?)?;
+    m.add_function(wrap_pyfunction!(vram_margin, m)?)?;
     m.add_function(wrap_pyfunction!(model_tensors, m)?)?;
     Ok(())
 }

@@ -141,6 +141,21 @@ def test_auto_budget_reports_its_reserve(tmp_path):
     model._synapswap_offload.remove()
 
 
+def test_auto_reserve_leaves_the_engines_free_vram_margin():
+    # On CUDA the engine refuses a pool that leaves less than vram_margin(total) free (the WDDM
+    # sysmem fallback), so "auto" must reserve at least that; off CUDA the 256 MiB stands.
+    import synapswap
+    from synapswap.torch import _reserve
+
+    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, vocab_size=100)
+    total = 141 << 30
+    assert synapswap.vram_margin(total) == total // 64
+    assert synapswap.vram_margin(8 << 30) == 256 << 20
+    assert _reserve(config, torch.float16, 32, device_total=total)["workspace_bytes"] == total // 64
+    assert _reserve(config, torch.float16, 32)["workspace_bytes"] == 256 << 20
+
+
 def test_bad_input_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         from_pretrained(tmp_path / "nothing", vram_budget="1MiB", device="cpu")

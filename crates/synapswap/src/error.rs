@@ -79,6 +79,22 @@ pub enum Error {
         available: u64,
         limit: &'static str,
     },
+    /// The device pool does not fit in the device's free memory less a margin
+    /// (`backend::cuda::vram_margin`), checked before it is allocated: near the limit a Windows
+    /// (WDDM) driver may silently back device memory with system RAM instead of failing.
+    #[error(
+        "not enough free device memory: a {needed}-byte pool ({}) needs free memory plus a {margin}-byte margin ({}), but {free} of {total} bytes ({} of {}) are free",
+        format_bytes(*.needed),
+        format_bytes(*.margin),
+        format_bytes(*.free),
+        format_bytes(*.total)
+    )]
+    DeviceMemory {
+        needed: u64,
+        margin: u64,
+        free: u64,
+        total: u64,
+    },
     /// An allocation of host memory (a host copy, page-locked memory, the sim backend's arena)
     /// failed.
     #[error("out of host memory: cannot allocate {bytes} bytes ({})", format_bytes(*.0), bytes = .0)]

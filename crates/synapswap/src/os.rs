@@ -1,6 +1,7 @@
-//! Operating-system specific calls, kept in one place so that a port (Windows via MinGW) is a
-//! matter of adding a `cfg` arm here: page size, anonymous mappings, precise sleep, and the host
-//! memory this process can still take ([`available_memory`]; Linux only, unknown elsewhere).
+//! Operating-system specific calls, kept in one place: page size, anonymous mappings, precise
+//! sleep, and the host memory this process can still take ([`available_memory`]). Each has a
+//! Linux (Unix) arm and a Windows arm (`x86_64-pc-windows-gnu`, tested under Wine by
+//! `scripts/windows-check.sh`); any other target gets a portable fallback.
 
 use std::time::Instant;
 
@@ -15,15 +16,31 @@ pub fn page_size() -> usize {
         }
         4096
     }
-    #[cfg(not(unix))]
+    #[cfg(windows)]
+    {
+        use windows_sys::Win32::System::SystemInformation::{GetSystemInfo, SYSTEM_INFO};
+        // SAFETY: SYSTEM_INFO is plain data, for which all-zero bytes are a valid value.
+        let mut info: SYSTEM_INFO = unsafe { std::mem::zeroed() };
+        // SAFETY: GetSystemInfo fills the struct we own; it cannot fail.
+        unsafe { GetSystemInfo(&mut info) };
+        if info.dwPageSize > 0 {
+            return info.dwPageSize as usize;
+        }
+        4096
+    }
+    #[cfg(not(any(unix, windows)))]
     {
         4096
     }
 }
 
-/// Sleeps until `deadline`. On Unix `nanosleep` is precise to tens of microseconds; on Windows the
-/// default timer tick is ~15 ms, so the last stretch is yielded away instead of slept (both
-/// assumed: typical figures, not measured here).
+/// Sleeps until `deadline`, never returning before it. On Unix `nanosleep` is precise to tens of
+/// microseconds (assumed: a typical figure). On Windows `Sleep` rounds up to the timer tick
+/// (~15.6 ms by default, assumed), which would make the sim link and `run`'s compute steps
+/// ten times too slow; so each thread waits on its own high-resolution waitable timer
+/// (`CREATE_WAITABLE_TIMER_HIGH_RESOLUTION`, Windows 10 1803 and later), and yields away the
+/// last stretch that the timer's rounding leaves. Where that timer cannot be made (older
+/// Windows, some Wine versions), it sleeps through all but the last tick and yields the rest.
 pub fn sleep_until(deadline: Instant) {
     #[cfg(not(windows))]
     {
@@ -34,26 +51,97 @@ pub fn sleep_until(deadline: Instant) {
     }
     #[cfg(windows)]
     {
-        const COARSE: std::time::Duration = std::time::Duration::from_millis(16);
+        windows_timer::sleep_until(deadline);
+    }
+}
+
+#[cfg(windows)]
+mod windows_timer {
+    use std::time::{Duration, Instant};
+    use windows_sys::Win32::Foundation::{CloseHandle, HANDLE};
+    use windows_sys::Win32::System::Threading::{
+        CreateWaitableTimerExW, SetWaitableTimer, WaitForSingleObject,
+        CREATE_WAITABLE_TIMER_HIGH_RESOLUTION, INFINITE, TIMER_ALL_ACCESS,
+    };
+
+    /// The default timer tick's length, rounded up (assumed: Windows' documented default).
+    const TICK: Duration = Duration::from_millis(16);
+    /// Below this, yielding is more precise than any timer (assumed).
+    const SPIN: Duration = Duration::from_micros(50);
+
+    /// A thread's high-resolution timer; closed when the thread exits.
+    struct Timer(HANDLE);
+
+    impl Drop for Timer {
+        fn drop(&mut self) {
+            // SAFETY: a handle this value created and owns, closed once.
+            unsafe { CloseHandle(self.0) };
+        }
+    }
+
+    thread_local! {
+        static TIMER: Option<Timer> = {
+            // SAFETY: no name and no security attributes; the flags are documented ones.
+            // Failure returns a null handle, handled.
+            let h = unsafe {
+                CreateWaitableTimerExW(
+                    std::ptr::null(),
+                    std::ptr::null(),
+                    CREATE_WAITABLE_TIMER_HIGH_RESOLUTION,
+                    TIMER_ALL_ACCESS,
+                )
+            };
+            (!h.is_null()).then_some(Timer(h))
+        };
+    }
+
+    pub(super) fn sleep_until(deadline: Instant) {
         loop {
             let now = Instant::now();
             if now >= deadline {
-                break;
+                return;
             }
             let left = deadline - now;
-            if left > COARSE {
-                std::thread::sleep(left - COARSE);
-            } else {
+            if left <= SPIN {
                 std::thread::yield_now();
+                continue;
+            }
+            let waited = TIMER.with(|t| match t {
+                Some(t) => wait(t, left - SPIN),
+                None => false,
+            });
+            if !waited {
+                if left > TICK {
+                    std::thread::sleep(left - TICK);
+                } else {
+                    std::thread::yield_now();
+                }
             }
         }
+    }
+
+    /// Waits `d` on the thread's timer; false if the timer could not be armed.
+    fn wait(t: &Timer, d: Duration) -> bool {
+        // Relative due times are negative, in 100 ns units.
+        let due: i64 = -((d.as_nanos() / 100).clamp(1, i64::MAX as u128) as i64);
+        // SAFETY: our timer handle; a valid due time; no completion routine.
+        let ok = unsafe { SetWaitableTimer(t.0, &due, 0, None, std::ptr::null(), 0) };
+        if ok == 0 {
+            return false;
+        }
+        // SAFETY: our timer handle, which stays open for the wait.
+        unsafe { WaitForSingleObject(t.0, INFINITE) };
+        true
     }
 }
 
 /// Zero-filled, page-aligned memory straight from the OS, for host copies and the simulated
 /// arena. On Linux it is an anonymous mapping advised to use transparent huge pages: faulting in
 /// 4 KiB pages costs ~0.7 s per GiB on the build machines, 2 MiB pages ~0.15 s (assumed: a trial
-/// there, not recorded in BENCHMARKS.md).
+/// there, not recorded in BENCHMARKS.md). On Windows it is `VirtualAlloc(MEM_RESERVE |
+/// MEM_COMMIT)`: committed against the commit limit at once (so a refusal comes here, not at a
+/// later touch), physical pages still faulted in at first touch. Large pages need the "Lock
+/// pages in memory" privilege, which a user process rarely has, so they are not asked for.
 #[derive(Debug)]
 pub struct Pages {
     ptr: std::ptr::NonNull<u8>,
@@ -96,7 +184,24 @@ impl Pages {
             }
             std::ptr::NonNull::new(p.cast::<u8>()).map(|ptr| Pages { ptr, len })
         }
-        #[cfg(not(unix))]
+        #[cfg(windows)]
+        {
+            use windows_sys::Win32::System::Memory::{
+                VirtualAlloc, MEM_COMMIT, MEM_RESERVE, PAGE_READWRITE,
+            };
+            // SAFETY: a fresh allocation with no address hint has no preconditions; failure
+            // returns null, handled. Committed pages read as zero.
+            let p = unsafe {
+                VirtualAlloc(
+                    std::ptr::null(),
+                    len,
+                    MEM_RESERVE | MEM_COMMIT,
+                    PAGE_READWRITE,
+                )
+            };
+            std::ptr::NonNull::new(p.cast::<u8>()).map(|ptr| Pages { ptr, len })
+        }
+        #[cfg(not(any(unix, windows)))]
         {
             let layout = std::alloc::Layout::from_size_align(len, page_size()).ok()?;
             // SAFETY: the layout has a non-zero size.
@@ -141,7 +246,17 @@ impl Drop for Pages {
         unsafe {
             libc::munmap(self.ptr.as_ptr().cast(), self.len);
         }
-        #[cfg(not(unix))]
+        #[cfg(windows)]
+        // SAFETY: releasing exactly the region `new` allocated (size 0 with MEM_RELEASE means
+        // the whole region), once.
+        unsafe {
+            windows_sys::Win32::System::Memory::VirtualFree(
+                self.ptr.as_ptr().cast(),
+                0,
+                windows_sys::Win32::System::Memory::MEM_RELEASE,
+            );
+        }
+        #[cfg(not(any(unix, windows)))]
         // SAFETY: allocated in `new` with this layout, freed once.
         unsafe {
             let layout = std::alloc::Layout::from_size_align_unchecked(self.len, page_size());
@@ -155,8 +270,9 @@ impl Drop for Pages {
 pub struct AvailableMemory {
     /// Bytes.
     pub bytes: u64,
-    /// Which limit: `MemAvailable`, `cgroup memory.max`, `cgroup memory.limit_in_bytes` or
-    /// `RLIMIT_AS`.
+    /// Which limit: on Linux `MemAvailable`, `cgroup memory.max`, `cgroup memory.limit_in_bytes`
+    /// or `RLIMIT_AS`; on Windows `ullAvailPhys`, `ullAvailPageFile` (the commit limit),
+    /// `ullAvailVirtual`, `job ProcessMemoryLimit` or `job JobMemoryLimit`.
     pub limit: &'static str,
 }
 
@@ -169,17 +285,134 @@ pub struct AvailableMemory {
 ///   `memory.usage_in_bytes` less `total_cache` net of `total_shmem`);
 /// - `RLIMIT_AS` less the address space already mapped (`VmSize` of `/proc/self/status`).
 ///
-/// `None` means unknown: on platforms other than Linux, and where none of these can be read.
-/// Callers then go ahead as before (and an allocation that fails is still an error).
+/// On Windows, the smallest of `GlobalMemoryStatusEx`'s available physical memory (free, zeroed
+/// and standby pages: the analogue of `MemAvailable`), the commit charge still allowed
+/// (`ullAvailPageFile`: past it `VirtualAlloc` fails), the process's free address space, and,
+/// where the process runs in a job object with a memory limit (the analogue of a cgroup), that
+/// limit less the process's private commit ([`windows_headroom`]).
+///
+/// `None` means unknown: on other platforms, and where none of these can be read. Callers then go
+/// ahead as before (and an allocation that fails is still an error).
 pub fn available_memory() -> Option<AvailableMemory> {
     #[cfg(target_os = "linux")]
     {
         let read = |p: &str| std::fs::read_to_string(p).ok();
         available_from(&read, rlimit_as())
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(windows)]
+    {
+        windows_memory::available()
+    }
+    #[cfg(not(any(target_os = "linux", windows)))]
     {
         None
+    }
+}
+
+/// What Windows reports, for [`windows_headroom`].
+#[derive(Debug, Clone, Copy, Default)]
+#[cfg_attr(not(windows), allow(dead_code))]
+struct WindowsMemory {
+    /// `MEMORYSTATUSEX` fields, `None` where `GlobalMemoryStatusEx` failed.
+    status: Option<(u64, u64, u64)>,
+    /// The job object's per-process memory limit, if set.
+    process_limit: Option<u64>,
+    /// The job object's whole-job memory limit, if set.
+    job_limit: Option<u64>,
+    /// The process's private commit (`PrivateUsage`), 0 if unknown.
+    private_usage: u64,
+}
+
+/// [`available_memory`] on Windows from the figures read there, so that the choice is tested on
+/// every platform.
+#[cfg_attr(not(windows), allow(dead_code))]
+fn windows_headroom(m: WindowsMemory) -> Option<AvailableMemory> {
+    let mut best: Option<AvailableMemory> = None;
+    let mut offer = |bytes: u64, limit: &'static str| {
+        if best.is_none_or(|b| bytes < b.bytes) {
+            best = Some(AvailableMemory { bytes, limit });
+        }
+    };
+    if let Some((phys, commit, virt)) = m.status {
+        offer(phys, "ullAvailPhys");
+        offer(commit, "ullAvailPageFile");
+        offer(virt, "ullAvailVirtual");
+    }
+    // The job's limit counts every process in it; this one's own commit is the part known here,
+    // so the headroom is an upper bound there (the driver's refusal still comes as an error).
+    if let Some(l) = m.process_limit {
+        offer(l.saturating_sub(m.private_usage), "job ProcessMemoryLimit");
+    }
+    if let Some(l) = m.job_limit {
+        offer(l.saturating_sub(m.private_usage), "job JobMemoryLimit");
+    }
+    best
+}
+
+#[cfg(windows)]
+mod windows_memory {
+    use super::{windows_headroom, AvailableMemory, WindowsMemory};
+    use windows_sys::Win32::System::JobObjects::{
+        JobObjectExtendedLimitInformation, QueryInformationJobObject,
+        JOBOBJECT_EXTENDED_LIMIT_INFORMATION, JOB_OBJECT_LIMIT_JOB_MEMORY,
+        JOB_OBJECT_LIMIT_PROCESS_MEMORY,
+    };
+    use windows_sys::Win32::System::ProcessStatus::{
+        K32GetProcessMemoryInfo, PROCESS_MEMORY_COUNTERS, PROCESS_MEMORY_COUNTERS_EX,
+    };
+    use windows_sys::Win32::System::SystemInformation::{GlobalMemoryStatusEx, MEMORYSTATUSEX};
+    use windows_sys::Win32::System::Threading::GetCurrentProcess;
+
+    pub(super) fn available() -> Option<AvailableMemory> {
+        let mut m = WindowsMemory::default();
+        // SAFETY: MEMORYSTATUSEX is plain data; all-zero bytes are a valid value.
+        let mut st: MEMORYSTATUSEX = unsafe { std::mem::zeroed() };
+        st.dwLength = std::mem::size_of::<MEMORYSTATUSEX>() as u32;
+        // SAFETY: a struct we own with its length set, as the call requires.
+        if unsafe { GlobalMemoryStatusEx(&mut st) } != 0 {
+            m.status = Some((st.ullAvailPhys, st.ullAvailPageFile, st.ullAvailVirtual));
+        }
+        // SAFETY: as above, plain data.
+        let mut job: JOBOBJECT_EXTENDED_LIMIT_INFORMATION = unsafe { std::mem::zeroed() };
+        // SAFETY: a null job handle asks about the job the calling process is in; the buffer is
+        // ours and its size is passed. It fails harmlessly when the process is in no job.
+        let in_job = unsafe {
+            QueryInformationJobObject(
+                std::ptr::null_mut(),
+                JobObjectExtendedLimitInformation,
+                (&mut job as *mut JOBOBJECT_EXTENDED_LIMIT_INFORMATION).cast(),
+                std::mem::size_of::<JOBOBJECT_EXTENDED_LIMIT_INFORMATION>() as u32,
+                std::ptr::null_mut(),
+            )
+        } != 0;
+        if in_job {
+            let flags = job.BasicLimitInformation.LimitFlags;
+            if flags & JOB_OBJECT_LIMIT_PROCESS_MEMORY != 0 {
+                m.process_limit = Some(job.ProcessMemoryLimit as u64);
+            }
+            if flags & JOB_OBJECT_LIMIT_JOB_MEMORY != 0 {
+                m.job_limit = Some(job.JobMemoryLimit as u64);
+            }
+        }
+        if m.process_limit.is_some() || m.job_limit.is_some() {
+            // SAFETY: as above, plain data.
+            let mut pmc: PROCESS_MEMORY_COUNTERS_EX = unsafe { std::mem::zeroed() };
+            let size = std::mem::size_of::<PROCESS_MEMORY_COUNTERS_EX>() as u32;
+            pmc.cb = size;
+            // SAFETY: the pseudo-handle of this process; the EX struct with its size, which the
+            // call accepts in place of the basic one.
+            let ok = unsafe {
+                K32GetProcessMemoryInfo(
+                    GetCurrentProcess(),
+                    (&mut pmc as *mut PROCESS_MEMORY_COUNTERS_EX).cast::<PROCESS_MEMORY_COUNTERS>(),
+                    size,
+                )
+            };
+            if ok != 0 {
+                m.private_usage = pmc.PrivateUsage as u64;
+            }
+        }
+        windows_headroom(m)
     }
 }
 
@@ -212,6 +445,7 @@ fn rlimit_as() -> Option<u64> {
 
 /// [`available_memory`] over a file reader (`/proc` and `/sys` paths to contents), so that the
 /// parsing and the cgroup walk are tested on strings.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // parsed on Linux, tested everywhere
 fn available_from(
     read: &dyn Fn(&str) -> Option<String>,
     rlimit_as: Option<u64>,
@@ -246,6 +480,7 @@ fn available_from(
 }
 
 /// A `Name:   123 kB` line of `/proc/meminfo` or `/proc/self/status`, in bytes.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // parsed on Linux, tested everywhere
 fn kib_field(text: &str, name: &str) -> Option<u64> {
     let line = text.lines().find_map(|l| l.strip_prefix(name))?;
     let mut words = line.split_whitespace();
@@ -259,6 +494,7 @@ fn kib_field(text: &str, name: &str) -> Option<u64> {
 
 /// The memory cgroups of `/proc/self/cgroup`: `(2, path)` for the unified hierarchy (`0::/p`),
 /// `(1, path)` for a v1 hierarchy whose controllers include `memory` (`4:memory:/p`).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // parsed on Linux, tested everywhere
 fn memory_cgroups(text: &str) -> Vec<(u8, String)> {
     let mut out = Vec::new();
     for line in text.lines() {
@@ -278,6 +514,7 @@ fn memory_cgroups(text: &str) -> Vec<(u8, String)> {
 /// Where the hierarchy is mounted (`/proc/self/mountinfo`): `(root within the hierarchy, mount
 /// point)` of the first `cgroup2` mount (version 2) or `cgroup` mount with the `memory`
 /// option (version 1).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // parsed on Linux, tested everywhere
 fn cgroup_mount(mountinfo: &str, version: u8) -> Option<(String, String)> {
     mountinfo.lines().find_map(|line| {
         let (head, tail) = line.split_once(" - ")?;
@@ -294,6 +531,7 @@ fn cgroup_mount(mountinfo: &str, version: u8) -> Option<(String, String)> {
 }
 
 /// A cgroup limit file: `None` for no limit (`max` in v2; v1 writes a huge number).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // parsed on Linux, tested everywhere
 fn cgroup_limit(text: &str) -> Option<u64> {
     let t = text.trim();
     if t == "max" {
@@ -304,6 +542,7 @@ fn cgroup_limit(text: &str) -> Option<u64> {
 }
 
 /// A `key value` line of `memory.stat`.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // parsed on Linux, tested everywhere
 fn stat_field(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| {
         let (k, v) = l.split_once(' ')?;
@@ -312,6 +551,7 @@ fn stat_field(text: &str, key: &str) -> Option<u64> {
 }
 
 /// The least headroom over the cgroup at `path` and its ancestors up to the mount's root.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // parsed on Linux, tested everywhere
 fn cgroup_headroom(
     read: &dyn Fn(&str) -> Option<String>,
     version: u8,
@@ -526,12 +766,63 @@ mod tests {
     #[test]
     fn nothing_readable_is_unknown() {
         assert_eq!(available_from(&|_| None, None), None);
+        assert_eq!(windows_headroom(WindowsMemory::default()), None);
     }
 
-    #[cfg(target_os = "linux")]
+    #[test]
+    fn windows_takes_the_smallest_of_memory_commit_space_and_job() {
+        let status = Some((8 * GIB, 3 * GIB, 100 * GIB));
+        let m = WindowsMemory {
+            status,
+            ..WindowsMemory::default()
+        };
+        let a = windows_headroom(m).unwrap();
+        assert_eq!((a.bytes, a.limit), (3 * GIB, "ullAvailPageFile"));
+        let m = WindowsMemory {
+            status,
+            process_limit: Some(4 * GIB),
+            job_limit: Some(5 * GIB),
+            private_usage: 2 * GIB,
+        };
+        let a = windows_headroom(m).unwrap();
+        assert_eq!((a.bytes, a.limit), (2 * GIB, "job ProcessMemoryLimit"));
+        let m = WindowsMemory {
+            job_limit: Some(GIB),
+            private_usage: 2 * GIB,
+            ..m
+        };
+        let a = windows_headroom(m).unwrap();
+        assert_eq!((a.bytes, a.limit), (0, "job JobMemoryLimit"));
+    }
+
+    #[cfg(any(target_os = "linux", windows))]
     #[test]
     fn this_machine_reports_something() {
-        let a = available_memory().expect("Linux has /proc/meminfo");
+        let a = available_memory().expect("Linux has /proc/meminfo, Windows GlobalMemoryStatusEx");
         assert!(a.bytes > 0, "{a:?}");
+    }
+
+    #[test]
+    fn pages_are_zeroed_page_aligned_and_writable() {
+        let page = page_size();
+        assert!(page.is_power_of_two() && page >= 4096, "{page}");
+        let mut p = Pages::new(3 * page + 1).unwrap();
+        assert_eq!(p.as_ptr() as usize % page, 0);
+        p.commit();
+        // SAFETY: inside the mapping `p` owns, which nothing else touches.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(p.as_ptr(), p.len()) };
+        assert!(bytes.iter().all(|&b| b == 0));
+        bytes[3 * page] = 7;
+        assert_eq!(bytes[3 * page], 7);
+        assert!(Pages::new(0).is_none());
+    }
+
+    #[test]
+    fn sleep_until_never_wakes_early() {
+        for us in [0u64, 30, 200, 2_000] {
+            let deadline = Instant::now() + std::time::Duration::from_micros(us);
+            sleep_until(deadline);
+            assert!(Instant::now() >= deadline, "{us} us");
+        }
     }
 }

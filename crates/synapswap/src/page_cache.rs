@@ -7,7 +7,10 @@
 //! file mapping drops them from the page cache when no other process maps them (nothing happens
 //! where `PAGEOUT` is refused); `mincore` says which
 //! pages are resident; `/proc/self/io`'s `read_bytes` counts the bytes this process caused to be
-//! read from storage. Elsewhere every call does nothing and the counters are unknown.
+//! read from storage. On Windows `WillNeed` is `PrefetchVirtualMemory` (Windows 8 and later; Wine
+//! accepts it), and the rest is unknown or nothing: Windows has no user-mode call that drops a
+//! file's pages from its standby list, nor one that reports standby residency. Elsewhere every
+//! call does nothing and the counters are unknown.
 
 /// Advice on a range of a mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +35,7 @@ pub(crate) fn inner_pages(addr: u64, len: u64) -> Option<(u64, u64)> {
 /// request) and silently drops the rest: one call for a 256 MiB tensor read 8 MiB of it here.
 /// 128 KiB is the kernel's default window (`VM_READAHEAD_PAGES`), so each call is read whole on
 /// any device left at its default or above; a range is advised in calls of this size.
+#[cfg(target_os = "linux")]
 const WILLNEED_CHUNK: u64 = 128 << 10;
 
 /// Gives the kernel `advice` on the whole pages inside `addr..addr + len`. Best effort: the
@@ -61,7 +65,19 @@ pub fn advise(addr: u64, len: u64, advice: Advice) {
             at += n;
         }
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(windows)]
+    if advice == Advice::WillNeed {
+        use windows_sys::Win32::System::Memory::{PrefetchVirtualMemory, WIN32_MEMORY_RANGE_ENTRY};
+        use windows_sys::Win32::System::Threading::GetCurrentProcess;
+        let range = WIN32_MEMORY_RANGE_ENTRY {
+            VirtualAddress: start as usize as *mut core::ffi::c_void,
+            NumberOfBytes: bytes as usize,
+        };
+        // SAFETY: a hint on this process's own address space; the call only schedules reads of
+        // mapped pages (it ignores what is not mapped) and never changes memory contents.
+        unsafe { PrefetchVirtualMemory(GetCurrentProcess(), 1, &range, 0) };
+    }
+    #[cfg(not(any(target_os = "linux", windows)))]
     {
         let _ = (start, bytes, advice);
     }

@@ -5,7 +5,16 @@ thread copies blocks in ahead of use. ``Engine`` is the engine itself; ``synapsw
 puts a PyTorch model on it in one line.
 """
 
-from ._synapswap import DeviceView, Engine, HostBuffer, cuda_available, model_tensors, parse_size
+from ._synapswap import (
+    DeviceView,
+    Engine,
+    HostBuffer,
+    cuda_available,
+    model_tensors,
+    parse_size,
+    vram_margin,
+)
 
-__all__ = ["Engine", "DeviceView", "HostBuffer", "parse_size", "cuda_available", "model_tensors"]
+__all__ = ["Engine", "DeviceView", "HostBuffer", "parse_size", "cuda_available", "model_tensors",
+           "vram_margin"]
 __version__ = "0.1.0"

@@ -46,7 +46,7 @@ import warnings as _warnings
 
 import torch as _torch
 
-from . import Engine, cuda_available, model_tensors, parse_size
+from . import Engine, cuda_available, model_tensors, parse_size, vram_margin
 
 __all__ = ["offload", "from_pretrained", "OffloadHandle"]
 
@@ -993,12 +993,15 @@ def _config_int(config, *names, default=None):
     return default
 
 
-def _reserve(config, dtype, max_context):
+def _reserve(config, dtype, max_context, device_total=None):
     """What generation needs on the device besides the weights, estimated from the config for
     one sequence of ``max_context`` tokens, the way llama.cpp's fit sizes it: the KV cache
     (2 x layers x KV heads x head size x context, in ``dtype``), the prefill's activations (the
     context times the hidden and MLP widths), its logits (context x vocabulary in float32) and
-    256 MiB for the allocator and kernels' workspaces. Returns a dict of the terms."""
+    256 MiB for the allocator and kernels' workspaces, or on a CUDA device of ``device_total``
+    bytes the engine's free-memory margin (``synapswap.vram_margin``) if that is larger: the
+    engine refuses a pool that leaves less free (on Windows the driver would otherwise spill
+    device memory into system RAM). Returns a dict of the terms."""
     text = getattr(config, "text_config", None) or config
     layers = _config_int(text, "num_hidden_layers", "n_layer", "num_layers", default=1)
     hidden = _config_int(text, "hidden_size", "n_embd", "d_model", default=1)
@@ -1013,6 +1016,8 @@ def _reserve(config, dtype, max_context):
     kv = 2 * layers * kv_heads * head_dim * context * elt
     activations = context * (4 * hidden + 2 * inter) * elt + context * vocab * 4
     workspace = 256 << 20
+    if device_total is not None:
+        workspace = max(workspace, vram_margin(int(device_total)))
     return {
         "max_context": context,
         "kv_cache_bytes": kv,
@@ -1023,16 +1028,18 @@ def _reserve(config, dtype, max_context):
 
 
 def _free_bytes(device):
-    """Free memory of the device: CUDA's, or on the sim backend half the host's available memory
-    (``MemAvailable``): its arena is host memory, and the page cache under the model's files (the
-    RAM tier, what a model larger than RAM streams from) needs the rest."""
+    """Free and total memory of the device (total ``None`` off CUDA): CUDA's, or on the sim
+    backend half the host's available memory (``MemAvailable``): its arena is host memory, and
+    the page cache under the model's files (the RAM tier, what a model larger than RAM streams
+    from) needs the rest."""
     if device.type == "cuda":
-        return _torch.cuda.mem_get_info(device.index or 0)[0]
+        free, total = _torch.cuda.mem_get_info(device.index or 0)
+        return free, total
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024 // 2
+                    return int(line.split()[1]) * 1024 // 2, None
     except OSError:
         pass
     raise ValueError("vram_budget='auto' needs the free memory, unknown here: give a size")
@@ -1370,8 +1377,8 @@ def from_pretrained(
     )
     budget_report = None
     if isinstance(vram_budget, str) and vram_budget == "auto":
-        budget_report = _reserve(config, dtype, max_context)
-        free = _free_bytes(device)
+        free, device_total = _free_bytes(device)
+        budget_report = _reserve(config, dtype, max_context, device_total)
         total = weight_bytes + sum(
             h.numel() * h.element_size() for _, _, is_param, _, h in entries if not is_param
         )

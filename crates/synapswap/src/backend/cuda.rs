@@ -1,7 +1,8 @@
 //! The CUDA backend: the driver API through cudarc, loaded at run time.
 //!
-//! Every build compiles without CUDA: cudarc's dynamic loading opens `libcuda.so` on first use
-//! and panics if it is missing, so [`available`] checks for the library (and a device) first and
+//! Every build compiles without CUDA: cudarc's dynamic loading opens the driver library
+//! ([`DRIVER_LIBRARY`]: `libcuda.so` on Linux, `nvcuda.dll` on Windows, which the display driver
+//! installs in System32) on first use and panics if it is missing, so [`available`] checks for the library (and a device) first and
 //! nothing here touches the driver before that check succeeded.
 //!
 //! - Device arena: one `cuMemAlloc` of the budget.
@@ -79,6 +80,40 @@ fn check(r: sys::CUresult, what: &str) -> Result<()> {
     })
 }
 
+/// The CUDA driver library cudarc opens on this platform (it tries `cuda` and `nvcuda` with the
+/// platform's prefix and suffix, so `nvcuda.dll` on Windows).
+pub const DRIVER_LIBRARY: &str = if cfg!(windows) {
+    "nvcuda.dll"
+} else {
+    "libcuda.so"
+};
+
+/// Device memory a pool leaves free: 1/64 of the device, at least 256 MiB (assumed, not
+/// measured: room for the caller's CUDA context growth, cuBLAS workspaces and other processes'
+/// allocations between the check and the kernels). On Windows the WDDM driver's "sysmem fallback
+/// policy" (CUDA 12.2+ on 536.40+ drivers, default on) lets an allocation past free VRAM succeed
+/// in shared system memory, where every access crosses PCIe and the engine's streaming is worse
+/// than useless; a pool that fits with this margin never gets there. The README says how to turn
+/// that fallback off.
+pub fn vram_margin(total: u64) -> u64 {
+    (256u64 << 20).max(total / 64)
+}
+
+/// A pool of `bytes` fits in `free` of `total` device bytes with [`vram_margin`] to spare, or
+/// the up-front error with all four figures.
+pub fn fits_free_vram(bytes: u64, free: u64, total: u64) -> Result<()> {
+    let margin = vram_margin(total);
+    if bytes.checked_add(margin).is_none_or(|n| n > free) {
+        return Err(Error::DeviceMemory {
+            needed: bytes,
+            margin,
+            free,
+            total,
+        });
+    }
+    Ok(())
+}
+
 /// Whether CUDA can be used: the driver library loads, initialises, and reports at least one
 /// device. Returns the device count, or why not. Never panics.
 pub fn available() -> std::result::Result<usize, String> {
@@ -88,7 +123,9 @@ pub fn available() -> std::result::Result<usize, String> {
     static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     // SAFETY: loading a shared library by name; cudarc's check has no other precondition.
     if !*PRESENT.get_or_init(|| unsafe { sys::is_culib_present() }) {
-        return Err("the CUDA driver library (libcuda.so) is not installed".into());
+        return Err(format!(
+            "the CUDA driver library ({DRIVER_LIBRARY}) is not installed"
+        ));
     }
     // SAFETY: the library is present, so cudarc's lazy loader succeeds.
     let r = unsafe { sys::cuInit(0) };
@@ -464,6 +501,8 @@ impl Backend for CudaBackend {
     }
 
     fn alloc_device(&self, bytes: u64) -> Result<Box<dyn Memory>> {
+        let (free, total) = self.mem_info()?;
+        fits_free_vram(bytes, free, total)?;
         let _ctx = self.ctx.bind()?;
         let mut ptr = 0;
         // SAFETY: the context is current; valid out pointer.
@@ -856,5 +895,56 @@ impl CudaBackend {
             sys::cuStreamDestroy_v2(compute)
         };
         outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn a_pool_leaves_a_margin_of_free_vram() {
+        // 256 MiB on small devices, 1/64 of larger ones.
+        assert_eq!(vram_margin(8 * GIB), 256 * MIB);
+        assert_eq!(vram_margin(64 * GIB), GIB);
+        fits_free_vram(7 * GIB, 7 * GIB + 256 * MIB, 8 * GIB).unwrap();
+        let e = fits_free_vram(7 * GIB, 7 * GIB + 255 * MIB, 8 * GIB).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::DeviceMemory {
+                    needed,
+                    margin,
+                    free,
+                    total,
+                } if needed == 7 * GIB && margin == 256 * MIB && free == 7 * GIB + 255 * MIB && total == 8 * GIB
+            ),
+            "{e:?}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("7.00 GiB") && msg.contains("256.00 MiB"),
+            "{msg}"
+        );
+        // No overflow on absurd requests.
+        assert!(fits_free_vram(u64::MAX, u64::MAX, u64::MAX).is_err());
+    }
+
+    #[test]
+    fn the_driver_library_is_named_for_the_platform() {
+        let want = if cfg!(windows) {
+            "nvcuda.dll"
+        } else {
+            "libcuda.so"
+        };
+        assert_eq!(DRIVER_LIBRARY, want);
+        if let Err(why) = available() {
+            if why.contains("not installed") {
+                assert!(why.contains(want), "{why}");
+            }
+        }
     }
 }
