@@ -1,4 +1,5 @@
-/* How late a high-resolution waitable timer (the one src/os.rs's Windows sleep_until uses) and
+/* How late a high-resolution waitable timer (what Rust's std::thread::sleep, and so os.rs's
+ * sleep_until, uses on Windows 10 1803 and later) and
  * Sleep wake up, under Wine or on Windows: scripts/windows-check.sh runs it and BENCHMARKS.md
  * quotes it. Prints mean and worst oversleep over 20 waits per duration. Not a test: it fails only
  * if the timer cannot be made. */

@@ -976,7 +976,6 @@ fn model_tensors<'py>(py: Python<'py>, path: &str) -> PyResult<Vec<Bound<'py, Py
         .collect()
 }
 
-/// Whether the CUDA backend can run here, and why not.
 /// The device memory a CUDA pool leaves free on a device of `total` bytes (the engine refuses a
 /// pool larger than free memory less this, so `vram_budget="auto"` reserves at least this).
 #[pyfunction]
@@ -984,6 +983,15 @@ fn vram_margin(total: u64) -> u64 {
     engine::backend::cuda::vram_margin(total)
 }
 
+/// The host memory this process can still take, as the engine's up-front checks see it (Linux:
+/// `MemAvailable`, cgroups, `RLIMIT_AS`; Windows: `GlobalMemoryStatusEx`, job limits): `(bytes,
+/// the limit that sets it)`, or `None` where unknown.
+#[pyfunction]
+fn available_memory() -> Option<(u64, &'static str)> {
+    engine::os::available_memory().map(|a| (a.bytes, a.limit))
+}
+
+/// Whether the CUDA backend can run here, and why not.
 #[pyfunction]
 fn cuda_available() -> (bool, String) {
     match engine::backend::cuda::available() {
@@ -1001,6 +1009,7 @@ fn _synapswap(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_size, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_available, m)?)?;
     m.add_function(wrap_pyfunction!(vram_margin, m)?)?;
+    m.add_function(wrap_pyfunction!(available_memory, m)?)?;
     m.add_function(wrap_pyfunction!(model_tensors, m)?)?;
     Ok(())
 }

@@ -34,104 +34,16 @@ pub fn page_size() -> usize {
     }
 }
 
-/// Sleeps until `deadline`, never returning before it. On Unix `nanosleep` is precise to tens of
-/// microseconds (assumed: a typical figure). On Windows `Sleep` rounds up to the timer tick
-/// (~15.6 ms by default, assumed), which would make the sim link and `run`'s compute steps
-/// ten times too slow; so each thread waits on its own high-resolution waitable timer
-/// (`CREATE_WAITABLE_TIMER_HIGH_RESOLUTION`, Windows 10 1803 and later), and yields away the
-/// last stretch that the timer's rounding leaves. Where that timer cannot be made (older
-/// Windows, some Wine versions), it sleeps through all but the last tick and yields the rest.
+/// Sleeps until `deadline`, never returning before it. `std::thread::sleep` is precise enough on
+/// both platforms: `nanosleep` on Unix (tens of microseconds, assumed: a typical figure); on
+/// Windows 10 1803 and later a high-resolution waitable timer (std has used one since Rust 1.75),
+/// where plain `Sleep` would round up to the ~15.6 ms timer tick (assumed: Windows' default) and
+/// make the sim link and `run`'s compute steps ten times too slow. Older Windows falls back to
+/// `Sleep` inside std. How late that timer wakes under Wine: BENCHMARKS.md, "Timers under Wine".
 pub fn sleep_until(deadline: Instant) {
-    #[cfg(not(windows))]
-    {
-        let now = Instant::now();
-        if deadline > now {
-            std::thread::sleep(deadline - now);
-        }
-    }
-    #[cfg(windows)]
-    {
-        windows_timer::sleep_until(deadline);
-    }
-}
-
-#[cfg(windows)]
-mod windows_timer {
-    use std::time::{Duration, Instant};
-    use windows_sys::Win32::Foundation::{CloseHandle, HANDLE};
-    use windows_sys::Win32::System::Threading::{
-        CreateWaitableTimerExW, SetWaitableTimer, WaitForSingleObject,
-        CREATE_WAITABLE_TIMER_HIGH_RESOLUTION, INFINITE, TIMER_ALL_ACCESS,
-    };
-
-    /// The default timer tick's length, rounded up (assumed: Windows' documented default).
-    const TICK: Duration = Duration::from_millis(16);
-    /// Below this, yielding is more precise than any timer (assumed).
-    const SPIN: Duration = Duration::from_micros(50);
-
-    /// A thread's high-resolution timer; closed when the thread exits.
-    struct Timer(HANDLE);
-
-    impl Drop for Timer {
-        fn drop(&mut self) {
-            // SAFETY: a handle this value created and owns, closed once.
-            unsafe { CloseHandle(self.0) };
-        }
-    }
-
-    thread_local! {
-        static TIMER: Option<Timer> = {
-            // SAFETY: no name and no security attributes; the flags are documented ones.
-            // Failure returns a null handle, handled.
-            let h = unsafe {
-                CreateWaitableTimerExW(
-                    std::ptr::null(),
-                    std::ptr::null(),
-                    CREATE_WAITABLE_TIMER_HIGH_RESOLUTION,
-                    TIMER_ALL_ACCESS,
-                )
-            };
-            (!h.is_null()).then_some(Timer(h))
-        };
-    }
-
-    pub(super) fn sleep_until(deadline: Instant) {
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return;
-            }
-            let left = deadline - now;
-            if left <= SPIN {
-                std::thread::yield_now();
-                continue;
-            }
-            let waited = TIMER.with(|t| match t {
-                Some(t) => wait(t, left - SPIN),
-                None => false,
-            });
-            if !waited {
-                if left > TICK {
-                    std::thread::sleep(left - TICK);
-                } else {
-                    std::thread::yield_now();
-                }
-            }
-        }
-    }
-
-    /// Waits `d` on the thread's timer; false if the timer could not be armed.
-    fn wait(t: &Timer, d: Duration) -> bool {
-        // Relative due times are negative, in 100 ns units.
-        let due: i64 = -((d.as_nanos() / 100).clamp(1, i64::MAX as u128) as i64);
-        // SAFETY: our timer handle; a valid due time; no completion routine.
-        let ok = unsafe { SetWaitableTimer(t.0, &due, 0, None, std::ptr::null(), 0) };
-        if ok == 0 {
-            return false;
-        }
-        // SAFETY: our timer handle, which stays open for the wait.
-        unsafe { WaitForSingleObject(t.0, INFINITE) };
-        true
+    let now = Instant::now();
+    if deadline > now {
+        std::thread::sleep(deadline - now);
     }
 }
 
@@ -289,7 +201,8 @@ pub struct AvailableMemory {
 /// and standby pages: the analogue of `MemAvailable`), the commit charge still allowed
 /// (`ullAvailPageFile`: past it `VirtualAlloc` fails), the process's free address space, and,
 /// where the process runs in a job object with a memory limit (the analogue of a cgroup), that
-/// limit less the process's private commit ([`windows_headroom`]).
+/// limit less the process's private commit ([`windows_headroom`]). `QueryInformationJobObject`
+/// reports the innermost job only: a tighter limit on an enclosing job is not seen.
 ///
 /// `None` means unknown: on other platforms, and where none of these can be read. Callers then go
 /// ahead as before (and an allocation that fails is still an error).

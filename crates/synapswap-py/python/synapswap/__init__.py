@@ -7,6 +7,7 @@ puts a PyTorch model on it in one line.
 
 from ._synapswap import (
     DeviceView,
+    available_memory,
     Engine,
     HostBuffer,
     cuda_available,
@@ -16,5 +17,5 @@ from ._synapswap import (
 )
 
 __all__ = ["Engine", "DeviceView", "HostBuffer", "parse_size", "cuda_available", "model_tensors",
-           "vram_margin"]
+           "vram_margin", "available_memory"]
 __version__ = "0.1.0"

@@ -46,7 +46,7 @@ import warnings as _warnings
 
 import torch as _torch
 
-from . import Engine, cuda_available, model_tensors, parse_size, vram_margin
+from . import Engine, available_memory, cuda_available, model_tensors, parse_size, vram_margin
 
 __all__ = ["offload", "from_pretrained", "OffloadHandle"]
 
@@ -1029,19 +1029,16 @@ def _reserve(config, dtype, max_context, device_total=None):
 
 def _free_bytes(device):
     """Free and total memory of the device (total ``None`` off CUDA): CUDA's, or on the sim
-    backend half the host's available memory (``MemAvailable``): its arena is host memory, and
-    the page cache under the model's files (the RAM tier, what a model larger than RAM streams
-    from) needs the rest."""
+    backend half the host memory this process can still take (``synapswap.available_memory``,
+    the engine's own figure: ``MemAvailable`` and cgroups on Linux, ``GlobalMemoryStatusEx`` on
+    Windows): its arena is host memory, and the page cache under the model's files (the RAM
+    tier, what a model larger than RAM streams from) needs the rest."""
     if device.type == "cuda":
         free, total = _torch.cuda.mem_get_info(device.index or 0)
         return free, total
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024 // 2, None
-    except OSError:
-        pass
+    avail = available_memory()
+    if avail is not None:
+        return avail[0] // 2, None
     raise ValueError("vram_budget='auto' needs the free memory, unknown here: give a size")
 
 

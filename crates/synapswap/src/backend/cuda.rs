@@ -508,10 +508,14 @@ impl Backend for CudaBackend {
         // SAFETY: the context is current; valid out pointer.
         let r = unsafe { sys::cuMemAlloc_v2(&mut ptr, bytes.max(1) as usize) };
         if r == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            // Taken between the check and the allocation (another process, fragmentation).
             let (free, total) = self.mem_info().unwrap_or((0, 0));
-            return Err(Error::Backend(format!(
-                "the device cannot hold a {bytes}-byte pool ({free} of {total} bytes free)"
-            )));
+            return Err(Error::DeviceMemory {
+                needed: bytes,
+                margin: vram_margin(total),
+                free,
+                total,
+            });
         }
         check(r, "cuMemAlloc")?;
         Ok(Box::new(DeviceMem {
