@@ -80,7 +80,6 @@ fi
 
 # No Mono or Gecko (they would be downloaded, and nothing here needs them).
 export WINEPREFIX=$PWD/target/wine-prefix WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml="
-wine_run() { "$WINE" "$@"; }
 if [ ! -d "$WINEPREFIX/drive_c/windows/system32" ]; then
     say "a Wine prefix in $WINEPREFIX (first run only)"
     "$WINE" wineboot --init > target/wine-prefix.log 2>&1 || true
@@ -99,11 +98,11 @@ grep -q '^test result: FAILED\|^error' target/windows-tests.log && { echo "tests
 
 say "the CLI under Wine"
 EXE=$OUT/synapswap.exe
-wine_run "$EXE" run --tokens 2 | tee target/windows-run.log | tail -4
+"$WINE" "$EXE" run --tokens 2 | tee target/windows-run.log | tail -4
 grep -q ', 0 mismatches' target/windows-run.log || { echo "run: not verified" >&2; exit 1; }
-wine_run "$EXE" simulate --workload llama-7b --vram 4GiB --tokens 2 | tail -4
-wine_run "$EXE" probe --backend sim | tail -3
-if wine_run "$EXE" probe --backend cuda > target/windows-cuda.log 2>&1; then
+"$WINE" "$EXE" simulate --workload llama-7b --vram 4GiB --tokens 2 | tail -4
+"$WINE" "$EXE" probe --backend sim | tail -3
+if "$WINE" "$EXE" probe --backend cuda > target/windows-cuda.log 2>&1; then
     echo "probe --backend cuda succeeded under Wine: expected no driver" >&2; exit 1
 fi
 grep -q 'nvcuda.dll' target/windows-cuda.log || { cat target/windows-cuda.log; exit 1; }
@@ -112,7 +111,7 @@ echo "  probe --backend cuda: $(tail -1 target/windows-cuda.log)"
 say "timer precision under Wine (scripts/windows/timer-probe.c; quoted in BENCHMARKS.md)"
 "$CC_WIN" -O2 -Wall -Werror scripts/windows/timer-probe.c -o "target/$T/timer-probe.exe"
 # Figures only: a Wine without high-resolution timers makes std fall back to Sleep, not a failure.
-wine_run "target/$T/timer-probe.exe" || echo "timer-probe: no high-resolution timer under this Wine"
+"$WINE" "target/$T/timer-probe.exe" || echo "timer-probe: no high-resolution timer under this Wine"
 
 say "examples/c against synapswap.dll and libsynapswap.a, under Wine"
 C_OUT=target/$T/c-examples
@@ -133,7 +132,7 @@ for src in examples/c/*.c; do
     "$CC_WIN" "${CFLAGS[@]}" "$src" -o "$C_OUT/$name-static.exe" "$OUT/libsynapswap.a" \
         $STATIC_LIBS -lpthread
     for kind in dll static; do
-        if ! wine_run "$C_OUT/$name-$kind.exe" > "$C_OUT/$name-$kind.log" 2>&1; then
+        if ! "$WINE" "$C_OUT/$name-$kind.exe" > "$C_OUT/$name-$kind.log" 2>&1; then
             cat "$C_OUT/$name-$kind.log"; echo "$name ($kind) failed under Wine" >&2; exit 1
         fi
         echo "  $name ($kind): $(tail -1 "$C_OUT/$name-$kind.log")"

@@ -222,6 +222,19 @@ pub fn available_memory() -> Option<AvailableMemory> {
     }
 }
 
+/// The tightest of the limits offered: the fewest bytes, the first offered among equals. Both
+/// platforms' [`available_memory`] take it.
+#[derive(Default)]
+struct Tightest(Option<AvailableMemory>);
+
+impl Tightest {
+    fn offer(&mut self, bytes: u64, limit: &'static str) {
+        if self.0.is_none_or(|b| bytes < b.bytes) {
+            self.0 = Some(AvailableMemory { bytes, limit });
+        }
+    }
+}
+
 /// What Windows reports, for [`windows_headroom`].
 #[derive(Debug, Clone, Copy, Default)]
 #[cfg_attr(not(windows), allow(dead_code))]
@@ -240,26 +253,21 @@ struct WindowsMemory {
 /// every platform.
 #[cfg_attr(not(windows), allow(dead_code))]
 fn windows_headroom(m: WindowsMemory) -> Option<AvailableMemory> {
-    let mut best: Option<AvailableMemory> = None;
-    let mut offer = |bytes: u64, limit: &'static str| {
-        if best.is_none_or(|b| bytes < b.bytes) {
-            best = Some(AvailableMemory { bytes, limit });
-        }
-    };
+    let mut best = Tightest::default();
     if let Some((phys, commit, virt)) = m.status {
-        offer(phys, "ullAvailPhys");
-        offer(commit, "ullAvailPageFile");
-        offer(virt, "ullAvailVirtual");
+        best.offer(phys, "ullAvailPhys");
+        best.offer(commit, "ullAvailPageFile");
+        best.offer(virt, "ullAvailVirtual");
     }
     // The job's limit counts every process in it; this one's own commit is the part known here,
     // so the headroom is an upper bound there (the driver's refusal still comes as an error).
     if let Some(l) = m.process_limit {
-        offer(l.saturating_sub(m.private_usage), "job ProcessMemoryLimit");
+        best.offer(l.saturating_sub(m.private_usage), "job ProcessMemoryLimit");
     }
     if let Some(l) = m.job_limit {
-        offer(l.saturating_sub(m.private_usage), "job JobMemoryLimit");
+        best.offer(l.saturating_sub(m.private_usage), "job JobMemoryLimit");
     }
-    best
+    best.0
 }
 
 #[cfg(windows)]
@@ -363,14 +371,9 @@ fn available_from(
     read: &dyn Fn(&str) -> Option<String>,
     rlimit_as: Option<u64>,
 ) -> Option<AvailableMemory> {
-    let mut best: Option<AvailableMemory> = None;
-    let mut offer = |bytes: u64, limit: &'static str| {
-        if best.is_none_or(|b| bytes < b.bytes) {
-            best = Some(AvailableMemory { bytes, limit });
-        }
-    };
+    let mut best = Tightest::default();
     if let Some(b) = read("/proc/meminfo").and_then(|t| kib_field(&t, "MemAvailable:")) {
-        offer(b, "MemAvailable");
+        best.offer(b, "MemAvailable");
     }
     if let (Some(cgroups), Some(mounts)) = (read("/proc/self/cgroup"), read("/proc/self/mountinfo"))
     {
@@ -379,7 +382,7 @@ fn available_from(
                 continue;
             };
             if let Some((bytes, limit)) = cgroup_headroom(read, version, &root, &point, &path) {
-                offer(bytes, limit);
+                best.offer(bytes, limit);
             }
         }
     }
@@ -387,9 +390,9 @@ fn available_from(
         let mapped = read("/proc/self/status")
             .and_then(|t| kib_field(&t, "VmSize:"))
             .unwrap_or(0);
-        offer(limit.saturating_sub(mapped), "RLIMIT_AS");
+        best.offer(limit.saturating_sub(mapped), "RLIMIT_AS");
     }
-    best
+    best.0
 }
 
 /// A `Name:   123 kB` line of `/proc/meminfo` or `/proc/self/status`, in bytes.
