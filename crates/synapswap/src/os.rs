@@ -34,18 +34,41 @@ pub fn page_size() -> usize {
     }
 }
 
-/// Sleeps until `deadline`, never returning before it. `std::thread::sleep` is precise enough on
-/// both platforms: `nanosleep` on Unix (tens of microseconds, assumed: a typical figure); on
-/// Windows 10 1803 and later a high-resolution waitable timer (std has used one since Rust 1.75),
-/// where plain `Sleep` would round up to the ~15.6 ms timer tick (assumed: Windows' default) and
-/// make the sim link and `run`'s compute steps ten times too slow. Older Windows falls back to
-/// `Sleep` inside std. How late that timer wakes under Wine: BENCHMARKS.md, "Timers under Wine".
+/// Sleeps until `deadline`, never returning before it. On Unix `std::thread::sleep` (`nanosleep`)
+/// is precise to tens of microseconds (assumed: a typical figure). On Windows std waits on a
+/// high-resolution waitable timer (Windows 10 1803 and later; since Rust 1.75), which still
+/// wakes late: by 0.15-1.1 ms on average under Wine (BENCHMARKS.md, "Timers under Wine"), and
+/// on the order of 0.5 ms on Windows (assumed). The sim link paces each chunk (131 us for 256
+/// KiB at 2 GB/s) with this call, so there the last [`WINDOWS_SPIN`] before the deadline is
+/// yielded away instead of slept: a 256 KiB chunk of `probe` measured 0.84 GB/s against a
+/// 2 GB/s pace under Wine when slept whole (a CI run of `scripts/windows-check.sh`).
 pub fn sleep_until(deadline: Instant) {
-    let now = Instant::now();
-    if deadline > now {
-        std::thread::sleep(deadline - now);
+    #[cfg(not(windows))]
+    {
+        let now = Instant::now();
+        if deadline > now {
+            std::thread::sleep(deadline - now);
+        }
+    }
+    #[cfg(windows)]
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let left = deadline - now;
+        if left > WINDOWS_SPIN {
+            std::thread::sleep(left - WINDOWS_SPIN);
+        } else {
+            std::thread::yield_now();
+        }
     }
 }
+
+/// How long before a deadline Windows stops sleeping and yields (assumed: about one timer
+/// oversleep, see [`sleep_until`]).
+#[cfg(windows)]
+const WINDOWS_SPIN: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Zero-filled, page-aligned memory straight from the OS, for host copies and the simulated
 /// arena. On Linux it is an anonymous mapping advised to use transparent huge pages: faulting in
