@@ -3,7 +3,7 @@
 against the plain model, side by side in one run.
 
     target/pyenv/bin/python scripts/bench-torch-generate.py [--tokens 24] [--rounds 3]
-        [--links 2GB/s,25GB/s]
+        [--links 2GB/s,25GB/s] [--trace]
 
 The model: a random bf16 Llama (hidden 512, 8 layers, tied embeddings, vocab 32000), offloaded
 with `synapswap.torch.offload(model, vram_budget=half its bytes, device="cpu",
@@ -13,9 +13,26 @@ one's, after one untimed warm-up of each (the first forward records the order it
 medians over the rounds. The bound is the larger of the plain time and the bytes the engine
 copied during the timed `generate()` (its `bytes_h2d`) over the sim link's rate: the offloaded
 model cannot be faster than either. Also reports the keep plan the engine settled on (kept MiB:
-the blocks it holds for good; the rest streams through what is left). Prints a Markdown table; BENCHMARKS.md
-quotes it. Also checks
-that both models give the same tokens. Nothing here is a timed test."""
+the blocks it holds for good; the rest streams through what is left).
+
+The budget floor is a tighter bound, from what the budget lets the link do. In each pass, from
+the first decoder layer's start (t_g) to the `lm_head`'s start (t_e, the pass's last use of a
+weight), the pass uses every byte of the model except those only used before t_g (M' bytes:
+here the rotary buffer); at most the budget's B bytes are on the device at t_g, so at least
+M' - B bytes cross the link between t_g and t_e. From t_e to the next pass's t_g (the `lm_head`,
+`generate()`'s own work, the embedding) no copy serves the pass that ends, and the next one's
+copies have at most the room the pass left. So a pass takes at least its gap plus the larger
+of its layers' compute and (M' - B) over the link's rate: the floor sums that over the passes,
+with the gaps and the layers' times measured on the plain model (a separate untimed run per
+round, timed by forward hooks). It leaves out the sim's 10 us a copy. The CPU columns are the
+calling thread's CPU time in `generate()` (`time.thread_time()`: a wait that blocks is not
+counted), the compute's own cost beside the wall time. Prints a Markdown table;
+BENCHMARKS.md quotes it. Also checks that both models give the same tokens. Nothing here is a
+timed test.
+
+`--trace`: after the table, one more `generate()` per link on an engine built with `trace=True`,
+reporting from its copy timeline how long the link was busy and idle, and how much of the idle
+time fell in the gaps between passes (from the `lm_head`'s start to the next first layer's)."""
 
 import argparse
 import copy
@@ -43,12 +60,91 @@ def build(seed=0):
     return model.eval()
 
 
-def timed_generate(model, prompt, tokens):
-    t = time.perf_counter()
+def timed_generate(model, prompt, tokens, cpu=None):
+    """Seconds of `generate()` (and its tokens); `cpu`, a list, gets the calling thread's CPU
+    seconds in it (time blocked in a wait is not CPU time)."""
+    t, c = time.perf_counter(), time.thread_time()
     with torch.no_grad():
         out = model.generate(prompt, max_new_tokens=tokens, min_new_tokens=tokens,
                              do_sample=False)
+    if cpu is not None:
+        cpu.append(time.thread_time() - c)
     return time.perf_counter() - t, out
+
+
+def budget_floor(plain, prompt, tokens, budget, rate, plain_s):
+    """The budget floor (module docs) of one `generate()` of `plain`, on a run timed by forward
+    hooks whose compute times are scaled to `plain_s` (the unhooked run's time in the same round:
+    these machines are noisy, and one run's time is the other's but for noise): seconds."""
+    first, last = plain.model.layers[0], plain.lm_head
+    marks = []  # ("g", t) at the first layer's start, ("e", t) at the lm_head's
+    hooks = [
+        first.register_forward_pre_hook(lambda *_: marks.append(("g", time.perf_counter()))),
+        last.register_forward_pre_hook(lambda *_: marks.append(("e", time.perf_counter()))),
+    ]
+    try:
+        t0 = time.perf_counter()
+        timed_generate(plain, prompt, tokens)
+        t1 = time.perf_counter()
+    finally:
+        for h in hooks:
+            h.remove()
+    kinds = [k for k, _ in marks]
+    if kinds != ["g", "e"] * (len(marks) // 2) or not marks:
+        raise RuntimeError(f"unexpected pass structure: {kinds[:8]}")
+    size = sum(t.numel() * t.element_size()
+               for t in list(plain.parameters()) + list(plain.buffers()))
+    early = sum(b.numel() * b.element_size() for b in plain.model.rotary_emb.buffers())
+    if plain.model.embed_tokens.weight.data_ptr() != plain.lm_head.weight.data_ptr():
+        early += plain.model.embed_tokens.weight.numel() * 2
+    must_copy = max(0, size - early - budget) / rate
+    k = plain_s / (t1 - t0)
+    floor, prev = 0.0, t0
+    for i in range(0, len(marks), 2):
+        g, e = marks[i][1], marks[i + 1][1]
+        floor += (g - prev) * k + max((e - g) * k, must_copy)
+        prev = e
+    return floor + (t1 - prev) * k
+
+
+def traced(plain, prompt, tokens, budget, link):
+    """One `generate()` of a fresh offloaded copy of `plain` on a traced engine (after a warm-up):
+    (wall s, link busy s, link idle s, idle s in the gaps between passes)."""
+    model = copy.deepcopy(plain)
+    handle = offload(model, vram_budget=budget, device="cpu", sim_h2d=link, trace=True)
+    engine = handle.engine
+    marks = []
+    hooks = [
+        model.model.layers[0].register_forward_pre_hook(
+            lambda *_: marks.append(("g", engine.now_s()))),
+        model.lm_head.register_forward_pre_hook(lambda *_: marks.append(("e", engine.now_s()))),
+    ]
+    try:
+        timed_generate(model, prompt, tokens)
+        engine.take_trace()
+        marks.clear()
+        t0 = engine.now_s()
+        timed_generate(model, prompt, tokens)
+        t1 = engine.now_s()
+        spans = [x for x in engine.take_trace() if x["track"] == "copy"]
+    finally:
+        for h in hooks:
+            h.remove()
+        handle.remove()
+    # Idle intervals of the link within [t0, t1] (copies run one at a time, in order).
+    idle, cur = [], t0
+    for x in sorted(spans, key=lambda x: x["start_s"]):
+        if x["start_s"] > cur:
+            idle.append((cur, min(x["start_s"], t1)))
+        cur = max(cur, x["start_s"] + x["dur_s"])
+    if cur < t1:
+        idle.append((cur, t1))
+    gaps = [(marks[i][1], marks[i + 1][1]) for i in range(1, len(marks) - 1, 2)
+            if marks[i][0] == "e" and marks[i + 1][0] == "g"]
+    overlap = lambda a, b: sum(max(0.0, min(b, e) - max(a, s)) for s, e in gaps)
+    idle_s = sum(b - a for a, b in idle if b > a)
+    in_gaps = sum(overlap(a, b) for a, b in idle if b > a)
+    return t1 - t0, (t1 - t0) - idle_s, idle_s, in_gaps
 
 
 def main():
@@ -56,6 +152,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=24)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--links", default="2GB/s,25GB/s")
+    ap.add_argument("--trace", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(1)
     plain = build()
@@ -68,20 +165,24 @@ def main():
           f"{a.rounds} rounds.")
     print()
     print("| sim link | plain s | synapswap s | of plain | MiB copied | copy time at the link's "
-          "rate s | bound s | of bound | stall s | kept MiB | same tokens |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "rate s | bound s | of bound | budget floor s | of floor | stall s | CPU s, plain / "
+          "synapswap | kept MiB | same tokens |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for link in a.links.split(","):
         model = copy.deepcopy(plain)
         handle = offload(model, vram_budget=size // 2, device="cpu", sim_h2d=link)
         rate = handle.engine.sim_h2d_bytes_per_s
         timed_generate(plain, prompt, a.tokens)
         timed_generate(model, prompt, a.tokens)
-        ps, ss, copied, stalls, same = [], [], [], [], True
+        ps, ss, copied, stalls, floors, same = [], [], [], [], [], True
+        pc, sc = [], []  # the calling thread's CPU seconds
         for _ in range(a.rounds):
-            t, want = timed_generate(plain, prompt, a.tokens)
+            t, want = timed_generate(plain, prompt, a.tokens, pc)
             ps.append(t)
+            if rate:
+                floors.append(budget_floor(plain, prompt, a.tokens, size // 2, rate, t))
             before = handle.stats()
-            t, got = timed_generate(model, prompt, a.tokens)
+            t, got = timed_generate(model, prompt, a.tokens, sc)
             after = handle.stats()
             ss.append(t)
             copied.append(after["bytes_h2d"] - before["bytes_h2d"])
@@ -92,9 +193,18 @@ def main():
         p, s, c = statistics.median(ps), statistics.median(ss), statistics.median(copied)
         copy_s = c / rate if rate else float("nan")
         bound = max(p, copy_s) if rate else p
+        floor = statistics.median(floors) if rate else p
         print(f"| {link} | {p:.3f} | {s:.3f} | {s / p:.2f}x | {c / 2**20:.1f} | {copy_s:.3f} | "
-              f"{bound:.3f} | {s / bound:.2f}x | {statistics.median(stalls):.3f} | "
-              f"{kept / 2**20:.1f} | {'yes' if same else 'NO'} |")
+              f"{bound:.3f} | {s / bound:.2f}x | {floor:.3f} | {s / floor:.2f}x | "
+              f"{statistics.median(stalls):.3f} | {statistics.median(pc):.3f} / "
+              f"{statistics.median(sc):.3f} | {kept / 2**20:.1f} | "
+              f"{'yes' if same else 'NO'} |")
+    if a.trace:
+        print()
+        for link in a.links.split(","):
+            wall, busy, idle, in_gaps = traced(plain, prompt, a.tokens, size // 2, link)
+            print(f"traced, {link}: {wall:.3f} s; the link busy {busy:.3f} s, idle {idle:.3f} s, "
+                  f"{in_gaps:.3f} s of it between passes")
 
 
 if __name__ == "__main__":

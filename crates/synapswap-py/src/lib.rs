@@ -16,7 +16,7 @@ use engine::backend::{BackendKind, SimConfig};
 use engine::{BlockId, BlockSpec, Engine as RsEngine, Error, Policy};
 use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyList};
 
 fn err(e: Error) -> PyErr {
     let msg = e.to_string();
@@ -438,12 +438,15 @@ impl PyEngine {
     /// sim's default, 2 GB/s + 10 us. Only for the sim: with `backend="cuda"` it is a ValueError
     /// (a GPU's link is what it is).
     #[new]
-    #[pyo3(signature = (vram_budget, backend="auto", chunk_bytes=None, sim_h2d=None))]
+    ///
+    /// `trace`: record every copy on a timeline ([`PyEngine::take_trace`]); off by default.
+    #[pyo3(signature = (vram_budget, backend="auto", chunk_bytes=None, sim_h2d=None, trace=false))]
     fn new(
         vram_budget: &Bound<'_, PyAny>,
         backend: &str,
         chunk_bytes: Option<&Bound<'_, PyAny>>,
         sim_h2d: Option<&Bound<'_, PyAny>>,
+        trace: bool,
     ) -> PyResult<Self> {
         let budget = size_arg(vram_budget)?;
         let kind: BackendKind = backend.parse().map_err(err)?;
@@ -463,7 +466,7 @@ impl PyEngine {
             ));
         }
         let name = b.info().name.to_string();
-        let mut builder = RsEngine::builder().budget(budget).backend(b);
+        let mut builder = RsEngine::builder().budget(budget).backend(b).trace(trace);
         if let Some(c) = chunk_bytes {
             builder = builder.chunk_bytes(size_arg(c)?);
         }
@@ -847,6 +850,38 @@ impl PyEngine {
         Ok(format!("{r:?}")
             .to_lowercase()
             .replace("writingback", "writing-back"))
+    }
+
+    /// Seconds since the engine started: the clock of `take_trace`'s spans.
+    fn now_s(&self) -> f64 {
+        self.inner.now_s()
+    }
+
+    /// The spans recorded since the last call (the engine must be built with `trace=True`; else
+    /// an empty list), one dict each: `track` (`copy`, or `disk` for the RAM tier's direct
+    /// reads), `name` (`load <block name>`), `cat` (`prefetch`, `demand`, `write-back`, `read`,
+    /// `read-cached`), `start_s` and `dur_s` (`now_s()` seconds; a copy runs from when it could
+    /// start on the link, its submission or the previous copy's end, to when the engine saw it
+    /// complete) and `bytes` (0 for reads).
+    fn take_trace<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let spans = self.inner.take_trace().spans;
+        let out = PyList::empty(py);
+        for s in spans {
+            let d = PyDict::new(py);
+            let track = match s.track {
+                engine::trace::Track::Compute => "compute",
+                engine::trace::Track::Copy => "copy",
+                engine::trace::Track::Disk => "disk",
+            };
+            d.set_item("track", track)?;
+            d.set_item("name", s.name)?;
+            d.set_item("cat", s.cat)?;
+            d.set_item("start_s", s.start_s)?;
+            d.set_item("dur_s", s.dur_s)?;
+            d.set_item("bytes", s.value)?;
+            out.append(d)?;
+        }
+        Ok(out)
     }
 
     /// Every engine statistic, as a dict.

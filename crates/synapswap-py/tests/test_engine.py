@@ -190,6 +190,36 @@ def test_the_sim_link_is_paced_as_asked():
         synapswap.Engine("1MiB", backend="cuda", sim_h2d="max")
 
 
+def test_trace_records_each_copy_once():
+    e = synapswap.Engine("4MiB", backend="sim", trace=True)
+    a, b = e.alloc("1MiB", name="a"), e.alloc("512KiB", name="b")
+    e.declare(0, a)
+    e.declare(1, b)
+    t0 = e.now_s()
+    for step, blk in ((0, a), (1, b)):
+        e.hint(step)
+        e.wait(blk).release()
+    spans = e.take_trace()
+    copies = [s for s in spans if s["track"] == "copy"]
+    # Both loads' bytes, once (two loads that touch on both sides go as one copy: "load a +1
+    # more").
+    assert sum(s["bytes"] for s in copies) == (1 << 20) + (512 << 10), spans
+    assert copies[0]["name"].startswith("load a"), spans
+    for s in spans:
+        assert s["cat"] in ("prefetch", "demand") and s["dur_s"] > 0, s
+        # Paced at 2 GB/s: a copy lasts at least its bytes over the rate.
+        assert s["dur_s"] >= s["bytes"] / 2e9, s
+        assert t0 <= s["start_s"] <= e.now_s(), s
+    assert e.take_trace() == []  # taken: the next call starts afresh
+    e.shutdown()
+    # Off by default: nothing is recorded.
+    e = synapswap.Engine("4MiB", backend="sim")
+    x = e.alloc("1MiB")
+    e.wait(x).release()
+    assert e.take_trace() == []
+    e.shutdown()
+
+
 def test_a_choice_hint_loads_a_routed_candidate_ahead():
     e = synapswap.Engine("4MiB", backend="sim")
     dense = e.alloc("1MiB")

@@ -764,11 +764,12 @@ def _check_budget(budget, tensors, packed=()):
         )
 
 
-def offload(model, vram_budget, device=None, policy="auto", sim_h2d=None) -> OffloadHandle:
+def offload(model, vram_budget, device=None, policy="auto", sim_h2d=None, trace=False) -> OffloadHandle:
     """Streams ``model``'s parameters and buffers through ``vram_budget`` bytes of device memory
     (an int, or a string such as "4GiB"). ``device``: "cuda" (the default when a GPU is present)
     or "cpu" (the sim backend). ``sim_h2d``: on the sim, the link's pace ("25GB/s", bytes/s, or
-    "max" for unpaced memcpy; default 2 GB/s + 10 us a copy; see ``Engine``). Returns a handle
+    "max" for unpaced memcpy; default 2 GB/s + 10 us a copy; see ``Engine``). ``trace``: the
+    engine records its copies (``handle.engine.take_trace()``; see ``Engine``). Returns a handle
     with ``stats()`` and ``remove()``.
 
     Errors leave the model as it was: a non-Module (TypeError), a model already offloaded
@@ -796,7 +797,7 @@ def offload(model, vram_budget, device=None, policy="auto", sim_h2d=None) -> Off
     entries = [_entry(*t) for t in tensors if id(t[3]) not in is_packed]
     _check_budget(budget, [(None, None, None, h) for *_, h in entries], packed)
     handle = _bind(model, entries, budget, device, policy, mapped={}, sim_h2d=sim_h2d,
-                   packed=packed)
+                   packed=packed, trace=trace)
     if packed:
         handle._experts_before = _eager_experts(model)
     return handle
@@ -810,7 +811,9 @@ def _entry(module, name, is_param, original):
     return module, name, is_param, original, host
 
 
-def _bind(model, entries, budget, device, policy, mapped, sim_h2d=None, packed=()) -> OffloadHandle:
+def _bind(
+    model, entries, budget, device, policy, mapped, sim_h2d=None, packed=(), trace=False
+) -> OffloadHandle:
     """Puts every ``(module, name, is_param, original, host)`` of ``entries`` on an engine of
     ``budget`` bytes: a block per distinct host range, the module holding a meta stand-in, and
     ``original`` given back by ``remove()``. Storages whose address is a key of ``mapped`` are
@@ -819,7 +822,9 @@ def _bind(model, entries, budget, device, policy, mapped, sim_h2d=None, packed=(
     ``(module, name, original, experts)`` of ``packed`` is a parameter packing experts
     (``_Packed``): ``experts[e]`` lists the host tensors of expert ``e``'s slice, in order, each
     with the name it gets in ``save_order``, as ``(name, host)``."""
-    engine = Engine(budget, backend="cuda" if device.type == "cuda" else "sim", sim_h2d=sim_h2d)
+    engine = Engine(
+        budget, backend="cuda" if device.type == "cuda" else "sim", sim_h2d=sim_h2d, trace=trace
+    )
     handle = OffloadHandle(model, engine, device)
     handle._trainable = [n for _, n, is_param, t, _ in entries if is_param and t.requires_grad]
     handle._trainable += [n for _, n, t, _ in packed if t is not None and t.requires_grad]
@@ -1212,6 +1217,7 @@ def from_pretrained(
     model_class=None,
     policy="auto",
     sim_h2d=None,
+    trace=False,
     **config_kwargs,
 ):
     """Loads a Hugging Face model from a local directory (``config.json`` and safetensors: one
@@ -1234,7 +1240,7 @@ def from_pretrained(
     - ``dtype``: the parameters' dtype; None (the default) is the file's. A dtype that differs
       from the file's would need a converted copy in RAM, and is a ValueError.
     - ``model_class``: default ``transformers.AutoModelForCausalLM``.
-    - ``sim_h2d``: on the sim backend, the link's pace (as ``offload``).
+    - ``sim_h2d``: on the sim backend, the link's pace (as ``offload``); ``trace``: as ``offload``.
     - Further keyword arguments go to ``transformers.AutoConfig.from_pretrained``.
 
     Checkpoints laid out unlike the parameters are bound in place too, as transformers' own
@@ -1394,7 +1400,8 @@ def from_pretrained(
     _check_budget(budget, [(None, None, None, h) for *_, h in entries], packed_entries)
     mapped = {s.data_ptr(): f for f, s in storages.items()}
     handle = _bind(
-        model, entries, budget, device, policy, mapped, sim_h2d=sim_h2d, packed=packed_entries
+        model, entries, budget, device, policy, mapped, sim_h2d=sim_h2d, packed=packed_entries,
+        trace=trace,
     )
     handle._experts_before = experts_before
     # What the engine made of it (its pool rounds down to whole granules).
