@@ -17,8 +17,8 @@ the blocks it holds for good; the rest streams through what is left).
 
 The budget floor is a tighter bound, from what the budget lets the link do. In each pass, from
 the first decoder layer's start (t_g) to the `lm_head`'s start (t_e, the pass's last use of a
-weight), the pass uses every byte of the model except those only used before t_g (M' bytes:
-here the rotary buffer); at most the budget's B bytes are on the device at t_g, so at least
+weight), the pass uses M' bytes: every byte of the model but those used only before t_g (here
+the rotary buffer; an untied embedding would be another); at most the budget's B bytes are on the device at t_g, so at least
 M' - B bytes cross the link between t_g and t_e. From t_e to the next pass's t_g (the `lm_head`,
 `generate()`'s own work, the embedding) no copy serves the pass that ends, and the next one's
 copies have at most the room the pass left. So a pass takes at least its gap plus the larger
@@ -96,7 +96,8 @@ def budget_floor(plain, prompt, tokens, budget, rate, plain_s):
                for t in list(plain.parameters()) + list(plain.buffers()))
     early = sum(b.numel() * b.element_size() for b in plain.model.rotary_emb.buffers())
     if plain.model.embed_tokens.weight.data_ptr() != plain.lm_head.weight.data_ptr():
-        early += plain.model.embed_tokens.weight.numel() * 2
+        w = plain.model.embed_tokens.weight
+        early += w.numel() * w.element_size()
     must_copy = max(0, size - early - budget) / rate
     k = plain_s / (t1 - t0)
     floor, prev = 0.0, t0
@@ -121,22 +122,28 @@ def traced(plain, prompt, tokens, budget, link):
     ]
     try:
         timed_generate(model, prompt, tokens)
+        time.sleep(0.1)  # the warm-up's copies in flight complete, and are taken with it
         engine.take_trace()
         marks.clear()
         t0 = engine.now_s()
         timed_generate(model, prompt, tokens)
         t1 = engine.now_s()
+        time.sleep(0.1)  # a copy still in flight at t1 is traced once it completes
         spans = [x for x in engine.take_trace() if x["track"] == "copy"]
     finally:
         for h in hooks:
             h.remove()
         handle.remove()
-    # Idle intervals of the link within [t0, t1] (copies run one at a time, in order).
+    # Idle intervals of the link within [t0, t1] (copies run one at a time, in order), each
+    # copy clipped to that window.
     idle, cur = [], t0
     for x in sorted(spans, key=lambda x: x["start_s"]):
-        if x["start_s"] > cur:
-            idle.append((cur, min(x["start_s"], t1)))
-        cur = max(cur, x["start_s"] + x["dur_s"])
+        start, end = max(x["start_s"], t0), min(x["start_s"] + x["dur_s"], t1)
+        if end <= start:
+            continue
+        if start > cur:
+            idle.append((cur, start))
+        cur = max(cur, end)
     if cur < t1:
         idle.append((cur, t1))
     gaps = [(marks[i][1], marks[i + 1][1]) for i in range(1, len(marks) - 1, 2)

@@ -431,15 +431,14 @@ fn sim_link(v: &Bound<'_, PyAny>) -> PyResult<SimConfig> {
 
 #[pymethods]
 impl PyEngine {
-    /// `Engine(vram_budget, backend="auto", chunk_bytes=None, sim_h2d=None)`: sizes are ints or
+    /// `Engine(vram_budget, backend="auto", chunk_bytes=None, sim_h2d=None, trace=False)`: sizes are ints or
     /// strings like "2GiB"; backend "auto" (CUDA when present, else sim), "sim" or "cuda".
     /// `sim_h2d`: the sim's host-to-device link, a bandwidth ("25GB/s", or bytes/s as a number;
     /// a copy also pays the sim's 10 us latency) or "max" (unpaced memcpy, no latency); None: the
     /// sim's default, 2 GB/s + 10 us. Only for the sim: with `backend="cuda"` it is a ValueError
-    /// (a GPU's link is what it is).
+    /// (a GPU's link is what it is). `trace`: record every copy on a timeline
+    /// ([`PyEngine::take_trace`]); off by default.
     #[new]
-    ///
-    /// `trace`: record every copy on a timeline ([`PyEngine::take_trace`]); off by default.
     #[pyo3(signature = (vram_budget, backend="auto", chunk_bytes=None, sim_h2d=None, trace=false))]
     fn new(
         vram_budget: &Bound<'_, PyAny>,
@@ -859,10 +858,14 @@ impl PyEngine {
 
     /// The spans recorded since the last call (the engine must be built with `trace=True`; else
     /// an empty list), one dict each: `track` (`copy`, or `disk` for the RAM tier's direct
-    /// reads), `name` (`load <block name>`), `cat` (`prefetch`, `demand`, `write-back`, `read`,
-    /// `read-cached`), `start_s` and `dur_s` (`now_s()` seconds; a copy runs from when it could
-    /// start on the link, its submission or the previous copy's end, to when the engine saw it
-    /// complete) and `bytes` (0 for reads).
+    /// reads), `name` (`load <block name>` or `write-back <block name>`, with ` +N more` when
+    /// a copy carried N more blocks' bytes; `read <block name>` on the disk track), `cat`
+    /// (`prefetch`, `demand`, `write-back`, `read`, `read-cached`), `start_s` and `dur_s`
+    /// (`now_s()` seconds; a copy runs from when it could start on the link, its submission or
+    /// when the engine saw the previous copy end, to when the engine saw it complete, which can
+    /// be up to the transfer thread's 20 us poll late) and `bytes` (0 for reads). A copy still
+    /// in flight is not in it yet: the next call returns it. The engine keeps every span until it
+    /// is taken, so a long traced run should take them now and then.
     fn take_trace<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let spans = self.inner.take_trace().spans;
         let out = PyList::empty(py);

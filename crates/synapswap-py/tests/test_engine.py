@@ -207,9 +207,12 @@ def test_trace_records_each_copy_once():
     assert copies[0]["name"].startswith("load a"), spans
     for s in spans:
         assert s["cat"] in ("prefetch", "demand") and s["dur_s"] > 0, s
-        # Paced at 2 GB/s: a copy lasts at least its bytes over the rate.
-        assert s["dur_s"] >= s["bytes"] / 2e9, s
         assert t0 <= s["start_s"] <= e.now_s(), s
+    # Paced at 2 GB/s: the copies together last at least their bytes over the rate (one span's
+    # start is when the engine saw the previous one end, which can be later than the link did).
+    first = min(s["start_s"] for s in copies)
+    last = max(s["start_s"] + s["dur_s"] for s in copies)
+    assert last - first >= ((1 << 20) + (512 << 10)) / 2e9, spans
     assert e.take_trace() == []  # taken: the next call starts afresh
     e.shutdown()
     # Off by default: nothing is recorded.

@@ -241,7 +241,7 @@ fn bad_configurations_are_errors() {
 fn routed_fields_drive_run_and_the_simulator_alike() {
     // Steps of 5 ms and a link of 0.4 GB/s (a 1 MiB expert: 2.6 ms), not 0.5 ms and 4 GB/s: the
     // same ratio of copy to compute, with steps long against a timer's oversleep. The run sleeps
-    // each step's compute, and under Wine a sleep wakes 0.15-1.1 ms late on average
+    // each step's compute, and under Wine a sleep wakes 0.1-1.1 ms late on average
     // (BENCHMARKS.md, "Timers under Wine"): with 0.5 ms steps the run measured 122-129 MB against
     // the simulator's 158 there.
     let mut blocks = Vec::new();
