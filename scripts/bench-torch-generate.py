@@ -35,6 +35,7 @@ reporting from its copy timeline how long the link was busy and idle, and how mu
 time fell in the gaps between passes (from the `lm_head`'s start to the next first layer's)."""
 
 import argparse
+import contextlib
 import copy
 import statistics
 import time
@@ -72,38 +73,50 @@ def timed_generate(model, prompt, tokens, cpu=None):
     return time.perf_counter() - t, out
 
 
-def budget_floor(plain, prompt, tokens, budget, rate, plain_s):
-    """The budget floor (module docs) of one `generate()` of `plain`, on a run timed by forward
-    hooks whose compute times are scaled to `plain_s` (the unhooked run's time in the same round:
-    these machines are noisy, and one run's time is the other's but for noise): seconds."""
-    first, last = plain.model.layers[0], plain.lm_head
-    marks = []  # ("g", t) at the first layer's start, ("e", t) at the lm_head's
+@contextlib.contextmanager
+def pass_marks(model, clock):
+    """Within the block, `clock()` at each pass's first decoder layer's start and at its
+    `lm_head`'s start, as the list it yields: [(t_g, t_e), ...] once the block ends (checked to
+    alternate, g first)."""
+    marks = []
     hooks = [
-        first.register_forward_pre_hook(lambda *_: marks.append(("g", time.perf_counter()))),
-        last.register_forward_pre_hook(lambda *_: marks.append(("e", time.perf_counter()))),
+        model.model.layers[0].register_forward_pre_hook(lambda *_: marks.append(("g", clock()))),
+        model.lm_head.register_forward_pre_hook(lambda *_: marks.append(("e", clock()))),
     ]
+    passes = []
     try:
-        t0 = time.perf_counter()
-        timed_generate(plain, prompt, tokens)
-        t1 = time.perf_counter()
+        yield passes
     finally:
         for h in hooks:
             h.remove()
     kinds = [k for k, _ in marks]
-    if kinds != ["g", "e"] * (len(marks) // 2) or not marks:
+    if not marks or kinds != ["g", "e"] * (len(marks) // 2):
         raise RuntimeError(f"unexpected pass structure: {kinds[:8]}")
-    size = sum(t.numel() * t.element_size()
-               for t in list(plain.parameters()) + list(plain.buffers()))
+    passes += [(marks[i][1], marks[i + 1][1]) for i in range(0, len(marks), 2)]
+
+
+def must_copy_bytes(plain, size, budget):
+    """M' - B (module docs): the bytes each pass must copy after its first layer starts."""
     early = sum(b.numel() * b.element_size() for b in plain.model.rotary_emb.buffers())
     if plain.model.embed_tokens.weight.data_ptr() != plain.lm_head.weight.data_ptr():
         w = plain.model.embed_tokens.weight
         early += w.numel() * w.element_size()
-    must_copy = max(0, size - early - budget) / rate
+    return max(0, size - early - budget)
+
+
+def budget_floor(plain, prompt, tokens, must_copy_s, plain_s):
+    """The budget floor (module docs) of one `generate()` of `plain`, on a run timed by forward
+    hooks whose compute times are scaled to `plain_s` (the unhooked run's time in the same round:
+    these machines are noisy, and one run's time is the other's but for noise), with
+    `must_copy_s` the pass's M' - B over the link: seconds."""
+    with pass_marks(plain, time.perf_counter) as passes:
+        t0 = time.perf_counter()
+        timed_generate(plain, prompt, tokens)
+        t1 = time.perf_counter()
     k = plain_s / (t1 - t0)
     floor, prev = 0.0, t0
-    for i in range(0, len(marks), 2):
-        g, e = marks[i][1], marks[i + 1][1]
-        floor += (g - prev) * k + max((e - g) * k, must_copy)
+    for g, e in passes:
+        floor += (g - prev) * k + max((e - g) * k, must_copy_s)
         prev = e
     return floor + (t1 - prev) * k
 
@@ -114,25 +127,17 @@ def traced(plain, prompt, tokens, budget, link):
     model = copy.deepcopy(plain)
     handle = offload(model, vram_budget=budget, device="cpu", sim_h2d=link, trace=True)
     engine = handle.engine
-    marks = []
-    hooks = [
-        model.model.layers[0].register_forward_pre_hook(
-            lambda *_: marks.append(("g", engine.now_s()))),
-        model.lm_head.register_forward_pre_hook(lambda *_: marks.append(("e", engine.now_s()))),
-    ]
     try:
         timed_generate(model, prompt, tokens)
         time.sleep(0.1)  # the warm-up's copies in flight complete, and are taken with it
         engine.take_trace()
-        marks.clear()
-        t0 = engine.now_s()
-        timed_generate(model, prompt, tokens)
-        t1 = engine.now_s()
+        with pass_marks(model, engine.now_s) as passes:
+            t0 = engine.now_s()
+            timed_generate(model, prompt, tokens)
+            t1 = engine.now_s()
         time.sleep(0.1)  # a copy still in flight at t1 is traced once it completes
         spans = [x for x in engine.take_trace() if x["track"] == "copy"]
     finally:
-        for h in hooks:
-            h.remove()
         handle.remove()
     # Idle intervals of the link within [t0, t1] (copies run one at a time, in order), each
     # copy clipped to that window.
@@ -146,8 +151,8 @@ def traced(plain, prompt, tokens, budget, link):
         cur = max(cur, end)
     if cur < t1:
         idle.append((cur, t1))
-    gaps = [(marks[i][1], marks[i + 1][1]) for i in range(1, len(marks) - 1, 2)
-            if marks[i][0] == "e" and marks[i + 1][0] == "g"]
+    # From each pass's lm_head to the next pass's first layer.
+    gaps = [(e, g) for (_, e), (g, _) in zip(passes, passes[1:])]
     overlap = lambda a, b: sum(max(0.0, min(b, e) - max(a, s)) for s, e in gaps)
     idle_s = sum(b - a for a, b in idle if b > a)
     in_gaps = sum(overlap(a, b) for a, b in idle if b > a)
@@ -175,6 +180,7 @@ def main():
           "rate s | bound s | of bound | budget floor s | of floor | stall s | CPU s, plain / "
           "synapswap | kept MiB | same tokens |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    must_copy = must_copy_bytes(plain, size, size // 2)
     for link in a.links.split(","):
         model = copy.deepcopy(plain)
         handle = offload(model, vram_budget=size // 2, device="cpu", sim_h2d=link)
@@ -187,7 +193,7 @@ def main():
             t, want = timed_generate(plain, prompt, a.tokens, pc)
             ps.append(t)
             if rate:
-                floors.append(budget_floor(plain, prompt, a.tokens, size // 2, rate, t))
+                floors.append(budget_floor(plain, prompt, a.tokens, must_copy / rate, t))
             before = handle.stats()
             t, got = timed_generate(model, prompt, a.tokens, sc)
             after = handle.stats()

@@ -64,24 +64,21 @@ def main():
                 rates[(layer, e)] = rates.get((layer, e), 0) + 1 / a.passes
     by_rate = sorted(rates, key=lambda x: -rates[x])
     kept = set(by_rate[: a.slots - a.cache])
-    if a.cache == 0:
-        hits = sum(rates[x] for x in kept)
-    else:
-        cache, loads = [], 0  # LRU, most recent last
-        for row in trace:
-            for layer, chosen in enumerate(row):
-                for e in chosen:
-                    x = (layer, e)
-                    if x in kept:
-                        continue
-                    if x in cache:
-                        cache.remove(x)
-                    else:
-                        loads += 1
-                        if len(cache) == a.cache:
-                            cache.pop(0)
-                    cache.append(x)
-        hits = layers * k - loads / a.passes
+    cache, loads = [], 0  # LRU of at most a.cache experts, most recent last
+    for row in trace:
+        for layer, chosen in enumerate(row):
+            for e in chosen:
+                x = (layer, e)
+                if x in kept:
+                    continue
+                if x in cache:
+                    cache.remove(x)
+                else:
+                    loads += 1
+                cache.append(x)
+                if len(cache) > a.cache:
+                    cache.pop(0)
+    hits = layers * k - loads / a.passes
     misses = layers * k - hits
     print(f"{a.slots - a.cache} experts kept for good, {a.cache} cached (LRU): {hits:.2f} of "
           f"{layers * k} expert uses a token hit, {misses:.2f} loads, "
